@@ -1,0 +1,283 @@
+"""GIVT: a transformer over sequences of real-valued tokens with a Gaussian-mixture head.
+
+Three shapes from one module:
+
+* decoder-only causal (``style="ar"``): the label (or BOS) embedding is
+  prepended and the last token dropped (teacher forcing);
+* decoder-only masked (``style="masked"``, MaskGIT): the label embedding is
+  prepended, masked tokens are replaced by a MASK embedding (``mask_style=
+  "replace"``) or, with ``"concat"``, half the channels come from a MASK/NOMASK
+  embedding and half from the token or a REPLACE embedding; the label's output
+  position is removed;
+* encoder-decoder (``num_layers > 0``): a ViT encodes the image patches and
+  every decoder block cross-attends to it (UViM stage 2).
+
+Parameter names and shapes follow the released big_vision checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from uvim_givt.models.common import MlpBlock, learned_posemb
+from uvim_givt.models.gmm import GMMHead
+from uvim_givt.models.vit import Encoder
+
+# Order of special rows in EmbedLabels after the real labels (published layout).
+SPECIAL_LABELS = ("mask", "nomask", "replace", "nolabel")
+
+
+class EncDecBlock(nn.Module):
+    """Pre-norm decoder block with optional cross-attention; no biases in norms/attention."""
+
+    mlp_dim: int
+    num_heads: int
+    dropout_rate: float = 0.0
+    decode: bool = False
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, encoded: jax.Array | None = None,
+                 mask: jax.Array | None = None) -> tuple[jax.Array, None]:
+        det = self.deterministic
+        y = nn.LayerNorm(name="LayerNorm1", use_bias=False)(x)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, use_bias=False, broadcast_dropout=False,
+            dropout_rate=self.dropout_rate, decode=self.decode, name="SelfAttn",
+        )(y, y, mask=mask, deterministic=det)
+        x = x + nn.Dropout(rate=self.dropout_rate)(y, det)
+        if encoded is not None:
+            y = nn.LayerNorm(name="LayerNorm2", use_bias=False)(x)
+            y = nn.MultiHeadDotProductAttention(
+                num_heads=self.num_heads, use_bias=False, broadcast_dropout=False,
+                dropout_rate=self.dropout_rate, name="CrossAttn",
+            )(y, encoded, deterministic=det)
+            x = x + nn.Dropout(rate=self.dropout_rate)(y, det)
+        y = nn.LayerNorm(name="LayerNorm3", use_bias=False)(x)
+        y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout_rate, name="MLP")(y, det)
+        return x + y, None
+
+
+class Decoder(nn.Module):
+    """Position embedding, the block stack, a final LayerNorm and ``LogitsDense``."""
+
+    emb_dim: int
+    mlp_dim: int
+    num_heads: int
+    num_layers: int
+    num_logits: int
+    seq_len: int
+    dropout_rate: float = 0.0
+    scan: bool = False
+    remat_policy: str = "nothing_saveable"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, encoded: jax.Array | None = None,
+                 mask: jax.Array | None = None, decode: bool = False,
+                 deterministic: bool = True) -> jax.Array:
+        pos_emb = learned_posemb(self, "pos_emb", self.seq_len, self.emb_dim)
+        length = x.shape[1]
+        if decode:
+            # Position of the next input token; created (not advanced) by the
+            # first call, which only sizes the attention caches.
+            started = self.has_variable("cache", "pos_index")
+            pos = self.variable("cache", "pos_index", lambda: jnp.zeros((), jnp.int32))
+            if started:
+                x = x + jax.lax.dynamic_slice_in_dim(pos_emb, pos.value, length, axis=1)
+                pos.value = pos.value + length
+            else:
+                x = x + pos_emb[:, :length]
+        else:
+            x = x + pos_emb[:, :length]
+        kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout_rate=self.dropout_rate,
+                  decode=decode, deterministic=deterministic)
+        if self.scan:
+            block = nn.remat(EncDecBlock, prevent_cse=False,
+                             policy=getattr(jax.checkpoint_policies, self.remat_policy, None))
+            # Published GIVT checkpoints stack layers on axis 1 of each parameter.
+            x, _ = nn.scan(
+                block, variable_axes={"params": 1, "cache": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast, length=self.num_layers,
+            )(name="EncDecBlock", **kw)(x, encoded, mask)
+        else:
+            for i in range(self.num_layers):
+                x, _ = EncDecBlock(name=f"EncDecBlock{i}", **kw)(x, encoded, mask)
+        x = nn.LayerNorm(name="LayerNorm")(x)
+        return nn.Dense(self.num_logits, kernel_init=nn.initializers.zeros, name="LogitsDense")(x)
+
+
+def cosine_mask_ratio(ratio: jax.Array) -> jax.Array:
+    """MaskGIT's cosine schedule: fraction of tokens still masked at progress ``ratio``."""
+    return jnp.clip(jnp.cos(jnp.pi / 2.0 * ratio), 1e-6, 1.0)
+
+
+def random_training_mask(rng: jax.Array, batch: int, seq_len: int,
+                         min_mask_rate: float = 0.3) -> jax.Array:
+    """Bool [B, L], True = masked. The masked fraction follows the cosine schedule
+    at a uniform progress in [0, 1 - min_mask_rate], so at least ~min_mask_rate...
+    (cos(pi/2 * 0.7) ~ 45%) of tokens are masked."""
+    rng_ratio, rng_perm = jax.random.split(rng)
+    progress = jax.random.uniform(rng_ratio, (batch,), maxval=1.0 - min_mask_rate)
+    n_masked = cosine_mask_ratio(progress)[:, None] * seq_len
+    base = jnp.arange(seq_len, dtype=jnp.float32)[None, :] < n_masked
+    keys = jax.random.split(rng_perm, batch)
+    return jax.vmap(lambda k, m: jax.random.permutation(k, m))(keys, base)
+
+
+class GIVT(nn.Module):
+    """Decoder-only (causal or masked) or encoder-decoder GIVT."""
+
+    # Transformer size.
+    emb_dim: int = 512
+    num_heads: int = 8
+    mlp_dim: int = 2048
+    num_decoder_layers: int = 6
+    num_layers: int = 0  # encoder layers; 0 = decoder-only
+    enc_dropout_rate: float = 0.0
+    dec_dropout_rate: float = 0.0
+    # Tokens.
+    seq_len: int = 256
+    out_dim: int = 16
+    num_labels: int | None = 1000  # None = unconditional (a single BOS row)
+    style: Literal["ar", "masked"] = "ar"
+    mask_style: Literal["replace", "concat"] = "replace"
+    drop_labels_probability: float = 0.0
+    zero_embedding_init: bool = False
+    # Encoder input.
+    patches: Sequence[int] = (16, 16)
+    input_size: Sequence[int] = (256, 256)
+    # Head.
+    num_mixtures: int = 16
+    head_kind: Literal["per_channel", "diag", "full"] = "diag"
+    scale_tol: float = 1e-6
+    fix_square_plus: bool = True
+    # Masked training.
+    min_masking_rate_training: float = 0.3
+    # Layers.
+    scan: bool = False
+    remat_policy: str = "nothing_saveable"
+
+    @property
+    def head(self) -> GMMHead:
+        return GMMHead(self.out_dim, self.num_mixtures, self.head_kind, self.scale_tol,
+                       self.fix_square_plus)
+
+    @property
+    def has_encoder(self) -> bool:
+        return self.num_layers > 0
+
+    @property
+    def special_labels(self) -> dict[str, int]:
+        """Rows of EmbedLabels after the real labels, in the published order."""
+        names = []
+        if self.style == "masked":
+            names += ["mask"] if self.mask_style == "replace" else ["mask", "nomask", "replace"]
+        if self.drop_labels_probability > 0:
+            names.append("nolabel")
+        first = self.num_labels or 1
+        return {n: first + i for i, n in enumerate(names)}
+
+    def setup(self) -> None:
+        if self.style not in ("ar", "masked"):
+            raise ValueError(f"unknown style {self.style!r}: ar or masked")
+        if self.style == "masked" and self.mask_style not in ("replace", "concat"):
+            raise ValueError(f"unknown mask_style {self.mask_style!r}: replace or concat")
+        _ = self.head  # validates the head settings
+        if self.has_encoder:
+            grid = [s // p for s, p in zip(self.input_size, self.patches, strict=True)]
+            self.pos_embedding_encoder = learned_posemb(
+                self, "pos_embedding_encoder", math.prod(grid), self.emb_dim)
+            self.EmbedPatches = nn.Conv(self.emb_dim, tuple(self.patches),
+                                        strides=tuple(self.patches), padding="VALID")
+            self.encoder = Encoder(depth=self.num_layers, mlp_dim=self.mlp_dim,
+                                   num_heads=self.num_heads, dropout=self.enc_dropout_rate,
+                                   scan=self.scan, remat_policy=self.remat_policy)
+        rows = (self.num_labels or 1) + len(self.special_labels)
+        init = (nn.initializers.zeros if self.zero_embedding_init
+                else nn.initializers.normal(stddev=1.0))
+        self.EmbedLabels = nn.Embed(rows, self.emb_dim, embedding_init=init)
+        self.EmbedTargets = nn.Dense(self.emb_dim)
+        self.decoder = Decoder(
+            emb_dim=self.emb_dim, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+            num_layers=self.num_decoder_layers, num_logits=self.head.num_logits,
+            seq_len=self.seq_len + int(self.style == "masked"),
+            dropout_rate=self.dec_dropout_rate, scan=self.scan, remat_policy=self.remat_policy)
+
+    # ----------------------------------------------------------------- pieces
+    def encode(self, image: jax.Array, train: bool = False) -> jax.Array:
+        """Image [B, H, W, 3] -> encoded patches [B, P, E]."""
+        x = self.EmbedPatches(image)
+        b, h, w, e = x.shape
+        x = x.reshape(b, h * w, e) + self.pos_embedding_encoder
+        return self.encoder(x, deterministic=not train)
+
+    def label_ids(self, labels: jax.Array | None, batch: int,
+                  drop_labels: jax.Array | None = None) -> jax.Array:
+        """Row indices into EmbedLabels: the label, BOS (row 0) or NOLABEL where dropped."""
+        ids = jnp.zeros((batch,), jnp.int32) if labels is None else labels.astype(jnp.int32)
+        if drop_labels is not None:
+            if "nolabel" not in self.special_labels:
+                raise ValueError("label dropout needs drop_labels_probability > 0")
+            ids = jnp.where(drop_labels, self.special_labels["nolabel"], ids)
+        return ids
+
+    def _special(self, name: str, shape: tuple[int, ...]) -> jax.Array:
+        return self.EmbedLabels(jnp.full(shape, self.special_labels[name], jnp.int32))
+
+    def embed_masked_inputs(self, targets: jax.Array, input_mask: jax.Array) -> jax.Array:
+        b, s, _ = targets.shape
+        emb = self.EmbedTargets(targets)
+        m = input_mask[..., None]
+        if self.mask_style == "replace":
+            return jnp.where(m, self._special("mask", (b, s)), emb)
+        flags = jnp.where(m, self._special("mask", (b, s)), self._special("nomask", (b, s)))
+        tokens = jnp.where(m, self._special("replace", (b, s)), emb)
+        # Every other channel of each, so the concatenation keeps the width.
+        return jnp.concatenate([flags[..., ::2], tokens[..., ::2]], axis=-1)
+
+    # ------------------------------------------------------------ full passes
+    def decode(self, targets: jax.Array, labels: jax.Array | None = None,
+               encoded: jax.Array | None = None, input_mask: jax.Array | None = None,
+               drop_labels: jax.Array | None = None, train: bool = False) -> jax.Array:
+        """Teacher-forced logits [B, L, num_logits] for the whole sequence."""
+        b, s, _ = targets.shape
+        label_emb = self.EmbedLabels(self.label_ids(labels, b, drop_labels))[:, None]
+        if self.style == "ar":
+            x = jnp.concatenate([label_emb, self.EmbedTargets(targets)[:, :-1]], axis=1)
+            mask = nn.make_causal_mask(jnp.zeros((b, s)))
+            return self.decoder(x, encoded, mask, deterministic=not train)
+        if input_mask is None:
+            raise ValueError("the masked style needs input_mask (True = masked)")
+        x = jnp.concatenate([label_emb, self.embed_masked_inputs(targets, input_mask)], axis=1)
+        return self.decoder(x, encoded, None, deterministic=not train)[:, 1:]
+
+    def __call__(self, targets: jax.Array, labels: jax.Array | None = None, *,
+                 image: jax.Array | None = None, input_mask: jax.Array | None = None,
+                 drop_labels: jax.Array | None = None, train: bool = False) -> jax.Array:
+        if self.has_encoder != (image is not None):
+            raise ValueError("pass image= if and only if the model has an encoder")
+        encoded = self.encode(image, train) if image is not None else None
+        return self.decode(targets, labels, encoded, input_mask, drop_labels, train)
+
+    # --------------------------------------------------- cached (AR) decoding
+    def init_cache(self, batch: int, encoded: jax.Array | None = None) -> jax.Array:
+        """Sizes the KV caches for ``seq_len`` positions (call with mutable=['cache'])."""
+        x = jnp.zeros((batch, self.seq_len, self.emb_dim), jnp.float32)
+        return self.decoder(x, encoded, None, decode=True)
+
+    def prefill(self, labels: jax.Array | None, batch: int, encoded: jax.Array | None = None,
+                drop_labels: jax.Array | None = None) -> jax.Array:
+        """Feeds the label/BOS token; returns logits [B, 1, num_logits] of token 0."""
+        x = self.EmbedLabels(self.label_ids(labels, batch, drop_labels))[:, None]
+        return self.decoder(x, encoded, None, decode=True)
+
+    def decode_step(self, token: jax.Array, encoded: jax.Array | None = None) -> jax.Array:
+        """Feeds one sampled token [B, 1, D]; returns logits [B, 1, num_logits] of the next."""
+        return self.decoder(self.EmbedTargets(token), encoded, None, decode=True)

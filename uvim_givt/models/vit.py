@@ -1,0 +1,72 @@
+"""ViT encoder, laid out as big_vision's (``encoderblock_{i}`` or scanned ``encoderblock``)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from uvim_givt.models.common import KERNEL_INIT, MlpBlock
+
+
+class Encoder1DBlock(nn.Module):
+    """Pre-norm transformer block: LN -> MHA -> residual; LN -> MLP -> residual."""
+
+    mlp_dim: int
+    num_heads: int
+    dropout: float = 0.0
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, _unused=None) -> tuple[jax.Array, None]:
+        y = nn.LayerNorm()(x)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, kernel_init=KERNEL_INIT, deterministic=self.deterministic
+        )(y, y)
+        y = nn.Dropout(rate=self.dropout)(y, self.deterministic)
+        x = x + y
+        y = nn.LayerNorm()(x)
+        y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout)(y, self.deterministic)
+        y = nn.Dropout(rate=self.dropout)(y, self.deterministic)
+        return x + y, None
+
+
+class Encoder(nn.Module):
+    """A stack of ``depth`` blocks and a final ``encoder_norm``.
+
+    With ``scan=True`` the blocks are one ``nn.scan`` (parameters stacked on axis
+    0, as in the released ViT VAEs) with rematerialisation per ``remat_policy``.
+    """
+
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    dropout: float = 0.0
+    scan: bool = False
+    remat_policy: str = "nothing_saveable"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout,
+                  deterministic=deterministic)
+        if self.scan:
+            block = nn.remat(
+                Encoder1DBlock, prevent_cse=False,
+                policy=getattr(jax.checkpoint_policies, self.remat_policy, None),
+            )
+            x, _ = nn.scan(
+                block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast, length=self.depth,
+            )(name="encoderblock", **kw)(x, None)
+        else:
+            for i in range(self.depth):
+                x, _ = Encoder1DBlock(name=f"encoderblock_{i}", **kw)(x)
+        return nn.LayerNorm(name="encoder_norm")(x)
+
+
+def patchify_embed(module: nn.Module, name: str, images: jax.Array, width: int,
+                   patch: tuple[int, int]) -> jax.Array:
+    """Conv patch embedding -> (B, num_patches, width)."""
+    x = nn.Conv(width, tuple(patch), strides=tuple(patch), padding="VALID", name=name)(images)
+    b, h, w, c = x.shape
+    return jnp.reshape(x, (b, h * w, c))

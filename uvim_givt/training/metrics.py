@@ -1,0 +1,35 @@
+"""Metric sinks of a run: metrics.jsonl (one JSON object per logged step) and TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+
+from tensorboardX import SummaryWriter
+
+
+class MetricsWriter:
+    """Appends ``{"stage", "step", "time", **metrics}`` lines and TensorBoard scalars."""
+
+    def __init__(self, run_dir: str, stage: str, enabled: bool = True):
+        self.enabled = enabled
+        self.stage = stage
+        self.start = time.time()
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard", stage)) if enabled else None
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"stage": self.stage, "step": int(step), "time": round(time.time() - self.start, 3)}
+        row.update({k: float(v) for k, v in metrics.items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for k, v in metrics.items():
+            self._tb.add_scalar(f"{self.stage}/{k}", float(v), int(step))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,201 @@
+"""The one generic training loop, for every stage of every task.
+
+A stage plugs in a :class:`Stage`: how to initialise parameters, the loss, and
+the batches from a given step on. The loop owns everything else: optimiser,
+device mesh and shardings, orbax checkpoints (restarting the same command
+resumes from the latest one with the same data order and random streams),
+metrics.jsonl + TensorBoard, a progress bar, periodic evaluation, and a stop
+with a clear message when the loss stops being finite (the last good
+checkpoint is left intact, since a checkpoint is only written after every loss
+since the previous one was checked).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from uvim_givt.training import sharding
+from uvim_givt.training.checkpoint import StageCheckpoints
+from uvim_givt.training.metrics import MetricsWriter
+from uvim_givt.training.optim import global_norm, make_optimizer
+
+Batch = dict[str, np.ndarray]
+LossFn = Callable[[Any, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class Stage:
+    """What a task plugs into the loop for one stage.
+
+    init_params: key -> parameter pytree.
+    loss_fn: (params, batch, key) -> (scalar loss, dict of scalar metrics). Pure
+      and jittable; the key is different at every step (folded from the step).
+    batches: start_step -> iterator of host-local batches (dicts of numpy
+      arrays). Must be deterministic: the batch of step s is the same whether
+      or not the run was restarted (e.g. a seeded shuffle and ``skip``).
+    evaluate: optional (params, step) -> dict of metrics, called on the host
+      every ``eval_every`` steps and at the end.
+    """
+
+    init_params: Callable[[jax.Array], Any]
+    loss_fn: LossFn
+    batches: Callable[[int], Iterator[Batch]]
+    evaluate: Callable[[Any, int], dict[str, float]] | None = None
+
+
+@dataclasses.dataclass
+class TrainResult:
+    params: Any
+    step: int
+    num_params: int
+    train_time_s: float
+    history: list[dict[str, float]]
+
+
+def count_params(params: Any) -> int:
+    return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+
+
+def default_train_config() -> ml_collections.ConfigDict:
+    """The ``train`` group every stage config carries (values are tiny-run defaults)."""
+    return ml_collections.ConfigDict(dict(
+        total_steps=100, batch_size=32, seed=0,
+        log_every=10, ckpt_every=100, keep_ckpts=2, eval_every=0,
+        fsdp=False, progress=True,
+        optim=dict(optimizer="adam", lr=1e-3, schedule="cosine", warmup_steps=0,
+                   warmup_fraction=0.1, b1=0.9, b2=0.95, eps=1e-8, wd=1e-4,
+                   wd_pattern=r"(kernel|embedding)$", grad_clip=1.0, lr_mults=[]),
+    ))
+
+
+def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: Stage,
+          meta: dict[str, Any] | None = None) -> TrainResult:
+    """Trains ``stage`` per ``cfg`` (a ``train`` group) into ``run_dir``; resumes if possible."""
+    sharding.maybe_initialize_distributed()
+    mesh = sharding.make_mesh()
+    total = int(cfg.total_steps)
+    base_key = jax.random.PRNGKey(int(cfg.seed))
+    init_key, step_key = jax.random.split(base_key)
+
+    abstract_params = jax.eval_shape(stage.init_params, init_key)
+    tx, schedule = make_optimizer(cfg.optim, abstract_params, total)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    params_sh = sharding.tree_shardings(abstract_params, mesh, cfg.fsdp)
+    opt_sh = sharding.tree_shardings(abstract_opt, mesh, cfg.fsdp)
+    repl = sharding.replicated(mesh)
+
+    ckpt = StageCheckpoints(run_dir, stage_name, keep=int(cfg.keep_ckpts))
+    start = ckpt.latest_step()
+    prior_time = 0.0
+    if start is None:
+        init = jax.jit(lambda k: (lambda p: (p, tx.init(p)))(stage.init_params(k)),
+                       out_shardings=(params_sh, opt_sh))
+        params, opt_state = init(init_key)
+        start = 0
+    else:
+        def with_sh(tree, shs):
+            return jax.tree_util.tree_map(
+                lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shs)
+        params, opt_state, saved_meta = ckpt.restore(
+            start, with_sh(abstract_params, params_sh), with_sh(abstract_opt, opt_sh))
+        prior_time = float(saved_meta.get("train_time_s", 0.0))
+        if start >= total:
+            ckpt.close()
+            return TrainResult(params, start, count_params(params), prior_time, [])
+
+    def train_step(params, opt_state, bad_step, batch, step):
+        key = jax.random.fold_in(step_key, step)
+        (loss, metrics), grads = jax.value_and_grad(stage.loss_fn, has_aux=True)(
+            params, batch, key)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        finite = jnp.isfinite(loss)
+        bad_step = jnp.where((bad_step < 0) & ~finite, step, bad_step)
+        metrics = dict(metrics, loss=loss, grad_norm=global_norm(grads), lr=schedule(step))
+        return params, opt_state, bad_step, metrics
+
+    batch_sh = sharding.batch_sharding(mesh)
+    step_fn = jax.jit(train_step, donate_argnums=(0, 1),
+                      in_shardings=(params_sh, opt_sh, repl, batch_sh, repl),
+                      out_shardings=(params_sh, opt_sh, repl, repl))
+
+    writer = MetricsWriter(run_dir, stage_name, enabled=jax.process_index() == 0)
+    bad_step = jax.device_put(jnp.array(-1, jnp.int32), repl)
+    pending: list[dict[str, jax.Array]] = []
+    history: list[dict[str, float]] = []
+    last_saved = start
+    t0 = time.time()
+    log_t, log_step = t0, start
+    bar = tqdm(total=total, initial=start, desc=stage_name, dynamic_ncols=True,
+               disable=not cfg.progress or jax.process_index() != 0)
+    meta = dict(meta or {})
+
+    def check_finite(step: int) -> None:
+        bad = int(bad_step)
+        if bad >= 0:
+            where = (f"step {last_saved} in {ckpt.directory}" if last_saved > 0
+                     else "none (no checkpoint was written before)")
+            raise TrainingDiverged(
+                f"{stage_name}: the loss became NaN/infinite at step {bad + 1}. Training "
+                f"stopped without saving; last good checkpoint: {where}. Lower the learning "
+                "rate, check the inputs, or enable gradient clipping (train.optim.grad_clip).")
+
+    def save(step: int) -> None:
+        nonlocal last_saved
+        check_finite(step)
+        elapsed = prior_time + time.time() - t0
+        ckpt.save(step, params, opt_state, dict(meta, step=step, train_time_s=elapsed))
+        last_saved = step
+
+    try:
+        batches = stage.batches(start)
+        for step in range(start, total):
+            try:
+                host_batch = next(batches)
+            except StopIteration as e:
+                raise RuntimeError(f"{stage_name}: the data ran out at step {step}") from e
+            batch = sharding.global_batch(host_batch, mesh)
+            params, opt_state, bad_step, metrics = step_fn(
+                params, opt_state, bad_step, batch, jnp.asarray(step, jnp.int32))
+            pending.append(metrics)
+            done = step + 1
+            bar.update(1)
+            if done % int(cfg.log_every) == 0 or done == total:
+                check_finite(done)
+                means = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]}
+                now = time.time()
+                means["steps_per_s"] = (done - log_step) / max(now - log_t, 1e-9)
+                log_t, log_step = now, done
+                pending.clear()
+                writer.write(done, means)
+                history.append(dict(means, step=done))
+                bar.set_postfix(loss=f"{means['loss']:.4g}", refresh=False)
+            if done % int(cfg.ckpt_every) == 0 or done == total:
+                save(done)
+            if stage.evaluate and ((cfg.eval_every and done % int(cfg.eval_every) == 0)
+                                   or done == total):
+                results = stage.evaluate(params, done)
+                if results:
+                    writer.write(done, {f"eval/{k}": v for k, v in results.items()})
+    finally:
+        bar.close()
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+    return TrainResult(params, total, count_params(params), prior_time + time.time() - t0,
+                       history)
