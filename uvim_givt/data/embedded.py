@@ -1,0 +1,71 @@
+"""Build-on-first-use access to the embedded default datasets (no download, ever).
+
+    builder = ensure_built("synthetic_panoptic")                  # default config
+    builder = ensure_built("synthetic_depth/nyu_size")            # a named config
+    builder = ensure_built("digits", data_dir=tmp, image_size=64)  # field overrides
+    ds = builder.as_dataset(split="train")
+
+Overrides make a config with a derived name (`default-num_train16`) that TFDS resolves again
+later, so `tfds.load(embedded_name(...), data_dir=...)` reads the same dataset.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import tensorflow_datasets as tfds
+
+from uvim_givt.data.builders import BUILDERS, REAL_COUNTERPARTS
+from uvim_givt.data.builders.common import config_fields, make_config
+
+__all__ = ["EMBEDDED_DATASETS", "embedded_name", "ensure_built"]
+
+# Embedded dataset -> the real TFDS dataset whose features it mirrors.
+EMBEDDED_DATASETS: dict[str, str] = dict(REAL_COUNTERPARTS)
+
+
+def embedded_name(name: str, **config: Any) -> str:
+    """Full TFDS name (`dataset/config`) of an embedded dataset with config overrides.
+
+    `name` is `dataset` or `dataset/config`; `config` overrides that config's fields
+    (e.g. num_train=16, image_size=128, seed=1). Raises ValueError naming a bad name or field.
+    """
+    dataset, _, base_name = name.partition("/")
+    if dataset not in BUILDERS:
+        raise ValueError(f"Unknown embedded dataset {dataset!r}; available: {sorted(BUILDERS)}")
+    cls = BUILDERS[dataset]
+    base_name = base_name or cls.DEFAULT_BUILDER_CONFIG_NAME
+    base = cls.get_builder_config(base_name)
+    root = cls.get_builder_config(base_name.split("-")[0])
+    if base is None or root is None:
+        raise ValueError(
+            f"Unknown config {base_name!r} of {dataset!r}; named configs: "
+            f"{sorted(c.name for c in cls.BUILDER_CONFIGS)} (or pass field overrides)"
+        )
+    # A derived base (`default-seed3`) is re-derived from its named root, so names stay canonical.
+    inherited = {
+        k: getattr(base, k)
+        for k in config_fields(type(base))
+        if getattr(base, k) != getattr(root, k)
+    }
+    return f"{dataset}/{make_config(root, {**inherited, **config}).name}"
+
+
+def ensure_built(name: str, data_dir: str | None = None, **config: Any) -> tfds.core.DatasetBuilder:
+    """Returns the prepared builder of an embedded dataset, generating it on first use.
+
+    `data_dir` defaults to TFDS's usual (`$TFDS_DATA_DIR` or `~/tensorflow_datasets`).
+    Generation is deterministic by the config's seed and shows TFDS's progress bars.
+    """
+    full_name = embedded_name(name, **config)
+    builder = tfds.builder(full_name, data_dir=data_dir)
+    if not builder.is_prepared():
+        print(
+            f"Building embedded dataset {full_name} into {builder.data_dir} "
+            "(first use; generated locally, nothing is downloaded)...",
+            file=sys.stderr,
+            flush=True,
+        )
+        builder.download_and_prepare()
+    return builder
