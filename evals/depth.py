@@ -1,0 +1,409 @@
+"""Depth evaluation: RMSE, AbsRel, log10 and delta1/2/3, per image then averaged.
+
+Definitions (as in the UViM / GIVT papers and their NYU Depth v2 evaluator):
+
+* pixels count when ``min_depth < gt < max_depth`` (zeros, NaNs and infs in the
+  ground truth are therefore invalid pixels, not errors);
+* the prediction is resized to the ground-truth size with nearest-neighbour
+  sampling at half-pixel centres (``src = floor((i + 0.5) * in / out)``, the
+  same as ``jax.image.resize(..., "nearest")``), then optionally cropped;
+* predictions are clipped to ``[min_depth, max_depth]`` before scoring (a no-op
+  for models that decode depth bins inside that range; keeps log10 defined);
+* RMSE = sqrt(mean((p - g)^2)), AbsRel = mean(|p - g| / g),
+  log10 = mean(|log10 p - log10 g|), delta_k = fraction of max(p/g, g/p) < 1.25^k;
+* the NYU evaluation crop of the 480x640 frames keeps rows 54..479 (426 rows)
+  and columns 41..600 (560 columns), i.e. ``gt[54:480, 41:601]``.
+
+An image without a single valid pixel is counted and listed by
+:class:`DepthAccumulator`, never averaged in. A prediction with NaN/inf values
+is an error naming the image.
+
+Command line, files mode (16-bit PNG in millimetres or ``.npy`` in metres on
+either side, matched by file-name stem)::
+
+    python -m evals.depth --pred-dir preds/ --gt-dir gt/ [--crop nyu] [--out result.json]
+
+Checkpoint mode (predictions from a run directory through the depth task)::
+
+    python -m evals.depth --ckpt RUN_DIR [--data SRC] [--split validation] [--max-examples N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from evals.records import config_hash, write_eval_record
+
+METRIC_NAMES = ("RMSE", "AbsRel", "log10", "delta1", "delta2", "delta3")
+NYU_FRAME_SHAPE = (480, 640)
+# (row_start, row_stop, col_start, col_stop), stops exclusive: 426 x 560 pixels.
+NYU_CROP = (54, 480, 41, 601)
+DEPTH_FILE_SUFFIXES = (".png", ".npy")
+
+Crop = str | tuple[int, int, int, int] | None
+
+
+class DepthEvalError(ValueError):
+    """A depth input (file, array, argument) that cannot be evaluated as given."""
+
+
+def resize_nearest(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a 2-d map to ``shape`` (half-pixel centres)."""
+    h_in, w_in = image.shape[:2]
+    h_out, w_out = shape
+    if (h_in, w_in) == (h_out, w_out):
+        return image
+    # Integer arithmetic: floor((i + 0.5) * in / out) without rounding surprises.
+    rows = np.minimum((2 * np.arange(h_out) + 1) * h_in // (2 * h_out), h_in - 1)
+    cols = np.minimum((2 * np.arange(w_out) + 1) * w_in // (2 * w_out), w_in - 1)
+    return image[rows[:, None], cols[None, :]]
+
+
+def _as_map(x: np.ndarray, what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 3 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim != 2:
+        raise DepthEvalError(f"{what} must be a 2-d depth map [H, W] (or [H, W, 1]); got {x.shape}")
+    return x.astype(np.float64)
+
+
+def _crop_box(crop: Crop, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    if crop is None:
+        return None
+    if crop == "auto":
+        return NYU_CROP if tuple(shape) == NYU_FRAME_SHAPE else None
+    if crop == "nyu":
+        if tuple(shape) != NYU_FRAME_SHAPE:
+            raise DepthEvalError(
+                f"the NYU crop applies to 480x640 frames; ground truth is {shape[0]}x{shape[1]}"
+            )
+        return NYU_CROP
+    if isinstance(crop, tuple) and len(crop) == 4:
+        return tuple(int(c) for c in crop)  # type: ignore[return-value]
+    raise DepthEvalError(f"unknown crop {crop!r}; use None, 'nyu', 'auto' or (r0, r1, c0, c1)")
+
+
+def depth_metrics(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    min_depth: float = 1e-3,
+    max_depth: float = 10.0,
+    crop: Crop = None,
+) -> dict[str, float]:
+    """Metrics of one image (depths in metres).
+
+    Returns the six metrics plus ``valid_pixels``; when no pixel is valid the
+    metrics are NaN and ``valid_pixels`` is 0 (:class:`DepthAccumulator` lists
+    such images instead of averaging them). ``crop`` is None, ``"nyu"``,
+    ``"auto"`` (NYU crop for 480x640 frames only) or ``(r0, r1, c0, c1)``.
+    """
+    pred = _as_map(pred, "prediction")
+    gt = _as_map(gt, "ground truth")
+    bad = int(np.size(pred) - np.count_nonzero(np.isfinite(pred)))
+    if bad:
+        raise DepthEvalError(f"prediction has {bad} NaN/inf values")
+    pred = resize_nearest(pred, gt.shape)
+    box = _crop_box(crop, gt.shape)
+    if box is not None:
+        r0, r1, c0, c1 = box
+        pred, gt = pred[r0:r1, c0:c1], gt[r0:r1, c0:c1]
+    with np.errstate(invalid="ignore"):  # NaN ground truth is simply not valid
+        valid = (gt > min_depth) & (gt < max_depth)
+    n = int(valid.sum())
+    if n == 0:
+        return {**{k: float("nan") for k in METRIC_NAMES}, "valid_pixels": 0}
+    g = gt[valid]
+    p = np.clip(pred[valid], min_depth, max_depth)
+    ratio = np.maximum(p / g, g / p)
+    out = {
+        "RMSE": float(np.sqrt(np.mean((p - g) ** 2))),
+        "AbsRel": float(np.mean(np.abs(p - g) / g)),
+        "log10": float(np.mean(np.abs(np.log10(p) - np.log10(g)))),
+    }
+    for k in (1, 2, 3):
+        out[f"delta{k}"] = float(np.mean(ratio < 1.25**k))
+    out["valid_pixels"] = n
+    return out
+
+
+class DepthAccumulator:
+    """Averages per-image depth metrics; images without valid pixels are listed apart."""
+
+    def __init__(self, min_depth: float = 1e-3, max_depth: float = 10.0, crop: Crop = None):
+        self.min_depth = min_depth
+        self.max_depth = max_depth
+        self.crop = crop
+        self.per_image: dict[str, dict[str, float]] = {}
+        self.invalid_images: list[str] = []
+
+    def add(self, name: str, pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+        """Scores one image; errors name the image."""
+        if name in self.per_image or name in self.invalid_images:
+            raise DepthEvalError(f"image {name!r} was added twice")
+        try:
+            m = depth_metrics(pred, gt, self.min_depth, self.max_depth, self.crop)
+        except DepthEvalError as e:
+            raise DepthEvalError(f"image {name!r}: {e}") from None
+        if m["valid_pixels"] == 0:
+            self.invalid_images.append(name)
+        else:
+            self.per_image[name] = m
+        return m
+
+    @property
+    def num_images(self) -> int:
+        return len(self.per_image)
+
+    def metrics(self) -> dict[str, float]:
+        """Mean of each metric over images with at least one valid pixel."""
+        if not self.per_image:
+            return {}
+        return {
+            k: float(np.mean([m[k] for m in self.per_image.values()])) for k in METRIC_NAMES
+        }
+
+    def result(self) -> dict[str, Any]:
+        """Metrics plus counts, JSON-ready."""
+        return {
+            "metrics": self.metrics(),
+            "num_images": self.num_images,
+            "num_images_without_valid_pixels": len(self.invalid_images),
+            "images_without_valid_pixels": list(self.invalid_images),
+            "min_depth": self.min_depth,
+            "max_depth": self.max_depth,
+            "crop": self.crop if not isinstance(self.crop, tuple) else list(self.crop),
+        }
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def read_depth_file(path: str) -> np.ndarray:
+    """Reads a depth map in metres: 16-bit PNG in millimetres or ``.npy`` in metres."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise DepthEvalError(f"unreadable depth file {path}: {e}") from None
+        if arr.dtype.kind not in "fiu":
+            raise DepthEvalError(f"depth file {path} holds {arr.dtype}, not numbers")
+        return _as_map_named(arr, path).astype(np.float64)
+    if suffix == ".png":
+        import cv2  # imported here: only files mode needs it
+
+        arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise DepthEvalError(f"unreadable depth file {path} (not a PNG image?)")
+        if arr.dtype != np.uint16:
+            raise DepthEvalError(
+                f"depth PNG {path} is {arr.dtype}; expected 16-bit PNG in millimetres"
+            )
+        return _as_map_named(arr, path).astype(np.float64) / 1000.0
+    raise DepthEvalError(f"depth file {path}: unknown type (use .png in mm or .npy in m)")
+
+
+def _as_map_named(arr: np.ndarray, path: str) -> np.ndarray:
+    try:
+        return _as_map(arr, "depth map")
+    except DepthEvalError as e:
+        raise DepthEvalError(f"{path}: {e}") from None
+
+
+def _depth_files(directory: str, what: str) -> dict[str, str]:
+    if not os.path.isdir(directory):
+        raise DepthEvalError(f"{what} directory {directory} does not exist")
+    files: dict[str, str] = {}
+    for name in sorted(os.listdir(directory)):
+        stem, suffix = os.path.splitext(name)
+        if suffix.lower() not in DEPTH_FILE_SUFFIXES:
+            continue
+        if stem in files:
+            raise DepthEvalError(
+                f"{what} directory {directory} has two files for {stem!r}: "
+                f"{os.path.basename(files[stem])} and {name}"
+            )
+        files[stem] = os.path.join(directory, name)
+    if not files:
+        raise DepthEvalError(f"{what} directory {directory} has no .png or .npy depth files")
+    return files
+
+
+def _name_list(names: Sequence[str], limit: int = 20) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def match_depth_files(pred_dir: str, gt_dir: str) -> list[tuple[str, str, str]]:
+    """(stem, pred_path, gt_path) for every ground-truth file; unmatched files are an error."""
+    preds = _depth_files(pred_dir, "prediction")
+    gts = _depth_files(gt_dir, "ground-truth")
+    no_pred = sorted(set(gts) - set(preds))
+    no_gt = sorted(set(preds) - set(gts))
+    if no_pred or no_gt:
+        lines = ["prediction and ground-truth files do not match (matched by name stem):"]
+        if no_pred:
+            lines.append(
+                f"  {len(no_pred)} ground truths without a prediction: {_name_list(no_pred)}"
+            )
+        if no_gt:
+            lines.append(
+                f"  {len(no_gt)} predictions without a ground truth: {_name_list(no_gt)}"
+            )
+        raise DepthEvalError("\n".join(lines))
+    return [(stem, preds[stem], gts[stem]) for stem in sorted(gts)]
+
+
+def evaluate_pairs(
+    pairs: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    min_depth: float = 1e-3,
+    max_depth: float = 10.0,
+    crop: Crop = None,
+) -> dict[str, Any]:
+    """Scores (name, pred_metres, gt_metres) triples; returns :meth:`DepthAccumulator.result`."""
+    acc = DepthAccumulator(min_depth, max_depth, crop)
+    for name, pred, gt in pairs:
+        acc.add(name, pred, gt)
+    return acc.result()
+
+
+def evaluate_files(
+    pred_dir: str,
+    gt_dir: str,
+    min_depth: float = 1e-3,
+    max_depth: float = 10.0,
+    crop: Crop = None,
+) -> dict[str, Any]:
+    """Files mode: scores every ground-truth file against the prediction with its stem."""
+    matched = match_depth_files(pred_dir, gt_dir)
+    pairs = ((s, read_depth_file(p), read_depth_file(g)) for s, p, g in matched)
+    return evaluate_pairs(pairs, min_depth, max_depth, crop)
+
+
+# ----------------------------------------------------------------------------- checkpoint
+
+
+def evaluate_checkpoint(
+    run_dir: str,
+    data: str | None = None,
+    split: str = "validation",
+    max_examples: int | None = None,
+    min_depth: float = 1e-3,
+    max_depth: float = 10.0,
+    crop: Crop = "auto",
+) -> tuple[dict[str, Any], str]:
+    """Predicts with a run's depth model, scores it and writes an eval record.
+
+    Returns (result, record_path).
+    """
+    from tasks.depth import predict_depth  # the task plugin; imported only here
+
+    if not os.path.isdir(run_dir):
+        raise DepthEvalError(f"run directory {run_dir} does not exist")
+    step, pairs = predict_depth(run_dir, data, split, max_examples)
+    result = evaluate_pairs(pairs, min_depth, max_depth, crop)
+    if not result["metrics"]:
+        raise DepthEvalError(
+            f"no image with valid ground-truth pixels in {split} of {data or 'embedded'}"
+        )
+    cfg_path = os.path.join(run_dir, "config.json")
+    chash = None
+    if os.path.isfile(cfg_path):
+        try:
+            with open(cfg_path) as f:
+                chash = config_hash(json.load(f))  # same hash as of the resolved dict
+        except (OSError, ValueError):
+            chash = None
+    record = {
+        "task": "depth",
+        "stage": "givt",
+        "split": split,
+        "data": data or "embedded",
+        "step": int(step),
+        "metrics": result["metrics"],
+        "num_examples": result["num_images"] + result["num_images_without_valid_pixels"],
+        "config_hash": chash,
+        "extra": {k: v for k, v in result.items() if k != "metrics"},
+    }
+    return result, write_eval_record(run_dir, record)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface (files mode or checkpoint mode)."""
+    p = argparse.ArgumentParser(
+        prog="python -m evals.depth",
+        description="Depth metrics (RMSE, AbsRel, log10, delta1..3) from files or a run.",
+    )
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--pred-dir", help="predictions: 16-bit PNG (mm) or .npy (m) per image")
+    mode.add_argument("--ckpt", metavar="RUN_DIR", help="a run directory of the depth task")
+    p.add_argument("--gt-dir", help="ground truth (files mode), same formats, same file stems")
+    p.add_argument("--crop", choices=["none", "nyu", "auto"], default=None,
+                   help="evaluation crop; default: none in files mode, auto (NYU crop on "
+                   "480x640 frames) in checkpoint mode")
+    p.add_argument("--min-depth", type=float, default=1e-3)
+    p.add_argument("--max-depth", type=float, default=10.0)
+    p.add_argument("--data", default=None, help="data source for --ckpt (default: embedded)")
+    p.add_argument("--split", default="validation")
+    p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--out", help="write the result as JSON here")
+    return p
+
+
+def _format_result(result: dict[str, Any]) -> str:
+    lines = [f"{k:>8s}  {v:.4f}" for k, v in result["metrics"].items()]
+    lines.append(f"{'images':>8s}  {result['num_images']}")
+    n_bad = result["num_images_without_valid_pixels"]
+    if n_bad:
+        lines.append(f"{n_bad} image(s) without valid ground-truth pixels (not averaged): "
+                     + _name_list(result["images_without_valid_pixels"]))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.pred_dir and not args.gt_dir:
+        parser.error("--pred-dir needs --gt-dir")
+    if not args.min_depth < args.max_depth:
+        parser.error("--min-depth must be below --max-depth")
+    crop_arg = None if args.crop == "none" else args.crop
+    try:
+        if args.ckpt:
+            result, path = evaluate_checkpoint(
+                args.ckpt, args.data, args.split, args.max_examples,
+                args.min_depth, args.max_depth, crop_arg if args.crop else "auto",
+            )
+            print(f"wrote {path}")
+        else:
+            result = evaluate_files(
+                args.pred_dir, args.gt_dir, args.min_depth, args.max_depth, crop_arg
+            )
+    except DepthEvalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(_format_result(result))
+    if not result["metrics"]:
+        print("error: no image has a valid ground-truth pixel", file=sys.stderr)
+        return 1
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
