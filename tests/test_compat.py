@@ -1,0 +1,368 @@
+"""Loading released big_vision checkpoints: layout conversion, reference trees, errors, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import serialization, traverse_util
+
+from uvim_givt.compat import big_vision as bv
+from uvim_givt.config import load_config
+from uvim_givt.training.checkpoint import load_params
+
+TREES = Path(__file__).parent / "data" / "big_vision_param_trees.json"
+CONFIGS = Path(__file__).parent.parent / "configs"
+SDS = jax.ShapeDtypeStruct
+
+
+def flat_of(tree) -> dict:
+    return traverse_util.flatten_dict(tree, sep="/")
+
+
+def random_params(abstract, seed: int = 0):
+    """Random values for every parameter (init would zero LogitsDense / decoder_head)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(
+        lambda s: rng.normal(0.0, 0.5, s.shape).astype(s.dtype), abstract)
+
+
+def write_npz(path, params) -> str:
+    np.savez(path, **{k: np.asarray(v) for k, v in flat_of(params).items()})
+    return str(path)
+
+
+def cfg_of(**groups) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(groups)
+
+
+# ---------------------------------------------------------------- tiny models, both layouts
+TINY_GIVT = dict(emb_dim=32, num_heads=2, mlp_dim=64, num_decoder_layers=2, seq_len=4,
+                 out_dim=3, num_labels=5, num_mixtures=2, head_kind="diag",
+                 drop_labels_probability=0.1)
+TINY_ENCDEC = dict(TINY_GIVT, num_layers=2, num_labels=None, patches=(4, 4), input_size=(8, 8),
+                   num_mixtures=1, head_kind="per_channel", drop_labels_probability=0.0)
+TINY_VIT_VAE = dict(input_size=(16, 16), patch_size=(8, 8), width=32, depth=2, decoder_depth=2,
+                    mlp_dim=64, num_heads=2, code_len=4, codeword_dim=4)
+TINY_DATA = dict(num_semantic_classes=5, num_instance_classes=3)
+
+
+def _givt_cfg(model: dict, scan: bool):
+    return cfg_of(task="imagenet", givt=dict(model=dict(model, scan=scan)))
+
+
+def _vae_cfg(scan: bool):
+    return cfg_of(task="panoptic", data=TINY_DATA, vae=dict(model=dict(TINY_VIT_VAE, scan=scan)))
+
+
+def _inputs():
+    rng = np.random.default_rng(1)
+    return dict(targets=jnp.asarray(rng.normal(size=(2, 4, 3)), jnp.float32),
+                labels=jnp.asarray([1, 3], jnp.int32),
+                image=jnp.asarray(rng.uniform(-1, 1, size=(2, 8, 8, 3)), jnp.float32),
+                label_map=jnp.asarray(np.stack([rng.integers(0, 5, (2, 16, 16)),
+                                                rng.integers(0, 3, (2, 16, 16))], -1),
+                                      jnp.int32))
+
+
+def _forward(kind: str, cfg):
+    """A jitted params -> outputs function of the model ``cfg`` describes."""
+    x = _inputs()
+    if kind == "vae":
+        model = bv.build_model("vae", cfg)
+        return jax.jit(lambda p: model.apply({"params": p}, x["label_map"]))
+    model = bv.build_model("givt", cfg)
+    if kind == "encdec":
+        return jax.jit(lambda p: model.apply({"params": p}, x["targets"], image=x["image"]))
+    return jax.jit(lambda p: model.apply({"params": p}, x["targets"], x["labels"]))
+
+
+CASES = {
+    "givt": ("givt", lambda scan: _givt_cfg(TINY_GIVT, scan)),
+    "encdec": ("givt", lambda scan: _givt_cfg(TINY_ENCDEC, scan)),
+    "vae": ("vae", _vae_cfg),
+}
+# (path of one stacked parameter, axis of its layer stack) per case
+STACKED = {
+    "givt": ("decoder/EncDecBlock/MLP/Dense_0/kernel", 1),
+    "encdec": ("encoder/encoderblock/MlpBlock_0/Dense_0/kernel", 0),
+    "vae": ("decoder/encoderblock/MultiHeadDotProductAttention_0/query/kernel", 0),
+}
+
+
+def _unrolled(key: str, i: int) -> str:
+    return key.replace("EncDecBlock/", f"EncDecBlock{i}/").replace(
+        "encoderblock/", f"encoderblock_{i}/")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_layout_conversion_keeps_outputs(case, tmp_path):
+    """Scanned -> unrolled and unrolled -> scanned give the same model outputs."""
+    stage, make_cfg = CASES[case]
+    cfgs = {scan: make_cfg(scan) for scan in (True, False)}
+    forward = {scan: _forward(case, cfgs[scan]) for scan in (True, False)}
+    stacked_key, axis = STACKED[case]
+    for src_scan in (True, False):
+        src = random_params(bv.abstract_params(stage, cfgs[src_scan]), seed=int(src_scan))
+        flat = bv.load_npz(write_npz(tmp_path / f"{case}_{src_scan}.npz", src))
+        dst = bv.load_into(stage, cfgs[not src_scan], flat)
+        target = bv.abstract_params(stage, cfgs[not src_scan])
+        assert jax.tree_util.tree_structure(dst) == jax.tree_util.tree_structure(target)
+        # Layer i of the stacked parameter is the unrolled layer i.
+        stacked_tree, unrolled_tree = (src, dst) if src_scan else (dst, src)
+        stacked = flat_of(stacked_tree)[stacked_key]
+        for i in range(stacked.shape[axis]):
+            np.testing.assert_array_equal(np.take(stacked, i, axis),
+                                          flat_of(unrolled_tree)[_unrolled(stacked_key, i)])
+        out_src, out_dst = forward[src_scan](src), forward[not src_scan](dst)
+        for a, b in zip(jax.tree_util.tree_leaves(out_src), jax.tree_util.tree_leaves(out_dst),
+                        strict=True):
+            assert np.abs(np.asarray(a)).max() > 0
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------ paper-scale reference trees
+def _paper_cfgs() -> dict[str, tuple[str, ml_collections.ConfigDict]]:
+    """(stage, config) for each reference entry; only shapes are ever built."""
+    pan = load_config("configs/panoptic.py:size=paper")
+    if (CONFIGS / "depth.py").is_file():
+        depth = load_config("configs/depth.py:size=paper")
+    else:  # the depth config follows the panoptic one with depth's channel and code sizes
+        depth = load_config("configs/panoptic.py:size=paper")
+        depth.task = "depth"
+        with depth.data.unlocked():
+            depth.data.num_depth_bins = 256
+        depth.vae.model.codeword_dim = depth.givt.model.out_dim = 16
+    imagenet = dict(emb_dim=1024, num_heads=16, mlp_dim=4096, num_decoder_layers=24,
+                    seq_len=256, out_dim=16, num_labels=1000, num_mixtures=16, head_kind="diag",
+                    drop_labels_probability=0.1, scan=True)
+    maskgit = dict(imagenet, style="masked", mask_style="concat")
+    return {
+        "givt_uvim_panoptic_stage2": ("givt", pan),
+        "vae_uvim_panoptic_stage1": ("vae", pan),
+        "givt_uvim_depth_stage2": ("givt", depth),
+        "vae_uvim_depth_stage1": ("vae", depth),
+        "givt_imagenet256_causal": ("givt", cfg_of(task="imagenet", givt=dict(model=imagenet))),
+        "givt_imagenet256_maskgit": ("givt", cfg_of(task="imagenet", givt=dict(model=maskgit))),
+        "vae_imagenet256_cnn": ("vae", cfg_of(task="imagenet", vae=dict(model={}))),
+    }
+
+
+@pytest.mark.parametrize("name", list(_paper_cfgs()))
+def test_reference_trees_map_onto_both_layouts(name):
+    """Every published tree converts (shapes only) into our paper-scale model, scanned or not."""
+    ref = json.loads(TREES.read_text())[name]
+    source = {k: SDS(tuple(v), jnp.float32) for k, v in ref["params"].items()}
+    stage, cfg = _paper_cfgs()[name]
+    group = cfg.givt.model if stage == "givt" else cfg.vae.model
+    layouts = (True, False) if "scan" in group else (None,)
+    for scan in layouts:
+        if scan is not None:
+            group.scan = scan
+        target = bv.abstract_params(stage, cfg)
+        out = bv.convert_layout(source, target)
+        shapes = {k: v.shape for k, v in flat_of(out).items()}
+        assert shapes == {k: v.shape for k, v in flat_of(target).items()}
+        assert all(isinstance(v, SDS) for v in flat_of(out).values())
+        assert bv.count_params(out) == ref["num_params"]
+        if scan is None or bool(scan) == any("EncDecBlock/" in k or "encoderblock/" in k
+                                             for k in ref["params"]):
+            assert {k: list(v) for k, v in shapes.items()} == ref["params"]  # same layout
+
+
+def test_infer_stage_from_reference_keys():
+    trees = json.loads(TREES.read_text())
+    for name, entry in trees.items():
+        assert bv.infer_stage(list(entry["params"])) == name.split("_")[0]
+    with pytest.raises(ValueError, match="pass --stage"):
+        bv.infer_stage(["foo/bar"])
+
+
+# ------------------------------------------------------------------------- mismatch errors
+def _target():
+    return {"EmbedTargets": {"kernel": SDS((2, 4), jnp.float32)},
+            "decoder": {"EncDecBlock": {"MLP": {"kernel": SDS((4, 3, 5), jnp.float32)}},
+                        "LayerNorm": {"scale": SDS((4,), jnp.float32)}}}
+
+
+def _source(**changes):
+    flat = {"EmbedTargets/kernel": np.zeros((2, 4), np.float32),
+            "decoder/LayerNorm/scale": np.ones((4,), np.float32)}
+    flat.update({f"decoder/EncDecBlock{i}/MLP/kernel": np.full((4, 5), i, np.float32)
+                 for i in range(3)})
+    for k, v in changes.items():
+        k = k.replace("__", "/")
+        if v is None:
+            flat.pop(k)
+        else:
+            flat[k] = v
+    return flat
+
+
+def test_convert_layout_ok_and_dtype():
+    src = _source(EmbedTargets__kernel=np.ones((2, 4), np.float64))
+    out = bv.convert_layout(src, _target())
+    assert out["EmbedTargets"]["kernel"].dtype == np.float32
+    k = out["decoder"]["EncDecBlock"]["MLP"]["kernel"]
+    assert k.shape == (4, 3, 5)
+    np.testing.assert_array_equal(k[0, :, 0], [0, 1, 2])  # layers on axis 1
+
+
+def test_mismatch_lists_missing_unexpected_and_shapes():
+    src = _source(EmbedTargets__kernel=np.zeros((3, 4), np.float32),
+                  decoder__LayerNorm__scale=None, foo__bar=np.zeros(1),
+                  decoder__EncDecBlock3__MLP__kernel=np.zeros((4, 5)),
+                  decoder__EncDecBlock1__MLP__kernel=None)
+    with pytest.raises(bv.CheckpointMismatch) as e:
+        bv.convert_layout(src, _target(), context="unit")
+    err = e.value
+    assert err.missing == ["decoder/EncDecBlock1/MLP/kernel", "decoder/LayerNorm/scale"]
+    assert err.unexpected == ["decoder/EncDecBlock3/MLP/kernel", "foo/bar"]
+    assert len(err.shapes) == 1 and "EmbedTargets/kernel" in err.shapes[0]
+    msg = str(err)
+    assert "(unit): 2 missing, 2 unexpected, 1 with a different shape" in msg
+    for s in ("decoder/LayerNorm/scale", "foo/bar", "(3, 4)", "(2, 4)"):
+        assert s in msg
+    assert isinstance(err, ValueError)
+
+
+def test_mismatch_per_layer_shape_and_layer_count():
+    src = _source(decoder__EncDecBlock2__MLP__kernel=np.zeros((4, 6)))
+    with pytest.raises(bv.CheckpointMismatch, match=r"EncDecBlock2/MLP/kernel: checkpoint "
+                                                    r"\(4, 6\), model \(4, 5\)"):
+        bv.convert_layout(src, _target())
+    # A stacked checkpoint with 3 layers cannot fill a 2-layer unrolled model.
+    target = {f"EncDecBlock{i}": {"k": SDS((4, 5), jnp.float32)} for i in range(2)}
+    with pytest.raises(bv.CheckpointMismatch, match=r"EncDecBlock/k: checkpoint \(4, 3, 5\), "
+                                                    r"model \(4, 2, 5\)"):
+        bv.convert_layout({"EncDecBlock/k": np.zeros((4, 3, 5))}, target)
+
+
+def test_mismatch_message_is_capped():
+    target = {f"p{i}": SDS((1,), jnp.float32) for i in range(25)}
+    with pytest.raises(bv.CheckpointMismatch) as e:
+        bv.convert_layout({}, target)
+    assert len(e.value.missing) == 25
+    assert "missing from the checkpoint (25)" in str(e.value)
+    assert "... and 15 more" in str(e.value)
+
+
+# ------------------------------------------------------------------------------ files
+def test_load_npz_errors_name_the_file(tmp_path):
+    with pytest.raises(bv.CheckpointFileError, match="nope.npz does not exist"):
+        bv.load_npz(str(tmp_path / "nope.npz"))
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"\x00garbage that is no checkpoint")
+    with pytest.raises(bv.CheckpointFileError, match="bad.npz"):
+        bv.load_npz(str(bad))
+    truncated = tmp_path / "trunc.npz"
+    write_npz(truncated, {"a": np.zeros((100,))})
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    with pytest.raises(bv.CheckpointFileError, match="trunc.npz"):
+        bv.load_npz(str(truncated))
+    with pytest.raises(bv.CheckpointFileError, match="is a directory"):
+        bv.load_npz(str(tmp_path))
+
+
+def test_load_npz_drops_train_state_prefix(tmp_path):
+    path = write_npz(tmp_path / "train.npz", {"params": {"a": {"b": np.ones(2)}},
+                                              "opt": {"mu": np.zeros(2)}})
+    assert list(bv.load_npz(path)) == ["a/b"]
+
+
+def test_msgpack_cnn_vae(tmp_path):
+    """A MaskGIT-style flax checkpoint of a tiny CNN VAE: EMA by default, g_params on demand."""
+    cfg = cfg_of(task="imagenet", vae=dict(model=dict(
+        filters=32, num_res_blocks=1, channel_multipliers=(1, 2), codeword_dim=4,
+        input_size=(16, 16))))
+    target = bv.abstract_params("vae", cfg)
+    ema, gen = random_params(target, 0), random_params(target, 1)
+    strip = lambda p: {k[len("cnn_"):]: v for k, v in p.items()}
+    state = {"ema_params": strip(ema), "g_params": strip(gen), "d_params": {"x": np.zeros(3)},
+             "step": 7}
+    path = tmp_path / "checkpoint_7"
+    path.write_bytes(serialization.msgpack_serialize(state))
+    flat = bv.load_npz(str(path))
+    assert all(k.startswith(("cnn_encoder/", "cnn_decoder/")) for k in flat)
+    assert bv.infer_stage(list(flat)) == "vae"
+    for choice, want in ((None, ema), ("g_params", gen)):
+        got = bv.load_into("vae", cfg, bv.load_npz(str(path), msgpack_params=choice))
+        for k, v in flat_of(want).items():
+            np.testing.assert_array_equal(flat_of(got)[k], v)
+    path.write_bytes(serialization.msgpack_serialize({"params": strip(ema)}))
+    with pytest.raises(bv.CheckpointFileError, match="without ema_params or g_params"):
+        bv.load_npz(str(path))
+
+
+def test_vae_label_channels():
+    pan = cfg_of(task="panoptic", data=TINY_DATA, vae=dict(model={}))
+    assert bv.vae_label_channels(pan) == {"semantics": (0, 5), "instances": (1, 3)}
+    depth = cfg_of(task="depth", data=dict(num_depth_bins=256), vae=dict(model={}))
+    assert bv.vae_label_channels(depth) == {"depth": (0, 256)}
+    with pytest.raises(ValueError, match="task 'other'"):
+        bv.vae_label_channels(cfg_of(task="other", vae=dict(model={})))
+
+
+# -------------------------------------------------------------------------------- CLI
+def test_cli_end_to_end(tmp_path, capsys):
+    """Tiny panoptic config: a scanned .npz goes into the (unrolled) tiny model's run dir."""
+    spec = "configs/panoptic.py:size=tiny"
+    scanned = load_config(spec, ["givt.model.scan=True", "vae.model.scan=True"])
+    givt_src = random_params(bv.abstract_params("givt", scanned), 0)
+    vae_src = random_params(bv.abstract_params("vae", scanned), 1)
+    givt_npz = write_npz(tmp_path / "givt.npz", givt_src)
+    vae_npz = write_npz(tmp_path / "vae.npz", vae_src)
+    run = str(tmp_path / "run")
+
+    assert bv.main(["--npz", givt_npz, "--config", spec, "--out", run]) == 0
+    assert bv.main(["--npz", vae_npz, "--config", spec, "--out", run, "--step", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "a givt checkpoint" in printed and "a vae checkpoint" in printed
+
+    cfg = load_config(spec)
+    for stage, src, step in (("givt", givt_src, 0), ("vae", vae_src, 5)):
+        params, got_step = load_params(run, stage)
+        assert got_step == step
+        want = bv.load_into(stage, cfg, flat_of(src))
+        assert set(flat_of(params)) == set(flat_of(want))
+        for k, v in flat_of(want).items():
+            np.testing.assert_array_equal(np.asarray(flat_of(params)[k]), v)
+    givt_params, _ = load_params(run, "givt")
+    np.testing.assert_array_equal(
+        givt_params["decoder"]["EncDecBlock1"]["MLP"]["Dense_0"]["kernel"],
+        givt_src["decoder"]["EncDecBlock"]["MLP"]["Dense_0"]["kernel"][:, 1])
+    info = json.loads(Path(run, "run_info.json").read_text())
+    assert info["num_params"] == {"givt": bv.count_params(givt_src),
+                                  "vae": bv.count_params(vae_src)}
+    assert info["source"] == f"big_vision npz: {vae_npz}"
+    assert json.loads(Path(run, "config.json").read_text())["task"] == "panoptic"
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--npz", "{tmp}/missing.npz"], "missing.npz does not exist"),
+    (["--npz", "{tmp}/givt.npz", "--set", "givt.model.emb_dim=64"], "shape differs"),
+    (["--npz", "{tmp}/givt.npz", "--set", "givt.model.nope=1"], "unknown config key"),
+    (["--npz", "{tmp}/givt.npz", "--stage", "vae"], "missing from the checkpoint"),
+    (["--npz", "{tmp}/givt.npz", "--out", "{tmp}/run"], "already has a checkpoint at step 0"),
+])
+def test_cli_errors_exit_2_without_traceback(tmp_path, capsys, args, expect):
+    spec = "configs/panoptic.py:size=tiny"
+    cfg = load_config(spec)
+    write_npz(tmp_path / "givt.npz", random_params(bv.abstract_params("givt", cfg)))
+    if "{tmp}/run" in args:
+        assert bv.main(["--npz", str(tmp_path / "givt.npz"), "--config", spec,
+                        "--out", str(tmp_path / "run")]) == 0
+    args = [a.format(tmp=tmp_path) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "other")]
+    capsys.readouterr()
+    assert bv.main(args + ["--config", spec]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expect in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "other" / "checkpoints")

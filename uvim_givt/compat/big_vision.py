@@ -1,0 +1,509 @@
+"""Loading released big_vision GIVT / UViM checkpoints into this project's models.
+
+The released parameters are flat ``.npz`` files whose keys are the '/'-joined
+parameter paths (see ``tests/data/big_vision_param_trees.json``); the ImageNet
+CNN VAE is a flax ``restore_checkpoint`` msgpack file whose generator weights
+sit under ``ema_params/`` or ``g_params/`` (renamed here to ``cnn_``).
+
+Our modules carry the published names, so loading is a renaming-free mapping,
+except for the layer layout: a checkpoint trained with ``nn.scan`` stacks each
+block parameter on a layer axis (axis 1 for the GIVT decoder's ``EncDecBlock``,
+axis 0 for ViT ``encoderblock``), an unrolled one has one entry per layer
+(``EncDecBlock{i}``, ``encoderblock_{i}``). :func:`convert_layout` converts
+between the two in either direction, then checks that every parameter of the
+target model is present with its shape and that nothing in the checkpoint is
+left over.
+
+Command line (writes a run directory usable for inference / evaluation and as
+the frozen stage 1 of a stage-2 run)::
+
+    python -m uvim_givt.compat.big_vision --npz givt_panoptic.npz \\
+        --config configs/panoptic.py:size=paper --out runs/panoptic_published
+
+Converted run directories hold parameters only (no optimiser state): the
+trainer cannot *resume* from them; they are for inference, evaluation and as
+the stage-1 model of a new stage-2 run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import serialization, traverse_util
+
+# Layer families: name of the scanned module -> (regex of one unrolled layer's
+# module name, format of that name, stacked axis in the published checkpoints).
+_LAYER_FAMILIES: dict[str, tuple[re.Pattern, str, int]] = {
+    "EncDecBlock": (re.compile(r"^EncDecBlock(\d+)$"), "EncDecBlock{}", 1),
+    "encoderblock": (re.compile(r"^encoderblock_(\d+)$"), "encoderblock_{}", 0),
+}
+# Where the generator weights of a MaskGIT-style flax checkpoint live.
+MSGPACK_PARAM_GROUPS = ("ema_params", "g_params")
+_SHOWN = 10  # how many entries of each kind a mismatch message lists
+
+Stage = Literal["givt", "vae"]
+
+
+class CheckpointFileError(ValueError):
+    """A checkpoint file that is missing, unreadable or of an unknown format."""
+
+
+class CheckpointMismatch(ValueError):
+    """Checkpoint keys/shapes that do not fit the target model's parameter tree."""
+
+    def __init__(self, missing: Sequence[str], unexpected: Sequence[str],
+                 shapes: Sequence[str], context: str = ""):
+        self.missing, self.unexpected, self.shapes = list(missing), list(unexpected), list(shapes)
+        head = "checkpoint does not match the model" + (f" ({context})" if context else "")
+        counts = (f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+                  f"{len(self.shapes)} with a different shape")
+        lines = [f"{head}: {counts}"]
+        for title, items in (("missing from the checkpoint", self.missing),
+                             ("unexpected in the checkpoint", self.unexpected),
+                             ("shape differs", self.shapes)):
+            if items:
+                lines.append(f"  {title} ({len(items)}):")
+                lines += [f"    {s}" for s in items[:_SHOWN]]
+                if len(items) > _SHOWN:
+                    lines.append(f"    ... and {len(items) - _SHOWN} more")
+        super().__init__("\n".join(lines))
+
+
+# ------------------------------------------------------------------------ reading files
+def _fix_dtype(x: np.ndarray) -> np.ndarray:
+    # np.savez writes bfloat16 arrays as 2-byte void; view them back as bfloat16.
+    if x.dtype.kind == "V" and x.dtype.itemsize == 2:
+        import ml_dtypes
+        return x.view(ml_dtypes.bfloat16)
+    return x
+
+
+def _strip_train_state(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A big_vision training checkpoint (``params/...``, ``opt/...``): keep the params."""
+    for prefix in ("params/", "opt/target/"):
+        if any(k.startswith(prefix) for k in flat):
+            return {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+    return flat
+
+
+def _load_msgpack(path: str, data: bytes, group: str | None) -> dict[str, np.ndarray]:
+    try:
+        tree = serialization.msgpack_restore(data)
+    except Exception as e:  # msgpack raises several unrelated types on bad input
+        raise CheckpointFileError(
+            f"{path}: neither a .npz archive nor a flax msgpack checkpoint "
+            f"({type(e).__name__}: {e})") from None
+    if not isinstance(tree, Mapping):
+        raise CheckpointFileError(f"{path}: the msgpack checkpoint holds no dict of parameters")
+    if group is None:
+        group = next((g for g in MSGPACK_PARAM_GROUPS if g in tree), None)
+        if group is None:
+            raise CheckpointFileError(
+                f"{path}: flax checkpoint without {' or '.join(MSGPACK_PARAM_GROUPS)} "
+                f"(top-level keys: {sorted(map(str, tree))})")
+    elif group not in tree:
+        raise CheckpointFileError(f"{path}: flax checkpoint has no {group!r} "
+                                  f"(top-level keys: {sorted(map(str, tree))})")
+    params = tree[group]
+    if isinstance(params, Mapping) and set(params) == {"params"}:  # a {'params': ...} variables
+        params = params["params"]
+    if not isinstance(params, Mapping):
+        raise CheckpointFileError(f"{path}: {group!r} is not a parameter tree")
+    flat = traverse_util.flatten_dict(dict(params), sep="/")
+    return {"cnn_" + k: _fix_dtype(np.asarray(v)) for k, v in flat.items()}
+
+
+def load_npz(path: str, msgpack_params: str | None = None) -> dict[str, np.ndarray]:
+    """Reads a released checkpoint into flat '/'-joined keys -> arrays.
+
+    ``.npz`` (big_vision): keys as stored (a training checkpoint's ``params/``
+    prefix is dropped). flax msgpack (the ImageNet CNN VAE): the generator
+    weights under ``msgpack_params`` ("ema_params" or "g_params"; default EMA
+    when present), with that prefix renamed to ``cnn_`` (-> ``cnn_encoder/...``).
+    """
+    if msgpack_params is not None and msgpack_params not in MSGPACK_PARAM_GROUPS:
+        raise ValueError(f"msgpack_params must be one of {MSGPACK_PARAM_GROUPS}, "
+                         f"got {msgpack_params!r}")
+    if not os.path.exists(path):
+        raise CheckpointFileError(f"checkpoint file {path} does not exist")
+    if os.path.isdir(path):
+        raise CheckpointFileError(f"{path} is a directory; expected a .npz file or a flax "
+                                  "msgpack checkpoint file")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic == b"PK\x03\x04":  # a zip archive: .npz
+            with np.load(path, allow_pickle=False) as z:
+                flat = {k: _fix_dtype(z[k]) for k in z.files}
+            if not flat:
+                raise CheckpointFileError(f"{path}: the .npz archive holds no arrays")
+            return _strip_train_state(flat)
+        with open(path, "rb") as f:
+            data = f.read()
+    except CheckpointFileError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise CheckpointFileError(f"{path}: cannot read the checkpoint "
+                                  f"({type(e).__name__}: {e})") from None
+    if not data:
+        raise CheckpointFileError(f"{path}: the file is empty")
+    return _load_msgpack(path, data, msgpack_params)
+
+
+def save_npz(path: str, params: Mapping[str, Any]) -> str:
+    """Writes a parameter tree (nested or flat) as a big_vision-style flat ``.npz``."""
+    np.savez(path, **{k: np.asarray(v) for k, v in _flatten(params).items()})
+    return path if path.endswith(".npz") else path + ".npz"
+
+
+# ----------------------------------------------------------------------- layout mapping
+def _split_layer(key: str) -> tuple[str, int | None, str, int] | None:
+    """(scanned key, layer index or None if stacked, family, axis) of a block parameter."""
+    parts = key.split("/")
+    for j, part in enumerate(parts[:-1]):
+        for family, (pattern, _, axis) in _LAYER_FAMILIES.items():
+            if part == family:
+                return key, None, family, axis
+            m = pattern.match(part)
+            if m:
+                stacked = "/".join(parts[:j] + [family] + parts[j + 1:])
+                return stacked, int(m.group(1)), family, axis
+    return None
+
+
+def _layer_key(stacked: str, family: str, index: int) -> str:
+    """The unrolled name of layer ``index`` of a scanned parameter key."""
+    parts = stacked.split("/")
+    j = parts.index(family)
+    parts[j] = _LAYER_FAMILIES[family][1].format(index)
+    return "/".join(parts)
+
+
+def _remove_axis(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    return shape[:axis] + shape[axis + 1:]
+
+
+def _insert_axis(shape: tuple[int, ...], axis: int, n: int) -> tuple[int, ...]:
+    return shape[:axis] + (n,) + shape[axis:]
+
+
+def _plan(source: Mapping[str, tuple[int, ...]], target: Mapping[str, tuple[int, ...]],
+          context: str = "") -> dict[str, tuple]:
+    """How each target key is made from the source: ("copy", key) | ("stack", keys, axis)
+    | ("slice", key, axis, index). Raises :class:`CheckpointMismatch`."""
+    plan: dict[str, tuple] = {}
+    used: set[str] = set()
+    missing: list[str] = []
+    shapes: list[str] = []
+    # Stacked source keys sliced into unrolled target layers: key -> (axis, {index: shape}).
+    sliced: dict[str, tuple[int, dict[int, tuple[int, ...]]]] = {}
+    for t, t_shape in target.items():
+        if t in source:
+            used.add(t)
+            plan[t] = ("copy", t)
+            if tuple(source[t]) != t_shape:
+                shapes.append(f"{t}: checkpoint {tuple(source[t])}, model {t_shape}")
+            continue
+        layer = _split_layer(t)
+        if layer is None:
+            missing.append(t)
+            continue
+        stacked, index, family, axis = layer
+        if index is None:  # target stacked: gather the checkpoint's unrolled layers
+            if len(t_shape) <= axis:
+                missing.append(t)
+                continue
+            n, per_layer = t_shape[axis], _remove_axis(t_shape, axis)
+            keys = [_layer_key(stacked, family, i) for i in range(n)]
+            present = [k for k in keys if k in source]
+            if not present:
+                missing.append(t)
+                continue
+            missing.extend(k for k in keys if k not in source)
+            for k in present:
+                used.add(k)
+                if tuple(source[k]) != per_layer:
+                    shapes.append(f"{k}: checkpoint {tuple(source[k])}, model {per_layer} "
+                                  f"(one layer of {t} {t_shape})")
+            plan[t] = ("stack", keys, axis)
+        else:  # target unrolled: slice the checkpoint's stacked parameter
+            if stacked not in source:
+                missing.append(t)
+                continue
+            used.add(stacked)
+            sliced.setdefault(stacked, (axis, {}))[1][index] = t_shape
+            plan[t] = ("slice", stacked, axis, index)
+    for s, (axis, layers) in sliced.items():
+        s_shape = tuple(source[s])
+        per_layer = set(layers.values())
+        n = max(layers) + 1
+        want = _insert_axis(next(iter(per_layer)), axis, n) if len(per_layer) == 1 else None
+        if want is None or s_shape != want or sorted(layers) != list(range(n)):
+            shapes.append(f"{s}: checkpoint {s_shape}, model {want or sorted(per_layer)} "
+                          f"({len(layers)} layers stacked on axis {axis})")
+    unexpected = sorted(k for k in source if k not in used)
+    if missing or unexpected or shapes:
+        raise CheckpointMismatch(missing, unexpected, shapes, context)
+    return plan
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, np.ndarray | jax.Array)
+
+
+def _flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
+    if all(isinstance(k, str) and not isinstance(v, Mapping) for k, v in tree.items()):
+        return dict(tree)
+    return traverse_util.flatten_dict(dict(tree), sep="/")
+
+
+def convert_layout(flat: Mapping[str, Any], target: Mapping[str, Any],
+                   context: str = "") -> dict[str, Any]:
+    """Maps checkpoint arrays onto the structure of ``target`` (an abstract param tree).
+
+    ``flat``: '/'-joined keys -> arrays. Scanned (stacked) and unrolled layer
+    layouts are converted either way; values are cast to the target dtype.
+    Returns a nested dict of numpy arrays shaped like ``target``. Values that
+    are shape-only (``jax.ShapeDtypeStruct``) give a tree of ``ShapeDtypeStruct``
+    (a dry run: checks keys and shapes without touching data).
+    Raises :class:`CheckpointMismatch` listing missing/unexpected keys and shapes.
+    """
+    target_flat = _flatten(target)
+    target_shapes = {k: tuple(v.shape) for k, v in target_flat.items()}
+    plan = _plan({k: tuple(v.shape) for k, v in flat.items()}, target_shapes, context)
+    out = {}
+    for t, op in plan.items():
+        dtype = getattr(target_flat[t], "dtype", None)
+        sources = op[1] if op[0] == "stack" else [op[1]]
+        if not all(_is_array(flat[s]) for s in sources):
+            out[t] = jax.ShapeDtypeStruct(target_shapes[t],
+                                          dtype if dtype is not None else flat[sources[0]].dtype)
+            continue
+        if op[0] == "copy":
+            x = np.asarray(flat[op[1]])
+        elif op[0] == "stack":
+            x = np.stack([np.asarray(flat[s]) for s in op[1]], axis=op[2])
+        else:
+            x = np.take(np.asarray(flat[op[1]]), op[3], axis=op[2])
+        out[t] = x.astype(dtype, copy=False) if dtype is not None else x
+    return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in out.items()})
+
+
+# ------------------------------------------------------------------- models from configs
+def vae_label_channels(cfg: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
+    """The ViT VAE's label channels (name -> (index in the label map, classes)) of a task."""
+    model = cfg.vae.model
+    if "label_channels" in model:
+        return {str(k): (int(v[0]), int(v[1])) for k, v in dict(model.label_channels).items()}
+    task = cfg.get("task")
+    if task == "panoptic":
+        return {"semantics": (0, int(cfg.data.num_semantic_classes)),
+                "instances": (1, int(cfg.data.num_instance_classes))}
+    if task == "depth":
+        return {"depth": (0, int(cfg.data.num_depth_bins))}
+    raise ValueError(f"no ViT VAE label channels known for task {task!r} "
+                     "(set vae.model.label_channels)")
+
+
+def _kwargs(group: Any) -> dict[str, Any]:
+    d = group.to_dict() if isinstance(group, ml_collections.ConfigDict) else dict(group)
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def _construct(cls: type, where: str, **kw: Any) -> Any:
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise ValueError(f"cannot build {cls.__name__} from {where}: {e}") from None
+
+
+def build_model(stage: Stage, cfg: ml_collections.ConfigDict) -> Any:
+    """The flax module of a stage: ``GIVT`` (givt), ``ViTVAE`` or, for imagenet, ``CNNVAE``."""
+    if stage == "givt":
+        from uvim_givt.models.givt import GIVT
+        return _construct(GIVT, "cfg.givt.model", **_kwargs(cfg.givt.model))
+    if stage == "vae":
+        kw = _kwargs(cfg.vae.model)
+        if cfg.get("task") == "imagenet":
+            from uvim_givt.models.cnn_vae import CNNVAE
+            return _construct(CNNVAE, "cfg.vae.model", **kw)
+        from uvim_givt.models.vit_vae import ViTVAE
+        kw["label_channels"] = vae_label_channels(cfg)
+        return _construct(ViTVAE, "cfg.vae.model", **kw)
+    raise ValueError(f"unknown stage {stage!r}: givt or vae")
+
+
+def abstract_params(stage: Stage, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The parameter tree of a stage's model as ``jax.ShapeDtypeStruct`` (nothing allocated)."""
+    model = build_model(stage, cfg)
+    key = jax.random.PRNGKey(0)
+    if stage == "givt":
+        def init():
+            b = 1
+            targets = jnp.zeros((b, model.seq_len, model.out_dim), jnp.float32)
+            labels = None if model.num_labels is None else jnp.zeros((b,), jnp.int32)
+            image = (jnp.zeros((b, *model.input_size, 3), jnp.float32)
+                     if model.num_layers > 0 else None)
+            mask = jnp.zeros((b, model.seq_len), bool) if model.style == "masked" else None
+            return model.init(key, targets, labels, image=image, input_mask=mask)["params"]
+    elif cfg.get("task") == "imagenet":
+        def init():
+            return model.init(key, jnp.zeros((1, *model.input_size, 3), jnp.float32))["params"]
+    else:
+        channels = 1 + max(i for i, _ in model.label_channels.values())
+
+        def init():
+            x = jnp.zeros((1, *model.input_size, channels), jnp.int32)
+            return model.init(key, x)["params"]
+    return jax.eval_shape(init)
+
+
+def load_into(model_kind: Stage, cfg: ml_collections.ConfigDict,
+              flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Checkpoint arrays (from :func:`load_npz`) -> the parameter tree of ``cfg``'s model."""
+    target = abstract_params(model_kind, cfg)
+    return convert_layout(flat, target, context=f"{model_kind} model of the config")
+
+
+def infer_stage(keys: Sequence[str]) -> Stage:
+    """``givt`` if the checkpoint embeds target tokens, ``vae`` if it has a VAE encoder."""
+    tops = {k.split("/", 1)[0] for k in keys}
+    if "EmbedTargets" in tops:
+        return "givt"
+    if tops & {"encoder_head", "cnn_encoder"}:
+        return "vae"
+    raise ValueError("cannot tell whether the checkpoint is a GIVT (EmbedTargets/...) or a "
+                     f"VAE (encoder_head/..., cnn_encoder/...); top-level keys: "
+                     f"{sorted(tops)[:12]}; pass --stage")
+
+
+def count_params(params: Any) -> int:
+    """Number of scalars in a parameter tree (arrays or shape structs)."""
+    return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+
+
+# ---------------------------------------------------------------------- run directories
+def write_stage_checkpoint(run_dir: str, stage: Stage, params: Any, step: int = 0,
+                           meta: Mapping[str, Any] | None = None) -> str:
+    """Saves ``params`` (no optimiser state) as the ``stage`` checkpoint at ``step``.
+
+    ``training.checkpoint.load_params(run_dir, stage)`` reads it back; resuming
+    training from it is not possible (no ``opt_state`` item).
+    """
+    import orbax.checkpoint as ocp
+
+    from uvim_givt.training.checkpoint import CheckpointError, StageCheckpoints
+
+    ckpt = StageCheckpoints(run_dir, stage, keep=1_000_000)
+    try:
+        if step in ckpt.manager.all_steps():
+            raise CheckpointError(f"{ckpt.directory} already has a checkpoint at step {step}; "
+                                  "pass another --step or --out")
+        meta = dict(meta or {}, step=step, train_time_s=0.0)
+        ckpt.manager.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
+        ckpt.wait()
+    finally:
+        ckpt.close()
+    return os.path.join(ckpt.directory, str(step))
+
+
+def _update_run_info(run_dir: str, stage: str, num_params: int, source: str) -> str:
+    path = os.path.join(run_dir, "run_info.json")
+    info = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            info = json.load(f)
+    info.setdefault("num_params", {})[stage] = num_params
+    info["source"] = source
+    info.setdefault("sources", {})[stage] = source
+    with open(path, "w") as f:
+        json.dump(info, f, indent=1, sort_keys=True)
+    return path
+
+
+def _check_same_config(run_dir: str, cfg: ml_collections.ConfigDict) -> None:
+    from uvim_givt.config import to_dict
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    if old != to_dict(cfg):
+        raise ValueError(f"{run_dir} already holds a run with a different config.json; "
+                         "convert into a new --out (or use the same config)")
+
+
+def convert(npz: str, config: str, out: str, overrides: Sequence[str] = (),
+            stage: Stage | None = None, step: int = 0,
+            msgpack_params: str | None = None,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The command line's work: checkpoint file + config -> run directory ``out``."""
+    from uvim_givt.config import load_config, save_config
+
+    flat = load_npz(npz, msgpack_params)
+    n_src = sum(math.prod(v.shape) for v in flat.values())
+    stage = stage or infer_stage(list(flat))
+    log(f"read {len(flat)} arrays ({n_src:,} parameters) from {npz}: a {stage} checkpoint")
+    cfg = load_config(config, overrides)
+    try:
+        params = load_into(stage, cfg, flat)
+    except CheckpointMismatch as e:
+        raise CheckpointMismatch(e.missing, e.unexpected, e.shapes,
+                                 f"{npz} vs the {stage} model of {config}") from None
+    del flat
+    _check_same_config(out, cfg)
+    written = {"config": save_config(cfg, out)}
+    log(f"wrote {written['config']}")
+    source = f"big_vision npz: {npz}"
+    written["checkpoint"] = write_stage_checkpoint(out, stage, params, step,
+                                                   meta={"source": source})
+    log(f"wrote {written['checkpoint']} ({stage} parameters only, no optimiser state)")
+    n = count_params(params)
+    written["run_info"] = _update_run_info(out, stage, n, source)
+    log(f"wrote {written['run_info']} ({stage}: {n:,} parameters)")
+    return {"stage": stage, "num_params": n, "step": step, **written}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m uvim_givt.compat.big_vision``; returns the exit code (2 on user errors)."""
+    p = argparse.ArgumentParser(
+        prog="python -m uvim_givt.compat.big_vision",
+        description="Convert a released big_vision GIVT/UViM checkpoint into a run directory "
+                    "(parameters only: for inference, evaluation, or as stage 1 of stage 2).")
+    p.add_argument("--npz", required=True, help=".npz file (or flax msgpack for the CNN VAE)")
+    p.add_argument("--config", required=True, help="FILE[:args], e.g. configs/panoptic.py:"
+                                                   "size=paper")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable)")
+    p.add_argument("--stage", choices=("givt", "vae"), default=None,
+                   help="default: inferred from the checkpoint's keys")
+    p.add_argument("--step", type=int, default=0, help="checkpoint step to write (default 0)")
+    p.add_argument("--msgpack-params", choices=MSGPACK_PARAM_GROUPS, default=None,
+                   help="flax msgpack checkpoints: which weights (default ema_params if present)")
+    p.add_argument("--out", required=True, help="run directory to write")
+    args = p.parse_args(argv)
+    from uvim_givt.training.checkpoint import CheckpointError
+    try:
+        convert(args.npz, args.config, args.out, args.set, args.stage, args.step,
+                args.msgpack_params)
+    except (ValueError, OSError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
