@@ -1,0 +1,171 @@
+"""Shared math of the Gaussian (beta-)VAEs: sampling, code dropout, KL and the losses.
+
+Normalisation (the published big_vision one, so the published betas mean the same):
+
+* reconstruction is computed per example, then averaged over the batch;
+* the KL term is summed over codeword dims AND over the tokens of an example
+  (``kl_token_reduction="sum"``), then averaged over the batch. With
+  ``kl_token_reduction="mean"`` it is averaged over tokens instead (beta then
+  needs to be ``code_len`` times larger for the same effect).
+
+Axis conventions: ``mu``, ``logvar`` and ``z`` are ``[B, L, D]`` (L tokens of D
+dims); label maps are int ``[B, H, W, C]``; logits are ``[B, H, W, classes]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+CodeDropout = Literal["none", "seq", "random"]
+TokenReduction = Literal["sum", "mean"]
+
+
+def reparametrize(mu: jax.Array, logvar: jax.Array, rng: jax.Array) -> jax.Array:
+    """A sample z = mu + exp(logvar / 2) * eps, eps ~ N(0, I)."""
+    eps = jax.random.normal(rng, mu.shape, mu.dtype)
+    return mu + jnp.exp(0.5 * logvar) * eps
+
+
+def code_dropout_mask(rng: jax.Array, batch: int, code_len: int, mode: CodeDropout) -> jax.Array:
+    """Bool ``[B, L]``, True = token kept. Published semantics (big_vision ``code_dropout``).
+
+    Token ``i`` has importance ``(L - i) / (L + 1)`` (linearly from ~1 to ~0); per
+    example a threshold ``t ~ U[0, 1)`` is drawn and the tokens with importance > t
+    are kept. ``"seq"``: a prefix of random length is kept (a later token is dropped
+    more often; on average half the tokens survive). ``"random"``: the same number
+    of tokens is kept, but at positions permuted independently per example.
+    ``"none"``: all tokens are kept.
+    """
+    if mode == "none":
+        return jnp.ones((batch, code_len), bool)
+    if mode not in ("seq", "random"):
+        raise ValueError(f"unknown code_dropout {mode!r}: none, seq or random")
+    rng_thr, rng_perm = jax.random.split(rng)
+    importance = jnp.linspace(1.0, 0.0, code_len + 2)[1:-1]
+    thr = jax.random.uniform(rng_thr, (batch,))
+    keep = importance[None, :] > thr[:, None]
+    if mode == "random":
+        keep = jax.random.permutation(rng_perm, keep, axis=-1, independent=True)
+    return keep
+
+
+def apply_code_dropout(z: jax.Array, rng: jax.Array, mode: CodeDropout) -> jax.Array:
+    """Zeroes the dropped tokens of ``z`` [B, L, D] (see ``code_dropout_mask``)."""
+    if mode == "none":
+        return z
+    keep = code_dropout_mask(rng, z.shape[0], z.shape[1], mode)
+    return z * keep[:, :, None].astype(z.dtype)
+
+
+def gaussian_kl(mu: jax.Array, logvar: jax.Array,
+                token_reduction: TokenReduction = "sum") -> jax.Array:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per example, shape [B].
+
+    Summed over the last (codeword) axis; over the remaining non-batch axes
+    (the tokens) summed (``"sum"``, published) or averaged (``"mean"``).
+    """
+    kl = 0.5 * (jnp.square(mu) + jnp.exp(logvar) - 1.0 - logvar)
+    kl = jnp.sum(kl, axis=-1)
+    axes = tuple(range(1, kl.ndim))
+    if token_reduction == "sum":
+        return jnp.sum(kl, axis=axes)
+    if token_reduction == "mean":
+        return jnp.mean(kl, axis=axes)
+    raise ValueError(f"unknown token_reduction {token_reduction!r}: sum or mean")
+
+
+def pixel_xent(logits: jax.Array, labels: jax.Array, ignore_zero: bool = False) -> jax.Array:
+    """Softmax cross-entropy averaged over the pixels of each example, shape [B].
+
+    ``logits`` [B, ..., K], ``labels`` int [B, ...]. With ``ignore_zero`` the pixels
+    whose target class is 0 are left out and each example is averaged over its
+    valid pixels only (an example without valid pixels contributes 0).
+    """
+    b = logits.shape[0]
+    logp = jax.nn.log_softmax(logits.reshape(b, -1, logits.shape[-1]).astype(jnp.float32))
+    labels = labels.reshape(b, -1).astype(jnp.int32)
+    nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+    if not ignore_zero:
+        return jnp.mean(nll, axis=1)
+    valid = (labels != 0).astype(nll.dtype)
+    return jnp.sum(nll * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1.0)
+
+
+def label_vae_loss(
+    logits: Mapping[str, jax.Array],
+    labels: jax.Array,
+    mu: jax.Array,
+    logvar: jax.Array,
+    *,
+    label_channels: Mapping[str, tuple[int, int]],
+    beta: float,
+    ignore_zero: Collection[str] | bool = (),
+    kl_token_reduction: TokenReduction = "sum",
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """beta-VAE loss of the ViT VAE over label maps (UViM stage 1).
+
+    loss = mean_batch[ sum_channels xent_c + beta * KL ], where ``xent_c`` is the
+    per-example pixel-averaged softmax cross-entropy of channel ``c`` (logits
+    ``logits[c]`` against ``labels[..., label_channels[c][0]]``) and KL is
+    ``gaussian_kl(mu, logvar, kl_token_reduction)``. ``ignore_zero``: channel names
+    (or True for all) whose target class 0 means "unknown" (e.g. invalid depth).
+
+    Returns (loss, metrics) with metrics ``xent/<name>``, ``xent``, ``kl``, ``loss``.
+    """
+    metrics: dict[str, jax.Array] = {}
+    total_xent = jnp.zeros((labels.shape[0],), jnp.float32)
+    for name, (index, _) in label_channels.items():
+        ign = ignore_zero if isinstance(ignore_zero, bool) else name in ignore_zero
+        xent = pixel_xent(logits[name], labels[..., index], ignore_zero=ign)
+        metrics[f"xent/{name}"] = jnp.mean(xent)
+        total_xent = total_xent + xent
+    kl = jnp.mean(gaussian_kl(mu, logvar, kl_token_reduction))
+    xent = jnp.mean(total_xent)
+    loss = xent + beta * kl
+    metrics.update(xent=xent, kl=kl, loss=loss)
+    return loss, metrics
+
+
+def vae_loss(
+    reconstruction: jax.Array,
+    target: jax.Array,
+    mu: jax.Array,
+    logvar: jax.Array,
+    *,
+    beta: float,
+    extra_losses: Mapping[str, jax.Array] | None = None,
+    rec_reduction: Literal["mean", "sum"] = "mean",
+    kl_token_reduction: TokenReduction = "sum",
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """beta-VAE loss of the CNN (image) VAE: L2 reconstruction + beta * KL + extras.
+
+    Reconstruction per example: ``"mean"`` = mean squared error over pixels and
+    channels (MaskGIT-style); ``"sum"`` = 0.5 * sum of squared errors (big_vision's
+    ``l2``, the Gaussian NLL up to a constant). Then averaged over the batch.
+    ``extra_losses``: already weighted scalar terms (e.g. ``{"perceptual": w * lp,
+    "generator": w * g}``) added to the loss as they are and reported under their names.
+
+    Returns (loss, metrics) with metrics ``rec``, ``kl``, the extra names, ``loss``.
+    """
+    sq = jnp.square(reconstruction.astype(jnp.float32) - target.astype(jnp.float32))
+    axes = tuple(range(1, sq.ndim))
+    if rec_reduction == "mean":
+        rec = jnp.mean(jnp.mean(sq, axis=axes))
+    elif rec_reduction == "sum":
+        rec = jnp.mean(0.5 * jnp.sum(sq, axis=axes))
+    else:
+        raise ValueError(f"unknown rec_reduction {rec_reduction!r}: mean or sum")
+    kl = jnp.mean(gaussian_kl(mu, logvar, kl_token_reduction))
+    loss = rec + beta * kl
+    metrics: dict[str, jax.Array] = {"rec": rec, "kl": kl}
+    for name, value in (extra_losses or {}).items():
+        if name in ("rec", "kl", "loss"):
+            raise ValueError(f"extra loss name {name!r} clashes with a built-in metric")
+        loss = loss + value
+        metrics[name] = value
+    metrics["loss"] = loss
+    return loss, metrics
