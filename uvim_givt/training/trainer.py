@@ -50,12 +50,16 @@ class Stage:
       or not the run was restarted (e.g. a seeded shuffle and ``skip``).
     evaluate: optional (params, step) -> dict of metrics, called on the host
       every ``eval_every`` steps and at the end.
+    frozen: optional pytree of arrays the loss reads but never trains (e.g. the
+      stage-1 VAE in stage 2); then ``loss_fn(params, batch, key, frozen)``.
+      It is a jit argument (replicated, or sharded with FSDP), not a constant.
     """
 
     init_params: Callable[[jax.Array], Any]
     loss_fn: LossFn
     batches: Callable[[int], Iterator[Batch]]
     evaluate: Callable[[Any, int], dict[str, float]] | None = None
+    frozen: Any = None
 
 
 @dataclasses.dataclass
@@ -118,10 +122,17 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
             ckpt.close()
             return TrainResult(params, start, count_params(params), prior_time, [])
 
-    def train_step(params, opt_state, bad_step, batch, step):
+    frozen = stage.frozen
+    frozen_sh = None
+    if frozen is not None:
+        frozen_sh = sharding.tree_shardings(frozen, mesh, cfg.fsdp)
+        frozen = jax.device_put(frozen, frozen_sh)
+
+    def train_step(params, opt_state, bad_step, batch, step, frozen):
         key = jax.random.fold_in(step_key, step)
+        extra = () if frozen is None else (frozen,)
         (loss, metrics), grads = jax.value_and_grad(stage.loss_fn, has_aux=True)(
-            params, batch, key)
+            params, batch, key, *extra)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(loss)
@@ -131,7 +142,7 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
 
     batch_sh = sharding.batch_sharding(mesh)
     step_fn = jax.jit(train_step, donate_argnums=(0, 1),
-                      in_shardings=(params_sh, opt_sh, repl, batch_sh, repl),
+                      in_shardings=(params_sh, opt_sh, repl, batch_sh, repl, frozen_sh),
                       out_shardings=(params_sh, opt_sh, repl, repl))
 
     writer = MetricsWriter(run_dir, stage_name, enabled=jax.process_index() == 0)
@@ -171,7 +182,7 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
                 raise RuntimeError(f"{stage_name}: the data ran out at step {step}") from e
             batch = sharding.global_batch(host_batch, mesh)
             params, opt_state, bad_step, metrics = step_fn(
-                params, opt_state, bad_step, batch, jnp.asarray(step, jnp.int32))
+                params, opt_state, bad_step, batch, jnp.asarray(step, jnp.int32), frozen)
             pending.append(metrics)
             done = step + 1
             bar.update(1)

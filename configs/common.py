@@ -1,0 +1,64 @@
+"""Size presets shared by the UViM dense-task configs (panoptic, depth).
+
+``paper`` reproduces the published models (see shared/reference): 512px input,
+a ViT-B-shaped VAE (enc 6 / dec 12 layers, code 16x16) and a ViT-L/16
+encoder-decoder GIVT (24+24 layers). ``tiny`` is sized to train both stages on a
+2-core CPU in a few minutes on the embedded 64px data; ``base`` is in between.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from uvim_givt.training.trainer import default_train_config
+
+SIZES = ("tiny", "base", "paper")
+# The paper trains the (pretrained) stage-2 image encoder at 0.1x the learning rate.
+ENCODER_LR_MULT = (("^(encoder|EmbedPatches|pos_embedding_encoder)/", 0.1),)
+
+
+def check_size(size: str) -> None:
+    if size not in SIZES:
+        raise ValueError(f"unknown size preset {size!r}: one of {SIZES}")
+
+
+def vit_vae_model(size: str, codeword_dim: int) -> dict:
+    if size == "paper":
+        return dict(input_size=(512, 512), patch_size=(16, 16), width=768, depth=6,
+                    decoder_depth=12, mlp_dim=3072, num_heads=12, code_len=256,
+                    codeword_dim=codeword_dim, dropout=0.0, code_dropout="none", scan=True)
+    if size == "base":
+        return dict(input_size=(128, 128), patch_size=(8, 8), width=384, depth=4,
+                    decoder_depth=6, mlp_dim=1536, num_heads=6, code_len=64,
+                    codeword_dim=codeword_dim, dropout=0.0, code_dropout="none", scan=True)
+    return dict(input_size=(64, 64), patch_size=(8, 8), width=128, depth=2, decoder_depth=2,
+                mlp_dim=512, num_heads=4, code_len=64, codeword_dim=codeword_dim, dropout=0.0,
+                code_dropout="none", scan=False)
+
+
+def givt_encdec_model(size: str, out_dim: int, seq_len: int, input_size) -> dict:
+    common = dict(num_labels=None, seq_len=seq_len, out_dim=out_dim, num_mixtures=1,
+                  head_kind="per_channel", style="ar", input_size=tuple(input_size),
+                  fix_square_plus=True, scale_tol=1e-6)
+    if size == "paper":
+        return dict(common, emb_dim=1024, num_heads=16, mlp_dim=4096, num_layers=24,
+                    num_decoder_layers=24, patches=(16, 16), enc_dropout_rate=0.0,
+                    dec_dropout_rate=0.0, scan=False)
+    if size == "base":
+        return dict(common, emb_dim=384, num_heads=6, mlp_dim=1536, num_layers=6,
+                    num_decoder_layers=6, patches=(8, 8), enc_dropout_rate=0.0,
+                    dec_dropout_rate=0.1, scan=False)
+    return dict(common, emb_dim=128, num_heads=4, mlp_dim=512, num_layers=2,
+                num_decoder_layers=2, patches=(8, 8), enc_dropout_rate=0.0,
+                dec_dropout_rate=0.0, scan=False)
+
+
+def train_group(size: str, steps: int, batch_size: int, lr: float, wd: float,
+                lr_mults=()) -> ml_collections.ConfigDict:
+    t = default_train_config()
+    t.total_steps, t.batch_size = steps, batch_size
+    t.log_every = 50 if size == "tiny" else 100
+    t.ckpt_every = 500 if size == "tiny" else 2000
+    t.optim.lr, t.optim.wd = lr, wd
+    t.optim.lr_mults = list(lr_mults)
+    return t

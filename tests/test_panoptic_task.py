@@ -1,0 +1,242 @@
+"""Panoptic task: label coding round trips, the COCO folder reader, a tiny two-stage run."""
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from evals.panoptic import id_to_rgb, rgb_to_id
+from tasks import panoptic as P
+from uvim_givt.data.pipeline import DataError
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_panoptic_sample"
+CATS = [{"id": 1, "isthing": 1, "name": "a", "color": [255, 0, 0]},
+        {"id": 7, "isthing": 1, "name": "b", "color": [0, 255, 0]},
+        {"id": 20, "isthing": 0, "name": "s", "color": [0, 0, 255]},
+        {"id": 21, "isthing": 0, "name": "t", "color": [9, 9, 9]}]
+ISTHING = np.array([c["isthing"] == 1 for c in CATS])
+
+
+def _random_scene(rs, h=40, w=50):
+    ids = np.zeros((h, w), np.int64)
+    segs = []
+    # stuff background in two halves, then random thing rectangles on top
+    for sid, lab, sl in ((101, 2, np.s_[:, : w // 2]), (102, 3, np.s_[:, w // 2:])):
+        ids[sl] = sid
+        segs.append((sid, lab, False))
+    for k in range(rs.randint(1, 6)):
+        y, x = rs.randint(0, h - 6), rs.randint(0, w - 6)
+        ids[y:y + rs.randint(3, 8), x:x + rs.randint(3, 8)] = 200 + k
+        segs.append((200 + k, rs.randint(0, 2), False))
+    present = set(np.unique(ids).tolist())
+    segs = [s for s in segs if s[0] in present]
+    ids[0, :3] = 0  # some void
+    return ids, segs
+
+
+def _partition(ids, cat_of):
+    """Segmentation as a set of (frozenset of pixels, category)."""
+    out = set()
+    for sid in np.unique(ids):
+        if sid == 0:
+            continue
+        out.add((frozenset(np.flatnonzero(ids.ravel() == sid).tolist()), cat_of[int(sid)]))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_encode_decode_round_trip(seed):
+    rs = np.random.RandomState(seed)
+    ids, segs = _random_scene(rs)
+    oid = np.array([s[0] for s in segs])
+    lab = np.array([s[1] for s in segs])
+    crowd = np.array([s[2] for s in segs])
+    labels = P.encode_labels(ids, oid, lab, crowd, ISTHING, num_instances=16)
+    out_ids, out_segs = P.labels_to_panoptic(labels[..., 0], labels[..., 1], CATS, min_area=1)
+    gt_cat = {int(i): CATS[int(la)]["id"] for i, la in zip(oid, lab, strict=True)}
+    pred_cat = {s["id"]: s["category_id"] for s in out_segs}
+    assert _partition(out_ids, pred_cat) == _partition(ids, gt_cat)
+    for s in out_segs:
+        assert s["area"] == int((out_ids == s["id"]).sum())
+
+
+def test_instances_are_canonical_by_centre_of_mass():
+    rs = np.random.RandomState(3)
+    ids, segs = _random_scene(rs, 60, 60)
+    oid = np.array([s[0] for s in segs])
+    lab = np.array([s[1] for s in segs])
+    labels = P.encode_labels(ids, oid, lab, np.zeros(len(segs), bool), ISTHING, 16)
+    inst = labels[..., 1]
+    # brute force: thing segments sorted by (mean row, mean col)
+    things = [s for s in segs if ISTHING[s[1]]]
+    centres = sorted((np.argwhere(ids == s[0]).mean(0).tolist(), s[0]) for s in things)
+    for rank, (_, sid) in enumerate(centres, start=1):
+        assert np.all(inst[ids == sid] == rank)
+    assert np.all(inst[~np.isin(ids, [s[0] for s in things])] == 0)
+    # a permutation of the segment ids gives the same labels (stable ordering)
+    perm = {s[0]: 900 + i for i, s in enumerate(segs[::-1])}
+    ids2 = np.vectorize(lambda v: perm.get(v, 0))(ids)
+    labels2 = P.encode_labels(ids2, np.array([perm[s[0]] for s in segs]), lab,
+                              np.zeros(len(segs), bool), ISTHING, 16)
+    np.testing.assert_array_equal(labels, labels2)
+
+
+def test_crowd_is_void_and_instances_beyond_capacity_drop():
+    ids = np.array([[1, 1, 2, 2], [3, 3, 4, 4]])
+    labels = P.encode_labels(ids, np.array([1, 2, 3, 4]), np.array([0, 0, 0, 1]),
+                             np.array([False, True, False, False]), ISTHING, num_instances=2)
+    assert labels[0, 2:, 0].tolist() == [0, 0]  # crowd -> void
+    assert labels[..., 1].tolist() == [[1, 1, 0, 0], [0, 0, 0, 0]]  # only id 1 fits
+
+
+def test_min_area_drops_to_void():
+    sem = np.array([[3, 3, 3], [3, 3, 4]])
+    ids, segs = P.labels_to_panoptic(sem, np.zeros_like(sem), CATS, min_area=2)
+    assert [s["category_id"] for s in segs] == [20] and ids[1, 2] == 0
+
+
+def test_png_id_encoding_round_trip(tmp_path):
+    ids = np.random.RandomState(0).randint(0, 2**24, (7, 9))
+    cv2.imwrite(str(tmp_path / "x.png"), id_to_rgb(ids)[..., ::-1])
+    back = rgb_to_id(cv2.imread(str(tmp_path / "x.png"))[..., ::-1])
+    np.testing.assert_array_equal(back, ids)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared (real COCO samples)")
+def test_real_coco_sample_round_trip():
+    doc = json.load(open(SHARED / "sample_data" / "panoptic_examples.json"))
+    cats = doc["categories"]
+    isthing = np.array([c["isthing"] == 1 for c in cats])
+    label_of = {c["id"]: i for i, c in enumerate(cats)}
+    for ann in doc["annotations"]:
+        rgb = cv2.imread(str(SHARED / "sample_data" / "panoptic_examples" / ann["file_name"]))
+        ids = rgb_to_id(rgb[..., ::-1])
+        segs = ann["segments_info"]
+        labels = P.encode_labels(ids, np.array([s["id"] for s in segs]),
+                                 np.array([label_of[s["category_id"]] for s in segs]),
+                                 np.array([s["iscrowd"] for s in segs], bool), isthing, 100)
+        out, out_segs = P.labels_to_panoptic(labels[..., 0], labels[..., 1], cats, 1)
+        gt_cat = {s["id"]: s["category_id"] for s in segs if not s["iscrowd"]}
+        crowd = np.isin(ids, [s["id"] for s in segs if s["iscrowd"]])
+        ids_nc = np.where(crowd, 0, ids)
+        assert _partition(out, {s["id"]: s["category_id"] for s in out_segs}) == \
+            _partition(ids_nc, gt_cat)
+
+
+# ----------------------------------------------------------------------- the folder reader
+def _write_folder(root, split="validation", break_with=None):
+    os.makedirs(root / "annotations" / f"panoptic_{split}", exist_ok=True)
+    os.makedirs(root / split, exist_ok=True)
+    anns = []
+    for k in range(2):
+        ids = np.zeros((16, 16), np.int64)
+        ids[:8] = 5
+        ids[8:] = 9
+        segs = [{"id": 5, "category_id": 20, "iscrowd": 0}, {"id": 9, "category_id": 1,
+                                                           "iscrowd": 0}]
+        if break_with == "json_only" and k == 1:
+            segs.append({"id": 77, "category_id": 1, "iscrowd": 0})
+        if break_with == "png_only" and k == 1:
+            ids[0, 0] = 66
+        if break_with == "category" and k == 1:
+            segs[0]["category_id"] = 999
+        cv2.imwrite(str(root / "annotations" / f"panoptic_{split}" / f"{k}.png"),
+                    id_to_rgb(ids)[..., ::-1])
+        cv2.imwrite(str(root / split / f"{k}.jpg"), np.full((16, 16, 3), 100, np.uint8))
+        anns.append({"image_id": k, "file_name": f"{k}.png", "segments_info": segs})
+    if break_with == "truncated":
+        data = open(root / split / "1.jpg", "rb").read()
+        open(root / split / "1.jpg", "wb").write(data[:40])
+    json.dump({"annotations": anns, "categories": CATS,
+               "images": [{"id": k, "file_name": f"{k}.jpg"} for k in range(2)]},
+              open(root / "annotations" / f"panoptic_{split}.json", "w"))
+
+
+def test_folder_reader_reads_examples(tmp_path):
+    _write_folder(tmp_path)
+    cats, examples = P.read_coco_folder(str(tmp_path), "validation")
+    examples = list(examples)
+    assert cats == CATS and len(examples) == 2
+    assert examples[0]["panoptic_objects"]["label"].tolist() == [2, 0]
+
+
+@pytest.mark.parametrize("problem,words", [
+    ("json_only", "[77] are in the JSON but not in the PNG"),
+    ("png_only", "[66] are in the PNG but not in the JSON"),
+    ("category", "unknown category_id 999"),
+    ("truncated", "1.jpg: missing, truncated or not an image"),
+])
+def test_folder_reader_bad_input(tmp_path, problem, words):
+    _write_folder(tmp_path, break_with=problem)
+    with pytest.raises(DataError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        list(P.read_coco_folder(str(tmp_path), "validation")[1])
+    _, kept = P.read_coco_folder(str(tmp_path), "validation", skip_bad=True)
+    assert len(list(kept)) == 1
+
+
+# -------------------------------------------------------------------- end to end (tiny)
+TINY = ["--set", "data.embedded_num_train=48", "--set", "data.embedded_num_validation=8",
+        "--set", "vae.train.total_steps=3", "--set", "givt.train.total_steps=3",
+        "--set", "vae.train.batch_size=8", "--set", "givt.train.batch_size=8",
+        "--set", "vae.model.width=32", "--set", "vae.model.mlp_dim=64",
+        "--set", "vae.model.depth=1", "--set", "vae.model.decoder_depth=1",
+        "--set", "givt.model.emb_dim=32", "--set", "givt.model.mlp_dim=64",
+        "--set", "givt.model.num_layers=1", "--set", "givt.model.num_decoder_layers=1",
+        "--set", "vae.model.code_len=16", "--set", "givt.model.seq_len=16",
+        "--set", "givt.sampling.beam_size=1", "--set", "givt.sampling.fan_size=1",
+        "--set", "data.eval_batch_size=4", "--set", "data.num_overlays=2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("panoptic")
+    os.environ["TFDS_DATA_DIR"] = str(root / "tfds")
+    run = str(root / "run")
+    assert P.main(["train", "--workdir", run, *TINY]) == 0
+    return run
+
+
+def test_tiny_two_stage_run(tiny_run, capsys):
+    records = sorted(os.listdir(os.path.join(tiny_run, "eval")))
+    assert any(r.startswith("vae_") for r in records)
+    givt = [r for r in records if r.startswith("givt_")]
+    rec = json.load(open(os.path.join(tiny_run, "eval", givt[0])))
+    assert rec["task"] == "panoptic" and rec["metrics"]["num_images"] == 8
+    assert 0 <= rec["metrics"]["PQ"] <= 100
+    assert len([f for f in os.listdir(os.path.join(tiny_run, "predictions"))]) == 4
+    info = json.load(open(os.path.join(tiny_run, "run_info.json")))
+    assert set(info["num_params"]) == {"vae", "givt"}
+
+
+def test_rerun_resumes_and_changed_config_is_refused(tiny_run, capsys):
+    assert P.main(["train", "--workdir", tiny_run, "--no-eval", *TINY]) == 0
+    lines = open(os.path.join(tiny_run, "metrics.jsonl")).read().splitlines()
+    assert max(json.loads(x)["step"] for x in lines) == 3  # nothing retrained
+    assert P.main(["train", "--workdir", tiny_run, *TINY, "--set", "vae.beta=0.5"]) == 2
+    assert "different config (vae.beta differ" in capsys.readouterr().err
+
+
+def test_vae_ckpt_of_other_shape_is_refused(tiny_run, tmp_path, capsys):
+    code = P.main(["train", "--stage", "givt", "--vae-ckpt", tiny_run, "--workdir",
+                   str(tmp_path / "r2"), *TINY, "--set", "vae.model.codeword_dim=4"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "does not match this config's VAE" in err and "codeword_dim" in err
+
+
+def test_predict_writes_coco_files(tiny_run, tmp_path):
+    os.makedirs(tmp_path / "imgs")
+    for k in range(3):
+        cv2.imwrite(str(tmp_path / "imgs" / f"im{k}.jpg"),
+                    np.random.RandomState(k).randint(0, 255, (30, 40, 3)).astype(np.uint8))
+    assert P.main(["predict", "--ckpt", tiny_run, "--images", str(tmp_path / "imgs"),
+                   "--out", str(tmp_path / "out")]) == 0
+    doc = json.load(open(tmp_path / "out" / "panoptic_pred.json"))
+    assert [a["file_name"] for a in doc["annotations"]] == ["im0.png", "im1.png", "im2.png"]
+    png = cv2.imread(str(tmp_path / "out" / "panoptic_pred" / "im0.png"))
+    assert png.shape == (30, 40, 3)
+    ids = set(np.unique(rgb_to_id(png[..., ::-1])).tolist()) - {0}
+    assert ids == {s["id"] for s in doc["annotations"][0]["segments_info"]}
