@@ -43,7 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         embedded_num_train=0,
         embedded_num_validation=0,
         skip_bad=False,  # folder source: skip (and count) bad examples instead of failing
-        eval_max_examples=0,  # 0 = the whole split
+        eval_max_examples=0,  # final evaluation: 0 = the whole split
+        periodic_eval_examples=50,  # evaluation every train.eval_every steps (0 = never)
         eval_batch_size=8 if paper else 50,
         num_overlays=8,
     )

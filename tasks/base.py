@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from evals.records import config_hash, write_eval_record
 from uvim_givt import config as config_lib
 from uvim_givt.data import pipeline
-from uvim_givt.models import vae_losses
+from uvim_givt.models import builders, vae_losses
 from uvim_givt.models.givt import GIVT
 from uvim_givt.models.vit_vae import ViTVAE
 from uvim_givt.sampling.autoregressive import sample_autoregressive
@@ -98,20 +98,26 @@ class Evaluator(abc.ABC):
 
 # ------------------------------------------------------------------------------ the models
 def build_vae(task: DenseTask, cfg: ml_collections.ConfigDict) -> ViTVAE:
-    kw = dict(cfg.vae.model)
-    kw["input_size"] = tuple(kw["input_size"])
-    kw["patch_size"] = tuple(kw["patch_size"])
-    return ViTVAE(label_channels=task.label_channels(cfg), **kw)
+    return builders.build_model("vae", cfg, task.label_channels(cfg))
 
 
 def build_givt(cfg: ml_collections.ConfigDict) -> GIVT:
-    kw = dict(cfg.givt.model)
-    for k in ("input_size", "patches"):
-        kw[k] = tuple(kw[k])
-    return GIVT(**kw)
+    return builders.build_model("givt", cfg)
 
 
-def vae_stage(task: DenseTask, cfg, train_ds: Callable[[], tf.data.Dataset]) -> Stage:
+def periodic_eval(task: DenseTask, cfg, run_dir: str, stage: str, vae_params: Any = None):
+    """The in-training evaluation: a capped validation subset, one record per call."""
+    cap = int(cfg.data.get("periodic_eval_examples", 50))
+
+    def evaluate(params, step):
+        vae, givt = (params, None) if stage == "vae" else (vae_params, params)
+        return _evaluate_and_record(task, cfg, run_dir, stage, step, vae, givt,
+                                    max_examples=cap, tag="periodic", overlays=False)
+    return evaluate
+
+
+def vae_stage(task: DenseTask, cfg, train_ds: Callable[[], tf.data.Dataset],
+              run_dir: str | None = None) -> Stage:
     vae = build_vae(task, cfg)
     size = cfg.data.image_size
     n_ch = len(task.label_channels(cfg))
@@ -129,10 +135,11 @@ def vae_stage(task: DenseTask, cfg, train_ds: Callable[[], tf.data.Dataset]) -> 
             logits, labels, aux["mu"], aux["logvar"], label_channels=channels,
             beta=cfg.vae.beta, ignore_zero=task.ignore_zero)
 
-    return Stage(init, loss_fn, _batches(task, cfg, cfg.vae.train, train_ds))
+    return Stage(init, loss_fn, _batches(task, cfg, cfg.vae.train, train_ds),
+                 evaluate=periodic_eval(task, cfg, run_dir, "vae") if run_dir else None)
 
 
-def givt_stage(task: DenseTask, cfg, train_ds, vae_params) -> Stage:
+def givt_stage(task: DenseTask, cfg, train_ds, vae_params, run_dir: str | None = None) -> Stage:
     vae, model = build_vae(task, cfg), build_givt(cfg)
     size = cfg.data.image_size
     sample_posterior = cfg.givt.posterior == "sample"
@@ -149,7 +156,9 @@ def givt_stage(task: DenseTask, cfg, train_ds, vae_params) -> Stage:
                              image=batch["image"], train=True)
 
     return Stage(init, loss_fn, _batches(task, cfg, cfg.givt.train, train_ds),
-                 frozen=vae_params)
+                 frozen=vae_params,
+                 evaluate=periodic_eval(task, cfg, run_dir, "givt", vae_params) if run_dir
+                 else None)
 
 
 def _batches(task, cfg, train_cfg, train_ds):
@@ -308,10 +317,7 @@ def load_vae_from(run_dir: str, task: DenseTask, cfg) -> Any:
     if diff:
         lines = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
         raise UserError(f"--vae-ckpt {run_dir} does not match this config's VAE: {lines}")
-    vae = build_vae(task, cfg)
-    size = cfg.data.image_size
-    target = jax.eval_shape(lambda: vae.init(
-        jax.random.PRNGKey(0), jnp.zeros((1, size, size, len(ch_mine)), jnp.int32))["params"])
+    target = builders.abstract_params("vae", cfg, ch_mine)
     try:
         params, _ = ckpt_lib.load_params(run_dir, "vae", target=target)
     except (ckpt_lib.CheckpointError, ValueError) as e:
@@ -330,11 +336,7 @@ def load_run(run_dir: str, task: DenseTask, need_givt: bool = True):
     vae = load_vae_from(run_dir, task, cfg)
     if not need_givt:
         return cfg, vae, None, 0
-    model = build_givt(cfg)
-    size = cfg.data.image_size
-    target = jax.eval_shape(lambda: model.init(
-        jax.random.PRNGKey(0), jnp.zeros((1, model.seq_len, model.out_dim)),
-        image=jnp.zeros((1, size, size, 3)))["params"])
+    target = builders.abstract_params("givt", cfg)
     try:
         givt, step = ckpt_lib.load_params(run_dir, "givt", target=target)
     except ckpt_lib.CheckpointError as e:
@@ -361,7 +363,7 @@ def run_train(task: DenseTask, args: argparse.Namespace) -> str:
 
     results = {}
     if args.stage in ("vae", "all") and not args.vae_ckpt:
-        res = train(cfg.vae.train, run_dir, "vae", vae_stage(task, cfg, train_ds),
+        res = train(cfg.vae.train, run_dir, "vae", vae_stage(task, cfg, train_ds, run_dir),
                     meta={"config_hash": chash})
         update_run_info(run_dir, num_params={"vae": res.num_params},
                         train_time_s={"vae": round(res.train_time_s, 1)})
@@ -376,7 +378,7 @@ def run_train(task: DenseTask, args: argparse.Namespace) -> str:
         elif args.stage == "givt":
             vae_params = load_vae_from(run_dir, task, cfg)
         res = train(cfg.givt.train, run_dir, "givt",
-                    givt_stage(task, cfg, train_ds, vae_params),
+                    givt_stage(task, cfg, train_ds, vae_params, run_dir),
                     meta={"config_hash": chash})
         update_run_info(run_dir, num_params={"givt": res.num_params},
                         train_time_s={"givt": round(res.train_time_s, 1)})
@@ -403,14 +405,15 @@ def _link_vae(src_run: str, run_dir: str) -> None:
 
 
 def _evaluate_and_record(task, cfg, run_dir, stage, step, vae_params, givt_params,
-                         max_examples=None, source=None, split=None) -> dict[str, float]:
+                         max_examples=None, source=None, split=None, tag: str = "",
+                         overlays: bool = True) -> dict[str, float]:
     source = source or cfg.data.source
     split = split or cfg.data.val_split
     max_examples = max_examples or int(cfg.data.get("eval_max_examples", 0)) or None
     predictor = Predictor(task, cfg, vae_params, givt_params)
     metrics = evaluate_split(task, cfg, predictor, source, split, oracle=givt_params is None,
-                             max_examples=max_examples,
-                             overlay_dir=os.path.join(run_dir, "predictions"))
+                             max_examples=max_examples, progress=not tag,
+                             overlay_dir=os.path.join(run_dir, "predictions") if overlays else None)
     info = {}
     path = os.path.join(run_dir, "run_info.json")
     if os.path.isfile(path):
@@ -420,7 +423,7 @@ def _evaluate_and_record(task, cfg, run_dir, stage, step, vae_params, givt_param
         "metrics": metrics, "num_examples": metrics.get("num_images", 0),
         "config_hash": config_hash(config_lib.to_dict(cfg)),
         "model": {"size": cfg.size, "num_params": info.get("num_params", {}).get(stage)},
-        "tag": "oracle" if stage == "vae" else "",
+        "tag": "_".join(t for t in ("oracle" if stage == "vae" else "", tag) if t),
     })
     return metrics
 

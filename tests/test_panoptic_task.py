@@ -187,7 +187,8 @@ TINY = ["--set", "data.embedded_num_train=48", "--set", "data.embedded_num_valid
         "--set", "givt.model.num_layers=1", "--set", "givt.model.num_decoder_layers=1",
         "--set", "vae.model.code_len=16", "--set", "givt.model.seq_len=16",
         "--set", "givt.sampling.beam_size=1", "--set", "givt.sampling.fan_size=1",
-        "--set", "data.eval_batch_size=4", "--set", "data.num_overlays=2"]
+        "--set", "data.eval_batch_size=4", "--set", "data.num_overlays=2",
+        "--set", "vae.train.eval_every=2", "--set", "data.periodic_eval_examples=4"]
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +203,9 @@ def tiny_run(tmp_path_factory):
 def test_tiny_two_stage_run(tiny_run, capsys):
     records = sorted(os.listdir(os.path.join(tiny_run, "eval")))
     assert any(r.startswith("vae_") for r in records)
+    periodic = json.load(open(os.path.join(tiny_run, "eval",
+                                           "vae_validation_step00000002_oracle_periodic.json")))
+    assert periodic["metrics"]["num_images"] == 4 and periodic["step"] == 2
     givt = [r for r in records if r.startswith("givt_")]
     rec = json.load(open(os.path.join(tiny_run, "eval", givt[0])))
     assert rec["task"] == "panoptic" and rec["metrics"]["num_images"] == 8

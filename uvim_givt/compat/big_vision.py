@@ -35,13 +35,19 @@ import re
 import sys
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import serialization, traverse_util
+
+from uvim_givt.models.builders import (  # noqa: F401 (re-exported)
+    Stage,
+    abstract_params,
+    build_model,
+    vae_label_channels,
+)
 
 # Layer families: name of the scanned module -> (regex of one unrolled layer's
 # module name, format of that name, stacked axis in the published checkpoints).
@@ -53,7 +59,6 @@ _LAYER_FAMILIES: dict[str, tuple[re.Pattern, str, int]] = {
 MSGPACK_PARAM_GROUPS = ("ema_params", "g_params")
 _SHOWN = 10  # how many entries of each kind a mismatch message lists
 
-Stage = Literal["givt", "vae"]
 
 
 class CheckpointFileError(ValueError):
@@ -302,74 +307,6 @@ def convert_layout(flat: Mapping[str, Any], target: Mapping[str, Any],
 
 
 # ------------------------------------------------------------------- models from configs
-def vae_label_channels(cfg: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
-    """The ViT VAE's label channels (name -> (index in the label map, classes)) of a task."""
-    model = cfg.vae.model
-    if "label_channels" in model:
-        return {str(k): (int(v[0]), int(v[1])) for k, v in dict(model.label_channels).items()}
-    task = cfg.get("task")
-    if task == "panoptic":
-        return {"semantics": (0, int(cfg.data.num_semantic_classes)),
-                "instances": (1, int(cfg.data.num_instance_classes))}
-    if task == "depth":
-        return {"depth": (0, int(cfg.data.num_depth_bins))}
-    raise ValueError(f"no ViT VAE label channels known for task {task!r} "
-                     "(set vae.model.label_channels)")
-
-
-def _kwargs(group: Any) -> dict[str, Any]:
-    d = group.to_dict() if isinstance(group, ml_collections.ConfigDict) else dict(group)
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-
-def _construct(cls: type, where: str, **kw: Any) -> Any:
-    try:
-        return cls(**kw)
-    except TypeError as e:
-        raise ValueError(f"cannot build {cls.__name__} from {where}: {e}") from None
-
-
-def build_model(stage: Stage, cfg: ml_collections.ConfigDict) -> Any:
-    """The flax module of a stage: ``GIVT`` (givt), ``ViTVAE`` or, for imagenet, ``CNNVAE``."""
-    if stage == "givt":
-        from uvim_givt.models.givt import GIVT
-        return _construct(GIVT, "cfg.givt.model", **_kwargs(cfg.givt.model))
-    if stage == "vae":
-        kw = _kwargs(cfg.vae.model)
-        if cfg.get("task") == "imagenet":
-            from uvim_givt.models.cnn_vae import CNNVAE
-            return _construct(CNNVAE, "cfg.vae.model", **kw)
-        from uvim_givt.models.vit_vae import ViTVAE
-        kw["label_channels"] = vae_label_channels(cfg)
-        return _construct(ViTVAE, "cfg.vae.model", **kw)
-    raise ValueError(f"unknown stage {stage!r}: givt or vae")
-
-
-def abstract_params(stage: Stage, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The parameter tree of a stage's model as ``jax.ShapeDtypeStruct`` (nothing allocated)."""
-    model = build_model(stage, cfg)
-    key = jax.random.PRNGKey(0)
-    if stage == "givt":
-        def init():
-            b = 1
-            targets = jnp.zeros((b, model.seq_len, model.out_dim), jnp.float32)
-            labels = None if model.num_labels is None else jnp.zeros((b,), jnp.int32)
-            image = (jnp.zeros((b, *model.input_size, 3), jnp.float32)
-                     if model.num_layers > 0 else None)
-            mask = jnp.zeros((b, model.seq_len), bool) if model.style == "masked" else None
-            return model.init(key, targets, labels, image=image, input_mask=mask)["params"]
-    elif cfg.get("task") == "imagenet":
-        def init():
-            return model.init(key, jnp.zeros((1, *model.input_size, 3), jnp.float32))["params"]
-    else:
-        channels = 1 + max(i for i, _ in model.label_channels.values())
-
-        def init():
-            x = jnp.zeros((1, *model.input_size, channels), jnp.int32)
-            return model.init(key, x)["params"]
-    return jax.eval_shape(init)
-
-
 def load_into(model_kind: Stage, cfg: ml_collections.ConfigDict,
               flat: Mapping[str, Any]) -> dict[str, Any]:
     """Checkpoint arrays (from :func:`load_npz`) -> the parameter tree of ``cfg``'s model."""

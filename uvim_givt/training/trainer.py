@@ -49,7 +49,8 @@ class Stage:
       arrays). Must be deterministic: the batch of step s is the same whether
       or not the run was restarted (e.g. a seeded shuffle and ``skip``).
     evaluate: optional (params, step) -> dict of metrics, called on the host
-      every ``eval_every`` steps and at the end.
+      every ``eval_every`` steps (the final evaluation, usually on the full
+      split, is the caller's, on the returned parameters).
     frozen: optional pytree of arrays the loss reads but never trains (e.g. the
       stage-1 VAE in stage 2); then ``loss_fn(params, batch, key, frozen)``.
       It is a jit argument (replicated, or sharded with FSDP), not a constant.
@@ -198,8 +199,8 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
                 bar.set_postfix(loss=f"{means['loss']:.4g}", refresh=False)
             if done % int(cfg.ckpt_every) == 0 or done == total:
                 save(done)
-            if stage.evaluate and ((cfg.eval_every and done % int(cfg.eval_every) == 0)
-                                   or done == total):
+            if (stage.evaluate and cfg.eval_every and done % int(cfg.eval_every) == 0
+                    and done < total):
                 results = stage.evaluate(params, done)
                 if results:
                     writer.write(done, {f"eval/{k}": v for k, v in results.items()})
