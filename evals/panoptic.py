@@ -44,6 +44,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import cv2
+
+try:
+    import pyspng as _spng
+except ImportError:  # optional speed-up
+    _spng = None
 import numpy as np
 
 from evals.records import config_hash, write_eval_record
@@ -113,6 +118,19 @@ def write_id_png(path: str | os.PathLike, ids: np.ndarray) -> None:
         raise PanopticEvalError(f"could not write PNG {path}")
 
 
+def _decode_png(data: bytes) -> tuple[np.ndarray | None, bool]:
+    """Decodes PNG bytes -> (array, is_bgr). libspng (pyspng) decodes these PNGs ~3x faster
+    than OpenCV's libpng; OpenCV is the fallback (and names what libspng refuses)."""
+    if not data:
+        return None, False
+    if _spng is not None:
+        try:
+            return _spng.load(data), False
+        except Exception:  # noqa: BLE001 - fall through to OpenCV's verdict
+            pass
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), True
+
+
 def read_id_png(path: str | os.PathLike) -> np.ndarray:
     """Reads a COCO panoptic RGB(A) PNG into an (H, W) uint32 id map; bad files raise, named."""
     path = os.fspath(path)
@@ -121,7 +139,7 @@ def read_id_png(path: str | os.PathLike) -> np.ndarray:
             data = f.read()
     except OSError as e:
         raise PanopticEvalError(f"cannot read PNG {path}: {e.strerror or e}") from None
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    img, bgr = _decode_png(data)
     if img is None:
         raise PanopticEvalError(f"cannot decode PNG {path}: empty, truncated or not an image")
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in (3, 4):
@@ -129,7 +147,15 @@ def read_id_png(path: str | os.PathLike) -> np.ndarray:
         raise PanopticEvalError(f"PNG {path} is {kind}; panoptic PNGs are 8-bit RGB")
     # One SIMD pass to R,G,B,A bytes, read as little-endian uint32 = R + G<<8 + B<<16 + A<<24;
     # masking the alpha byte leaves the id (alpha is ignored, as panopticapi ignores it).
-    code = cv2.COLOR_BGR2RGBA if img.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
+    if bgr:
+        code = cv2.COLOR_BGR2RGBA if img.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
+    else:
+        code = cv2.COLOR_RGB2RGBA if img.shape[2] == 3 else None
+        if code is None:
+            img = np.ascontiguousarray(img)
+            ids = img.view("<u4")[..., 0].copy()
+            ids &= 0xFFFFFF
+            return ids
     ids = cv2.cvtColor(img, code).view("<u4")[..., 0]
     ids &= 0xFFFFFF
     return ids
