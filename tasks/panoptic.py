@@ -55,6 +55,13 @@ def encode_labels(ids: np.ndarray, obj_ids: np.ndarray, obj_labels: np.ndarray,
     Thing instances are numbered 1.. by their centre of mass in row-major order
     (y first, then x); ids beyond ``num_instances - 1`` are dropped to 0.
     """
+    if not len(obj_ids) == len(obj_labels) == len(obj_crowd):
+        raise pipeline.DataError(
+            f"panoptic_objects fields disagree in length: id {len(obj_ids)}, label "
+            f"{len(obj_labels)}, is_crowd {len(obj_crowd)}")
+    if len(obj_labels) and (obj_labels.min() < 0 or obj_labels.max() >= len(isthing)):
+        raise pipeline.DataError(f"panoptic_objects label {int(obj_labels.max())} is not one of "
+                                 f"the {len(isthing)} categories")
     h, w = ids.shape
     sem = np.zeros((h, w), np.int32)
     inst = np.zeros((h, w), np.int32)

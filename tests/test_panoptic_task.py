@@ -244,3 +244,24 @@ def test_predict_writes_coco_files(tiny_run, tmp_path):
     assert png.shape == (30, 40, 3)
     ids = set(np.unique(rgb_to_id(png[..., ::-1])).tolist()) - {0}
     assert ids == {s["id"] for s in doc["annotations"][0]["segments_info"]}
+
+
+def test_real_tfds_builder_path_with_mock_data():
+    """`--data tfds:coco/2017_panoptic` goes through TFDS's real builder (mocked offline)."""
+    import tensorflow_datasets as tfds
+
+    from uvim_givt.config import load_config
+
+    cfg = load_config("configs/panoptic.py:size=paper", ["data.image_size=32"])
+    with tfds.testing.mock_data(num_examples=2):
+        ex = next(P.TASK.load(cfg, "tfds:coco/2017_panoptic", "validation").as_numpy_iterator())
+    assert ex["image"].dtype == np.uint8 and ex["panoptic_image"].shape[-1] == 3
+    objs = ex["panoptic_objects"]
+    n = min(len(v) for v in objs.values())  # mock data draws each field's length separately
+    ids = rgb_to_id(ex["panoptic_image"])
+    objs = {"id": np.unique(ids)[:n], "label": objs["label"][:n] % 133,
+            "is_crowd": objs["is_crowd"][:n]}
+    out = P.TASK.preprocess(cfg, dict(ex, panoptic_objects=objs), train=True,
+                            seed=np.array([0, 1]))
+    assert out["image"].shape == (32, 32, 3) and out["labels"].shape == (32, 32, 2)
+    assert float(np.abs(out["image"]).max()) <= 1.0
