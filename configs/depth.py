@@ -1,0 +1,74 @@
+"""NYU Depth v2 with UViM + GIVT: stage-1 ViT VAE over binned depth, stage-2
+encoder-decoder GIVT from the image.
+
+    python -m tasks.depth train --config configs/depth.py:size=tiny
+    size: tiny (embedded 60x80 frames at 64px, CPU minutes) | base | paper (512px, published)
+"""
+
+import ml_collections
+
+from configs.common import (
+    ENCODER_LR_MULT,
+    check_size,
+    givt_encdec_model,
+    train_group,
+    vit_vae_model,
+)
+from uvim_givt.config import parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    a = parse_arg(arg, size="tiny")
+    check_size(a.size)
+    paper = a.size == "paper"
+    c = ml_collections.ConfigDict()
+    c.task = "depth"
+    c.size = a.size
+    c.seed = 0
+    vae = vit_vae_model(a.size, codeword_dim=16)
+    image_size = vae["input_size"][0]
+    c.data = dict(
+        source="tfds:nyu_depth_v2" if paper else "embedded",
+        # The embedded synthetic_depth frames (H, W; NYU's 3:4) and split sizes
+        # (0 = its default: 2,000 train / 200 validation).
+        embedded_frame_size={"tiny": (60, 80), "base": (120, 160), "paper": (480, 640)}[a.size],
+        embedded_num_train=0,
+        embedded_num_validation=0,
+        data_dir="",  # TFDS data dir for embedded/tfds sources ("" = TFDS_DATA_DIR or default)
+        image_size=image_size,
+        train_split="train",
+        val_split="validation",
+        # Depth binned over [min_depth, max_depth] m; class 0 = invalid (see tasks/depth.py).
+        num_depth_bins=256,
+        min_depth=0.001,
+        max_depth=10.0,
+        decode="expectation",  # or "argmax": bins -> metres
+        flip=True,
+        crop_area_min=0.5 if not paper else 0.3,
+        shuffle_buffer=25_000 if paper else 2_500,
+        eval_max_examples=0,  # 0 = the whole split
+        periodic_eval_examples=50,  # in-training evaluations (train.eval_every) use this many
+        eval_batch_size=8 if paper else 50,
+        num_overlays=8,
+        skip_bad=False,  # folder source: skip (and count) bad frames instead of failing
+    )
+    c.vae = dict(
+        model=vae,
+        beta=2e-4,
+        train=train_group(a.size, steps={"tiny": 1500, "base": 20_000, "paper": 100_000}[a.size],
+                          batch_size={"tiny": 32, "base": 128, "paper": 1024}[a.size],
+                          lr=1e-3, wd=1e-4),
+    )
+    c.givt = dict(
+        model=givt_encdec_model(a.size, out_dim=vae["codeword_dim"], seq_len=vae["code_len"],
+                                input_size=vae["input_size"]),
+        train=train_group(a.size, steps={"tiny": 1500, "base": 20_000, "paper": 100_000}[a.size],
+                          batch_size={"tiny": 32, "base": 128, "paper": 512}[a.size],
+                          lr=1e-3, wd=1e-4,
+                          lr_mults=ENCODER_LR_MULT if paper else ()),
+        posterior="sample",  # stage-1 codes for training: sample of q(z|x) ("mean" = its mean)
+        sampling=dict(temperature=0.9 if paper else 0.5, temperature_probs=1.0,
+                      beam_size=2, fan_size=8),
+        init_encoder="",  # optional .npz of a pretrained ViT encoder (big_vision layout)
+    )
+    return c

@@ -1,0 +1,243 @@
+"""Depth task: depth binning, the NYU HDF5 folder reader, a tiny two-stage run, predict,
+the shared evaluator's checkpoint mode, and the published parameter trees."""
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import h5py
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from evals import depth as depth_eval
+from tasks import depth as D
+from uvim_givt.config import load_config
+from uvim_givt.data.pipeline import DataError
+from uvim_givt.models import builders
+
+TREES = Path(__file__).parent / "data" / "big_vision_param_trees.json"
+LO, HI, N = 0.001, 10.0, 256
+W = (HI - LO) / N
+
+
+# ----------------------------------------------------------------------------- binning
+def test_binning_round_trip_within_half_a_bin():
+    rs = np.random.RandomState(0)
+    d = np.concatenate([rs.uniform(LO + W, HI, 20_000), [LO + W, HI, 0.5, 9.99]])
+    bins = D.depth_to_bins(d.astype(np.float32), LO, HI, N).numpy()
+    assert bins.min() >= 1 and bins.max() <= N - 1
+    back = D.bin_centres(LO, HI, N)[bins]
+    assert np.abs(back - d).max() <= W / 2 + 1e-5
+    # the published formula, for every depth at or above min + one bin
+    ref = np.clip(np.floor((d.astype(np.float32) - LO) / (HI - LO) * N), 0, N - 1)
+    np.testing.assert_array_equal(bins, ref)
+
+
+def test_invalid_depths_map_to_zero():
+    d = np.array([0.0, -1.0, LO, np.nan, np.inf, -np.inf, HI + 0.01, 1e4], np.float32)
+    assert D.depth_to_bins(d, LO, HI, N).numpy().tolist() == [0] * len(d)
+    # valid depths closer than one bin go to class 1 (the published recipe drops them)
+    near = D.depth_to_bins(np.float32([LO + 1e-3, LO + W / 2]), LO, HI, N)
+    assert near.numpy().tolist() == [1, 1]
+
+
+def test_bins_to_depth_argmax_and_expectation_ignore_class_zero():
+    centres = D.bin_centres(LO, HI, N)
+    logits = np.full((2, N), -50.0, np.float32)
+    logits[:, 0] = 100.0  # class 0 (invalid) is never decoded
+    logits[0, 10] = 5.0
+    logits[1, [20, 30]] = 5.0
+    arg = D.bins_to_depth(logits, LO, HI, "argmax")
+    exp = D.bins_to_depth(logits, LO, HI, "expectation")
+    assert arg[0] == pytest.approx(centres[10]) and arg[1] == pytest.approx(centres[20])
+    assert exp[0] == pytest.approx(centres[10], abs=1e-4)
+    assert exp[1] == pytest.approx((centres[20] + centres[30]) / 2, abs=1e-4)
+    with pytest.raises(Exception, match="data.decode"):
+        D.bins_to_depth(logits, LO, HI, "median")
+
+
+# ----------------------------------------------------------------------- the HDF5 reader
+def _write_frame(path, rgb=None, depth=None, keys=("rgb", "depth")):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with h5py.File(path, "w") as f:
+        if "rgb" in keys:
+            f["rgb"] = rgb
+        if "depth" in keys:
+            f["depth"] = depth
+
+
+def _nyu_folder(root, n=3, split_dir="val"):
+    rs = np.random.RandomState(1)
+    frames = []
+    for k in range(n):
+        rgb = rs.randint(0, 255, (3, 6, 8)).astype(np.uint8)
+        depth = rs.uniform(0.5, 9.5, (6, 8)).astype(np.float32)
+        scene = "kitchen_0001" if k < 2 else "office_0002"
+        path = os.path.join(root, split_dir, scene, f"{k:05d}.h5")
+        _write_frame(path, rgb, depth)
+        frames.append((f"{scene}_{k:05d}", rgb, depth))
+    return frames
+
+
+def test_folder_reader_reads_nyu_frames(tmp_path):
+    frames = _nyu_folder(str(tmp_path))
+    _nyu_folder(str(tmp_path), n=1, split_dir="train")
+    got = list(D.read_nyu_folder(str(tmp_path), "validation"))
+    assert [g["name"] for g in got] == [f[0] for f in frames]
+    for g, (_, rgb, depth) in zip(got, frames, strict=True):
+        np.testing.assert_array_equal(g["image"], rgb.transpose(1, 2, 0))
+        assert g["depth"].dtype == np.float16  # as TFDS's nyu_depth_v2 stores it
+        np.testing.assert_array_equal(g["depth"], depth.astype(np.float16))
+    # the same through the task's tf.data source
+    cfg = load_config("configs/depth.py")
+    ds = D.TASK.load(cfg, f"folder:{tmp_path}", "validation")
+    ex = list(ds.as_numpy_iterator())
+    assert [e["name"].decode() for e in ex] == [f[0] for f in frames]
+    np.testing.assert_array_equal(ex[2]["image"], frames[2][1].transpose(1, 2, 0))
+    assert len(list(D.read_nyu_folder(str(tmp_path), "train"))) == 1
+
+
+@pytest.mark.parametrize("problem,words", [
+    ("no_depth", "no 'depth' dataset"),
+    ("no_rgb", "no 'rgb' dataset"),
+    ("nan", "2 NaN/inf depth values"),
+    ("garbage", "unreadable HDF5 file"),
+])
+def test_folder_reader_bad_frames(tmp_path, problem, words):
+    _nyu_folder(str(tmp_path))
+    bad = str(tmp_path / "val" / "zzz" / "bad.h5")
+    rgb = np.zeros((3, 6, 8), np.uint8)
+    depth = np.ones((6, 8), np.float32)
+    if problem == "no_depth":
+        _write_frame(bad, rgb, depth, keys=("rgb",))
+    elif problem == "no_rgb":
+        _write_frame(bad, rgb, depth, keys=("depth",))
+    elif problem == "nan":
+        depth[0, :2] = np.nan
+        _write_frame(bad, rgb, depth)
+    else:
+        os.makedirs(os.path.dirname(bad))
+        open(bad, "wb").write(b"not an hdf5 file")
+    with pytest.raises(DataError, match=f"{bad}: .*{words}"):
+        list(D.read_nyu_folder(str(tmp_path), "validation"))
+    good, skipped = D.scan_nyu_folder(str(tmp_path), "validation", skip_bad=True)
+    assert len(good) == 3 and len(skipped) == 1 and bad in skipped[0]
+
+
+def test_skip_bad_counts_and_warns(tmp_path, capsys):
+    _nyu_folder(str(tmp_path))
+    _write_frame(str(tmp_path / "val" / "a" / "x.h5"), np.zeros((3, 6, 8), np.uint8),
+                 np.ones((6, 8)), keys=("rgb",))
+    nan = np.ones((6, 8))
+    nan[1, 1] = np.nan
+    _write_frame(str(tmp_path / "val" / "a" / "y.h5"), np.zeros((3, 6, 8), np.uint8), nan)
+    assert len(list(D.read_nyu_folder(str(tmp_path), "validation", skip_bad=True))) == 3
+    assert "skipped 2 bad frame(s) of 5" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------- end to end (tiny)
+def _tiny(data_dir):
+    sets = {
+        "data.data_dir": data_dir, "data.embedded_num_train": 32,
+        "data.embedded_num_validation": 8, "data.num_depth_bins": 16,
+        "data.eval_max_examples": 4, "data.eval_batch_size": 4, "data.num_overlays": 2,
+        "data.shuffle_buffer": 32,
+        "vae.train.total_steps": 3, "givt.train.total_steps": 3,
+        "vae.train.batch_size": 4, "givt.train.batch_size": 4,
+        "vae.model.width": 32, "vae.model.mlp_dim": 64, "vae.model.depth": 1,
+        "vae.model.decoder_depth": 1, "vae.model.code_len": 16, "vae.model.codeword_dim": 4,
+        "givt.model.emb_dim": 32, "givt.model.mlp_dim": 64, "givt.model.num_layers": 1,
+        "givt.model.num_decoder_layers": 1, "givt.model.seq_len": 16, "givt.model.out_dim": 4,
+        "givt.sampling.beam_size": 1, "givt.sampling.fan_size": 1,
+    }
+    return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("depth")
+    run = str(root / "run")
+    args = _tiny(str(root / "tfds"))
+    assert D.main(["train", "--workdir", run, *args]) == 0
+    return run, args
+
+
+def test_tiny_two_stage_run(tiny_run):
+    run, _ = tiny_run
+    records = {r: json.load(open(os.path.join(run, "eval", r)))
+               for r in os.listdir(os.path.join(run, "eval"))}
+    stages = {r["stage"]: r for r in records.values()}
+    assert set(stages) == {"vae", "givt", "baseline"}
+    for rec in stages.values():
+        assert rec["task"] == "depth" and rec["metrics"]["num_images"] == 4
+        assert set(depth_eval.METRIC_NAMES) <= set(rec["metrics"])
+        assert rec["metrics"]["RMSE"] > 0 and 0 <= rec["metrics"]["delta1"] <= 1
+    assert stages["vae"]["step"] == 3 and stages["givt"]["step"] == 3
+    assert stages["baseline"]["extra"]["mean_depth_m"] > 0.5
+    overlays = sorted(os.listdir(os.path.join(run, "predictions")))
+    assert overlays == ["givt_000.png", "givt_001.png", "oracle_000.png", "oracle_001.png"]
+    panel = cv2.imread(os.path.join(run, "predictions", "givt_000.png"))
+    assert panel.shape == (60, 3 * 80, 3)  # image | ground truth | prediction
+
+
+def test_rerun_resumes_without_retraining(tiny_run, capsys):
+    run, args = tiny_run
+    metrics = open(os.path.join(run, "metrics.jsonl")).read()
+    assert D.main(["train", "--workdir", run, "--no-eval", *args]) == 0
+    assert open(os.path.join(run, "metrics.jsonl")).read() == metrics  # no step retrained
+    for stage in ("vae", "givt"):
+        assert os.listdir(os.path.join(run, "checkpoints", stage)) == ["3"]
+
+
+def test_predict_writes_millimetre_pngs(tiny_run, tmp_path):
+    run, _ = tiny_run
+    os.makedirs(tmp_path / "imgs")
+    for k, shape in enumerate([(30, 40, 3), (48, 64, 3)]):
+        cv2.imwrite(str(tmp_path / "imgs" / f"im{k}.jpg"),
+                    np.random.RandomState(k).randint(0, 255, shape).astype(np.uint8))
+    assert D.main(["predict", "--ckpt", run, "--images", str(tmp_path / "imgs"),
+                   "--out", str(tmp_path / "out")]) == 0
+    for k, shape in enumerate([(30, 40), (48, 64)]):
+        png = cv2.imread(str(tmp_path / "out" / f"im{k}.png"), cv2.IMREAD_UNCHANGED)
+        assert png.dtype == np.uint16 and png.shape == shape
+        assert 1 <= png.min() and png.max() <= 10_000  # millimetres within [0.001, 10] m
+        preview = cv2.imread(str(tmp_path / "out" / "previews" / f"im{k}.png"))
+        assert preview.shape == (shape[0], 2 * shape[1], 3)
+    # the files evaluator reads them back as metres
+    assert depth_eval.read_depth_file(str(tmp_path / "out" / "im0.png")).max() <= 10.0
+
+
+def test_shared_evaluator_checkpoint_mode(tiny_run, capsys):
+    run, _ = tiny_run
+    assert depth_eval.main(["--ckpt", run, "--max-examples", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "RMSE" in out and "images  3" in out
+
+
+def test_bad_folder_data_is_a_clear_error(tiny_run, tmp_path, capsys):
+    run, _ = tiny_run
+    _nyu_folder(str(tmp_path))
+    _write_frame(str(tmp_path / "val" / "b" / "nan.h5"), np.zeros((3, 6, 8), np.uint8),
+                 np.full((6, 8), np.nan))
+    assert D.main(["eval", "--ckpt", run, "--data", f"folder:{tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "nan.h5: 48 NaN/inf depth values" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ published trees
+@pytest.mark.parametrize("stage,key", [("vae", "vae_uvim_depth_stage1"),
+                                       ("givt", "givt_uvim_depth_stage2")])
+def test_paper_config_builds_the_published_trees(stage, key):
+    ref = json.loads(TREES.read_text())[key]
+    cfg = load_config("configs/depth.py:size=paper")
+    channels = D.TASK.label_channels(cfg) if stage == "vae" else None
+    params = builders.abstract_params(stage, cfg, channels)
+    flat = {k: list(v.shape) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
+    assert sorted(flat) == sorted(ref["params"])
+    assert flat == ref["params"]
+    assert sum(int(np.prod(s)) for s in flat.values()) == ref["num_params"]
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda x: x.dtype == np.float32,
+                                                         params))
