@@ -1,0 +1,131 @@
+"""Class-conditional image generation: CNN VAE (stage 1) + decoder-only GIVT (stage 2).
+
+    python -m tasks.imagenet train                                     # embedded digits, tiny
+    python -m tasks.imagenet train --config configs/imagenet.py:size=tiny,style=masked
+    python -m tasks.imagenet train --config configs/imagenet.py:size=paper \
+        --data tfds:imagenet2012
+    size:  tiny (embedded 32px digits, CPU minutes) | paper (256px, the published models)
+    style: ar (GIVT-Causal) | masked (GIVT-MaskGIT); also --set givt.model.style=masked
+
+``paper`` builds exactly the published parameter trees (``vae_imagenet256_cnn``,
+``givt_imagenet256_causal``, ``givt_imagenet256_maskgit``) and the published
+training recipe; ``tiny`` is tuned so that ``python -m tasks.imagenet train``
+finishes in well under 10 minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs.common import train_group
+from uvim_givt.config import parse_arg
+
+SIZES = ("tiny", "paper")
+STYLES = ("ar", "masked")
+
+
+def cnn_vae_model(size: str) -> dict:
+    """Keyword arguments of ``CNNVAE`` (nothing else: ``compat.big_vision`` builds from it)."""
+    if size == "paper":
+        # The MaskGIT tokenizer shape without quantization: 256px -> 16x16x16.
+        return dict(filters=128, num_res_blocks=2, channel_multipliers=(1, 1, 2, 2, 4),
+                    codeword_dim=16, input_size=(256, 256), num_groups=32,
+                    unit_range_io=True, logvar_clip=(-30.0, 20.0))
+    # 32px digits -> 8x8x4 latents (a 64-token sequence of 4-d vectors).
+    return dict(filters=32, num_res_blocks=1, channel_multipliers=(1, 2, 2), codeword_dim=4,
+                input_size=(32, 32), num_groups=8, unit_range_io=True,
+                logvar_clip=(-30.0, 20.0))
+
+
+def givt_model(size: str, style: str, vae: dict, num_classes: int) -> dict:
+    """Keyword arguments of a decoder-only, class-conditional ``GIVT``."""
+    grid = vae["input_size"][0] // 2 ** (len(vae["channel_multipliers"]) - 1)
+    common = dict(num_layers=0, seq_len=grid * grid, out_dim=vae["codeword_dim"],
+                  num_labels=num_classes, style=style, mask_style="concat",
+                  drop_labels_probability=0.1, head_kind="diag", fix_square_plus=True,
+                  scale_tol=1e-6, min_masking_rate_training=0.3)
+    if size == "paper":
+        return dict(common, emb_dim=1024, num_heads=16, mlp_dim=4096, num_decoder_layers=24,
+                    num_mixtures=16, dec_dropout_rate=0.4 if style == "masked" else 0.2,
+                    scan=True)
+    return dict(common, emb_dim=128, num_heads=4, mlp_dim=512, num_decoder_layers=4,
+                num_mixtures=8, dec_dropout_rate=0.1, scan=False)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    a = parse_arg(arg, size="tiny", style="ar")
+    if a.size not in SIZES:
+        raise ValueError(f"unknown size preset {a.size!r}: one of {SIZES}")
+    if a.style not in STYLES:
+        raise ValueError(f"unknown style {a.style!r}: one of {STYLES}")
+    paper = a.size == "paper"
+    masked = a.style == "masked"
+    c = ml_collections.ConfigDict()
+    c.task = "imagenet"
+    c.size = a.size
+    c.seed = 0
+    vae = cnn_vae_model(a.size)
+    num_classes = 1000 if paper else 10
+    c.data = dict(
+        source="tfds:imagenet2012" if paper else "embedded",
+        image_size=vae["input_size"][0],
+        num_classes=num_classes,
+        train_split="train",
+        val_split="validation",
+        # Training augmentation: random crop of the resized image + horizontal flip
+        # (off for digits: a flipped digit is another symbol).
+        random_crop=paper,
+        flip=paper,
+        shuffle_buffer=10_000 if paper else 2_000,
+        skip_bad=False,  # folder:PATH: skip (and count) unreadable images instead of failing
+    )
+    c.vae = dict(
+        model=vae,
+        # KL weight (the KL is summed over all latent dims, the L2 averaged over pixels).
+        beta=5e-5 if paper else 2e-4,
+        # EMA of the VAE parameters (0 = off); when on, the EMA weights are what stage 2
+        # trains on and what decodes samples.
+        ema_decay=0.999 if paper else 0.99,
+        perceptual=dict(
+            weight=0.1 if paper else 0.0,
+            # VGG16 feature weights (Keras' vgg16 *_notop.h5, or an .npz with
+            # <layer>/kernel, <layer>/bias): a file the user provides; never downloaded.
+            weights="",
+        ),
+        adversarial=dict(
+            weight=0.1 if paper else 0.0,  # generator loss weight (hinge GAN)
+            filters=64,                     # PatchGAN width (doubles per layer)
+            num_layers=3,
+        ),
+        train=train_group(a.size, steps=200_000 if paper else 1_500,
+                          batch_size=256 if paper else 64, lr=1e-4 if paper else 2e-3,
+                          wd=1e-4 if paper else 0.0),
+    )
+    c.vae.train.optim.b2 = 0.99
+    # GIVT-Causal 256: adam b2=0.95, lr 1e-3 cosine with 10% warm-up, wd 1e-4, clip 1,
+    # batch 8192 (~500 epochs of ImageNet). GIVT-MaskGIT: dropout 0.4, no weight decay.
+    c.givt = dict(
+        model=givt_model(a.size, a.style, vae, num_classes),
+        posterior="sample",  # stage-2 targets: a sample of q(z|x) ("mean" = its mean)
+        train=train_group(a.size, steps=78_000 if paper else 2_000,
+                          batch_size=8192 if paper else 64, lr=1e-3,
+                          wd=(0.0 if masked else 1e-4) if paper else 1e-4),
+        sampling=dict(
+            temperature=0.95 if not masked else 1.0,
+            temperature_probs=1.0,
+            cfg_weight=(0.1 if masked else 0.4) if paper else 0.4,
+            num_steps=16,                                  # MaskGIT decoding steps
+            choice_temperature=35.0 if paper else 4.0,     # MaskGIT choice temperature t_C
+        ),
+    )
+    c.givt.train.optim.warmup_fraction = 0.1
+    c.givt.train.optim.grad_clip = 1.0
+    c.eval = dict(
+        extractor="inception:" if paper else "digits",  # digits | inception:PATH_TO_WEIGHTS
+        samples_per_class=50 if not paper else 50,
+        max_classes=0 if not paper else 1000,  # 0 = all classes
+        max_reference=0,        # cap on real validation images (0 = the whole split)
+        batch_size=500 if not paper else 50,  # samples per sampler call
+        grid_per_class=10,      # samples per class in the PNG grids
+    )
+    return c
