@@ -42,7 +42,6 @@ requested class (computed when its classes are the dataset's labels).
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import functools
 import json
@@ -323,7 +322,7 @@ def givt_init_fn(model: GIVT) -> Callable[[jax.Array], Any]:
 
 # ================================================================================= stage 1
 class VAEEma:
-    """EMA of ``params["vae"]`` updated after every trainer step (via ``Stage.evaluate``).
+    """EMA of ``params["vae"]`` updated after every trainer step (``Stage.after_step``).
 
     decay_t = min(decay, (1 + t) / (10 + t)) (so an early EMA is not dominated by the
     initialisation). Saved as stage ``vae_ema`` at the trainer's checkpoint steps; a
@@ -352,7 +351,7 @@ class VAEEma:
                   "from the current parameters", file=sys.stderr)
         return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), current)
 
-    def __call__(self, params: Any, step: int) -> dict[str, float]:
+    def __call__(self, params: Any, step: int) -> None:
         import orbax.checkpoint as ocp
         if self.ema is None:
             self.ema = self._resume(step - 1, params["vae"])
@@ -361,7 +360,6 @@ class VAEEma:
             self.ckpt.manager.save(step, args=ocp.args.Composite(
                 params=ocp.args.StandardSave(self.ema),
                 meta=ocp.args.JsonSave({"step": step, "decay": self.decay})), force=True)
-        return {}
 
     def close(self) -> None:
         self.ckpt.wait()
@@ -419,7 +417,7 @@ def vae_stage(cfg: ml_collections.ConfigDict, make_dataset: Callable[[], tf.data
         return loss, metrics
 
     return Stage(init, loss_fn, train_batch_fn(cfg, cfg.vae.train, make_dataset),
-                 evaluate=ema)
+                 after_step=ema)
 
 
 def _restore_any(run_dir: str, stage: str) -> tuple[Any, int]:
@@ -827,13 +825,9 @@ def run_train(task: ImageNetTask, args: argparse.Namespace) -> str:
     results: dict[str, dict[str, float]] = {}
     if args.stage in ("vae", "all") and not args.vae_ckpt:
         decay = float(cfg.vae.ema_decay)
-        train_cfg = copy.deepcopy(cfg.vae.train)
-        ema = None
-        if decay > 0:
-            train_cfg.eval_every = 1  # the EMA update runs after every step
-            ema = VAEEma(run_dir, decay, train_cfg)
+        ema = VAEEma(run_dir, decay, cfg.vae.train) if decay > 0 else None
         try:
-            res = train(train_cfg, run_dir, "vae", vae_stage(cfg, train_ds, ema), meta=meta)
+            res = train(cfg.vae.train, run_dir, "vae", vae_stage(cfg, train_ds, ema), meta=meta)
         finally:
             if ema is not None:
                 ema.close()

@@ -105,3 +105,19 @@ def test_four_devices_match_one():
     one = losses(fsdp=False)
     np.testing.assert_allclose(four["dp"], one, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(four["fsdp"], one, rtol=2e-4, atol=2e-5)
+
+
+def test_after_step_sees_every_step_once_across_a_resume(tmp_path):
+    """The per-step hook (e.g. the VAE's EMA) fires for steps 1..N, the last included, and
+    a resumed run picks up at the step after its checkpoint."""
+    import dataclasses
+    seen, n = [], 6
+    stage = dataclasses.replace(toy_stage(toy_model()),
+                                after_step=lambda params, step: seen.append(step))
+    with pytest.raises(_Crash):
+        train(_cfg(2 * n, ckpt_every=n), str(tmp_path), "givt",
+              dataclasses.replace(_crashing(stage, n + 2), after_step=stage.after_step))
+    assert seen == list(range(1, n + 3))
+    seen.clear()
+    train(_cfg(2 * n, ckpt_every=n), str(tmp_path), "givt", stage)
+    assert seen == list(range(n + 1, 2 * n + 1))

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from uvim_givt.training import sharding
 from uvim_givt.training.checkpoint import StageCheckpoints
-from uvim_givt.training.metrics import MetricsWriter
+from uvim_givt.training.metrics import MetricsWriter, progress_interval
 from uvim_givt.training.optim import global_norm, make_optimizer
 
 Batch = dict[str, np.ndarray]
@@ -54,6 +54,9 @@ class Stage:
     frozen: optional pytree of arrays the loss reads but never trains (e.g. the
       stage-1 VAE in stage 2); then ``loss_fn(params, batch, key, frozen)``.
       It is a jit argument (replicated, or sharded with FSDP), not a constant.
+    after_step: optional (params, step) -> None, called on the host after every
+      step, the last one included, once that step's checkpoint (if any) is
+      written (e.g. an EMA of the parameters, saved on the same schedule).
     """
 
     init_params: Callable[[jax.Array], Any]
@@ -61,6 +64,7 @@ class Stage:
     batches: Callable[[int], Iterator[Batch]]
     evaluate: Callable[[Any, int], dict[str, float]] | None = None
     frozen: Any = None
+    after_step: Callable[[Any, int], None] | None = None
 
 
 @dataclasses.dataclass
@@ -154,6 +158,7 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
     t0 = time.time()
     log_t, log_step = t0, start
     bar = tqdm(total=total, initial=start, desc=stage_name, dynamic_ncols=True,
+               mininterval=progress_interval(),
                disable=not cfg.progress or jax.process_index() != 0)
     meta = dict(meta or {})
 
@@ -199,6 +204,8 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
                 bar.set_postfix(loss=f"{means['loss']:.4g}", refresh=False)
             if done % int(cfg.ckpt_every) == 0 or done == total:
                 save(done)
+            if stage.after_step is not None:
+                stage.after_step(params, done)
             if (stage.evaluate and cfg.eval_every and done % int(cfg.eval_every) == 0
                     and done < total):
                 results = stage.evaluate(params, done)

@@ -1,0 +1,156 @@
+"""ImageNet task (embedded digits): both GIVT styles train and sample, CFG w=0, the sample
+command's PNG, the paper presets' published trees, bad input."""
+
+import json
+import os
+
+import cv2
+import flax
+import jax
+import numpy as np
+import pytest
+
+from tasks import imagenet as I  # noqa: E741
+from uvim_givt.config import load_config
+
+TREES = json.load(open(os.path.join(os.path.dirname(__file__), "data",
+                                    "big_vision_param_trees.json")))
+
+
+def _sets(**extra):
+    sets = {
+        "vae.train.total_steps": 3, "vae.train.batch_size": 8, "vae.model.filters": 8,
+        "vae.model.num_groups": 4, "vae.ema_decay": 0.9,
+        "givt.train.total_steps": 3, "givt.train.batch_size": 8,
+        "givt.model.emb_dim": 32, "givt.model.mlp_dim": 64, "givt.model.num_heads": 2,
+        "givt.model.num_decoder_layers": 1, "givt.model.num_mixtures": 2,
+        "data.shuffle_buffer": 16,
+        "eval.samples_per_class": 2, "eval.max_classes": 3, "eval.max_reference": 40,
+        "eval.batch_size": 8, "eval.grid_per_class": 2,
+        **extra,
+    }
+    return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A causal run (VAE + GIVT) and a MaskGIT run on the same VAE (--vae-ckpt)."""
+    root = tmp_path_factory.mktemp("imagenet")
+    ar, masked = str(root / "ar"), str(root / "masked")
+    assert I.main(["train", "--workdir", ar, *_sets()]) == 0
+    assert I.main(["train", "--workdir", masked, "--stage", "givt", "--vae-ckpt", ar,
+                   "--config", "configs/imagenet.py:style=masked",
+                   *_sets(**{"givt.sampling.num_steps": 4})]) == 0
+    return {"ar": ar, "masked": masked}
+
+
+def _records(run):
+    d = os.path.join(run, "eval")
+    return {r["stage"]: r for r in (json.load(open(os.path.join(d, f))) for f in os.listdir(d))}
+
+
+def test_causal_run_trains_and_evaluates(runs):
+    rec = _records(runs["ar"])
+    assert set(rec) == {"vae", "givt"}
+    assert rec["vae"]["step"] == 3 and rec["givt"]["step"] == 3
+    m = rec["givt"]["metrics"]
+    for key in ("FID", "class_accuracy", "FID_no_cfg", "FID_random_latents"):
+        assert np.isfinite(m[key]), key
+    assert 0.0 <= m["class_accuracy"] <= 1.0
+    assert rec["givt"]["extra"]["num_classes"] == 3
+    assert os.path.isfile(os.path.join(runs["ar"], "samples", "random_latents.png"))
+    # the EMA of the VAE is what stage 2 used (saved next to the raw VAE)
+    assert os.listdir(os.path.join(runs["ar"], "checkpoints", I.EMA_STAGE)) == ["3"]
+
+
+def test_masked_run_reuses_the_vae(runs):
+    rec = _records(runs["masked"])
+    assert rec["givt"]["extra"]["style"] == "masked" and rec["givt"]["extra"]["num_steps"] == 4
+    for stage in ("vae", I.EMA_STAGE):  # copied in: the run is self-contained
+        assert os.listdir(os.path.join(runs["masked"], "checkpoints", stage)) == ["3"]
+
+
+@pytest.mark.parametrize("style", ["ar", "masked"])
+def test_sampled_shapes_and_labels_checked(runs, style):
+    cfg, vae, givt, _ = I.load_run(runs[style])
+    gen = I.Generator(cfg, vae, givt)
+    z = gen.sample_latents([3, 7, 7], seed=1, cfg_weight=0.4)
+    assert z.shape == (3, 64, 4) and np.all(np.isfinite(z))
+    images = gen.decode(z)
+    assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
+    with pytest.raises(I.UserError, match="0..9"):
+        gen.sample_latents([10])
+
+
+@pytest.mark.parametrize("style", ["ar", "masked"])
+def test_cfg_weight_zero_equals_unguided_sampling(runs, style):
+    """The guided sampler with w=0 draws exactly what the plain conditional sampler draws."""
+    cfg, vae, givt, _ = I.load_run(runs[style])
+    gen = I.Generator(cfg, vae, givt)
+    labels = jax.numpy.asarray([1, 2, 3, 4], np.int32)
+    key = jax.random.PRNGKey(5)
+    kw = dict(labels=labels, temperature=0.9, temperature_probs=1.0)
+    if style == "ar":
+        plain, _ = I.sample_autoregressive(gen.model, givt, key, **kw)
+        guided, _ = I.sample_autoregressive(gen.model, givt, key, cfg_weight=0.0, **kw)
+        other, _ = I.sample_autoregressive(gen.model, givt, key, cfg_weight=2.0, **kw)
+    else:
+        kw.update(num_steps=4, choice_temperature=2.0)
+        plain = I.sample_maskgit(gen.model, givt, key, **kw)
+        guided = I.sample_maskgit(gen.model, givt, key, cfg_weight=0.0, **kw)
+        other = I.sample_maskgit(gen.model, givt, key, cfg_weight=2.0, **kw)
+    np.testing.assert_allclose(np.asarray(guided), np.asarray(plain), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(other), np.asarray(plain))  # guidance does act
+
+
+def test_sample_command_writes_png_grid_and_latents(runs, tmp_path, capsys):
+    out = str(tmp_path / "grid.png")
+    assert I.main(["sample", "--ckpt", runs["ar"], "--classes", "3,7", "--num", "5",
+                   "--temp", "0.95", "--cfg", "0.4", "--out", out]) == 0
+    png = cv2.imread(out, cv2.IMREAD_UNCHANGED)
+    assert png is not None and png.shape == (2 * 32, 5 * 32, 3) and png.dtype == np.uint8
+    z = np.load(str(tmp_path / "grid.npy"))
+    assert z.shape == (2, 5, 64, 4)
+    # MaskGIT flags on the masked run
+    assert I.main(["sample", "--ckpt", runs["masked"], "--classes", "0", "--num", "3",
+                   "--steps", "2", "--choice-temp", "1.5", "--out", str(tmp_path / "m")]) == 0
+    assert cv2.imread(str(tmp_path / "m.png")).shape == (32, 3 * 32, 3)
+
+
+def test_sweep_writes_json_and_plot(runs, tmp_path, capsys):
+    assert I.main(["sweep", "--ckpt", runs["ar"], "--cfg", "0,1", "--temps", "1.0",
+                   "--num-per-class", "2", "--max-eval", "30", "--out", str(tmp_path)]) == 0
+    res = json.load(open(tmp_path / "sweep.json"))
+    assert [(r["temperature"], r["cfg_weight"]) for r in res["results"]] == [(1.0, 0.0),
+                                                                              (1.0, 1.0)]
+    assert all(np.isfinite(r["FID"]) for r in res["results"])
+    assert cv2.imread(str(tmp_path / "sweep.png")) is not None
+
+
+def test_user_errors_are_one_line(runs, tmp_path, capsys):
+    assert I.main(["sample", "--ckpt", runs["ar"], "--classes", "3,x", "--out",
+                   str(tmp_path / "g.png")]) == 2
+    assert "--classes '3,x'" in capsys.readouterr().err
+    assert I.main(["sample", "--ckpt", str(tmp_path / "nope"), "--classes", "1", "--out",
+                   str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "Traceback" not in err
+    # a stage-2 run whose GIVT does not fit the VAE's latents fails at start
+    assert I.main(["train", "--workdir", str(tmp_path / "bad"), "--stage", "givt",
+                   "--vae-ckpt", runs["ar"], *_sets(**{"givt.model.out_dim": 8})]) == 2
+    assert "givt.model.out_dim=8 != vae.model.codeword_dim=4" in capsys.readouterr().err
+
+
+def _flat(params):
+    return {k: list(v.shape) for k, v in
+            flax.traverse_util.flatten_dict(params, sep="/").items()}
+
+
+@pytest.mark.parametrize("style,key", [("ar", "givt_imagenet256_causal"),
+                                       ("masked", "givt_imagenet256_maskgit")])
+def test_paper_presets_build_the_published_trees(style, key):
+    cfg = load_config(f"configs/imagenet.py:size=paper,style={style}")
+    I.check_config(cfg)
+    givt = jax.eval_shape(I.givt_init_fn(I.build_givt(cfg)), jax.random.PRNGKey(0))
+    assert _flat(givt) == TREES[key]["params"]
+    assert _flat(I.vae_target(cfg)) == TREES["vae_imagenet256_cnn"]["params"]
