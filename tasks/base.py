@@ -35,6 +35,7 @@ from uvim_givt.models.givt import GIVT
 from uvim_givt.models.vit_vae import ViTVAE
 from uvim_givt.sampling.autoregressive import sample_autoregressive
 from uvim_givt.training import checkpoint as ckpt_lib
+from uvim_givt.training.metrics import progress_interval
 from uvim_givt.training.objectives import givt_nll_loss
 from uvim_givt.training.trainer import Stage, TrainingDiverged, count_params, train
 
@@ -224,6 +225,7 @@ def evaluate_split(task: DenseTask, cfg, predictor: Predictor, source: str, spli
     drawn, seen = 0, 0
     tag = "oracle" if oracle else "givt"
     bar = tqdm(desc=f"eval {tag} {split}", disable=not progress, unit="img",
+               mininterval=progress_interval(),
                dynamic_ncols=True)
 
     def prep(ex):

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping
 
 from tensorboardX import SummaryWriter
+
+
+def progress_interval() -> float:
+    """Seconds between progress-bar refreshes: live on a terminal, sparse in a log file
+    (a redirected run would otherwise write one line per step)."""
+    return 0.1 if sys.stderr.isatty() else 30.0
 
 
 class MetricsWriter:
