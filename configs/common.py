@@ -31,8 +31,8 @@ def vit_vae_model(size: str, codeword_dim: int) -> dict:
         return dict(input_size=(128, 128), patch_size=(8, 8), width=384, depth=4,
                     decoder_depth=6, mlp_dim=1536, num_heads=6, code_len=64,
                     codeword_dim=codeword_dim, dropout=0.0, code_dropout="none", scan=True)
-    return dict(input_size=(64, 64), patch_size=(8, 8), width=128, depth=2, decoder_depth=2,
-                mlp_dim=512, num_heads=4, code_len=64, codeword_dim=codeword_dim, dropout=0.0,
+    return dict(input_size=(64, 64), patch_size=(8, 8), width=64, depth=2, decoder_depth=2,
+                mlp_dim=256, num_heads=4, code_len=64, codeword_dim=codeword_dim, dropout=0.0,
                 code_dropout="none", scan=False)
 
 
@@ -48,7 +48,7 @@ def givt_encdec_model(size: str, out_dim: int, seq_len: int, input_size) -> dict
         return dict(common, emb_dim=384, num_heads=6, mlp_dim=1536, num_layers=6,
                     num_decoder_layers=6, patches=(8, 8), enc_dropout_rate=0.0,
                     dec_dropout_rate=0.1, scan=False)
-    return dict(common, emb_dim=128, num_heads=4, mlp_dim=512, num_layers=2,
+    return dict(common, emb_dim=96, num_heads=4, mlp_dim=384, num_layers=2,
                 num_decoder_layers=2, patches=(8, 8), enc_dropout_rate=0.0,
                 dec_dropout_rate=0.0, scan=False)
 
