@@ -252,6 +252,34 @@ def evaluate_split(task: DenseTask, cfg, predictor: Predictor, source: str, spli
     return evaluator.result()
 
 
+def predict_image_folder(task: DenseTask, cfg, predictor: Predictor, images: str
+                         ) -> Iterator[tuple[str, dict, Any]]:
+    """(file stem, raw example {"image"}, prediction) for each .jpg/.png in ``images``,
+    sorted by name: the ``predict`` command of every dense task."""
+    import cv2
+    if not os.path.isdir(images):
+        raise UserError(f"--images {images}: not a directory")
+    names = sorted(f for f in os.listdir(images) if f.lower().endswith((".jpg", ".jpeg", ".png")))
+    if not names:
+        raise UserError(f"--images {images}: no .jpg/.png files")
+    size, bs = int(cfg.data.image_size), int(cfg.data.eval_batch_size)
+    for start in range(0, len(names), bs):
+        chunk = names[start:start + bs]
+        raw = []
+        for n in chunk:
+            im = cv2.imread(os.path.join(images, n), cv2.IMREAD_COLOR)
+            if im is None:
+                raise UserError(f"{os.path.join(images, n)}: unreadable or truncated")
+            raw.append(im[..., ::-1])
+        batch = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR)
+                          for im in raw]).astype(np.float32) / 127.5 - 1.0
+        logits = predictor.predict(batch, seed=start)
+        for i, n in enumerate(chunk):
+            ex = {"image": raw[i]}
+            yield (os.path.splitext(n)[0], ex,
+                   task.postprocess(cfg, {k: v[i] for k, v in logits.items()}, ex))
+
+
 def _write_png(path: str, rgb: np.ndarray) -> None:
     import cv2
     if not cv2.imwrite(path, np.ascontiguousarray(rgb[..., ::-1])):

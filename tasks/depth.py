@@ -422,33 +422,14 @@ def run_predict(task: DepthTask, args: argparse.Namespace) -> None:
     """``predict``: 16-bit PNG depth (mm) per image plus colour-mapped previews."""
     cfg, vae, givt, step = base.load_run(args.ckpt, task)
     predictor = base.Predictor(task, cfg, vae, givt)
-    if not os.path.isdir(args.images):
-        raise base.UserError(f"--images {args.images}: not a directory")
-    names = sorted(f for f in os.listdir(args.images)
-                   if f.lower().endswith((".jpg", ".jpeg", ".png")))
-    if not names:
-        raise base.UserError(f"--images {args.images}: no .jpg/.png files")
-    size, bs = int(cfg.data.image_size), int(cfg.data.eval_batch_size)
     previews = os.path.join(args.out, "previews")
     os.makedirs(previews, exist_ok=True)
-    for start in range(0, len(names), bs):
-        chunk = names[start:start + bs]
-        raw = []
-        for n in chunk:
-            im = cv2.imread(os.path.join(args.images, n), cv2.IMREAD_COLOR)
-            if im is None:
-                raise base.UserError(f"{os.path.join(args.images, n)}: unreadable or truncated")
-            raw.append(im[..., ::-1])
-        batch = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR)
-                          for im in raw]).astype(np.float32) / 127.5 - 1.0
-        logits = predictor.predict(batch, seed=start)
-        for i, n in enumerate(chunk):
-            ex = {"image": raw[i]}
-            pred = task.postprocess(cfg, {k: v[i] for k, v in logits.items()}, ex)
-            stem = os.path.splitext(n)[0]
-            write_depth_png(os.path.join(args.out, f"{stem}.png"), pred)
-            base._write_png(os.path.join(previews, f"{stem}.png"), task.draw(cfg, ex, pred))
-    print(f"wrote {len(names)} depth maps (16-bit PNG, millimetres) to {args.out} and "
+    count = 0
+    for stem, ex, pred in base.predict_image_folder(task, cfg, predictor, args.images):
+        write_depth_png(os.path.join(args.out, f"{stem}.png"), pred)
+        base._write_png(os.path.join(previews, f"{stem}.png"), task.draw(cfg, ex, pred))
+        count += 1
+    print(f"wrote {count} depth maps (16-bit PNG, millimetres) to {args.out} and "
           f"previews to {previews} (step {step})")
 
 

@@ -417,30 +417,11 @@ def write_coco_prediction(out_dir: str, name: str, image_id, prediction: dict) -
 def run_predict(task: PanopticTask, args: argparse.Namespace) -> None:
     cfg, vae, givt, step = base.load_run(args.ckpt, task)
     predictor = base.Predictor(task, cfg, vae, givt)
-    names = sorted(f for f in os.listdir(args.images)
-                   if f.lower().endswith((".jpg", ".jpeg", ".png")))
-    if not names:
-        raise base.UserError(f"--images {args.images}: no .jpg/.png files")
-    size = int(cfg.data.image_size)
     annotations, overlays = [], os.path.join(args.out, "overlays")
     os.makedirs(overlays, exist_ok=True)
-    for start in range(0, len(names), int(cfg.data.eval_batch_size)):
-        chunk = names[start:start + int(cfg.data.eval_batch_size)]
-        raw = []
-        for n in chunk:
-            im = cv2.imread(os.path.join(args.images, n), cv2.IMREAD_COLOR)
-            if im is None:
-                raise base.UserError(f"{os.path.join(args.images, n)}: unreadable or truncated")
-            raw.append(im[..., ::-1])
-        batch = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR)
-                          for im in raw]).astype(np.float32) / 127.5 - 1.0
-        logits = predictor.predict(batch, seed=start)
-        for i, n in enumerate(chunk):
-            ex = {"image": raw[i]}
-            pred = task.postprocess(cfg, {k: v[i] for k, v in logits.items()}, ex)
-            stem = os.path.splitext(n)[0]
-            annotations.append(write_coco_prediction(args.out, stem, stem, pred))
-            base._write_png(os.path.join(overlays, f"{stem}.png"), task.draw(cfg, ex, pred))
+    for stem, ex, pred in base.predict_image_folder(task, cfg, predictor, args.images):
+        annotations.append(write_coco_prediction(args.out, stem, stem, pred))
+        base._write_png(os.path.join(overlays, f"{stem}.png"), task.draw(cfg, ex, pred))
     with open(os.path.join(args.out, "panoptic_pred.json"), "w") as f:
         json.dump({"annotations": annotations, "categories": task._cats(cfg), "step": step}, f)
     print(f"wrote {len(annotations)} predictions to {args.out} (panoptic_pred.json, "
