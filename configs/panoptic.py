@@ -11,6 +11,7 @@ from configs.common import (
     ENCODER_LR_MULT,
     check_size,
     givt_encdec_model,
+    givt_tiny_recipe,
     train_group,
     vit_vae_model,
 )
@@ -62,9 +63,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                 input_size=vae["input_size"]),
         train=train_group(a.size, steps={"tiny": 1500, "base": 20_000, "paper": 100_000}[a.size],
                           batch_size={"tiny": 32, "base": 128, "paper": 512}[a.size],
-                          lr=1e-3, wd=1e-4,
+                          lr=givt_tiny_recipe(a.size)["lr"], wd=1e-4,
                           lr_mults=ENCODER_LR_MULT if paper else ()),
         posterior="sample",  # stage-1 codes for training: sample of q(z|x) ("mean" = its mean)
+        # Std of Gaussian noise on the teacher-forcing inputs (0 = the published recipe).
+        input_noise=givt_tiny_recipe(a.size)["input_noise"],
         sampling=dict(temperature=0.9 if paper else 0.5, temperature_probs=1.0,
                       beam_size=2, fan_size=8),
         init_encoder="",  # optional .npz of a pretrained ViT encoder (big_vision layout)

@@ -144,6 +144,7 @@ def givt_stage(task: DenseTask, cfg, train_ds, vae_params, run_dir: str | None =
     vae, model = build_vae(task, cfg), build_givt(cfg)
     size = cfg.data.image_size
     sample_posterior = cfg.givt.posterior == "sample"
+    input_noise = float(cfg.givt.get("input_noise", 0.0))
 
     def init(key):
         return model.init(key, jnp.zeros((1, model.seq_len, model.out_dim)),
@@ -154,7 +155,7 @@ def givt_stage(task: DenseTask, cfg, train_ds, vae_params, run_dir: str | None =
         mu, logvar = vae.apply({"params": frozen}, batch["labels"], method=ViTVAE.encode)
         z = vae_losses.reparametrize(mu, logvar, k_z) if sample_posterior else mu
         return givt_nll_loss(model, params, jax.lax.stop_gradient(z), k_loss,
-                             image=batch["image"], train=True)
+                             image=batch["image"], train=True, input_noise=input_noise)
 
     return Stage(init, loss_fn, _batches(task, cfg, cfg.givt.train, train_ds),
                  frozen=vae_params,

@@ -12,22 +12,32 @@ from uvim_givt.models.givt import GIVT, random_training_mask
 
 def givt_nll_loss(model: GIVT, params: Any, tokens: jax.Array, key: jax.Array, *,
                   labels: jax.Array | None = None, image: jax.Array | None = None,
-                  train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+                  train: bool = True, input_noise: float = 0.0
+                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean negative log-likelihood per token (nats) of ``tokens`` [B, L, D].
 
     Causal models are teacher-forced; masked models draw a training mask
     (cosine schedule) and are scored on the masked tokens only. Labels are
     dropped with ``drop_labels_probability`` for classifier-free guidance.
+
+    ``input_noise`` > 0 adds Gaussian noise of that standard deviation to the
+    teacher-forcing *inputs* during training (the targets stay clean), so a
+    conditional model cannot lean on exact previous tokens and must use its
+    condition; this narrows the gap between teacher forcing and free-running
+    sampling (exposure bias). Off (0) in the published recipes.
     """
     b, s, d = tokens.shape
-    k_drop, k_mask, k_dropout = jax.random.split(key, 3)
+    k_drop, k_mask, k_dropout, k_noise = jax.random.split(key, 4)
     drop = None
     if train and model.drop_labels_probability > 0 and labels is not None:
         drop = jax.random.uniform(k_drop, (b,)) < model.drop_labels_probability
     mask = None
     if model.style == "masked":
         mask = random_training_mask(k_mask, b, s, model.min_masking_rate_training)
-    logits = model.apply({"params": params}, tokens, labels, image=image, input_mask=mask,
+    inputs = tokens
+    if train and input_noise > 0:
+        inputs = tokens + input_noise * jax.random.normal(k_noise, tokens.shape, tokens.dtype)
+    logits = model.apply({"params": params}, inputs, labels, image=image, input_mask=mask,
                          drop_labels=drop, train=train, rngs={"dropout": k_dropout})
     logp = model.head.log_prob(logits, tokens)  # [B, L]
     if mask is None:
