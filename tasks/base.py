@@ -356,14 +356,20 @@ def load_vae_from(run_dir: str, task: DenseTask, cfg) -> Any:
     return params
 
 
-def load_run(run_dir: str, task: DenseTask, need_givt: bool = True):
-    """(cfg, vae_params, givt_params or None, step) of a run directory."""
+def load_run_config(run_dir: str, task_name: str) -> ml_collections.ConfigDict:
+    """The saved config of a run directory, checked to belong to `task_name`."""
     try:
         cfg = config_lib.load_saved_config(run_dir)
     except config_lib.ConfigError as e:
         raise UserError(str(e)) from None
-    if cfg.get("task") != task.name:
-        raise UserError(f"{run_dir} is a {cfg.get('task')!r} run, not {task.name!r}")
+    if cfg.get("task") != task_name:
+        raise UserError(f"{run_dir} is a {cfg.get('task')!r} run, not {task_name!r}")
+    return cfg
+
+
+def load_run(run_dir: str, task: DenseTask, need_givt: bool = True):
+    """(cfg, vae_params, givt_params or None, step) of a run directory."""
+    cfg = load_run_config(run_dir, task.name)
     vae = load_vae_from(run_dir, task, cfg)
     if not need_givt:
         return cfg, vae, None, 0
@@ -468,8 +474,9 @@ def run_eval(task: DenseTask, args: argparse.Namespace) -> dict:
     return metrics
 
 
-def build_parser(task: DenseTask, extra: Callable[[argparse._SubParsersAction], None] | None
-                 ) -> argparse.ArgumentParser:
+def build_parser(task: DenseTask, extra: Callable[[argparse._SubParsersAction], None] | None,
+                 predict_help: str | None = None) -> argparse.ArgumentParser:
+    """train / eval for every task; `predict` when the task can predict from an image folder."""
     p = argparse.ArgumentParser(prog=f"python -m tasks.{task.name}",
                                 description=f"UViM + GIVT for {task.name}.")
     sub = p.add_subparsers(dest="command")
@@ -489,6 +496,11 @@ def build_parser(task: DenseTask, extra: Callable[[argparse._SubParsersAction], 
     e.add_argument("--split", default="validation")
     e.add_argument("--oracle", action="store_true", help="evaluate stage 1 (encode GT, decode)")
     e.add_argument("--max-eval", type=int, default=None)
+    if predict_help:
+        pr = sub.add_parser("predict", help=predict_help)
+        pr.add_argument("--ckpt", required=True, help="run directory")
+        pr.add_argument("--images", required=True, help="folder of images")
+        pr.add_argument("--out", required=True, help="output folder")
     if extra:
         extra(sub)
     return p
@@ -496,8 +508,9 @@ def build_parser(task: DenseTask, extra: Callable[[argparse._SubParsersAction], 
 
 def cli(task: DenseTask, argv: list[str] | None = None,
         commands: dict[str, Callable[[DenseTask, argparse.Namespace], Any]] | None = None,
-        extra_parsers: Callable | None = None) -> int:
-    parser = build_parser(task, extra_parsers)
+        extra_parsers: Callable | None = None, predict_help: str | None = None) -> int:
+    """Parse argv, run the command; returns the exit status (2 for user errors)."""
+    parser = build_parser(task, extra_parsers, predict_help)
     args = parser.parse_args(argv)
     handlers = {"train": run_train, "eval": run_eval, **(commands or {})}
     if args.command not in handlers:

@@ -433,17 +433,10 @@ def run_predict(task: DepthTask, args: argparse.Namespace) -> None:
           f"previews to {previews} (step {step})")
 
 
-def _extra_parsers(sub) -> None:
-    p = sub.add_parser("predict", help="predict 16-bit depth PNGs (mm) and previews for images")
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--images", required=True)
-    p.add_argument("--out", required=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     """The command line (train / eval / predict); returns the exit status."""
     return base.cli(TASK, argv, commands={"train": run_train, "predict": run_predict},
-                    extra_parsers=_extra_parsers)
+                    predict_help="predict 16-bit depth PNGs (mm) and previews for images")
 
 
 if __name__ == "__main__":

@@ -858,12 +858,7 @@ def run_train(task: ImageNetTask, args: argparse.Namespace) -> str:
 def load_run(run_dir: str, need_givt: bool = True
              ) -> tuple[ml_collections.ConfigDict, Any, Any, int]:
     """(cfg, vae params, givt params or None, step) of a run directory."""
-    try:
-        cfg = config_lib.load_saved_config(run_dir)
-    except config_lib.ConfigError as e:
-        raise UserError(str(e)) from None
-    if cfg.get("task") != TASK.name:
-        raise UserError(f"{run_dir} is a {cfg.get('task')!r} run, not {TASK.name!r}")
+    cfg = base.load_run_config(run_dir, TASK.name)
     vae, step, _ = load_vae_params(run_dir, cfg)
     if not need_givt:
         return cfg, vae, None, step

@@ -463,15 +463,10 @@ def predict_to_coco(run_dir: str, data: str | None, split: str, out_dir: str,
     return gt["json"], gt["png_dir"], pred_json, os.path.join(out_dir, "panoptic_pred")
 
 
-def _extra_parsers(sub) -> None:
-    p = sub.add_parser("predict", help="predict COCO panoptic PNG+JSON and overlays for images")
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--images", required=True)
-    p.add_argument("--out", required=True)
-
-
 def main(argv: list[str] | None = None) -> int:
-    return base.cli(TASK, argv, commands={"predict": run_predict}, extra_parsers=_extra_parsers)
+    """The command line (train / eval / predict); returns the exit status."""
+    return base.cli(TASK, argv, commands={"predict": run_predict},
+                    predict_help="predict COCO panoptic PNG+JSON and overlays for images")
 
 
 if __name__ == "__main__":
