@@ -56,8 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                           batch_size={"tiny": 32, "base": 128, "paper": 1024}[a.size],
                           lr=3e-3 if not paper else 4e-4, wd=1e-4),
     )
-    # Encoder learning rate x0.1 as in the paper (the encoder starts from a pretrained ViT
-    # there; the tiny preset trains it from scratch, and keeps the same recipe).
+    # Paper: encoder learning rate x0.1, as published (the encoder starts from a pretrained
+    # ViT there). tiny/base train the encoder from scratch at the full learning rate.
     c.givt = dict(
         model=givt_encdec_model(a.size, out_dim=vae["codeword_dim"], seq_len=vae["code_len"],
                                 input_size=vae["input_size"]),

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from evals.records import config_hash, write_eval_record
 from uvim_givt import config as config_lib
+from uvim_givt.compat import big_vision
 from uvim_givt.data import pipeline
 from uvim_givt.models import builders, vae_losses
 from uvim_givt.models.givt import GIVT
@@ -157,8 +158,22 @@ def givt_stage(task: DenseTask, cfg, train_ds, vae_params, run_dir: str | None =
         return givt_nll_loss(model, params, jax.lax.stop_gradient(z), k_loss,
                              image=batch["image"], train=True, input_noise=input_noise)
 
+    warm_start = None
+    if cfg.givt.get("init_encoder"):
+        path = str(cfg.givt.init_encoder)
+        grid = tuple(s // p for s, p in zip(model.input_size, model.patches, strict=True))
+
+        def warm_start(params):
+            try:
+                params = big_vision.load_vit_encoder(path, params, grid)
+            except (big_vision.CheckpointFileError, big_vision.CheckpointMismatch,
+                    ValueError, OSError) as e:
+                raise UserError(f"givt.init_encoder={path!r}: {e}") from None
+            print(f"stage-2 image encoder initialised from {path}", flush=True)
+            return params
+
     return Stage(init, loss_fn, _batches(task, cfg, cfg.givt.train, train_ds),
-                 frozen=vae_params,
+                 frozen=vae_params, warm_start=warm_start,
                  evaluate=periodic_eval(task, cfg, run_dir, "givt", vae_params) if run_dir
                  else None)
 
@@ -388,6 +403,9 @@ def run_train(task: DenseTask, args: argparse.Namespace) -> str:
     if args.data:
         cfg.data.source = args.data
     pipeline.parse_source(cfg.data.source)  # validates the spec early
+    init_encoder = cfg.givt.get("init_encoder")
+    if init_encoder and not os.path.isfile(init_encoder):
+        raise UserError(f"givt.init_encoder={init_encoder!r}: no such file")
     run_dir = args.workdir or default_workdir(cfg)
     check_run_config(run_dir, cfg)
     config_lib.save_config(cfg, run_dir)

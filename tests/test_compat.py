@@ -368,3 +368,63 @@ def test_cli_errors_exit_2_without_traceback(tmp_path, capsys, args, expect):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expect in err and "Traceback" not in err
     assert not os.path.exists(tmp_path / "other" / "checkpoints")
+
+
+def _fake_vit_npz(path, enc_params, side: int, width: int) -> dict[str, np.ndarray]:
+    """A big_vision ViT classifier .npz (scanned layers, cls token, head) of random values,
+    with the shapes of a GIVT encoder (`enc_params`, its encoder subtree) but a `side`^2
+    position grid."""
+    rng = np.random.default_rng(0)
+    flat = traverse_util.flatten_dict(enc_params, sep="/")
+    blocks = sorted({k.split("/")[0] for k in flat if k.startswith("encoderblock_")})
+    out = {"cls": rng.normal(size=(1, 1, width)),
+           "head/kernel": rng.normal(size=(width, 10)), "head/bias": np.zeros(10),
+           "embedding/kernel": rng.normal(size=(8, 8, 3, width)),
+           "embedding/bias": rng.normal(size=(width,)),
+           # pos_embedding[0, r*side + c, :] = r: a ramp, which bilinear resampling keeps linear
+           "pos_embedding": np.repeat(np.arange(side, dtype=np.float32), side)[None, :, None]
+           * np.ones((1, 1, width), np.float32)}
+    for k, v in flat.items():
+        if k.startswith("encoder_norm/"):
+            out[f"Transformer/{k}"] = rng.normal(size=v.shape)
+        elif k.startswith("encoderblock_0/"):
+            rest = k.split("/", 1)[1]
+            out[f"Transformer/encoderblock/{rest}"] = rng.normal(size=(len(blocks), *v.shape))
+    np.savez(path, **{k: np.asarray(v, np.float32) for k, v in out.items()})
+    return out
+
+
+def test_init_encoder_loads_a_big_vision_vit(tmp_path):
+    from tasks import base
+    from tasks.depth import TASK
+    cfg = load_config("configs/depth.py", ["givt.model.stem=()"])
+    stage_cfg = ml_collections.ConfigDict(cfg.to_dict())
+    params = jax.jit(base.givt_stage(TASK, cfg, None, None).init_params)(jax.random.PRNGKey(0))
+    npz = str(tmp_path / "vit.npz")
+    src = _fake_vit_npz(npz, params["encoder"], side=4, width=96)
+
+    stage_cfg.givt.init_encoder = npz
+    warm = base.givt_stage(TASK, stage_cfg, None, None).warm_start
+    out = warm(params)
+    np.testing.assert_allclose(out["EmbedPatches"]["kernel"], src["embedding/kernel"], rtol=1e-6)
+    np.testing.assert_allclose(out["encoder"]["encoderblock_2"]["MlpBlock_0"]["Dense_0"]["kernel"],
+                               src["Transformer/encoderblock/MlpBlock_0/Dense_0/kernel"][2],
+                               rtol=1e-6)
+    np.testing.assert_allclose(out["encoder"]["encoder_norm"]["scale"],
+                               src["Transformer/encoder_norm/scale"], rtol=1e-6)
+    # 4x4 -> 8x8 bilinear: the row ramp 0..3 becomes 8 evenly spaced rows from 0 to 3.
+    pos = np.asarray(out["pos_embedding_encoder"]).reshape(8, 8, 96)
+    np.testing.assert_allclose(pos[:, :, 0], np.linspace(0, 3, 8)[:, None] * np.ones((1, 8)),
+                               atol=1e-5)
+    # The decoder and target embedding keep their initial values.
+    np.testing.assert_array_equal(out["EmbedTargets"]["kernel"], params["EmbedTargets"]["kernel"])
+
+    # A ViT of another width: the error names the parameter and both shapes.
+    bad = str(tmp_path / "vit64.npz")
+    small = load_config("configs/depth.py", ["givt.model.stem=()", "givt.model.emb_dim=64",
+                                             "givt.model.mlp_dim=128"])
+    p64 = jax.jit(base.givt_stage(TASK, small, None, None).init_params)(jax.random.PRNGKey(0))
+    _fake_vit_npz(bad, p64["encoder"], side=8, width=64)
+    stage_cfg.givt.init_encoder = bad
+    with pytest.raises(base.UserError, match=r"(?s)vit64\.npz.*shape differs.*EmbedPatches/kernel"):
+        base.givt_stage(TASK, stage_cfg, None, None).warm_start(params)

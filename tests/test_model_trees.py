@@ -7,6 +7,7 @@ import os
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from tasks.base import build_givt
@@ -57,3 +58,54 @@ def test_uvim_stage2_tree_from_paper_config(task):
     _assert_same(f"givt_uvim_{task}_stage2",
                  _tree(model, jnp.zeros((1, model.seq_len, model.out_dim)),
                        image=jnp.zeros((1, 512, 512, 3))))
+
+
+
+def _conv_stride2_same_np(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Brute-force 3x3 stride-2 SAME convolution in numpy (NHWC, HWIO; TF/XLA padding)."""
+    b, h, w, _ = x.shape
+    oh, ow = -(-h // 2), -(-w // 2)
+    pad_h, pad_w = max((oh - 1) * 2 + 3 - h, 0), max((ow - 1) * 2 + 3 - w, 0)
+    xp = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2),
+                    (0, 0)))
+    out = np.zeros((b, oh, ow, kernel.shape[-1]))
+    for i in range(oh):
+        for j in range(ow):
+            out[:, i, j] = np.einsum("bhwc,hwco->bo", xp[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3],
+                                     kernel)
+    return out + bias
+
+
+def _gelu_tanh(v: np.ndarray) -> np.ndarray:
+    """flax's default nn.gelu (the tanh approximation)."""
+    return 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)))
+
+
+def test_encoder_conv_stem_matches_numpy_and_keeps_token_grid():
+    kw = dict(num_labels=None, emb_dim=32, num_heads=2, mlp_dim=64, num_layers=1,
+              num_decoder_layers=1, seq_len=16, out_dim=4, num_mixtures=1,
+              input_size=(32, 32), patches=(8, 8))
+    plain, stem = GIVT(**kw), GIVT(**kw, stem=(8, 16))
+    img = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    z = jnp.zeros((2, 16, 4))
+    p_plain = plain.init(jax.random.PRNGKey(0), z, None, image=img)["params"]
+    p_stem = stem.init(jax.random.PRNGKey(0), z, None, image=img)["params"]
+    # The published tree has no stem; the stem adds exactly Stem_0/1, and the patch
+    # embedding then covers 8 / 2**2 = 2x2 pixels of the 16-channel stem output.
+    assert not any(k.startswith("Stem") for k in p_plain)
+    assert set(p_stem) - set(p_plain) == {"Stem_0", "Stem_1"}
+    assert p_stem["EmbedPatches"]["kernel"].shape == (2, 2, 16, 32)
+    assert stem.apply({"params": p_stem}, img, method=GIVT.encode).shape == (2, 16, 32)
+
+    x = np.asarray(img, np.float64)
+    for name in ("Stem_0", "Stem_1"):
+        x = _gelu_tanh(_conv_stride2_same_np(x, np.asarray(p_stem[name]["kernel"], np.float64),
+                                             np.asarray(p_stem[name]["bias"], np.float64)))
+    assert x.shape == (2, 8, 8, 16)
+    e = p_stem["EmbedPatches"]
+    tokens = np.einsum("bhpwqc,pqco->bhwo", x.reshape(2, 4, 2, 4, 2, 16),
+                       np.asarray(e["kernel"], np.float64)) + np.asarray(e["bias"])
+    got = stem.apply({"params": p_stem}, img, method=GIVT.embed_image)
+    np.testing.assert_allclose(np.asarray(got), tokens.reshape(2, 16, 32), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="not divisible"):
+        GIVT(**kw, stem=(8, 8, 8, 8)).init(jax.random.PRNGKey(0), z, None, image=img)

@@ -121,3 +121,24 @@ def test_after_step_sees_every_step_once_across_a_resume(tmp_path):
     seen.clear()
     train(_cfg(2 * n, ckpt_every=n), str(tmp_path), "givt", stage)
     assert seen == list(range(n + 1, 2 * n + 1))
+
+
+def test_warm_start_applies_to_fresh_runs_only(tmp_path):
+    """warm_start replaces freshly initialised values (frozen here by lr 0, so they must come
+    out unchanged) and is not called again when a run resumes."""
+    import dataclasses
+    calls = []
+
+    def warm(params):
+        calls.append(1)
+        emb = params["EmbedLabels"]["embedding"]
+        return {**params, "EmbedLabels": {"embedding": np.full(emb.shape, 0.25, np.float32)}}
+
+    stage = dataclasses.replace(toy_stage(toy_model()), warm_start=warm)
+    cfg = _cfg(4, ckpt_every=2, lr_mults=[("EmbedLabels", 0.0)])
+    r = train(cfg, str(tmp_path), "givt", stage)
+    np.testing.assert_array_equal(r.params["EmbedLabels"]["embedding"], 0.25)
+    assert calls == [1]
+    cfg.total_steps = 6
+    train(cfg, str(tmp_path), "givt", stage)  # resumes from step 4
+    assert calls == [1]

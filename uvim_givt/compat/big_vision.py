@@ -314,6 +314,61 @@ def load_into(model_kind: Stage, cfg: ml_collections.ConfigDict,
     return convert_layout(flat, target, context=f"{model_kind} model of the config")
 
 
+# A big_vision ViT classifier's encoder -> the stage-2 GIVT's image encoder.
+_VIT_ENCODER_PREFIXES = (("embedding/", "EmbedPatches/"), ("Transformer/", "encoder/"))
+_VIT_CLASSIFIER_ONLY = ("cls", "head/", "MAPHead_0/", "pre_logits/")
+
+
+def resample_posemb(posemb: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """[1, h*w, D] position embeddings of a square grid -> [1, grid[0]*grid[1], D], bilinear
+    (the published recipe loads a 224px ViT into 512px UViM stage 2 this way)."""
+    import scipy.ndimage
+    n, d = posemb.shape[1], posemb.shape[2]
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"pos_embedding has {n} tokens, not a square grid (a class-token "
+                         "row included?); cannot resample it to the encoder's grid")
+    if (side, side) == tuple(grid):
+        return posemb
+    x = np.asarray(posemb, np.float32).reshape(side, side, d)
+    x = scipy.ndimage.zoom(x, (grid[0] / side, grid[1] / side, 1), order=1)
+    return x.reshape(1, grid[0] * grid[1], d)
+
+
+def load_vit_encoder(path: str, params: Mapping[str, Any], grid: tuple[int, int]
+                     ) -> dict[str, Any]:
+    """``params`` (a GIVT tree) with its image encoder taken from a big_vision ViT ``.npz``.
+
+    Maps ``embedding/`` -> ``EmbedPatches/``, ``Transformer/`` -> ``encoder/`` (scanned or
+    unrolled layers) and ``pos_embedding`` -> ``pos_embedding_encoder``, resampled to the
+    encoder's token ``grid``; the classifier's ``cls``/``head``/``MAPHead_0`` are dropped.
+    Everything else in ``params`` is kept. Raises :class:`CheckpointMismatch` (naming the
+    keys) when the ViT's width, depth or patch size differ from the config's encoder.
+    """
+    flat = load_npz(path)
+    src: dict[str, np.ndarray] = {}
+    for key, value in flat.items():
+        if key == "pos_embedding":
+            src["pos_embedding_encoder"] = resample_posemb(value, grid)
+            continue
+        for theirs, ours in _VIT_ENCODER_PREFIXES:
+            if key.startswith(theirs):
+                src[ours + key[len(theirs):]] = value
+                break
+        else:
+            if not key.startswith(_VIT_CLASSIFIER_ONLY):
+                src[key] = value  # reported as unexpected below
+    if "pos_embedding_encoder" not in src or "EmbedPatches/kernel" not in src:
+        raise CheckpointFileError(f"{path}: not a big_vision ViT (needs embedding/kernel and "
+                                  f"pos_embedding; has {sorted(flat)[:8]})")
+    full = _flatten(params)
+    target = {k: v for k, v in full.items()
+              if k.split("/", 1)[0] in ("EmbedPatches", "encoder", "pos_embedding_encoder")}
+    loaded = _flatten(convert_layout(src, target, context=f"ViT encoder {path}"))
+    return traverse_util.unflatten_dict(
+        {tuple(k.split("/")): loaded.get(k, v) for k, v in full.items()})
+
+
 def infer_stage(keys: Sequence[str]) -> Stage:
     """``givt`` if the checkpoint embeds target tokens, ``vae`` if it has a VAE encoder."""
     tops = {k.split("/", 1)[0] for k in keys}

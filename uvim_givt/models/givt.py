@@ -153,6 +153,10 @@ class GIVT(nn.Module):
     # Encoder input.
     patches: Sequence[int] = (16, 16)
     input_size: Sequence[int] = (256, 256)
+    # Optional convolutional stem (channels of 3x3 stride-2 conv + GELU layers) before the
+    # patch embedding, which then covers `patches` / 2**len(stem) of the stem's output, so
+    # the token grid is unchanged. () = the published plain patch embedding.
+    stem: Sequence[int] = ()
     # Head.
     num_mixtures: int = 16
     head_kind: Literal["per_channel", "diag", "full"] = "diag"
@@ -194,8 +198,14 @@ class GIVT(nn.Module):
             grid = [s // p for s, p in zip(self.input_size, self.patches, strict=True)]
             self.pos_embedding_encoder = learned_posemb(
                 self, "pos_embedding_encoder", math.prod(grid), self.emb_dim)
-            self.EmbedPatches = nn.Conv(self.emb_dim, tuple(self.patches),
-                                        strides=tuple(self.patches), padding="VALID")
+            down = 2 ** len(self.stem)
+            if any(p % down for p in self.patches):
+                raise ValueError(f"patches {tuple(self.patches)} not divisible by the stem's "
+                                 f"downsampling {down} ({len(self.stem)} stride-2 layers)")
+            self.stem_convs = [nn.Conv(c, (3, 3), strides=(2, 2), padding="SAME",
+                                       name=f"Stem_{i}") for i, c in enumerate(self.stem)]
+            kernel = tuple(p // down for p in self.patches)
+            self.EmbedPatches = nn.Conv(self.emb_dim, kernel, strides=kernel, padding="VALID")
             self.encoder = Encoder(depth=self.num_layers, mlp_dim=self.mlp_dim,
                                    num_heads=self.num_heads, dropout=self.enc_dropout_rate,
                                    scan=self.scan, remat_policy=self.remat_policy)
@@ -211,11 +221,18 @@ class GIVT(nn.Module):
             dropout_rate=self.dec_dropout_rate, scan=self.scan, remat_policy=self.remat_policy)
 
     # ----------------------------------------------------------------- pieces
+    def embed_image(self, image: jax.Array) -> jax.Array:
+        """Image [B, H, W, 3] -> patch tokens [B, P, E] (stem, if any, then patch embedding)."""
+        x = image
+        for conv in self.stem_convs:
+            x = nn.gelu(conv(x))
+        x = self.EmbedPatches(x)
+        b, h, w, e = x.shape
+        return x.reshape(b, h * w, e)
+
     def encode(self, image: jax.Array, train: bool = False) -> jax.Array:
         """Image [B, H, W, 3] -> encoded patches [B, P, E]."""
-        x = self.EmbedPatches(image)
-        b, h, w, e = x.shape
-        x = x.reshape(b, h * w, e) + self.pos_embedding_encoder
+        x = self.embed_image(image) + self.pos_embedding_encoder
         return self.encoder(x, deterministic=not train)
 
     def label_ids(self, labels: jax.Array | None, batch: int,

@@ -57,6 +57,8 @@ class Stage:
     after_step: optional (params, step) -> None, called on the host after every
       step, the last one included, once that step's checkpoint (if any) is
       written (e.g. an EMA of the parameters, saved on the same schedule).
+    warm_start: optional params -> params, applied on the host to freshly
+      initialised parameters (never on resume), e.g. to load a pretrained encoder.
     """
 
     init_params: Callable[[jax.Array], Any]
@@ -65,6 +67,7 @@ class Stage:
     evaluate: Callable[[Any, int], dict[str, float]] | None = None
     frozen: Any = None
     after_step: Callable[[Any, int], None] | None = None
+    warm_start: Callable[[Any], Any] | None = None
 
 
 @dataclasses.dataclass
@@ -115,6 +118,9 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
         init = jax.jit(lambda k: (lambda p: (p, tx.init(p)))(stage.init_params(k)),
                        out_shardings=(params_sh, opt_sh))
         params, opt_state = init(init_key)
+        if stage.warm_start is not None:
+            params = jax.device_put(stage.warm_start(params), params_sh)
+            opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
         start = 0
     else:
         def with_sh(tree, shs):
