@@ -59,9 +59,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.vae = dict(
         model=vae,
         beta=2e-4,
-        train=train_group(a.size, steps={"tiny": 1500, "base": 20_000, "paper": 100_000}[a.size],
+        # tiny: lr 2e-3 and 1,200 steps reach a lower loss than 1e-3 at 1,500 (oracle RMSE
+        # 0.21 against 0.25 m) and leave the time the stage-2 conv stem costs.
+        train=train_group(a.size, steps={"tiny": 1200, "base": 20_000, "paper": 100_000}[a.size],
                           batch_size={"tiny": 32, "base": 128, "paper": 1024}[a.size],
-                          lr=1e-3, wd=1e-4),
+                          lr=2e-3 if a.size == "tiny" else 1e-3, wd=1e-4),
     )
     c.givt = dict(
         model=givt_encdec_model(a.size, out_dim=vae["codeword_dim"], seq_len=vae["code_len"],
