@@ -57,9 +57,9 @@ def givt_encdec_model(size: str, out_dim: int, seq_len: int, input_size) -> dict
 
 # Tiny presets' stage-2 recipe against exposure bias (README "Deviations"): noise on the
 # teacher-forcing inputs and a higher learning rate. base/paper: the published recipe.
-def givt_tiny_recipe(size: str) -> dict:
+def givt_tiny_recipe(size: str, input_noise: float = 1.0) -> dict:
     tiny = size == "tiny"
-    return dict(lr=6e-3 if tiny else 1e-3, input_noise=1.0 if tiny else 0.0)
+    return dict(lr=6e-3 if tiny else 1e-3, input_noise=input_noise if tiny else 0.0)
 
 
 def train_group(size: str, steps: int, batch_size: int, lr: float, wd: float,

@@ -74,7 +74,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                           lr_mults=ENCODER_LR_MULT if paper else ()),
         posterior="sample",  # stage-1 codes for training: sample of q(z|x) ("mean" = its mean)
         # Std of Gaussian noise on the teacher-forcing inputs (0 = the published recipe).
-        input_noise=givt_tiny_recipe(a.size)["input_noise"],
+        # Depth codes copy their neighbours more than panoptic ones: tiny uses 2 (RMSE 1.30
+        # and 1.31 m against 1.36 and 1.39 at 1.0, on two stage-1 VAEs).
+        input_noise=givt_tiny_recipe(a.size, input_noise=2.0)["input_noise"],
         sampling=dict(temperature=0.9 if paper else 0.5, temperature_probs=1.0,
                       beam_size=2, fan_size=8),
         init_encoder="",  # optional .npz of a pretrained ViT encoder (big_vision layout)
