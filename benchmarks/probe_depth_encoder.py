@@ -10,7 +10,8 @@ number of steps, and compares encoder variants, e.g. without and with the conv s
     python benchmarks/probe_depth_encoder.py --set 'givt.model.stem=()'
     python benchmarks/probe_depth_encoder.py
 
-Measured (2-core CPU, 1,500 steps, embedded data): 0.92 m without the stem, 0.80 m with it;
+Measured (2-core CPU, 1,500 steps, embedded data): 0.92 m without a stem, 0.80 m with a
+(32, 64) stem;
 predicting the training-set mean depth scores 1.45 m.
 """
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
                                 int(cfg.data.shuffle_buffer))
     first = next(it)
     params = model.init(jax.random.PRNGKey(0), jnp.asarray(first["image"]))["params"]
-    opt = optax.adamw(optax.warmup_cosine_decay_schedule(0, args.lr, min(100, steps), steps),
+    opt = optax.adamw(optax.warmup_cosine_decay_schedule(0, args.lr, min(100, steps // 2), steps),
                       weight_decay=1e-4)
     state = opt.init(params)
 

@@ -52,7 +52,7 @@ def givt_encdec_model(size: str, out_dim: int, seq_len: int, input_size) -> dict
     # stem (a from-scratch ViT learns images faster with one); see README "Deviations".
     return dict(common, emb_dim=96, num_heads=4, mlp_dim=384, num_layers=3,
                 num_decoder_layers=1, patches=(8, 8), enc_dropout_rate=0.0,
-                dec_dropout_rate=0.0, scan=False, stem=(32, 64))
+                dec_dropout_rate=0.0, scan=False, stem=(16, 32))
 
 
 # Tiny presets' stage-2 recipe against exposure bias (README "Deviations"): noise on the
