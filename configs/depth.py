@@ -65,18 +65,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                           batch_size={"tiny": 32, "base": 128, "paper": 1024}[a.size],
                           lr=2e-3 if a.size == "tiny" else 1e-3, wd=1e-4),
     )
+    recipe = givt_tiny_recipe(a.size, input_noise=2.0)
     c.givt = dict(
         model=givt_encdec_model(a.size, out_dim=vae["codeword_dim"], seq_len=vae["code_len"],
                                 input_size=vae["input_size"]),
         train=train_group(a.size, steps={"tiny": 1500, "base": 20_000, "paper": 100_000}[a.size],
                           batch_size={"tiny": 32, "base": 128, "paper": 512}[a.size],
-                          lr=givt_tiny_recipe(a.size)["lr"], wd=1e-4,
+                          lr=recipe["lr"], wd=1e-4,
                           lr_mults=ENCODER_LR_MULT if paper else ()),
         posterior="sample",  # stage-1 codes for training: sample of q(z|x) ("mean" = its mean)
         # Std of Gaussian noise on the teacher-forcing inputs (0 = the published recipe).
         # Depth codes copy their neighbours more than panoptic ones: tiny uses 2 (RMSE 1.30
         # and 1.31 m against 1.36 and 1.39 at 1.0, on two stage-1 VAEs).
-        input_noise=givt_tiny_recipe(a.size, input_noise=2.0)["input_noise"],
+        input_noise=recipe["input_noise"],
         sampling=dict(temperature=0.9 if paper else 0.5, temperature_probs=1.0,
                       beam_size=2, fan_size=8),
         init_encoder="",  # optional .npz of a pretrained ViT encoder (big_vision layout)

@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                           batch_size={"tiny": 32, "base": 128, "paper": 1024}[a.size],
                           lr=3e-3 if not paper else 4e-4, wd=1e-4),
     )
+    recipe = givt_tiny_recipe(a.size)
     # Paper: encoder learning rate x0.1, as published (the encoder starts from a pretrained
     # ViT there). tiny/base train the encoder from scratch at the full learning rate.
     c.givt = dict(
@@ -63,11 +64,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                 input_size=vae["input_size"]),
         train=train_group(a.size, steps={"tiny": 1500, "base": 20_000, "paper": 100_000}[a.size],
                           batch_size={"tiny": 32, "base": 128, "paper": 512}[a.size],
-                          lr=givt_tiny_recipe(a.size)["lr"], wd=1e-4,
+                          lr=recipe["lr"], wd=1e-4,
                           lr_mults=ENCODER_LR_MULT if paper else ()),
         posterior="sample",  # stage-1 codes for training: sample of q(z|x) ("mean" = its mean)
         # Std of Gaussian noise on the teacher-forcing inputs (0 = the published recipe).
-        input_noise=givt_tiny_recipe(a.size)["input_noise"],
+        input_noise=recipe["input_noise"],
         sampling=dict(temperature=0.9 if paper else 0.5, temperature_probs=1.0,
                       beam_size=2, fan_size=8),
         init_encoder="",  # optional .npz of a pretrained ViT encoder (big_vision layout)

@@ -161,11 +161,10 @@ def givt_stage(task: DenseTask, cfg, train_ds, vae_params, run_dir: str | None =
     warm_start = None
     if cfg.givt.get("init_encoder"):
         path = str(cfg.givt.init_encoder)
-        grid = tuple(s // p for s, p in zip(model.input_size, model.patches, strict=True))
 
         def warm_start(params):
             try:
-                params = big_vision.load_vit_encoder(path, params, grid)
+                params = big_vision.load_vit_encoder(path, params, model.encoder_grid)
             except (big_vision.CheckpointFileError, big_vision.CheckpointMismatch,
                     ValueError, OSError) as e:
                 raise UserError(f"givt.init_encoder={path!r}: {e}") from None

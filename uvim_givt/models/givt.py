@@ -178,6 +178,11 @@ class GIVT(nn.Module):
         return self.num_layers > 0
 
     @property
+    def encoder_grid(self) -> tuple[int, ...]:
+        """The image encoder's token grid (rows, columns)."""
+        return tuple(s // p for s, p in zip(self.input_size, self.patches, strict=True))
+
+    @property
     def special_labels(self) -> dict[str, int]:
         """Rows of EmbedLabels after the real labels, in the published order."""
         names = []
@@ -195,9 +200,8 @@ class GIVT(nn.Module):
             raise ValueError(f"unknown mask_style {self.mask_style!r}: replace or concat")
         _ = self.head  # validates the head settings
         if self.has_encoder:
-            grid = [s // p for s, p in zip(self.input_size, self.patches, strict=True)]
             self.pos_embedding_encoder = learned_posemb(
-                self, "pos_embedding_encoder", math.prod(grid), self.emb_dim)
+                self, "pos_embedding_encoder", math.prod(self.encoder_grid), self.emb_dim)
             down = 2 ** len(self.stem)
             if any(p % down for p in self.patches):
                 raise ValueError(f"patches {tuple(self.patches)} not divisible by the stem's "
