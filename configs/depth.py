@@ -78,8 +78,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Depth codes copy their neighbours more than panoptic ones: tiny uses 2 (RMSE 1.30
         # and 1.31 m against 1.36 and 1.39 at 1.0, on two stage-1 VAEs).
         input_noise=recipe["input_noise"],
+        # Probability of feeding the model's own teacher-forced prediction instead of the
+        # true previous token (two-pass scheduled sampling; 0 = the published recipe).
+        scheduled_sampling=0.0,
         sampling=dict(temperature=0.9 if paper else 0.5, temperature_probs=1.0,
-                      beam_size=2, fan_size=8),
+                      beam_size=2, fan_size=8,  # causal (style "ar")
+                      num_steps=16, choice_temperature=1.0),  # MaskGIT (style "masked")
         init_encoder="",  # optional .npz of a pretrained ViT encoder (big_vision layout)
     )
     return c

@@ -69,8 +69,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         posterior="sample",  # stage-1 codes for training: sample of q(z|x) ("mean" = its mean)
         # Std of Gaussian noise on the teacher-forcing inputs (0 = the published recipe).
         input_noise=recipe["input_noise"],
+        # Probability of feeding the model's own teacher-forced prediction instead of the
+        # true previous token (two-pass scheduled sampling; 0 = the published recipe).
+        scheduled_sampling=0.0,
         sampling=dict(temperature=0.9 if paper else 0.5, temperature_probs=1.0,
-                      beam_size=2, fan_size=8),
+                      beam_size=2, fan_size=8,  # causal (style "ar")
+                      num_steps=16, choice_temperature=1.0),  # MaskGIT (style "masked")
         init_encoder="",  # optional .npz of a pretrained ViT encoder (big_vision layout)
     )
     return c

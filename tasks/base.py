@@ -35,6 +35,7 @@ from uvim_givt.models import builders, vae_losses
 from uvim_givt.models.givt import GIVT
 from uvim_givt.models.vit_vae import ViTVAE
 from uvim_givt.sampling.autoregressive import sample_autoregressive
+from uvim_givt.sampling.maskgit import sample_maskgit
 from uvim_givt.training import checkpoint as ckpt_lib
 from uvim_givt.training.metrics import progress_interval
 from uvim_givt.training.objectives import givt_nll_loss
@@ -146,17 +147,20 @@ def givt_stage(task: DenseTask, cfg, train_ds, vae_params, run_dir: str | None =
     size = cfg.data.image_size
     sample_posterior = cfg.givt.posterior == "sample"
     input_noise = float(cfg.givt.get("input_noise", 0.0))
+    scheduled_sampling = float(cfg.givt.get("scheduled_sampling", 0.0))
 
     def init(key):
+        mask = jnp.zeros((1, model.seq_len), bool) if model.style == "masked" else None
         return model.init(key, jnp.zeros((1, model.seq_len, model.out_dim)),
-                          image=jnp.zeros((1, size, size, 3)))["params"]
+                          image=jnp.zeros((1, size, size, 3)), input_mask=mask)["params"]
 
     def loss_fn(params, batch, key, frozen):
         k_z, k_loss = jax.random.split(key)
         mu, logvar = vae.apply({"params": frozen}, batch["labels"], method=ViTVAE.encode)
         z = vae_losses.reparametrize(mu, logvar, k_z) if sample_posterior else mu
         return givt_nll_loss(model, params, jax.lax.stop_gradient(z), k_loss,
-                             image=batch["image"], train=True, input_noise=input_noise)
+                             image=batch["image"], train=True, input_noise=input_noise,
+                             scheduled_sampling=scheduled_sampling)
 
     warm_start = None
     if cfg.givt.get("init_encoder"):
@@ -213,12 +217,20 @@ class Predictor:
         return jax.tree_util.tree_map(np.asarray, self._decode(self.vae_params, z))
 
     def sample_codes(self, images: np.ndarray, seed: int = 0) -> np.ndarray:
+        """Stage-1 codes for `images`: causal (beam search) or MaskGIT, by the model's style."""
         s = self.cfg.givt.sampling
-        codes, _ = sample_autoregressive(
-            self.givt, self.givt_params, jax.random.PRNGKey(seed),
-            batch_size=images.shape[0], image=jnp.asarray(images),
-            temperature=float(s.temperature), temperature_probs=float(s.temperature_probs),
-            beam_size=int(s.beam_size), fan_size=int(s.fan_size))
+        common = dict(batch_size=images.shape[0], image=jnp.asarray(images),
+                      temperature=float(s.temperature),
+                      temperature_probs=float(s.temperature_probs))
+        key = jax.random.PRNGKey(seed)
+        if self.givt.style == "masked":
+            return sample_maskgit(self.givt, self.givt_params, key, labels=None,
+                                  num_steps=int(s.get("num_steps", 16)),
+                                  choice_temperature=float(s.get("choice_temperature", 1.0)),
+                                  **common)
+        codes, _ = sample_autoregressive(self.givt, self.givt_params, key,
+                                         beam_size=int(s.beam_size), fan_size=int(s.fan_size),
+                                         **common)
         return codes
 
     def predict(self, images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:

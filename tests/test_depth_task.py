@@ -13,10 +13,12 @@ import pytest
 from flax import traverse_util
 
 from evals import depth as depth_eval
+from tasks import base
 from tasks import depth as D
 from uvim_givt.config import load_config
 from uvim_givt.data.pipeline import DataError
 from uvim_givt.models import builders
+from uvim_givt.sampling.maskgit import sample_maskgit
 
 TREES = Path(__file__).parent / "data" / "big_vision_param_trees.json"
 LO, HI, N = 0.001, 10.0, 256
@@ -190,6 +192,27 @@ def test_rerun_resumes_without_retraining(tiny_run, capsys):
     assert open(os.path.join(run, "metrics.jsonl")).read() == metrics  # no step retrained
     for stage in ("vae", "givt"):
         assert os.listdir(os.path.join(run, "checkpoints", stage)) == ["3"]
+
+
+def test_masked_stage_two_trains_and_samples_by_maskgit(tiny_run, tmp_path):
+    """style=masked: stage 2 trains on the run's VAE and the predictor decodes by MaskGIT."""
+    run, args = tiny_run
+    out = str(tmp_path / "masked")
+    sets = ["--set", "givt.model.style=masked", "--set", "givt.sampling.num_steps=3"]
+    assert D.main(["train", "--stage", "givt", "--vae-ckpt", run, "--workdir", out,
+                   *args, *sets]) == 0
+    rec = json.load(open(os.path.join(out, "eval", "givt_validation_step00000003.json")))
+    assert rec["metrics"]["num_images"] == 4 and rec["metrics"]["RMSE"] > 0
+    cfg, vae, givt, _ = base.load_run(out, D.TASK)
+    predictor = base.Predictor(D.TASK, cfg, vae, givt)
+    images = jax.random.uniform(jax.random.PRNGKey(0), (2, 64, 64, 3), minval=-1, maxval=1)
+    codes = predictor.sample_codes(np.asarray(images), seed=5)
+    s = cfg.givt.sampling
+    expected = sample_maskgit(predictor.givt, givt, jax.random.PRNGKey(5), labels=None,
+                              batch_size=2, image=images, num_steps=3,
+                              temperature=s.temperature, temperature_probs=s.temperature_probs,
+                              choice_temperature=s.choice_temperature)
+    np.testing.assert_allclose(np.asarray(codes), np.asarray(expected), rtol=1e-6, atol=1e-6)
 
 
 def test_predict_writes_millimetre_pngs(tiny_run, tmp_path):
