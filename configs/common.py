@@ -39,7 +39,7 @@ def vit_vae_model(size: str, codeword_dim: int) -> dict:
 def givt_encdec_model(size: str, out_dim: int, seq_len: int, input_size) -> dict:
     common = dict(num_labels=None, seq_len=seq_len, out_dim=out_dim, num_mixtures=1,
                   head_kind="per_channel", style="ar", input_size=tuple(input_size),
-                  fix_square_plus=True, scale_tol=1e-6, stem=())
+                  fix_square_plus=True, scale_tol=1e-6, stem=(), encoder_skip=False)
     if size == "paper":
         return dict(common, emb_dim=1024, num_heads=16, mlp_dim=4096, num_layers=24,
                     num_decoder_layers=24, patches=(16, 16), enc_dropout_rate=0.0,
@@ -49,10 +49,12 @@ def givt_encdec_model(size: str, out_dim: int, seq_len: int, input_size) -> dict
                     num_decoder_layers=6, patches=(8, 8), enc_dropout_rate=0.0,
                     dec_dropout_rate=0.1, scan=False)
     # Tiny: the layers go to the image encoder (3 + 1), which starts with a two-layer conv
-    # stem (a from-scratch ViT learns images faster with one); see README "Deviations".
+    # stem (a from-scratch ViT learns images faster with one), and each encoded image token
+    # is added to the decoder input at its position (encoder_skip; the 8x8 code grid is the
+    # encoder's grid). See README "Deviations".
     return dict(common, emb_dim=96, num_heads=4, mlp_dim=384, num_layers=3,
                 num_decoder_layers=1, patches=(8, 8), enc_dropout_rate=0.0,
-                dec_dropout_rate=0.0, scan=False, stem=(16, 32))
+                dec_dropout_rate=0.0, scan=False, stem=(16, 32), encoder_skip=True)
 
 
 # Tiny presets' stage-2 recipe against exposure bias (README "Deviations"): noise on the

@@ -154,6 +154,7 @@ def _tiny(data_dir):
         "givt.model.emb_dim": 32, "givt.model.mlp_dim": 64, "givt.model.num_layers": 1,
         "givt.model.num_decoder_layers": 1, "givt.model.seq_len": 16, "givt.model.out_dim": 4,
         "givt.sampling.beam_size": 1, "givt.sampling.fan_size": 1,
+        "givt.model.patches": "(16,16)",  # a 4x4 encoder grid: encoder_skip fits
     }
     return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
 

@@ -186,6 +186,7 @@ TINY = ["--set", "data.embedded_num_train=48", "--set", "data.embedded_num_valid
         "--set", "givt.model.emb_dim=32", "--set", "givt.model.mlp_dim=64",
         "--set", "givt.model.num_layers=1", "--set", "givt.model.num_decoder_layers=1",
         "--set", "vae.model.code_len=16", "--set", "givt.model.seq_len=16",
+        "--set", "givt.model.patches=(16,16)",  # a 4x4 encoder grid: encoder_skip fits
         "--set", "givt.sampling.beam_size=1", "--set", "givt.sampling.fan_size=1",
         "--set", "data.eval_batch_size=4", "--set", "data.num_overlays=2",
         "--set", "vae.train.eval_every=2", "--set", "data.periodic_eval_examples=4"]

@@ -88,6 +88,12 @@ def encdec_model():
     return model, random_params(model, seed=2)
 
 
+@pytest.fixture(scope="module")
+def encdec_skip_model(encdec_model):
+    """encoder_skip adds no parameters: the same weights as encdec_model."""
+    return GIVT(**TINY_ENCDEC, encoder_skip=True), encdec_model[1]
+
+
 def _inputs(model, seed=0):
     rng = np.random.default_rng(seed)
     tokens = jnp.asarray(rng.normal(size=(BATCH, model.seq_len, model.out_dim)), jnp.float32)
@@ -100,7 +106,8 @@ def _inputs(model, seed=0):
     return tokens, labels, image
 
 
-@pytest.mark.parametrize("which", ["ar_model", "ar_model_scanned", "encdec_model"])
+@pytest.mark.parametrize("which", ["ar_model", "ar_model_scanned", "encdec_model",
+                                   "encdec_skip_model"])
 def test_kv_cache_matches_teacher_forcing(which, request):
     model, params = request.getfixturevalue(which)
     tokens, labels, image = _inputs(model)
@@ -109,6 +116,29 @@ def test_kv_cache_matches_teacher_forcing(which, request):
     assert full.shape == cached.shape == (BATCH, model.seq_len, model.head.num_logits)
     assert float(jnp.abs(full).max()) > 0.1  # the check is not vacuous
     np.testing.assert_allclose(cached, full, rtol=1e-4, atol=1e-4)
+
+
+def test_encoder_skip_feeds_each_encoded_token_to_its_position(encdec_model,
+                                                               encdec_skip_model):
+    """With encoder_skip, position i's input is the published input plus encoded token i."""
+    plain, params = encdec_model
+    skip, _ = encdec_skip_model
+    tokens, _, image = _inputs(plain, seed=5)
+    got = skip.apply({"params": params}, tokens, image=image)
+
+    def published_plus_encoded(m):
+        enc = m.encode(image)
+        x = jnp.concatenate([m.EmbedLabels(m.label_ids(None, BATCH))[:, None],
+                             m.EmbedTargets(tokens)[:, :-1]], axis=1)
+        causal = jnp.tril(jnp.ones((m.seq_len, m.seq_len), bool))[None, None]
+        return m.decoder(x + enc, enc, causal)
+
+    want = plain.apply({"params": params}, method=published_plus_encoded)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(got - plain.apply({"params": params}, tokens, image=image)).max()) > 1e-2
+    with pytest.raises(ValueError, match="encoder_skip needs an encoder"):
+        GIVT(**{**TINY_ENCDEC, "seq_len": 5}, encoder_skip=True).init(
+            jax.random.PRNGKey(0), tokens[:, :1].repeat(5, 1), image=image)
 
 
 @pytest.fixture(scope="module")

@@ -80,8 +80,12 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, encoded: jax.Array | None = None,
                  mask: jax.Array | None = None, decode: bool = False,
-                 deterministic: bool = True) -> jax.Array:
+                 deterministic: bool = True, skip: jax.Array | None = None) -> jax.Array:
+        """``skip`` [B, seq_len, E], if given, is added to the inputs by position like the
+        position embedding (cached decoding included)."""
         pos_emb = learned_posemb(self, "pos_emb", self.seq_len, self.emb_dim)
+        if skip is not None:
+            pos_emb = pos_emb + skip
         length = x.shape[1]
         if decode:
             # Position of the next input token; created (not advanced) by the
@@ -157,6 +161,10 @@ class GIVT(nn.Module):
     # patch embedding, which then covers `patches` / 2**len(stem) of the stem's output, so
     # the token grid is unchanged. () = the published plain patch embedding.
     stem: Sequence[int] = ()
+    # Add each encoded image token to the decoder input at the same position (the code
+    # grid must equal the encoder's token grid): a direct, aligned path from the image to
+    # each code. False = the published model, which reaches the image by cross-attention only.
+    encoder_skip: bool = False
     # Head.
     num_mixtures: int = 16
     head_kind: Literal["per_channel", "diag", "full"] = "diag"
@@ -213,6 +221,11 @@ class GIVT(nn.Module):
             self.encoder = Encoder(depth=self.num_layers, mlp_dim=self.mlp_dim,
                                    num_heads=self.num_heads, dropout=self.enc_dropout_rate,
                                    scan=self.scan, remat_policy=self.remat_policy)
+        if self.encoder_skip and (not self.has_encoder
+                                  or math.prod(self.encoder_grid) != self.seq_len):
+            raise ValueError("encoder_skip needs an encoder whose token grid "
+                             f"({'x'.join(map(str, self.encoder_grid))}) has seq_len "
+                             f"({self.seq_len}) tokens")
         rows = (self.num_labels or 1) + len(self.special_labels)
         init = (nn.initializers.zeros if self.zero_embedding_init
                 else nn.initializers.normal(stddev=1.0))
@@ -263,6 +276,14 @@ class GIVT(nn.Module):
         # Every other channel of each, so the concatenation keeps the width.
         return jnp.concatenate([flags[..., ::2], tokens[..., ::2]], axis=-1)
 
+    def _skip(self, encoded: jax.Array | None) -> jax.Array | None:
+        """The encoder_skip term by decoder position (none at the masked style's label slot)."""
+        if not self.encoder_skip or encoded is None:
+            return None
+        if self.style == "masked":
+            return jnp.pad(encoded, ((0, 0), (1, 0), (0, 0)))
+        return encoded
+
     # ------------------------------------------------------------ full passes
     def decode(self, targets: jax.Array, labels: jax.Array | None = None,
                encoded: jax.Array | None = None, input_mask: jax.Array | None = None,
@@ -273,11 +294,13 @@ class GIVT(nn.Module):
         if self.style == "ar":
             x = jnp.concatenate([label_emb, self.EmbedTargets(targets)[:, :-1]], axis=1)
             mask = nn.make_causal_mask(jnp.zeros((b, s)))
-            return self.decoder(x, encoded, mask, deterministic=not train)
+            return self.decoder(x, encoded, mask, deterministic=not train,
+                                skip=self._skip(encoded))
         if input_mask is None:
             raise ValueError("the masked style needs input_mask (True = masked)")
         x = jnp.concatenate([label_emb, self.embed_masked_inputs(targets, input_mask)], axis=1)
-        return self.decoder(x, encoded, None, deterministic=not train)[:, 1:]
+        return self.decoder(x, encoded, None, deterministic=not train,
+                            skip=self._skip(encoded))[:, 1:]
 
     def __call__(self, targets: jax.Array, labels: jax.Array | None = None, *,
                  image: jax.Array | None = None, input_mask: jax.Array | None = None,
@@ -291,14 +314,15 @@ class GIVT(nn.Module):
     def init_cache(self, batch: int, encoded: jax.Array | None = None) -> jax.Array:
         """Sizes the KV caches for ``seq_len`` positions (call with mutable=['cache'])."""
         x = jnp.zeros((batch, self.seq_len, self.emb_dim), jnp.float32)
-        return self.decoder(x, encoded, None, decode=True)
+        return self.decoder(x, encoded, None, decode=True, skip=self._skip(encoded))
 
     def prefill(self, labels: jax.Array | None, batch: int, encoded: jax.Array | None = None,
                 drop_labels: jax.Array | None = None) -> jax.Array:
         """Feeds the label/BOS token; returns logits [B, 1, num_logits] of token 0."""
         x = self.EmbedLabels(self.label_ids(labels, batch, drop_labels))[:, None]
-        return self.decoder(x, encoded, None, decode=True)
+        return self.decoder(x, encoded, None, decode=True, skip=self._skip(encoded))
 
     def decode_step(self, token: jax.Array, encoded: jax.Array | None = None) -> jax.Array:
         """Feeds one sampled token [B, 1, D]; returns logits [B, 1, num_logits] of the next."""
-        return self.decoder(self.EmbedTargets(token), encoded, None, decode=True)
+        return self.decoder(self.EmbedTargets(token), encoded, None, decode=True,
+                            skip=self._skip(encoded))
