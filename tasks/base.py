@@ -144,15 +144,12 @@ def vae_stage(task: DenseTask, cfg, train_ds: Callable[[], tf.data.Dataset],
 
 def givt_stage(task: DenseTask, cfg, train_ds, vae_params, run_dir: str | None = None) -> Stage:
     vae, model = build_vae(task, cfg), build_givt(cfg)
-    size = cfg.data.image_size
     sample_posterior = cfg.givt.posterior == "sample"
     input_noise = float(cfg.givt.get("input_noise", 0.0))
     scheduled_sampling = float(cfg.givt.get("scheduled_sampling", 0.0))
 
     def init(key):
-        mask = jnp.zeros((1, model.seq_len), bool) if model.style == "masked" else None
-        return model.init(key, jnp.zeros((1, model.seq_len, model.out_dim)),
-                          image=jnp.zeros((1, size, size, 3)), input_mask=mask)["params"]
+        return builders.init_givt(model, key)
 
     def loss_fn(params, batch, key, frozen):
         k_z, k_loss = jax.random.split(key)

@@ -60,6 +60,15 @@ def build_model(stage: Stage, cfg: ml_collections.ConfigDict,
     raise ValueError(f"unknown stage {stage!r}: givt or vae")
 
 
+def init_givt(model: Any, key: jax.Array) -> dict[str, Any]:
+    """Initial parameters of a GIVT (any style, with or without an encoder) from dummy inputs."""
+    targets = jnp.zeros((1, model.seq_len, model.out_dim), jnp.float32)
+    labels = None if model.num_labels is None else jnp.zeros((1,), jnp.int32)
+    image = jnp.zeros((1, *model.input_size, 3), jnp.float32) if model.has_encoder else None
+    mask = jnp.zeros((1, model.seq_len), bool) if model.style == "masked" else None
+    return model.init(key, targets, labels, image=image, input_mask=mask)["params"]
+
+
 def abstract_params(stage: Stage, cfg: ml_collections.ConfigDict,
                     label_channels: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
     """The parameter tree of a stage's model as ``jax.ShapeDtypeStruct`` (nothing allocated)."""
@@ -67,13 +76,7 @@ def abstract_params(stage: Stage, cfg: ml_collections.ConfigDict,
     key = jax.random.PRNGKey(0)
     if stage == "givt":
         def init():
-            b = 1
-            targets = jnp.zeros((b, model.seq_len, model.out_dim), jnp.float32)
-            labels = None if model.num_labels is None else jnp.zeros((b,), jnp.int32)
-            image = (jnp.zeros((b, *model.input_size, 3), jnp.float32)
-                     if model.num_layers > 0 else None)
-            mask = jnp.zeros((b, model.seq_len), bool) if model.style == "masked" else None
-            return model.init(key, targets, labels, image=image, input_mask=mask)["params"]
+            return init_givt(model, key)
     elif cfg.get("task") == "imagenet":
         def init():
             return model.init(key, jnp.zeros((1, *model.input_size, 3), jnp.float32))["params"]
