@@ -34,8 +34,7 @@ from uvim_givt.data import pipeline
 from uvim_givt.models import builders, vae_losses
 from uvim_givt.models.givt import GIVT
 from uvim_givt.models.vit_vae import ViTVAE
-from uvim_givt.sampling.autoregressive import sample_autoregressive
-from uvim_givt.sampling.maskgit import sample_maskgit
+from uvim_givt.sampling.by_style import sample_by_style
 from uvim_givt.training import checkpoint as ckpt_lib
 from uvim_givt.training.metrics import progress_interval
 from uvim_givt.training.objectives import givt_nll_loss
@@ -219,16 +218,8 @@ class Predictor:
         common = dict(batch_size=images.shape[0], image=jnp.asarray(images),
                       temperature=float(s.temperature),
                       temperature_probs=float(s.temperature_probs))
-        key = jax.random.PRNGKey(seed)
-        if self.givt.style == "masked":
-            return sample_maskgit(self.givt, self.givt_params, key, labels=None,
-                                  num_steps=int(s.get("num_steps", 16)),
-                                  choice_temperature=float(s.get("choice_temperature", 1.0)),
-                                  **common)
-        codes, _ = sample_autoregressive(self.givt, self.givt_params, key,
-                                         beam_size=int(s.beam_size), fan_size=int(s.fan_size),
-                                         **common)
-        return codes
+        return sample_by_style(self.givt, self.givt_params, jax.random.PRNGKey(seed), s,
+                               labels=None, **common)
 
     def predict(self, images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
         z = self.sample_codes(images, seed)

@@ -68,8 +68,7 @@ from uvim_givt.data import pipeline
 from uvim_givt.models import vae_losses
 from uvim_givt.models.cnn_vae import CNNVAE
 from uvim_givt.models.givt import GIVT
-from uvim_givt.sampling.autoregressive import sample_autoregressive
-from uvim_givt.sampling.maskgit import sample_maskgit
+from uvim_givt.sampling.by_style import sample_by_style
 from uvim_givt.training import checkpoint as ckpt_lib
 from uvim_givt.training.trainer import Stage, count_params, train
 
@@ -537,6 +536,8 @@ class Generator:
         n_cls = int(self.model.num_labels)
         if labels.size and (labels.min() < 0 or labels.max() >= n_cls):
             raise UserError(f"class labels must be in 0..{n_cls - 1}; got {sorted(set(labels))}")
+        overrides = {"num_steps": num_steps, "choice_temperature": choice_temperature}
+        settings = {**s, **{k: v for k, v in overrides.items() if v is not None}}
         out = []
         for i, start, stop in self._chunks(len(labels)):
             chunk = labels[start:stop]
@@ -546,14 +547,7 @@ class Generator:
             common = dict(labels=jnp.asarray(padded), temperature=t,
                           temperature_probs=float(s.temperature_probs),
                           cfg_weight=w if w != 0 else None)
-            if self.model.style == "ar":
-                z, _ = sample_autoregressive(self.model, self.givt_params, key, **common)
-            else:
-                z = sample_maskgit(
-                    self.model, self.givt_params, key,
-                    num_steps=int(s.num_steps if num_steps is None else num_steps),
-                    choice_temperature=float(s.choice_temperature if choice_temperature is None
-                                             else choice_temperature), **common)
+            z = sample_by_style(self.model, self.givt_params, key, settings, **common)
             out.append(np.asarray(z)[:len(chunk)])
         return np.concatenate(out) if out else np.zeros(
             (0, self.model.seq_len, self.model.out_dim), np.float32)

@@ -12,6 +12,7 @@ import pytest
 
 from tasks import imagenet as I  # noqa: E741
 from uvim_givt.config import load_config
+from uvim_givt.sampling import sample_autoregressive, sample_maskgit
 
 TREES = json.load(open(os.path.join(os.path.dirname(__file__), "data",
                                     "big_vision_param_trees.json")))
@@ -91,14 +92,14 @@ def test_cfg_weight_zero_equals_unguided_sampling(runs, style):
     key = jax.random.PRNGKey(5)
     kw = dict(labels=labels, temperature=0.9, temperature_probs=1.0)
     if style == "ar":
-        plain, _ = I.sample_autoregressive(gen.model, givt, key, **kw)
-        guided, _ = I.sample_autoregressive(gen.model, givt, key, cfg_weight=0.0, **kw)
-        other, _ = I.sample_autoregressive(gen.model, givt, key, cfg_weight=2.0, **kw)
+        plain, _ = sample_autoregressive(gen.model, givt, key, **kw)
+        guided, _ = sample_autoregressive(gen.model, givt, key, cfg_weight=0.0, **kw)
+        other, _ = sample_autoregressive(gen.model, givt, key, cfg_weight=2.0, **kw)
     else:
         kw.update(num_steps=4, choice_temperature=2.0)
-        plain = I.sample_maskgit(gen.model, givt, key, **kw)
-        guided = I.sample_maskgit(gen.model, givt, key, cfg_weight=0.0, **kw)
-        other = I.sample_maskgit(gen.model, givt, key, cfg_weight=2.0, **kw)
+        plain = sample_maskgit(gen.model, givt, key, **kw)
+        guided = sample_maskgit(gen.model, givt, key, cfg_weight=0.0, **kw)
+        other = sample_maskgit(gen.model, givt, key, cfg_weight=2.0, **kw)
     np.testing.assert_allclose(np.asarray(guided), np.asarray(plain), rtol=1e-5, atol=1e-5)
     assert not np.allclose(np.asarray(other), np.asarray(plain))  # guidance does act
 

@@ -11,7 +11,12 @@ import pytest
 
 from tests.test_sampling_ar import TINY_AR, random_params
 from uvim_givt.models.givt import GIVT
-from uvim_givt.sampling import num_masked_after_step, sample_maskgit
+from uvim_givt.sampling import (
+    num_masked_after_step,
+    sample_autoregressive,
+    sample_by_style,
+    sample_maskgit,
+)
 
 SEQ, DIM, BATCH = 8, 3, 4
 TINY_MASKED = dict(emb_dim=16, num_heads=2, mlp_dim=32, num_decoder_layers=1, seq_len=SEQ,
@@ -159,3 +164,33 @@ def test_errors():
         sample_maskgit(no_dropout, params, key, labels=LABELS, cfg_weight=0.5)
     with pytest.raises(ValueError, match="masked"):
         sample_maskgit(GIVT(**TINY_AR), params, key, labels=LABELS)
+
+
+def test_sample_by_style_picks_the_sampler_and_its_settings():
+    """Each style gets its own sampler with the settings it reads from the config
+    (others ignored, missing ones defaulted); an unknown style is refused."""
+    settings = {"num_steps": 3, "choice_temperature": 2.0, "beam_size": 2, "fan_size": 3,
+                "unrelated": "ignored"}
+    key = jax.random.PRNGKey(3)
+    model, params, _ = _model("replace")
+    got = sample_by_style(model, params, key, settings, labels=LABELS, **TEMPS)
+    want = sample_maskgit(model, params, key, labels=LABELS, num_steps=3,
+                          choice_temperature=2.0, **TEMPS)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    other = sample_maskgit(model, params, key, labels=LABELS, num_steps=5,
+                           choice_temperature=2.0, **TEMPS)
+    assert not np.allclose(np.asarray(got), np.asarray(other))  # num_steps was used
+
+    ar = GIVT(**TINY_AR)
+    ar_params = random_params(ar, seed=1)
+    labels = jnp.array([0, 1], jnp.int32)
+    got = sample_by_style(ar, ar_params, key, settings, labels=labels, **TEMPS)
+    want, _ = sample_autoregressive(ar, ar_params, key, labels=labels, beam_size=2,
+                                    fan_size=3, **TEMPS)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    got = sample_by_style(ar, ar_params, key, {}, labels=labels, **TEMPS)
+    want, _ = sample_autoregressive(ar, ar_params, key, labels=labels, **TEMPS)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))  # defaults: 1 and 1
+
+    with pytest.raises(ValueError, match="style 'bogus'"):
+        sample_by_style(ar.clone(style="bogus"), ar_params, key, {}, labels=labels)
