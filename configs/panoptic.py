@@ -74,7 +74,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         scheduled_sampling=0.0,
         sampling=dict(temperature=0.9 if paper else 0.5, temperature_probs=1.0,
                       beam_size=2, fan_size=8,  # causal (style "ar")
-                      num_steps=16, choice_temperature=1.0),  # MaskGIT (style "masked")
+                      num_steps=16, choice_temperature=1.0,  # MaskGIT (style "masked")
+                      # Code samples per image whose per-pixel class distributions are
+                      # averaged (1 = one sample, as published).
+                      num_samples=1),
         init_encoder="",  # optional .npz of a pretrained ViT encoder (big_vision layout)
     )
     return c

@@ -212,18 +212,43 @@ class Predictor:
         z = self._encode(self.vae_params, labels)
         return jax.tree_util.tree_map(np.asarray, self._decode(self.vae_params, z))
 
-    def sample_codes(self, images: np.ndarray, seed: int = 0) -> np.ndarray:
-        """Stage-1 codes for `images`: causal (beam search) or MaskGIT, by the model's style."""
+    def sample_codes(self, images: np.ndarray, seed: int = 0, draw: int = 0) -> np.ndarray:
+        """Stage-1 codes for `images`: causal (beam search) or MaskGIT, by the model's style.
+
+        ``draw`` > 0 picks an independent sample for the same ``seed`` (draw 0 uses
+        ``PRNGKey(seed)`` itself)."""
         s = self.cfg.givt.sampling
         common = dict(batch_size=images.shape[0], image=jnp.asarray(images),
                       temperature=float(s.temperature),
                       temperature_probs=float(s.temperature_probs))
-        return sample_by_style(self.givt, self.givt_params, jax.random.PRNGKey(seed), s,
-                               labels=None, **common)
+        rng = jax.random.PRNGKey(seed)
+        if draw:
+            rng = jax.random.fold_in(rng, draw)
+        return sample_by_style(self.givt, self.givt_params, rng, s, labels=None, **common)
 
     def predict(self, images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-        z = self.sample_codes(images, seed)
-        return jax.tree_util.tree_map(np.asarray, self._decode(self.vae_params, z))
+        """Per-channel logits for `images`.
+
+        With ``givt.sampling.num_samples`` = n > 1, n code samples are decoded and their
+        per-pixel class distributions averaged; the result is returned as log-probabilities
+        (log of the mean softmax), so argmax and expectation decoding read it as logits.
+        """
+        n = int(self.cfg.givt.sampling.get("num_samples", 1))
+        if n < 1:
+            raise UserError(f"givt.sampling.num_samples={n}: must be >= 1")
+        decoded = [self._decode(self.vae_params, self.sample_codes(images, seed, draw=k))
+                   for k in range(n)]
+        if n == 1:
+            return jax.tree_util.tree_map(np.asarray, decoded[0])
+        return {name: np.asarray(_log_mean_softmax(jnp.stack([d[name] for d in decoded])))
+                for name in decoded[0]}
+
+
+@jax.jit
+def _log_mean_softmax(logits: jax.Array) -> jax.Array:
+    """log(mean_k softmax(logits[k])) over the leading axis, computed stably."""
+    n = logits.shape[0]
+    return jax.nn.logsumexp(jax.nn.log_softmax(logits, axis=-1), axis=0) - jnp.log(n)
 
 
 def evaluate_split(task: DenseTask, cfg, predictor: Predictor, source: str, split: str,

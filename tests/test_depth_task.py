@@ -154,6 +154,7 @@ def _tiny(data_dir):
         "givt.model.emb_dim": 32, "givt.model.mlp_dim": 64, "givt.model.num_layers": 1,
         "givt.model.num_decoder_layers": 1, "givt.model.seq_len": 16, "givt.model.out_dim": 4,
         "givt.sampling.beam_size": 1, "givt.sampling.fan_size": 1,
+        "givt.sampling.num_samples": 1,
         "givt.model.patches": "(16,16)",  # a 4x4 encoder grid: encoder_skip fits
     }
     return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
@@ -214,6 +215,42 @@ def test_masked_stage_two_trains_and_samples_by_maskgit(tiny_run, tmp_path):
                               temperature=s.temperature, temperature_probs=s.temperature_probs,
                               choice_temperature=s.choice_temperature)
     np.testing.assert_allclose(np.asarray(codes), np.asarray(expected), rtol=1e-6, atol=1e-6)
+
+
+def test_num_samples_averages_the_decoded_class_distributions(tiny_run):
+    """num_samples=n: log of the mean of n decoded softmaxes (numpy), draw 0 = one sample."""
+    run, _ = tiny_run
+    cfg, vae, givt, _ = base.load_run(run, D.TASK)
+    images = np.asarray(jax.random.uniform(jax.random.PRNGKey(1), (2, 64, 64, 3),
+                                           minval=-1, maxval=1))
+    one = base.Predictor(D.TASK, cfg, vae, givt).predict(images, seed=3)
+    temperature = cfg.givt.sampling.temperature
+    with cfg.unlocked():
+        cfg.givt.sampling.temperature = 1.0  # spread the draws apart
+        cfg.givt.sampling.num_samples = 3
+    predictor = base.Predictor(D.TASK, cfg, vae, givt)
+    averaged = predictor.predict(images, seed=3)
+
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    draws = [predictor._decode(vae, predictor.sample_codes(images, 3, draw=k))
+             for k in range(3)]
+    assert not np.allclose(draws[0]["depth"], draws[1]["depth"])  # the draws differ
+    for name, logp in averaged.items():
+        mean = np.mean([softmax(np.asarray(d[name], np.float64)) for d in draws], axis=0)
+        np.testing.assert_allclose(np.exp(logp), mean, atol=1e-5)
+    with cfg.unlocked():
+        cfg.givt.sampling.temperature = temperature
+        cfg.givt.sampling.num_samples = 1
+    again = base.Predictor(D.TASK, cfg, vae, givt).predict(images, seed=3)
+    for name in one:
+        np.testing.assert_array_equal(again[name], one[name])  # num_samples=1: unchanged
+    with cfg.unlocked():
+        cfg.givt.sampling.num_samples = 0
+    with pytest.raises(base.UserError, match="num_samples=0"):
+        base.Predictor(D.TASK, cfg, vae, givt).predict(images)
 
 
 def test_predict_writes_millimetre_pngs(tiny_run, tmp_path):
