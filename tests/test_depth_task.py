@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 from flax import traverse_util
+from scipy.special import softmax
 
 from evals import depth as depth_eval
 from tasks import base
@@ -231,15 +232,12 @@ def test_num_samples_averages_the_decoded_class_distributions(tiny_run):
     predictor = base.Predictor(D.TASK, cfg, vae, givt)
     averaged = predictor.predict(images, seed=3)
 
-    def softmax(x):
-        e = np.exp(x - x.max(-1, keepdims=True))
-        return e / e.sum(-1, keepdims=True)
-
     draws = [predictor._decode(vae, predictor.sample_codes(images, 3, draw=k))
              for k in range(3)]
     assert not np.allclose(draws[0]["depth"], draws[1]["depth"])  # the draws differ
     for name, logp in averaged.items():
-        mean = np.mean([softmax(np.asarray(d[name], np.float64)) for d in draws], axis=0)
+        mean = np.mean([softmax(np.asarray(d[name], np.float64), axis=-1) for d in draws],
+                       axis=0)
         np.testing.assert_allclose(np.exp(logp), mean, atol=1e-5)
     with cfg.unlocked():
         cfg.givt.sampling.temperature = temperature
