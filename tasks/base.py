@@ -57,6 +57,9 @@ class DenseTask(abc.ABC):
     name: str = ""
     #: channels whose class 0 means "unknown" (ignored by the VAE loss)
     ignore_zero: tuple[str, ...] = ()
+    #: whether the labels of a mirrored image are the mirrored labels (depth: yes;
+    #: panoptic: no, canonical instance ids depend on position). Test-time flip needs it.
+    mirror_equivariant: bool = False
 
     @abc.abstractmethod
     def label_channels(self, cfg: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
@@ -232,12 +235,28 @@ class Predictor:
         With ``givt.sampling.num_samples`` = n > 1, n code samples are decoded and their
         per-pixel class distributions averaged; the result is returned as log-probabilities
         (log of the mean softmax), so argmax and expectation decoding read it as logits.
+        With ``givt.sampling.test_time_flip``, the odd draws sample from the horizontally
+        mirrored images and their decoded logits are mirrored back before averaging.
         """
-        n = int(self.cfg.givt.sampling.get("num_samples", 1))
+        s = self.cfg.givt.sampling
+        n = int(s.get("num_samples", 1))
         if n < 1:
             raise UserError(f"givt.sampling.num_samples={n}: must be >= 1")
-        decoded = [self._decode(self.vae_params, self.sample_codes(images, seed, draw=k))
-                   for k in range(n)]
+        flip = bool(s.get("test_time_flip", False))
+        if flip and not self.task.mirror_equivariant:
+            raise UserError(f"givt.sampling.test_time_flip=True: the {self.task.name} task's "
+                            "labels do not mirror with the image")
+        if flip and n < 2:
+            raise UserError("givt.sampling.test_time_flip=True needs num_samples >= 2 "
+                            f"(odd draws are the mirrored ones), got {n}")
+        images = np.asarray(images)
+        decoded = []
+        for k in range(n):
+            mirrored = flip and k % 2 == 1
+            codes = self.sample_codes(images[:, :, ::-1] if mirrored else images, seed, draw=k)
+            logits = self._decode(self.vae_params, codes)
+            decoded.append({name: v[:, :, ::-1] for name, v in logits.items()} if mirrored
+                           else logits)
         if n == 1:
             return jax.tree_util.tree_map(np.asarray, decoded[0])
         return {name: np.asarray(_log_mean_softmax(jnp.stack([d[name] for d in decoded])))

@@ -181,6 +181,7 @@ def read_nyu_folder(root: str, split: str, skip_bad: bool = False
 class DepthTask(base.DenseTask):
     name = "depth"
     ignore_zero = ("depth",)
+    mirror_equivariant = True
 
     def label_channels(self, cfg: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
         return {"depth": (0, int(cfg.data.num_depth_bins))}

@@ -251,6 +251,51 @@ def test_num_samples_averages_the_decoded_class_distributions(tiny_run):
         base.Predictor(D.TASK, cfg, vae, givt).predict(images)
 
 
+def test_test_time_flip_mirrors_odd_draws_back(tiny_run):
+    """test_time_flip: odd draws sample the mirrored image, their logits mirrored back."""
+    run, _ = tiny_run
+    cfg, vae, givt, _ = base.load_run(run, D.TASK)
+    images = np.asarray(jax.random.uniform(jax.random.PRNGKey(2), (2, 64, 64, 3),
+                                           minval=-1, maxval=1))
+    with cfg.unlocked():
+        cfg.givt.sampling.temperature = 1.0
+        cfg.givt.sampling.num_samples = 2
+        cfg.givt.sampling.test_time_flip = True
+    predictor = base.Predictor(D.TASK, cfg, vae, givt)
+    averaged = predictor.predict(images, seed=4)
+
+    plain = predictor._decode(vae, predictor.sample_codes(images, 4, draw=0))
+    mirror = predictor._decode(vae, predictor.sample_codes(np.flip(images, axis=2), 4, draw=1))
+    for name, logp in averaged.items():
+        back = np.flip(np.asarray(mirror[name], np.float64), axis=2)
+        mean = (softmax(np.asarray(plain[name], np.float64), axis=-1)
+                + softmax(back, axis=-1)) / 2
+        np.testing.assert_allclose(np.exp(logp), mean, atol=1e-5)
+        # Not mirrored back, the second draw would give another average.
+        wrong = (softmax(np.asarray(plain[name], np.float64), axis=-1)
+                 + softmax(np.asarray(mirror[name], np.float64), axis=-1)) / 2
+        assert not np.allclose(np.exp(logp), wrong, atol=1e-4)
+    with cfg.unlocked():
+        cfg.givt.sampling.num_samples = 1
+    with pytest.raises(base.UserError, match="needs num_samples >= 2"):
+        predictor.predict(images)
+
+
+def test_test_time_flip_is_refused_for_a_task_whose_labels_do_not_mirror(tiny_run):
+    run, _ = tiny_run
+    cfg, vae, givt, _ = base.load_run(run, D.TASK)
+    with cfg.unlocked():
+        cfg.givt.sampling.num_samples = 2
+        cfg.givt.sampling.test_time_flip = True
+
+    class Unmirrored(D.DepthTask):
+        mirror_equivariant = False
+
+    predictor = base.Predictor(Unmirrored(), cfg, vae, givt)
+    with pytest.raises(base.UserError, match="test_time_flip.*do not mirror"):
+        predictor.predict(np.zeros((1, 64, 64, 3), np.float32))
+
+
 def test_predict_writes_millimetre_pngs(tiny_run, tmp_path):
     run, _ = tiny_run
     os.makedirs(tmp_path / "imgs")
