@@ -96,7 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       # averaged (1 = one sample, as published).
                       num_samples=4 if a.size == "tiny" else 1,
                       # Odd draws sample the mirrored image, their prediction mirrored back
-                      # before averaging (test-time flip; needs num_samples >= 2). tiny: on
+                      # before averaging (test-time flip; none with 1 sample). tiny: on
                       # one checkpoint, 4 draws 0.774 -> 0.771 m, 8 draws 0.762 -> 0.755.
                       test_time_flip=a.size == "tiny"),
         init_encoder="",  # optional .npz of a pretrained ViT encoder (big_vision layout)

@@ -236,7 +236,8 @@ class Predictor:
         per-pixel class distributions averaged; the result is returned as log-probabilities
         (log of the mean softmax), so argmax and expectation decoding read it as logits.
         With ``givt.sampling.test_time_flip``, the odd draws sample from the horizontally
-        mirrored images and their decoded logits are mirrored back before averaging.
+        mirrored images and their decoded logits are mirrored back before averaging (so
+        with n = 1 it changes nothing).
         """
         s = self.cfg.givt.sampling
         n = int(s.get("num_samples", 1))
@@ -246,9 +247,6 @@ class Predictor:
         if flip and not self.task.mirror_equivariant:
             raise UserError(f"givt.sampling.test_time_flip=True: the {self.task.name} task's "
                             "labels do not mirror with the image")
-        if flip and n < 2:
-            raise UserError("givt.sampling.test_time_flip=True needs num_samples >= 2 "
-                            f"(odd draws are the mirrored ones), got {n}")
         images = np.asarray(images)
         decoded = []
         for k in range(n):
