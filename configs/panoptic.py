@@ -28,8 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0
     tiny = a.size == "tiny"
     # tiny: 16-dim codewords, beta 1e-4 and lr 5e-3 (see c.vae): stage-1 oracle PQ 80.5
-    # against 75.6 with 8 / 2.5e-4 / 3e-3, and stage 2 still learns the codes (PQ 43.0
-    # against 40.4). The limit is things: an 8x8 code grid over 64px images.
+    # against 75.6 with 8 / 2.5e-4 / 3e-3, and stage 2 still learns the codes (default run:
+    # PQ 41.7, was 40.4). The limit is things: an 8x8 code grid over 64px images.
     vae = vit_vae_model(a.size, codeword_dim=32 if paper else 16 if tiny else 8)
     image_size = vae["input_size"][0]
     c.data = dict(
