@@ -239,26 +239,34 @@ class Predictor:
         mirrored images and their decoded logits are mirrored back before averaging (so
         with n = 1 it changes nothing).
         """
-        s = self.cfg.givt.sampling
-        n = int(s.get("num_samples", 1))
-        if n < 1:
-            raise UserError(f"givt.sampling.num_samples={n}: must be >= 1")
-        flip = bool(s.get("test_time_flip", False))
-        if flip and not self.task.mirror_equivariant:
-            raise UserError(f"givt.sampling.test_time_flip=True: the {self.task.name} task's "
-                            "labels do not mirror with the image")
-        images = np.asarray(images)
+        n, flip = sampling_options(self.task, self.cfg)
+        views = [jnp.asarray(images)]  # one host-to-device copy for all draws
+        if flip:
+            views.append(views[0][:, :, ::-1])
         decoded = []
         for k in range(n):
             mirrored = flip and k % 2 == 1
-            codes = self.sample_codes(images[:, :, ::-1] if mirrored else images, seed, draw=k)
-            logits = self._decode(self.vae_params, codes)
+            logits = self._decode(self.vae_params,
+                                  self.sample_codes(views[int(mirrored)], seed, draw=k))
             decoded.append({name: v[:, :, ::-1] for name, v in logits.items()} if mirrored
                            else logits)
         if n == 1:
             return jax.tree_util.tree_map(np.asarray, decoded[0])
         return {name: np.asarray(_log_mean_softmax(jnp.stack([d[name] for d in decoded])))
                 for name in decoded[0]}
+
+
+def sampling_options(task: DenseTask, cfg) -> tuple[int, bool]:
+    """(num_samples, test_time_flip) of ``cfg.givt.sampling``, checked against the task."""
+    s = cfg.givt.sampling
+    n = int(s.get("num_samples", 1))
+    if n < 1:
+        raise UserError(f"givt.sampling.num_samples={n}: must be >= 1")
+    flip = bool(s.get("test_time_flip", False))
+    if flip and not task.mirror_equivariant:
+        raise UserError(f"givt.sampling.test_time_flip=True: the {task.name} task's "
+                        "labels do not mirror with the image")
+    return n, flip
 
 
 @jax.jit
@@ -444,6 +452,7 @@ def run_train(task: DenseTask, args: argparse.Namespace) -> str:
     if args.data:
         cfg.data.source = args.data
     pipeline.parse_source(cfg.data.source)  # validates the spec early
+    sampling_options(task, cfg)  # and the sampling options, before any training
     init_encoder = cfg.givt.get("init_encoder")
     if init_encoder and not os.path.isfile(init_encoder):
         raise UserError(f"givt.init_encoder={init_encoder!r}: no such file")
