@@ -26,6 +26,54 @@ LO, HI, N = 0.001, 10.0, 256
 W = (HI - LO) / N
 
 
+# ------------------------------------------------------------------------ training views
+def _frame(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": rng.integers(0, 256, (60, 80, 3), dtype=np.uint8),
+            "depth": rng.uniform(0.5, 9.5, (60, 80)).astype(np.float32)}
+
+
+def _views(area_min, seeds):
+    import tensorflow as tf
+    sets = [] if area_min is None else [f"data.crop_area_min={area_min}"]
+    cfg = load_config("configs/depth.py", sets)  # tiny preset
+    ex = _frame()
+    plain = D.TASK.preprocess(cfg, ex, train=False)
+    train = [D.TASK.preprocess(cfg, ex, train=True, seed=tf.constant([s, 7], tf.int64))
+             for s in seeds]
+    as_np = lambda v: (np.asarray(v["image"]), np.asarray(v["labels"]))  # noqa: E731
+    return as_np(plain), [as_np(v) for v in train]
+
+
+def _kind(view, plain):
+    """"plain", "mirror" (of the whole resized frame) or "other" (a zoomed crop)."""
+    (pi, pl), (vi, vl) = plain, view
+    if np.allclose(vi, pi, atol=1e-5) and np.array_equal(vl, pl):
+        return "plain"
+    if np.allclose(vi, pi[:, ::-1], atol=1e-5) and np.array_equal(vl, pl[:, ::-1]):
+        return "mirror"
+    return "other"
+
+
+def test_no_crop_training_views_keep_the_whole_frame():
+    """The tiny preset (no crop): each training view is the whole frame at the evaluation's
+    scale, mirrored or not, so depths stay consistent with apparent sizes."""
+    plain, views = _views(None, range(12))
+    kinds = [_kind(v, plain) for v in views]
+    assert set(kinds) == {"plain", "mirror"}, kinds
+
+
+def test_crops_zoom_the_training_views():
+    plain, views = _views(0.5, range(12))
+    assert "other" in [_kind(v, plain) for v in views]
+
+
+@pytest.mark.parametrize("area_min", [0.0, 1.5])
+def test_crop_area_min_out_of_range_is_a_clear_error(area_min):
+    with pytest.raises(base.UserError, match="data.crop_area_min"):
+        _views(area_min, [0])
+
+
 # ----------------------------------------------------------------------------- binning
 def test_binning_round_trip_within_half_a_bin():
     rs = np.random.RandomState(0)
