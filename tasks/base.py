@@ -102,6 +102,31 @@ class Evaluator(abc.ABC):
 
 
 # ------------------------------------------------------------------------------ the models
+def random_train_view(cfg: ml_collections.ConfigDict, seed: tf.Tensor, image: tf.Tensor,
+                      *labels: tf.Tensor) -> list[tf.Tensor]:
+    """The dense tasks' training view of ``image`` [H, W, C] and its label maps [H, W, ...].
+
+    An inception-style crop (area fraction in [``data.crop_area_min``, 1], aspect 3/4 to
+    4/3; 1 = no crop) and, with ``data.flip``, a random horizontal mirror, the same for the
+    image and every label map. Returns [image, *labels].
+    """
+    s_crop, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    area_min = float(cfg.data.crop_area_min)
+    if not 0.0 < area_min <= 1.0:
+        raise UserError(f"data.crop_area_min={area_min}: must be in (0, 1]")
+    maps = [image, *labels]
+    if area_min < 1.0:
+        begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=s_crop,
+            area_range=(area_min, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
+            use_image_if_no_bounding_boxes=True)
+        maps = [m[begin[0]:begin[0] + crop[0], begin[1]:begin[1] + crop[1]] for m in maps]
+    if cfg.data.flip:
+        flip = tf.random.stateless_uniform([], s_flip) < 0.5
+        maps = [tf.cond(flip, lambda m=m: m[:, ::-1], lambda m=m: m) for m in maps]
+    return maps
+
+
 def build_vae(task: DenseTask, cfg: ml_collections.ConfigDict) -> ViTVAE:
     return builders.build_model("vae", cfg, task.label_channels(cfg))
 

@@ -222,22 +222,8 @@ class DepthTask(base.DenseTask):
         size = int(cfg.data.image_size)
         image = example["image"]
         depth = tf.cast(example["depth"], tf.float32)[..., None]
-        if train:
-            s_crop, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-            area_min = float(cfg.data.crop_area_min)
-            if not 0.0 < area_min <= 1.0:
-                raise base.UserError(f"data.crop_area_min={area_min}: must be in (0, 1]")
-            if area_min < 1.0:  # 1 = no crop (flip only): the scene keeps its scale
-                begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
-                    tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=s_crop,
-                    area_range=(area_min, 1.0),
-                    aspect_ratio_range=(3 / 4, 4 / 3), use_image_if_no_bounding_boxes=True)
-                image = tf.slice(image, begin, crop)
-                depth = tf.slice(depth, begin, tf.concat([crop[:2], [1]], 0))
-            if cfg.data.flip:
-                flip = tf.random.stateless_uniform([], s_flip) < 0.5
-                image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)
-                depth = tf.cond(flip, lambda: depth[:, ::-1], lambda: depth)
+        if train:  # whole frames in the tiny preset: a crop zooms, its depths stay
+            image, depth = base.random_train_view(cfg, seed, image, depth)
         image = tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear")
         depth = tf.image.resize(depth, (size, size), method="nearest")
         labels = depth_to_bins(depth, float(cfg.data.min_depth), float(cfg.data.max_depth),

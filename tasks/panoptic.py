@@ -263,17 +263,7 @@ class PanopticTask(base.DenseTask):
         pan = tf.cast(example["panoptic_image"], tf.int32)
         ids = pan[..., 0] + 256 * pan[..., 1] + 65536 * pan[..., 2]
         if train:
-            s_crop, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-            begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
-                tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=s_crop,
-                area_range=(float(cfg.data.crop_area_min), 1.0),
-                aspect_ratio_range=(3 / 4, 4 / 3), use_image_if_no_bounding_boxes=True)
-            image = tf.slice(image, begin, crop)
-            ids = tf.slice(ids, begin[:2], crop[:2])
-            if cfg.data.flip:
-                flip = tf.random.stateless_uniform([], s_flip) < 0.5
-                image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)
-                ids = tf.cond(flip, lambda: ids[:, ::-1], lambda: ids)
+            image, ids = base.random_train_view(cfg, seed, image, ids)
         image = tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear")
         ids = tf.image.resize(ids[..., None], (size, size), method="nearest")[..., 0]
         cats = categories_for(cfg.data.source) if "folder" not in cfg.data.source \
