@@ -1,4 +1,4 @@
-"""Panoptic quality: panopticapi's ``pq_compute`` against ``evals.panoptic.panoptic_quality``.
+"""Panoptic quality: panopticapi's ``pq_compute`` against ``evals.pq.panoptic_quality``.
 
 Generates COCO-like ground truth / prediction pairs (480x640, 10-30 segments, stuff + things,
 some crowd, VOID bands) in a temporary folder: ground-truth PNGs written the way COCO's were
@@ -29,7 +29,7 @@ import numpy as np
 from panopticapi.evaluation import pq_compute, pq_compute_single_core
 
 from evals import _pq_synth as synth
-from evals.panoptic import panoptic_quality
+from evals.pq import panoptic_quality
 
 COCO_CATEGORIES = (
     Path(__file__).resolve().parents[2]

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tasks.depth import TASK, bin_centres
+from tasks.depth import TASK, bin_centres, num_bins
 from uvim_givt import config as config_lib
 from uvim_givt.data import pipeline
 from uvim_givt.models.builders import build_model
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     batch = int(cfg.givt.train.batch_size)
     patch = int(cfg.givt.model.patches[0])
     centres = jnp.asarray(bin_centres(cfg.data.min_depth, cfg.data.max_depth,
-                                      cfg.data.num_depth_bins))
+                                      num_bins(cfg)))
     model = _Probe(build_model("givt", cfg), patch, offset=float(np.mean(np.asarray(centres))))
     src = cfg.data.source
 

@@ -22,7 +22,12 @@ def check_size(size: str) -> None:
         raise ValueError(f"unknown size preset {size!r}: one of {SIZES}")
 
 
-def vit_vae_model(size: str, codeword_dim: int) -> dict:
+def vit_vae_model(size: str, codeword_dim: int, label_channels: dict) -> dict:
+    """ViT VAE over label maps; ``label_channels``: name -> (index in the label map, classes)."""
+    return dict(_vit_vae_shape(size, codeword_dim), label_channels=label_channels)
+
+
+def _vit_vae_shape(size: str, codeword_dim: int) -> dict:
     if size == "paper":
         return dict(input_size=(512, 512), patch_size=(16, 16), width=768, depth=6,
                     decoder_depth=12, mlp_dim=3072, num_heads=12, code_len=256,
@@ -34,6 +39,32 @@ def vit_vae_model(size: str, codeword_dim: int) -> dict:
     return dict(input_size=(64, 64), patch_size=(8, 8), width=64, depth=2, decoder_depth=2,
                 mlp_dim=256, num_heads=4, code_len=64, codeword_dim=codeword_dim, dropout=0.0,
                 code_dropout="none", scan=False)
+
+
+def evaluator(kind: str, prediction: str, *, split: str = "validation", num_examples: int = 0,
+              every: int = 0, batch_size: int = 50, **extra) -> dict:
+    """One evaluator declaration (``cfg.evals.<name>``), run by the runner and ``eval``.
+
+    kind: the metric family (evals/): panoptic | depth | generation | nll.
+    prediction: what is scored: oracle (stage 1: encode the ground truth, decode),
+      sampled (stage 2 samples, decoded), teacher_forced (stage 2 held-out NLL) or
+      baseline (a task's reference predictor, e.g. the training-set mean depth).
+    num_examples: cap on the split (0 = all of it). every: also run every N steps of the
+      evaluated stage's training (0 = only after it).
+    """
+    return dict(kind=kind, prediction=prediction, split=split, num_examples=num_examples,
+                every=every, batch_size=batch_size, **extra)
+
+
+def dense_evaluators(kind: str, size: str, baseline: bool = False) -> dict:
+    """The dense tasks' evaluators: the stage-1 oracle and stage-2 samples on the whole
+    validation split (with 8 overlay PNGs each), and optionally the task's baseline."""
+    bs = 8 if size == "paper" else 50
+    out = dict(oracle=evaluator(kind, "oracle", batch_size=bs, overlays=8),
+               sampled=evaluator(kind, "sampled", batch_size=bs, overlays=8))
+    if baseline:
+        out["baseline"] = evaluator(kind, "baseline", batch_size=bs, overlays=0)
+    return out
 
 
 def givt_encdec_model(size: str, out_dim: int, seq_len: int, input_size) -> dict:

@@ -10,6 +10,7 @@ import ml_collections
 from configs.common import (
     ENCODER_LR_MULT,
     check_size,
+    dense_evaluators,
     givt_encdec_model,
     givt_tiny_recipe,
     train_group,
@@ -28,7 +29,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0
     # tiny: 8-dim codewords (the same oracle RMSE as 16, 0.225 m, and codes the small
     # stage 2 predicts better: 0.89 against 0.93 m). base/paper: 16 as published.
-    vae = vit_vae_model(a.size, codeword_dim=8 if a.size == "tiny" else 16)
+    # One label channel: depth binned over [data.min_depth, data.max_depth] m; class 0 =
+    # invalid (see tasks/depth.py). 256 bins as published; tiny uses 32 so the 2-core CPU
+    # run fits in minutes (the VAE's one-hot input and per-pixel logits scale with it: 0.9
+    # vs 5.4 steps/s measured); expectation decoding recovers depth between bin centres.
+    channels = {"depth": (0, 32 if a.size == "tiny" else 256)}
+    vae = vit_vae_model(a.size, codeword_dim=8 if a.size == "tiny" else 16,
+                        label_channels=channels)
     image_size = vae["input_size"][0]
     c.data = dict(
         source="tfds:nyu_depth_v2" if paper else "embedded",
@@ -41,11 +48,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         image_size=image_size,
         train_split="train",
         val_split="validation",
-        # Depth binned over [min_depth, max_depth] m; class 0 = invalid (see tasks/depth.py).
-        # 256 as published; tiny uses 32 so the 2-core CPU run fits in minutes (the VAE's
-        # one-hot input and per-pixel logits scale with it: 0.9 vs 5.4 steps/s measured);
-        # expectation decoding recovers depth between bin centres.
-        num_depth_bins=32 if a.size == "tiny" else 256,
         min_depth=0.001,
         max_depth=10.0,
         decode="expectation",  # or "argmax": bins -> metres
@@ -57,14 +59,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # crop's depths by its zoom instead: 0.816). base/paper: inception crops, as published.
         crop_area_min={"tiny": 1.0, "base": 0.5, "paper": 0.3}[a.size],
         shuffle_buffer=25_000 if paper else 2_500,
-        eval_max_examples=0,  # 0 = the whole split
-        periodic_eval_examples=50,  # in-training evaluations (train.eval_every) use this many
-        eval_batch_size=8 if paper else 50,
-        num_overlays=8,
         skip_bad=False,  # folder source: skip (and count) bad frames instead of failing
     )
     c.vae = dict(
+        kind="vit",
         model=vae,
+        ema_decay=0.0,  # EMA of the VAE for stage 2 and decoding (0 = off, as published)
+        ignore_zero=("depth",),  # class 0 = invalid depth: not in the loss
         beta=2e-4,
         # tiny: lr 2e-3 reaches a lower loss than 1e-3 (oracle RMSE 0.21 against 0.25 m at
         # 1,500 steps); 1,000 steps keep the oracle at 0.23 m and give stage 2 the time
@@ -86,9 +87,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # tiny: 1 (with encoder_skip and 8-dim codes, stage 2 alone: RMSE 0.83 m at 1.0,
         # 0.86 at 0.5, 0.89 at 2.0; without the skip 2 was best).
         input_noise=recipe["input_noise"],
-        # Probability of feeding the model's own teacher-forced prediction instead of the
-        # true previous token (two-pass scheduled sampling; 0 = the published recipe).
-        scheduled_sampling=0.0,
         # tiny: 4 samples at temperature 1, their bin distributions averaged (an estimate
         # of the posterior-mean depth, what RMSE rewards); on one default run, stage-2 RMSE
         # 0.762 m against 0.788 with one sample at 0.5 (8 or 16 samples: 0.750, but 8 cost
@@ -106,4 +104,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       test_time_flip=a.size == "tiny"),
         init_encoder="",  # optional .npz of a pretrained ViT encoder (big_vision layout)
     )
+    # Stage-1 oracle, stage-2 samples, and the training-set mean depth as a baseline.
+    c.evals = dense_evaluators("depth", a.size, baseline=True)
     return c

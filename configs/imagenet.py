@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.common import train_group
+from configs.common import evaluator, train_group
 from uvim_givt.config import parse_arg
 
 SIZES = ("tiny", "paper")
@@ -81,6 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         skip_bad=False,  # folder:PATH: skip (and count) unreadable images instead of failing
     )
     c.vae = dict(
+        kind="cnn",
         model=vae,
         # KL weight (the KL is summed over all latent dims, the L2 averaged over pixels).
         beta=5e-5 if paper else 2e-4,
@@ -108,12 +109,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.givt = dict(
         model=givt_model(a.size, a.style, vae, num_classes),
         posterior="sample",  # stage-2 targets: a sample of q(z|x) ("mean" = its mean)
+        input_noise=0.0,     # std of noise on the teacher-forcing inputs (0 = published)
+        init_encoder="",     # decoder-only: no image encoder to initialise
         train=train_group(a.size, steps=78_000 if paper else 1_500,
                           batch_size=8192 if paper else 32, lr=1e-3,
                           wd=(0.0 if masked else 1e-4) if paper else 1e-4),
         sampling=dict(
             temperature=0.95 if not masked else 1.0,
             temperature_probs=1.0,
+            beam_size=1, fan_size=1,                       # causal: plain ancestral sampling
             cfg_weight=(0.1 if masked else 0.4) if paper else 0.4,
             num_steps=16,                                  # MaskGIT decoding steps
             choice_temperature=35.0 if paper else 4.0,     # MaskGIT choice temperature t_C
@@ -121,12 +125,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     c.givt.train.optim.warmup_fraction = 0.1
     c.givt.train.optim.grad_clip = 1.0
-    c.eval = dict(
-        extractor="inception:" if paper else "digits",  # digits | inception:PATH_TO_WEIGHTS
-        samples_per_class=50 if not paper else 50,
-        max_classes=0 if not paper else 1000,  # 0 = all classes
-        max_reference=0,        # cap on real validation images (0 = the whole split)
-        batch_size=500 if not paper else 50,  # samples per sampler call
-        grid_per_class=10,      # samples per class in the PNG grids
+    # Stage 1: recon_mse, FID_recon and FID_random_latents; stage 2: FID, IS and class
+    # accuracy of samples with and without guidance. num_examples caps the real images of
+    # the split (the FID reference); batch_size is images per model call.
+    extractor = "inception:" if paper else "digits"  # digits | inception:PATH_TO_WEIGHTS
+    bs = 50 if paper else 500
+    c.evals = dict(
+        oracle=evaluator("generation", "oracle", batch_size=bs, extractor=extractor),
+        sampled=evaluator("generation", "sampled", batch_size=bs, extractor=extractor,
+                          samples_per_class=50,
+                          max_classes=0,       # 0 = all classes
+                          grid_per_class=10),  # samples per class in the PNG grids
     )
     return c

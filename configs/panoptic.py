@@ -10,6 +10,7 @@ import ml_collections
 from configs.common import (
     ENCODER_LR_MULT,
     check_size,
+    dense_evaluators,
     givt_encdec_model,
     givt_tiny_recipe,
     train_group,
@@ -30,16 +31,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # tiny: 16-dim codewords, beta 1e-4 and lr 5e-3 (see c.vae): stage-1 oracle PQ 80.5
     # against 75.6 with 8 / 2.5e-4 / 3e-3, and stage 2 still learns the codes (default run:
     # PQ 41.7, was 40.4). The limit is things: an 8x8 code grid over 64px images.
-    vae = vit_vae_model(a.size, codeword_dim=32 if paper else 16 if tiny else 8)
+    # Label channels: semantics = category index + 1 (0 = void): 133 classes + void in the
+    # paper, 10 + void embedded; instance ids 0..99 in the paper, tiny: up to 6 things.
+    channels = {"semantics": (0, 134 if paper else 11), "instances": (1, 100 if paper else 8)}
+    vae = vit_vae_model(a.size, codeword_dim=32 if paper else 16 if tiny else 8,
+                        label_channels=channels)
     image_size = vae["input_size"][0]
     c.data = dict(
         source="embedded" if not paper else "tfds:coco/2017_panoptic",
         image_size=image_size,
-        train_split="train" if paper else "train",
+        train_split="train",
         val_split="validation",
-        # 133 classes + void, and instance ids 0..99 in the paper.
-        num_semantic_classes=134 if paper else 11,
-        num_instance_classes=100 if paper else 8,  # tiny: up to 6 things per image
         flip=True,
         crop_area_min=0.5 if not paper else 0.3,
         shuffle_buffer=10_000 if paper else 2_500,
@@ -48,13 +50,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         embedded_num_train=0,
         embedded_num_validation=0,
         skip_bad=False,  # folder source: skip (and count) bad examples instead of failing
-        eval_max_examples=0,  # final evaluation: 0 = the whole split
-        periodic_eval_examples=50,  # evaluation every train.eval_every steps (0 = never)
-        eval_batch_size=8 if paper else 50,
-        num_overlays=8,
     )
     c.vae = dict(
+        kind="vit",
         model=vae,
+        ema_decay=0.0,  # EMA of the VAE for stage 2 and decoding (0 = off, as published)
+        ignore_zero=(),  # label channels whose class 0 is "unknown" (not in the loss)
         beta=1e-4 if tiny else 2.5e-4,
         train=train_group(a.size, steps={"tiny": 1500, "base": 20_000, "paper": 100_000}[a.size],
                           batch_size={"tiny": 32, "base": 128, "paper": 1024}[a.size],
@@ -75,9 +76,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         posterior="sample",  # stage-1 codes for training: sample of q(z|x) ("mean" = its mean)
         # Std of Gaussian noise on the teacher-forcing inputs (0 = the published recipe).
         input_noise=recipe["input_noise"],
-        # Probability of feeding the model's own teacher-forced prediction instead of the
-        # true previous token (two-pass scheduled sampling; 0 = the published recipe).
-        scheduled_sampling=0.0,
         sampling=dict(temperature=0.9 if paper else 0.5, temperature_probs=1.0,
                       beam_size=2, fan_size=8,  # causal (style "ar")
                       num_steps=16, choice_temperature=1.0,  # MaskGIT (style "masked")
@@ -89,4 +87,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       test_time_flip=False),
         init_encoder="",  # optional .npz of a pretrained ViT encoder (big_vision layout)
     )
+    c.evals = dense_evaluators("panoptic", a.size)
     return c

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from evals.panoptic import OFFSET, VOID, id_to_rgb, write_id_png
+from evals.panoptic_io import OFFSET, VOID, id_to_rgb, write_id_png
 
 Segments = list[dict[str, Any]]
 

@@ -23,7 +23,7 @@ either side, matched by file-name stem)::
 
     python -m evals.depth --pred-dir preds/ --gt-dir gt/ [--crop nyu] [--out result.json]
 
-Checkpoint mode (predictions from a run directory through the depth task)::
+Checkpoint mode (the run's declared depth evaluators, through the runner API)::
 
     python -m evals.depth --ckpt RUN_DIR [--data SRC] [--split validation] [--max-examples N]
 """
@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from evals.records import config_hash, write_eval_record
+from uvim_givt.errors import EvalError, UserError
 
 METRIC_NAMES = ("RMSE", "AbsRel", "log10", "delta1", "delta2", "delta3")
 NYU_FRAME_SHAPE = (480, 640)
@@ -50,7 +50,7 @@ DEPTH_FILE_SUFFIXES = (".png", ".npy")
 Crop = str | tuple[int, int, int, int] | None
 
 
-class DepthEvalError(ValueError):
+class DepthEvalError(EvalError):
     """A depth input (file, array, argument) that cannot be evaluated as given."""
 
 
@@ -291,49 +291,13 @@ def evaluate_files(
 # ----------------------------------------------------------------------------- checkpoint
 
 
-def evaluate_checkpoint(
-    run_dir: str,
-    data: str | None = None,
-    split: str = "validation",
-    max_examples: int | None = None,
-    min_depth: float = 1e-3,
-    max_depth: float = 10.0,
-    crop: Crop = "auto",
-) -> tuple[dict[str, Any], str]:
-    """Predicts with a run's depth model, scores it and writes an eval record.
-
-    Returns (result, record_path).
-    """
-    from tasks.depth import predict_depth  # the task plugin; imported only here
-
-    if not os.path.isdir(run_dir):
-        raise DepthEvalError(f"run directory {run_dir} does not exist")
-    step, pairs = predict_depth(run_dir, data, split, max_examples)
-    result = evaluate_pairs(pairs, min_depth, max_depth, crop)
-    if not result["metrics"]:
-        raise DepthEvalError(
-            f"no image with valid ground-truth pixels in {split} of {data or 'embedded'}"
-        )
-    cfg_path = os.path.join(run_dir, "config.json")
-    chash = None
-    if os.path.isfile(cfg_path):
-        try:
-            with open(cfg_path) as f:
-                chash = config_hash(json.load(f))  # same hash as of the resolved dict
-        except (OSError, ValueError):
-            chash = None
-    record = {
-        "task": "depth",
-        "stage": "givt",
-        "split": split,
-        "data": data or "embedded",
-        "step": int(step),
-        "metrics": result["metrics"],
-        "num_examples": result["num_images"] + result["num_images_without_valid_pixels"],
-        "config_hash": chash,
-        "extra": {k: v for k, v in result.items() if k != "metrics"},
-    }
-    return result, write_eval_record(run_dir, record)
+def evaluate_checkpoint(run_dir: str, data: str | None = None, split: str | None = None,
+                        max_examples: int | None = None) -> dict[str, dict[str, float]]:
+    """The run's declared depth evaluators of stage 2, through the runner API (the task is
+    found by the name in the run's config); each writes an eval record."""
+    from evals.evaluators import evaluate_run  # the models: only this mode needs them
+    return evaluate_run(run_dir, "cli", stage="givt", kind="depth", source=data, split=split,
+                        max_examples=max_examples)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -350,12 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--ckpt", metavar="RUN_DIR", help="a run directory of the depth task")
     p.add_argument("--gt-dir", help="ground truth (files mode), same formats, same file stems")
     p.add_argument("--crop", choices=["none", "nyu", "auto"], default=None,
-                   help="evaluation crop; default: none in files mode, auto (NYU crop on "
-                   "480x640 frames) in checkpoint mode")
-    p.add_argument("--min-depth", type=float, default=1e-3)
-    p.add_argument("--max-depth", type=float, default=10.0)
-    p.add_argument("--data", default=None, help="data source for --ckpt (default: embedded)")
-    p.add_argument("--split", default="validation")
+                   help="files mode: evaluation crop (default none); --ckpt: the run's config")
+    p.add_argument("--min-depth", type=float, default=None, help="files mode (default 1e-3)")
+    p.add_argument("--max-depth", type=float, default=None, help="files mode (default 10)")
+    p.add_argument("--data", default=None, help="data source for --ckpt (default: the run's)")
+    p.add_argument("--split", default=None, help="--ckpt: default each evaluator's split")
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--out", help="write the result as JSON here")
     return p
@@ -375,22 +338,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.pred_dir and not args.gt_dir:
+    if args.ckpt:
+        given = [f for f, v in (("--crop", args.crop), ("--min-depth", args.min_depth),
+                                ("--max-depth", args.max_depth), ("--gt-dir", args.gt_dir))
+                 if v is not None]
+        if given:
+            parser.error(f"{', '.join(given)}: files mode only (a run's config fixes them)")
+        try:
+            results = evaluate_checkpoint(args.ckpt, args.data, args.split, args.max_examples)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        for name, metrics in results.items():
+            print(f"{name}:\n" + "\n".join(f"{k:>8s}  {v:.4f}" for k, v in metrics.items()))
+        if args.out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
+        return 0
+    if not args.gt_dir:
         parser.error("--pred-dir needs --gt-dir")
-    if not args.min_depth < args.max_depth:
+    lo = 1e-3 if args.min_depth is None else args.min_depth
+    hi = 10.0 if args.max_depth is None else args.max_depth
+    if not lo < hi:
         parser.error("--min-depth must be below --max-depth")
-    crop_arg = None if args.crop == "none" else args.crop
+    if args.split is not None or args.data is not None:
+        parser.error("--data and --split go with --ckpt")
     try:
-        if args.ckpt:
-            result, path = evaluate_checkpoint(
-                args.ckpt, args.data, args.split, args.max_examples,
-                args.min_depth, args.max_depth, crop_arg if args.crop else "auto",
-            )
-            print(f"wrote {path}")
-        else:
-            result = evaluate_files(
-                args.pred_dir, args.gt_dir, args.min_depth, args.max_depth, crop_arg
-            )
+        result = evaluate_files(args.pred_dir, args.gt_dir, lo, hi,
+                                None if args.crop in (None, "none") else args.crop)
     except DepthEvalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

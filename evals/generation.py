@@ -36,10 +36,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from uvim_givt.errors import EvalError
+
 # ----------------------------------------------------------------------------- metrics
 
 
-class GenerationEvalError(ValueError):
+class GenerationEvalError(EvalError):
     """An input (file, array, extractor spec) that cannot be evaluated as given."""
 
 

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from evals.records import read_eval_records
+from uvim_givt.errors import UserError
+from uvim_givt.rundir import read_eval_records
 
 PUBLISHED_LABEL = "published (real dataset)"
 
@@ -57,7 +58,7 @@ TASK_ORDER = ("panoptic", "depth", "imagenet")
 TASK_ALIASES = {"generation": "imagenet"}
 # Known metrics first, in this order; then any other metric alphabetically.
 METRIC_ORDER = {
-    "panoptic": ("PQ", "SQ", "RQ", "PQ_things", "PQ_stuff"),
+    "panoptic": ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"),
     "depth": ("RMSE", "AbsRel", "log10", "delta1", "delta2", "delta3"),
     "imagenet": ("FID", "IS", "IS_std", "class_accuracy"),
 }
@@ -69,7 +70,7 @@ THUMB_SIZE = 256
 BASE_COLUMNS = ("run", "stage", "model size", "parameters", "data", "steps", "training time")
 
 
-class LeaderboardError(ValueError):
+class LeaderboardError(UserError, ValueError):
     """A run directory or argument that cannot be used as given."""
 
 
@@ -295,15 +296,22 @@ def _model_size(config: dict[str, Any]) -> str:
 
 
 def latest_records(run: Run, task: str) -> list[dict[str, Any]]:
-    """The latest record of each (stage, split, data, tag) of ``task``."""
+    """The latest record (by step, then time) of each (stage, evaluator, split, data) of
+    ``task``: the same evaluation run by two commands is shown once."""
     latest: dict[tuple, dict[str, Any]] = {}
     for r in run.records:
-        if _canonical_task(r["task"]) != task:
+        if _canonical_task(r["task"]) != task or (r.get("extra") or {}).get("periodic"):
             continue
-        key = (r["stage"], r["split"], r["data"], r.get("tag"))
-        if key not in latest or r["step"] >= latest[key]["step"]:
+        key = (r["stage"], _evaluator(r), r["split"], r["data"])
+        if key not in latest or (r["step"], r.get("time", "")) >= (
+                latest[key]["step"], latest[key].get("time", "")):
             latest[key] = r
     return [latest[k] for k in sorted(latest, key=lambda k: tuple(map(str, k)))]
+
+
+def _evaluator(record: dict[str, Any]) -> str:
+    """The evaluator that wrote a record (older records name it ``tag``)."""
+    return str(record.get("evaluator") or record.get("tag") or "")
 
 
 def ordered_metrics(task: str, names: set[str]) -> list[str]:
@@ -341,7 +349,7 @@ def build_table(task: str, runs: Sequence[Run]) -> Table:
         entries.sort(key=rank)
     rows = []
     for run, rec in entries:
-        stage = str(rec["stage"]) + (f" [{rec['tag']}]" if rec.get("tag") else "")
+        stage = str(rec["stage"]) + (f" [{_evaluator(rec)}]" if _evaluator(rec) else "")
         total = _config_value(run.config, "total_steps")
         step = int(rec["step"])
         steps = f"{step}/{total}" if isinstance(total, int) and total != step else str(step)
@@ -380,7 +388,7 @@ def _series(runs: Sequence[Run], task: str) -> dict[str, dict[str, list[tuple[in
     for run in runs:
         recs = [r for r in run.records if _canonical_task(r["task"]) == task]
         for r in recs:
-            label = f"{run.name}/{r['stage']}" + (f" [{r['tag']}]" if r.get("tag") else "")
+            label = f"{run.name}/{r['stage']}" + (f" [{_evaluator(r)}]" if _evaluator(r) else "")
             if len({(x["split"], x["data"]) for x in recs}) > 1:
                 label += f" ({r['data']} {r['split']})"
             for m, v in r["metrics"].items():

@@ -1,32 +1,11 @@
-"""Panoptic quality (PQ, SQ, RQ), exactly as panopticapi's ``pq_compute`` defines it, only faster.
+"""``python -m evals.panoptic``: PQ of COCO panoptic predictions on disk, or of a run.
 
-Definition (panopticapi, Kirillov et al. 2019), per image:
-
-- a ground-truth and a predicted segment of the same category match when their IoU > 0.5, where
-  the union leaves out the predicted pixels that fall on VOID (id 0) in the ground truth; the
-  ground-truth area is the ``area`` of its ``segments_info`` entry (the pixel count when absent),
-  the predicted area is always counted in the PNG;
-- crowd ground-truth segments (``iscrowd=1``) never match; an unmatched prediction is not a false
-  positive when more than half of it lies on VOID plus the (last listed) crowd segment of its own
-  category;
-- unmatched non-crowd ground-truth segments are false negatives.
-
-Per class ``PQ = sum(IoU of matches) / (TP + FP/2 + FN/2)``, ``SQ = sum(IoU) / TP``,
-``RQ = TP / (TP + FP/2 + FN/2)``; the All/Things/Stuff figures average the classes that have
-``TP + FP + FN > 0``. Values are fractions, as in panopticapi (the tables print them x100).
-
-Speed: PNGs are decoded with OpenCV and turned into ids with one SIMD colour conversion; the two
-id maps are then cut into horizontal runs where neither changes (panoptic maps are piecewise
-constant: ~100x fewer runs than pixels), and one weighted ``np.bincount`` over the runs gives the
-whole gt x pred intersection matrix; matching is a few array operations on that small matrix.
-Images run on a thread pool (decoding and the big numpy kernels release the GIL). PNG decoding is
-then ~80% of the time.
-
-Files mode::
+Files mode (the inputs of panopticapi's ``pq_compute``)::
 
     python -m evals.panoptic --gt-json gt.json --gt-dir gt/ --pred-json pred.json --pred-dir pred/
 
-Checkpoint mode (predicts with ``tasks.panoptic`` and writes ``RUN_DIR/eval/*.json``)::
+Checkpoint mode (the run's declared ``panoptic`` evaluators, through the same runner API
+as ``python -m tasks.panoptic eval``; writes ``RUN_DIR/eval/*.json``)::
 
     python -m evals.panoptic --ckpt RUN_DIR [--data SRC] [--split validation] [--max-examples N]
 """
@@ -34,648 +13,16 @@ Checkpoint mode (predicts with ``tasks.panoptic`` and writes ``RUN_DIR/eval/*.js
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-import cv2
-
-try:
-    import pyspng as _spng
-except ImportError:  # optional speed-up
-    _spng = None
-import numpy as np
-
-from evals.records import config_hash, write_eval_record
-
-OFFSET = 256 * 256 * 256  # segment ids are 24-bit: R + 256 G + 256^2 B
-VOID = 0
-_MAX_LISTED = 10  # how many offending names an error message spells out
-
-__all__ = [
-    "OFFSET",
-    "VOID",
-    "PQAccumulator",
-    "PanopticEvalError",
-    "format_table",
-    "id_to_rgb",
-    "load_categories",
-    "main",
-    "panoptic_quality",
-    "read_id_png",
-    "rgb_to_id",
-    "write_id_png",
-]
-
-
-class PanopticEvalError(ValueError):
-    """Bad evaluator input (file, image, segment or category); the message names the culprit."""
-
-
-# --------------------------------------------------------------------------------------------
-# id maps <-> RGB PNGs
-
-
-def _listing(items: Sequence[Any]) -> str:
-    shown = ", ".join(str(x) for x in items[:_MAX_LISTED])
-    more = len(items) - _MAX_LISTED
-    return shown + (f", ... ({more} more)" if more > 0 else "")
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) RGB colours -> (H, W) uint32 segment ids ``R + 256 G + 256^2 B``."""
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] < 3:
-        raise PanopticEvalError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
-    rgb = rgb[..., :3].astype(np.uint32)
-    return rgb[..., 0] | (rgb[..., 1] << 8) | (rgb[..., 2] << 16)
-
-
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """(H, W) segment ids (< 2**24) -> (H, W, 3) uint8 RGB colours."""
-    ids = np.asarray(ids)
-    if ids.size and (ids.min() < 0 or ids.max() >= OFFSET):
-        raise PanopticEvalError(
-            f"segment ids must lie in [0, {OFFSET}), got {ids.min()}..{ids.max()}"
-        )
-    ids = ids.astype(np.uint32)
-    return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
-
-
-def write_id_png(path: str | os.PathLike, ids: np.ndarray) -> None:
-    """Writes an id map as a COCO panoptic RGB PNG."""
-    bgr = np.ascontiguousarray(id_to_rgb(ids)[..., ::-1])  # OpenCV writes BGR
-    try:
-        ok = cv2.imwrite(os.fspath(path), bgr)
-    except cv2.error as e:  # e.g. no writer for the file extension
-        raise PanopticEvalError(f"could not write PNG {path}: {e}") from None
-    if not ok:
-        raise PanopticEvalError(f"could not write PNG {path}")
-
-
-def _decode_png(data: bytes) -> tuple[np.ndarray | None, bool]:
-    """Decodes PNG bytes -> (array, is_bgr). libspng (pyspng) decodes these PNGs ~3x faster
-    than OpenCV's libpng; OpenCV is the fallback (and names what libspng refuses)."""
-    if not data:
-        return None, False
-    if _spng is not None:
-        try:
-            return _spng.load(data), False
-        except Exception:  # noqa: BLE001 - fall through to OpenCV's verdict
-            pass
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), True
-
-
-def read_id_png(path: str | os.PathLike) -> np.ndarray:
-    """Reads a COCO panoptic RGB(A) PNG into an (H, W) uint32 id map; bad files raise, named."""
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise PanopticEvalError(f"cannot read PNG {path}: {e.strerror or e}") from None
-    img, bgr = _decode_png(data)
-    if img is None:
-        raise PanopticEvalError(f"cannot decode PNG {path}: empty, truncated or not an image")
-    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in (3, 4):
-        kind = f"{img.dtype} with {1 if img.ndim == 2 else img.shape[2]} channel(s)"
-        raise PanopticEvalError(f"PNG {path} is {kind}; panoptic PNGs are 8-bit RGB")
-    # One SIMD pass to R,G,B,A bytes, read as little-endian uint32 = R + G<<8 + B<<16 + A<<24;
-    # masking the alpha byte leaves the id (alpha is ignored, as panopticapi ignores it).
-    if bgr:
-        code = cv2.COLOR_BGR2RGBA if img.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
-    else:
-        code = cv2.COLOR_RGB2RGBA if img.shape[2] == 3 else None
-        if code is None:
-            img = np.ascontiguousarray(img)
-            ids = img.view("<u4")[..., 0].copy()
-            ids &= 0xFFFFFF
-            return ids
-    ids = cv2.cvtColor(img, code).view("<u4")[..., 0]
-    ids &= 0xFFFFFF
-    return ids
-
-
-# --------------------------------------------------------------------------------------------
-# categories
-
-
-def load_categories(categories: Any) -> dict[int, dict[str, Any]]:
-    """Categories as ``{id: info}``, from a JSON path, a list of dicts, ``{"categories": [...]}``
-    or an ``{id: info}`` mapping. Each needs an ``isthing`` flag."""
-    source = "categories"
-    if isinstance(categories, str | os.PathLike):
-        source = os.fspath(categories)
-        categories = _load_json(source, "categories")
-    if isinstance(categories, Mapping) and "categories" in categories:
-        categories = categories["categories"]
-    if isinstance(categories, Mapping):
-        items = [{**dict(info), "id": int(cid)} for cid, info in categories.items()]
-    elif isinstance(categories, Sequence) and not isinstance(categories, str):
-        items = list(categories)
-    else:
-        raise PanopticEvalError(f"{source}: expected a list of category dicts")
-    out: dict[int, dict[str, Any]] = {}
-    for i, cat in enumerate(items):
-        if not isinstance(cat, Mapping) or "id" not in cat or "isthing" not in cat:
-            raise PanopticEvalError(f"{source}: category #{i} needs 'id' and 'isthing': {cat!r}")
-        cid = int(cat["id"])
-        if cid in out:
-            raise PanopticEvalError(f"{source}: category id {cid} is listed twice")
-        out[cid] = dict(cat)
-    if not out:
-        raise PanopticEvalError(f"{source}: no categories")
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# one image
-
-
-@dataclass(frozen=True)
-class _Names:
-    """What error messages call the pieces of one image."""
-
-    image: str
-    gt_json: str = "ground truth"
-    gt_png: str = "ground-truth id map"
-    pred_json: str = "prediction"
-    pred_png: str = "predicted id map"
-
-
-def _segment_arrays(
-    segments: Any, cat_index: Mapping[int, int], json_name: str, image: str, is_gt: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """segments_info -> (ids, category indices, iscrowd, JSON area or NaN)."""
-    if not isinstance(segments, Sequence) or isinstance(segments, str):
-        raise PanopticEvalError(f"{json_name}: segments_info of image {image} is not a list")
-    n = len(segments)
-    ids = np.empty(n, np.int64)
-    cats = np.empty(n, np.int64)
-    crowd = np.zeros(n, bool)
-    area = np.full(n, np.nan)
-    seen: set[int] = set()
-    for i, seg in enumerate(segments):
-        try:
-            sid, cid = int(seg["id"]), int(seg["category_id"])
-            if is_gt and seg.get("area") is not None:
-                area[i] = float(seg["area"])
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise PanopticEvalError(
-                f"{json_name}: segment #{i} of image {image} needs integer 'id' and 'category_id'"
-                f" (and a numeric 'area' if any): {seg!r}"
-            ) from None
-        if not 0 < sid < OFFSET:
-            raise PanopticEvalError(
-                f"{json_name}: image {image} has segment id {sid}; ids must lie in [1, {OFFSET})"
-                " (0 is VOID)"
-            )
-        if sid in seen:
-            raise PanopticEvalError(f"{json_name}: image {image} lists segment id {sid} twice")
-        seen.add(sid)
-        if cid not in cat_index:
-            raise PanopticEvalError(
-                f"{json_name}: in image {image} segment id {sid} has unknown category_id {cid}"
-            )
-        ids[i] = sid
-        cats[i] = cat_index[cid]
-        if is_gt:
-            crowd[i] = seg.get("iscrowd", 0) == 1
-    return ids, cats, crowd, area
-
-
-def _runs(gt_map: np.ndarray, pred_map: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(gt id, pred id, length) of each horizontal run where neither map changes.
-
-    Panoptic maps are piecewise constant, so an image has ~100x fewer runs than pixels and all
-    later work happens on the runs."""
-    h, w = gt_map.shape
-    g = np.ascontiguousarray(gt_map).reshape(-1)
-    p = np.ascontiguousarray(pred_map).reshape(-1)
-    change = np.empty(g.size, bool)
-    np.not_equal(g[1:], g[:-1], out=change[1:])
-    other = np.not_equal(p[1:], p[:-1])
-    np.logical_or(change[1:], other, out=change[1:])
-    change[::w] = True  # a run never wraps onto the next row
-    starts = np.flatnonzero(change)
-    lengths = np.diff(starts, append=g.size)
-    return g[starts], p[starts], lengths
-
-
-def _index_of(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Index of each value among ``[VOID, *ids]`` plus 1 (so VOID -> 1, ids[k] -> k + 2);
-    0 for values that are neither."""
-    keys = np.concatenate([[VOID], ids])
-    order = np.argsort(keys, kind="stable")
-    pos = np.searchsorted(keys[order], values).clip(max=len(keys) - 1)
-    found = keys[order][pos] == values
-    return np.where(found, order[pos] + 1, 0)
-
-
-def _intersections(
-    gt_map: np.ndarray, gt_ids: np.ndarray, pred_map: np.ndarray, pred_ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel counts ``m[g, p]`` (index 0 = an id not in segments_info, 1 = VOID, 2+ = segments)
-    and the predicted ids of the runs that are not in segments_info (for the error message)."""
-    run_gt, run_pred, lengths = _runs(gt_map, pred_map)
-    rows = _index_of(run_gt, gt_ids)
-    cols = _index_of(run_pred, pred_ids)
-    ncols = len(pred_ids) + 2
-    counts = np.bincount(rows * ncols + cols, weights=lengths, minlength=(len(gt_ids) + 2) * ncols)
-    # float64 sums of integer run lengths are exact (images have far fewer than 2**53 pixels).
-    m = counts.astype(np.int64).reshape(len(gt_ids) + 2, ncols)
-    return m, run_pred[cols == 0]
-
-
-@dataclass
-class _ImageStats:
-    """One image's contribution: category indices with their counts and IoU sums."""
-
-    tp_cats: np.ndarray
-    tp_iou: np.ndarray
-    fp_cats: np.ndarray
-    fn_cats: np.ndarray
-
-
-def _image_stats(
-    gt_map: np.ndarray,
-    gt_segments: Any,
-    pred_map: np.ndarray,
-    pred_segments: Any,
-    cat_index: Mapping[int, int],
-    names: _Names,
-) -> _ImageStats:
-    """panopticapi's ``pq_compute_single_core`` body for one image, on arrays."""
-    if gt_map.shape != pred_map.shape:
-        raise PanopticEvalError(
-            f"image {names.image}: {names.pred_png} is {_hw(pred_map)} but {names.gt_png} is"
-            f" {_hw(gt_map)}"
-        )
-    gt_ids, gt_cat, gt_crowd, gt_area = _segment_arrays(
-        gt_segments, cat_index, names.gt_json, names.image, is_gt=True
-    )
-    pred_ids, pred_cat, _, _ = _segment_arrays(
-        pred_segments, cat_index, names.pred_json, names.image, is_gt=False
-    )
-    m, stray = _intersections(gt_map, gt_ids, pred_map, pred_ids)
-
-    # Prediction sanity checks (panopticapi's, with names).
-    if stray.size:
-        stray = np.unique(stray)
-        colours = [f"{s} (RGB {s & 255},{(s >> 8) & 255},{s >> 16})" for s in stray.tolist()]
-        raise PanopticEvalError(
-            f"image {names.image}: segment id(s) {_listing(colours)} are in the PNG"
-            f" {names.pred_png} but not in its segments_info in {names.pred_json}"
-        )
-    pred_area = m[:, 2:].sum(axis=0)
-    if not pred_area.all():
-        missing = pred_ids[pred_area == 0].tolist()
-        raise PanopticEvalError(
-            f"image {names.image}: segment id(s) {_listing(missing)} are in segments_info in"
-            f" {names.pred_json} but not in the PNG {names.pred_png}"
-        )
-
-    inter = m[2:, 2:]
-    void = m[1, 2:]
-    # The JSON area where given (panopticapi uses it), else the pixel count.
-    gt_area = np.where(np.isnan(gt_area), m[2:, :].sum(axis=1), gt_area)
-
-    # Matching: same category, gt not crowd, IoU > 0.5 with VOID pixels left out of the union.
-    cand = (inter > 0) & ~gt_crowd[:, None] & (gt_cat[:, None] == pred_cat[None, :])
-    gi, pj = np.nonzero(cand)
-    hit = inter[gi, pj]
-    # Same operation order as panopticapi, so the float IoUs are bit-identical.
-    union = pred_area[pj] + gt_area[gi] - hit - void[pj]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = hit / union
-    ok = iou > 0.5
-    gi, pj, iou = gi[ok], pj[ok], iou[ok]
-    gt_matched = np.zeros(len(gt_ids), bool)
-    gt_matched[gi] = True
-    pred_matched = np.zeros(len(pred_ids), bool)
-    pred_matched[pj] = True
-
-    fn_cats = gt_cat[~gt_matched & ~gt_crowd]
-
-    # False positives: unmatched predictions, unless mostly on VOID + the same-category crowd
-    # region (panopticapi keeps one crowd segment per category: the last one listed).
-    crowd_of_cat = {int(gt_cat[g]): g for g in np.flatnonzero(gt_crowd)}
-    fp = np.flatnonzero(~pred_matched)
-    ignored_px = void[fp].astype(np.float64)
-    for k, p in enumerate(fp):
-        g = crowd_of_cat.get(int(pred_cat[p]))
-        if g is not None:
-            ignored_px[k] += inter[g, p]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        is_fp = ~(ignored_px / pred_area[fp] > 0.5)
-    return _ImageStats(gt_cat[gi], iou, pred_cat[fp[is_fp]], fn_cats)
-
-
-def _hw(a: np.ndarray) -> str:
-    return "x".join(str(d) for d in a.shape)
-
-
-def _as_id_map(ids: np.ndarray, what: str) -> np.ndarray:
-    """Checks an in-memory id map: 2-D integers in [0, 2**24)."""
-    ids = np.asarray(ids)
-    if ids.ndim == 3 and ids.shape[2] in (3, 4) and ids.dtype == np.uint8:
-        return rgb_to_id(ids)  # an RGB panoptic image
-    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-        raise PanopticEvalError(
-            f"{what}: expected a 2-D integer id map, got {ids.dtype} {ids.shape}"
-        )
-    if ids.size and (ids.min() < 0 or ids.max() >= OFFSET):
-        raise PanopticEvalError(
-            f"{what}: ids must lie in [0, {OFFSET}), got {ids.min()}..{ids.max()}"
-        )
-    return ids
-
-
-# --------------------------------------------------------------------------------------------
-# accumulation and averages
-
-
-class PQAccumulator:
-    """Per-class TP/FP/FN/IoU sums over images, fed in memory (no PNGs needed).
-
-    ``add`` takes, per image, the ground-truth and predicted (H, W) id maps (or RGB panoptic
-    images) and their COCO ``segments_info`` lists; ``result()`` gives the same dict as
-    ``panoptic_quality``. Accumulators of shards can be combined with ``merge``.
-    """
-
-    def __init__(self, categories: Any) -> None:
-        self.categories = load_categories(categories)
-        self._cat_ids = list(self.categories)
-        self._cat_index = {cid: i for i, cid in enumerate(self._cat_ids)}
-        self._isthing = np.array([c["isthing"] == 1 for c in self.categories.values()])
-        n = len(self._cat_ids)
-        self.tp = np.zeros(n, np.int64)
-        self.fp = np.zeros(n, np.int64)
-        self.fn = np.zeros(n, np.int64)
-        self.iou = np.zeros(n, np.float64)
-        self.num_images = 0
-
-    def add(
-        self,
-        gt_ids: np.ndarray,
-        gt_segments: Sequence[Mapping[str, Any]],
-        pred_ids: np.ndarray,
-        pred_segments: Sequence[Mapping[str, Any]],
-        *,
-        image: str | int | None = None,
-    ) -> None:
-        """Adds one image. ``image`` (an id or name) is only used in error messages."""
-        name = str(self.num_images if image is None else image)
-        gt = _as_id_map(gt_ids, f"image {name}: ground-truth id map")
-        pred = _as_id_map(pred_ids, f"image {name}: predicted id map")
-        self._add_stats(
-            _image_stats(gt, gt_segments, pred, pred_segments, self._cat_index, _Names(name))
-        )
-
-    def _add_stats(self, s: _ImageStats) -> None:
-        n = len(self._cat_ids)
-        self.tp += np.bincount(s.tp_cats, minlength=n)
-        self.iou += np.bincount(s.tp_cats, weights=s.tp_iou, minlength=n)
-        self.fp += np.bincount(s.fp_cats, minlength=n)
-        self.fn += np.bincount(s.fn_cats, minlength=n)
-        self.num_images += 1
-
-    def merge(self, other: PQAccumulator) -> None:
-        """Adds another accumulator's sums (same categories) into this one."""
-        if other._cat_ids != self._cat_ids:
-            raise PanopticEvalError("cannot merge PQ accumulators over different categories")
-        self.tp += other.tp
-        self.fp += other.fp
-        self.fn += other.fn
-        self.iou += other.iou
-        self.num_images += other.num_images
-
-    def result(self) -> dict[str, Any]:
-        """``{"All"|"Things"|"Stuff": {pq, sq, rq, n}, "per_class": {cat_id: {pq, sq, rq, tp,
-        fp, fn}}}`` as fractions; classes with no TP, FP or FN are left out of the averages
-        (and an average over no classes is 0 with n=0, where panopticapi divides by zero)."""
-        per_class: dict[int, dict[str, Any]] = {}
-        counted = []
-        for i, cid in enumerate(self._cat_ids):
-            tp, fp, fn, iou = int(self.tp[i]), int(self.fp[i]), int(self.fn[i]), float(self.iou[i])
-            if tp + fp + fn == 0:
-                per_class[cid] = {"pq": 0.0, "sq": 0.0, "rq": 0.0, "tp": 0, "fp": 0, "fn": 0}
-                continue
-            counted.append(i)
-            denom = tp + 0.5 * fp + 0.5 * fn
-            per_class[cid] = {
-                "pq": iou / denom,
-                "sq": iou / tp if tp else 0.0,
-                "rq": tp / denom,
-                "tp": tp,
-                "fp": fp,
-                "fn": fn,
-            }
-        out: dict[str, Any] = {}
-        for name, things in (("All", None), ("Things", True), ("Stuff", False)):
-            rows = [
-                per_class[self._cat_ids[i]]
-                for i in counted
-                if things is None or bool(self._isthing[i]) == things
-            ]
-            n = len(rows)
-            out[name] = {
-                k: (sum(r[k] for r in rows) / n if n else 0.0) for k in ("pq", "sq", "rq")
-            } | {"n": n}
-        out["per_class"] = per_class
-        return out
-
-
-# --------------------------------------------------------------------------------------------
-# files mode
-
-
-def _load_json(path: str, what: str) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except OSError as e:
-        raise PanopticEvalError(f"cannot read {what} JSON {path}: {e.strerror or e}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PanopticEvalError(f"{what} JSON {path} is not valid JSON: {e}") from None
-
-
-def _json_doc(doc: Any, what: str) -> tuple[str, Any]:
-    """(name for messages, loaded document) of a JSON path or an already loaded dict."""
-    if isinstance(doc, str | os.PathLike):
-        return os.fspath(doc), _load_json(os.fspath(doc), what)
-    return f"{what} JSON", doc
-
-
-def _png_dir(png_dir: str | os.PathLike | None, doc: Any, name: str) -> str:
-    """The PNG folder; pq_compute's default is X for X.json."""
-    if png_dir is not None:
-        return os.fspath(png_dir)
-    if not isinstance(doc, str | os.PathLike):
-        raise PanopticEvalError(f"the PNG folder of the {name} must be given (it is not a file)")
-    return name.removesuffix(".json")
-
-
-def _annotations(doc: Any, name: str) -> dict[Any, Mapping[str, Any]]:
-    """image_id -> annotation, checking the keys pq_compute relies on."""
-    anns = doc.get("annotations") if isinstance(doc, Mapping) else None
-    if not isinstance(anns, list):
-        raise PanopticEvalError(f"{name}: no 'annotations' list")
-    out: dict[Any, Mapping[str, Any]] = {}
-    for i, ann in enumerate(anns):
-        if not isinstance(ann, Mapping) or any(
-            k not in ann for k in ("image_id", "file_name", "segments_info")
-        ):
-            raise PanopticEvalError(
-                f"{name}: annotation #{i} needs 'image_id', 'file_name' and 'segments_info'"
-            )
-        if ann["image_id"] in out:
-            raise PanopticEvalError(f"{name}: image_id {ann['image_id']} is annotated twice")
-        out[ann["image_id"]] = ann
-    return out
-
-
-def _evaluate_files(
-    gt_json: Any,
-    gt_dir: str | os.PathLike | None,
-    pred_json: Any,
-    pred_dir: str | os.PathLike | None,
-    categories: Any = None,
-    workers: int | None = None,
-) -> tuple[dict[str, Any], PQAccumulator]:
-    gt_name, gt_doc = _json_doc(gt_json, "ground-truth")
-    pred_name, pred_doc = _json_doc(pred_json, "prediction")
-    gt_dir = _png_dir(gt_dir, gt_json, gt_name)
-    pred_dir = _png_dir(pred_dir, pred_json, pred_name)
-    if categories is None:
-        if not isinstance(gt_doc, Mapping) or "categories" not in gt_doc:
-            raise PanopticEvalError(f"{gt_name} has no 'categories'; pass categories explicitly")
-        categories = gt_doc["categories"]
-    acc = PQAccumulator(categories)
-
-    gt_anns = _annotations(gt_doc, gt_name)
-    pred_anns = _annotations(pred_doc, pred_name)
-    missing = [str(a["file_name"]) for k, a in gt_anns.items() if k not in pred_anns]
-    if missing:
-        raise PanopticEvalError(
-            f"{pred_name} has no prediction for {len(missing)} of the {len(gt_anns)} ground-truth"
-            f" images: {_listing(missing)}"
-        )
-    extra = [f"{k} ({a['file_name']})" for k, a in pred_anns.items() if k not in gt_anns]
-    if extra:
-        raise PanopticEvalError(
-            f"{pred_name} has predictions for {len(extra)} image(s) not in the ground truth"
-            f" {gt_name}: {_listing(extra)}"
-        )
-    for d, what in ((gt_dir, "ground-truth"), (pred_dir, "prediction")):
-        if not os.path.isdir(d):
-            raise PanopticEvalError(f"{what} PNG folder {d} does not exist")
-
-    def one(item: tuple[Any, Mapping[str, Any]]) -> _ImageStats:
-        image_id, gt_ann = item
-        pred_ann = pred_anns[image_id]
-        gt_png = os.path.join(gt_dir, str(gt_ann["file_name"]))
-        pred_png = os.path.join(pred_dir, str(pred_ann["file_name"]))
-        names = _Names(str(image_id), gt_name, gt_png, pred_name, pred_png)
-        return _image_stats(
-            read_id_png(gt_png),
-            gt_ann["segments_info"],
-            read_id_png(pred_png),
-            pred_ann["segments_info"],
-            acc._cat_index,
-            names,
-        )
-
-    for stats in _map_parallel(one, list(gt_anns.items()), workers):
-        acc._add_stats(stats)
-    return acc.result(), acc
-
-
-def _default_workers() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    # The GIL-held parts stop more threads from helping long before this.
-    return max(1, min(cpus, 8))
-
-
-def _map_parallel(fn: Any, items: list[Any], workers: int | None) -> Iterable[Any]:
-    """``map`` on a thread pool, in order; the first error cancels what has not started."""
-    workers = _default_workers() if workers is None else max(1, int(workers))
-    if workers == 1 or len(items) <= 1:
-        yield from map(fn, items)
-        return
-    pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="pq")
-    try:
-        yield from pool.map(fn, items)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def panoptic_quality(
-    gt_json: str | os.PathLike | Mapping[str, Any],
-    gt_dir: str | os.PathLike | None,
-    pred_json: str | os.PathLike | Mapping[str, Any],
-    pred_dir: str | os.PathLike | None,
-    categories: Any = None,
-    workers: int | None = None,
-) -> dict[str, Any]:
-    """PQ/SQ/RQ of COCO panoptic predictions on disk, equal to panopticapi's ``pq_compute``.
-
-    ``gt_json``/``pred_json`` are paths (or loaded dicts); ``*_dir`` default to the JSON path
-    without ``.json``, like pq_compute. ``categories`` (path, list or mapping) defaults to the
-    ground truth's. Returns ``{"All"|"Things"|"Stuff": {pq, sq, rq, n}, "per_class": {...}}``
-    with fractions. Bad input raises ``PanopticEvalError`` naming the file/image/segment.
-    """
-    return _evaluate_files(gt_json, gt_dir, pred_json, pred_dir, categories, workers)[0]
-
-
-def format_table(results: Mapping[str, Any]) -> str:
-    """panopticapi's printed table: PQ SQ RQ (x100) and N for All/Things/Stuff."""
-    lines = [
-        "{:10s}| {:>5s}  {:>5s}  {:>5s} {:>5s}".format("", "PQ", "SQ", "RQ", "N"),
-        "-" * (10 + 7 * 4),
-    ]
-    for name in ("All", "Things", "Stuff"):
-        r = results[name]
-        lines.append(
-            "{:10s}| {:5.1f}  {:5.1f}  {:5.1f} {:5d}".format(
-                name, 100 * r["pq"], 100 * r["sq"], 100 * r["rq"], r["n"]
-            )
-        )
-    return "\n".join(lines)
-
-
-def _flat_metrics(results: Mapping[str, Any]) -> dict[str, float]:
-    """The leaderboard's names, x100."""
-    out = {}
-    for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
-        for k in ("pq", "sq", "rq"):
-            out[k.upper() + suffix] = 100.0 * float(results[group][k])
-    return out
-
-
-def _results_json(results: Mapping[str, Any], acc: PQAccumulator) -> dict[str, Any]:
-    per_class = {
-        str(cid): {
-            **r,
-            "name": acc.categories[cid].get("name", str(cid)),
-            "isthing": acc.categories[cid]["isthing"],
-        }
-        for cid, r in results["per_class"].items()
-    }
-    return {
-        **{k: results[k] for k in ("All", "Things", "Stuff")},
-        "per_class": per_class,
-        "num_images": acc.num_images,
-    }
-
+from evals.panoptic_io import PanopticEvalError
+from evals.pq import _evaluate_files, _results_json, format_table
+from uvim_givt.errors import UserError
 
 # --------------------------------------------------------------------------------------------
 # command line
@@ -693,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument("--pred-json", help="predictions COCO panoptic JSON")
     files.add_argument("--pred-dir", help="prediction PNG folder (default: PRED_JSON minus .json)")
     files.add_argument("--categories", help="categories JSON (default: the ground truth's)")
-    ckpt = p.add_argument_group("checkpoint mode (predicts with tasks.panoptic)")
+    ckpt = p.add_argument_group("checkpoint mode (the run's declared panoptic evaluators)")
     ckpt.add_argument("--ckpt", metavar="RUN_DIR", help="run directory to evaluate")
     ckpt.add_argument("--data", help="data source, as the task's --data takes it")
     ckpt.add_argument("--split", default="validation")
@@ -723,49 +70,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _run_ckpt(args: argparse.Namespace) -> tuple[dict[str, Any], PQAccumulator]:
-    run_dir = args.ckpt
-    if not os.path.isdir(run_dir):
-        raise PanopticEvalError(f"run directory {run_dir} does not exist")
-    try:  # the task plugin pulls in the models; only this mode needs it
-        from tasks.panoptic import predict_to_coco
-    except ImportError as e:
-        raise PanopticEvalError(f"--ckpt needs tasks.panoptic.predict_to_coco: {e}") from None
+def _run_ckpt(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """The run's declared panoptic evaluators of stage 2 (its task found by name)."""
+    from evals.evaluators import evaluate_run  # the models: only this mode needs them
+    return evaluate_run(args.ckpt, "cli", stage="givt", kind="panoptic", source=args.data,
+                        split=args.split, max_examples=args.max_examples)
+
+
+def _flat_table(results: dict[str, dict[str, float]]) -> str:
+    """One line per evaluator: PQ, SQ, RQ (x100) for All/Things/Stuff."""
+    lines = [f"{'':12s} {'':6s} {'PQ':>6s} {'SQ':>6s} {'RQ':>6s}"]
+    for name, m in results.items():
+        for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+            lines.append(f"{name:12s} {group:6s} " + " ".join(
+                f"{m[k + suffix]:6.1f}" for k in ("PQ", "SQ", "RQ")))
+    return "\n".join(lines)
+
+
+def _write_out(path: str, obj: Any) -> None:
     try:
-        from tasks.base import UserError as task_errors
-    except ImportError:
-        task_errors = ()
-    config_path = os.path.join(run_dir, "config.json")  # the run's resolved config
-    config = _load_json(config_path, "run config") if os.path.isfile(config_path) else None
-    out_dir = os.path.join(run_dir, "predictions", f"panoptic_{args.split}")
-    try:
-        gt_json, gt_dir, pred_json, pred_dir = predict_to_coco(
-            run_dir, args.data, args.split, out_dir, args.max_examples
-        )
-    except task_errors as e:  # the task's own user-facing errors, shown the same way
-        raise PanopticEvalError(str(e)) from None
-    results, acc = _evaluate_files(gt_json, gt_dir, pred_json, pred_dir, None, args.workers)
-    pred_doc = _load_json(pred_json, "prediction")  # again, for the step: cheap next to predicting
-    # The data source the task used: --data, else the run config's.
-    data = args.data or ((config or {}).get("data") or {}).get("source") or "embedded"
-    record: dict[str, Any] = {
-        "task": "panoptic",
-        "stage": "givt",
-        "split": args.split,
-        "data": data,
-        "step": int(pred_doc.get("step") or 0),
-        "metrics": _flat_metrics(results),
-        "num_examples": acc.num_images,
-        "extra": {
-            "per_class": _results_json(results, acc)["per_class"],
-            "gt_json": gt_json,
-            "pred_json": pred_json,
-        },
-    }
-    if config is not None:
-        record["config_hash"] = config_hash(config)
-    print(f"wrote {write_eval_record(run_dir, record)}")
-    return results, acc
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=1)
+    except OSError as e:
+        raise PanopticEvalError(f"cannot write --out {path}: {e}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -774,7 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         if args.ckpt:
-            results, acc = _run_ckpt(args)
+            results = _run_ckpt(args)
+            if args.out:
+                _write_out(args.out, results)
+            print(_flat_table(results))
+            print(f"{int(next(iter(results.values()))['num_images'])} images in "
+                  f"{time.perf_counter() - start:.2f} s")
+            return 0
         else:
             results, acc = _evaluate_files(
                 args.gt_json,
@@ -785,13 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.workers,
             )
         if args.out:
-            try:
-                os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-                with open(args.out, "w") as f:
-                    json.dump(_results_json(results, acc), f, indent=1)
-            except OSError as e:
-                raise PanopticEvalError(f"cannot write --out {args.out}: {e}") from None
-    except PanopticEvalError as e:
+            _write_out(args.out, _results_json(results, acc))
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(results))

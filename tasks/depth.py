@@ -7,7 +7,8 @@
     python -m tasks.depth eval --ckpt RUN [--oracle]
     python -m evals.depth --ckpt RUN                 # same metrics via the shared evaluator
 
-Label (one channel, ``depth``): depth binned into ``N = num_depth_bins`` (256) bins of
+Label (one channel, ``depth``): depth binned into ``N`` (256; the classes of the
+``depth`` channel in ``vae.model.label_channels``) bins of
 width ``w = (max - min) / N`` over ``[min, max] = [0.001, 10]`` m. The published formula is
 ``floor((d - min) / w)`` clipped to ``[0, N - 1]``, and the published VAE masks target class
 0 out of its loss. Here class 0 *means* invalid, explicitly:
@@ -37,10 +38,9 @@ being continuous) before scoring, and the NYU evaluation crop is applied to 480x
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cv2
@@ -48,11 +48,12 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from evals.depth import DepthAccumulator, DepthEvalError
-from evals.records import config_hash, read_eval_records, write_eval_record
-from tasks import base
-from uvim_givt import config as config_lib
+from evals.depth import DepthAccumulator
+from tasks import common
 from uvim_givt.data import pipeline
+from uvim_givt.data.images import write_png
+from uvim_givt.errors import ConfigError, DataError
+from uvim_givt.models import builders
 
 DECODE_MODES = ("expectation", "argmax")
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -84,7 +85,7 @@ def bins_to_depth(logits: np.ndarray, min_depth: float, max_depth: float,
                   decode: str = "expectation") -> np.ndarray:
     """Logits [..., N] -> depth in metres [...], from the valid classes 1..N-1 only."""
     if decode not in DECODE_MODES:
-        raise base.UserError(f"data.decode={decode!r}: use one of {DECODE_MODES}")
+        raise ConfigError(f"data.decode={decode!r}: use one of {DECODE_MODES}")
     num_bins = logits.shape[-1]
     centres = bin_centres(min_depth, max_depth, num_bins)[1:]
     valid_logits = np.asarray(logits[..., 1:], np.float32)
@@ -104,7 +105,7 @@ def folder_split_dir(root: str, split: str) -> str:
         path = os.path.join(root, name)
         if os.path.isdir(path):
             return path
-    raise pipeline.DataError(f"folder:{root}: no split folder for {split!r} "
+    raise DataError(f"folder:{root}: no split folder for {split!r} "
                              f"(looked for {', '.join(names)})")
 
 
@@ -116,20 +117,20 @@ def read_h5_frame(path: str) -> dict[str, np.ndarray]:
         with h5py.File(path, "r") as f:
             missing = [k for k in ("rgb", "depth") if k not in f]
             if missing:
-                raise pipeline.DataError(f"{path}: no {' or '.join(repr(k) for k in missing)} "
+                raise DataError(f"{path}: no {' or '.join(repr(k) for k in missing)} "
                                          f"dataset (has {sorted(f.keys())})")
             rgb, depth = np.asarray(f["rgb"]), np.asarray(f["depth"])
     except OSError as e:
-        raise pipeline.DataError(f"{path}: unreadable HDF5 file ({e})") from None
+        raise DataError(f"{path}: unreadable HDF5 file ({e})") from None
     if rgb.ndim != 3 or rgb.shape[0] != 3 or depth.shape != rgb.shape[1:]:
-        raise pipeline.DataError(f"{path}: expected rgb [3, H, W] and depth [H, W]; got "
+        raise DataError(f"{path}: expected rgb [3, H, W] and depth [H, W]; got "
                                  f"{list(rgb.shape)} and {list(depth.shape)}")
     if rgb.dtype != np.uint8 or depth.dtype.kind not in "fiu":
-        raise pipeline.DataError(f"{path}: rgb must be uint8 and depth numeric; got "
+        raise DataError(f"{path}: rgb must be uint8 and depth numeric; got "
                                  f"{rgb.dtype} and {depth.dtype}")
     bad = int(depth.size - np.count_nonzero(np.isfinite(depth)))
     if bad:
-        raise pipeline.DataError(f"{path}: {bad} NaN/inf depth values")
+        raise DataError(f"{path}: {bad} NaN/inf depth values")
     return {"image": np.ascontiguousarray(np.transpose(rgb, (1, 2, 0))),
             "depth": depth.astype(np.float16)}
 
@@ -148,12 +149,12 @@ def scan_nyu_folder(root: str, split: str, skip_bad: bool = False
     paths = sorted(os.path.join(d, f) for d, _, files in os.walk(split_dir) for f in files
                    if f.lower().endswith(H5_SUFFIXES))
     if not paths:
-        raise pipeline.DataError(f"{split_dir}: no {'/'.join(H5_SUFFIXES)} frames")
+        raise DataError(f"{split_dir}: no {'/'.join(H5_SUFFIXES)} frames")
     good, skipped = [], []
     for path in paths:
         try:
             read_h5_frame(path)
-        except pipeline.DataError as e:
+        except DataError as e:
             if not skip_bad:
                 raise
             skipped.append(str(e))
@@ -164,7 +165,7 @@ def scan_nyu_folder(root: str, split: str, skip_bad: bool = False
         print(f"warning: skipped {len(skipped)} bad frame(s) of {len(paths)} in {split_dir}; "
               f"first: {skipped[0]}", file=sys.stderr)
     if not good:
-        raise pipeline.DataError(f"{split_dir}: all {len(paths)} frames are bad")
+        raise DataError(f"{split_dir}: all {len(paths)} frames are bad")
     _SCANS[key] = (good, skipped)
     return good, skipped
 
@@ -178,19 +179,22 @@ def read_nyu_folder(root: str, split: str, skip_bad: bool = False
 
 
 # -------------------------------------------------------------------------------- the task
-class DepthTask(base.DenseTask):
-    name = "depth"
-    ignore_zero = ("depth",)
-    mirror_equivariant = True
+def num_bins(cfg: ml_collections.ConfigDict) -> int:
+    """The number of depth classes (class 0 = invalid): the VAE's ``depth`` channel."""
+    return builders.label_channels(cfg)["depth"][1]
 
-    def label_channels(self, cfg: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
-        return {"depth": (0, int(cfg.data.num_depth_bins))}
+
+class DepthTask:
+    """NYU depth: reading (TFDS, HDF5 folders), binning, decoding, depth metrics."""
+
+    name = "depth"
+    mirror_equivariant = True  # a mirrored frame's depth is the mirrored depth
 
     def load(self, cfg: ml_collections.ConfigDict, source: str, split: str) -> tf.data.Dataset:
         kind, arg = pipeline.parse_source(source)
-        data_dir = cfg.data.get("data_dir") or None
+        data_dir = cfg.data.data_dir or None
         if kind == "folder":
-            skip_bad = bool(cfg.data.get("skip_bad", False))
+            skip_bad = bool(cfg.data.skip_bad)
             scan_nyu_folder(arg, split, skip_bad)  # raises here, in Python, naming the file
             sig = {"image": tf.TensorSpec((None, None, 3), tf.uint8),
                    "depth": tf.TensorSpec((None, None), tf.float16),
@@ -207,7 +211,7 @@ class DepthTask(base.DenseTask):
                 ds = tfds.load(arg, split=split, shuffle_files=False, download=False,
                                data_dir=data_dir)
             except Exception as e:  # noqa: BLE001 - TFDS raises many kinds
-                raise pipeline.DataError(
+                raise DataError(
                     f"tfds:{arg} split {split!r} is not available ({e}). Prepare it first "
                     f"(e.g. `tfds build {arg}`, which downloads NYU Depth v2)") from None
 
@@ -223,11 +227,11 @@ class DepthTask(base.DenseTask):
         image = example["image"]
         depth = tf.cast(example["depth"], tf.float32)[..., None]
         if train:  # whole frames in the tiny preset: a crop zooms, its depths stay
-            image, depth = base.random_train_view(cfg, seed, image, depth)
+            image, depth = common.random_train_view(cfg, seed, image, depth)
         image = tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear")
         depth = tf.image.resize(depth, (size, size), method="nearest")
         labels = depth_to_bins(depth, float(cfg.data.min_depth), float(cfg.data.max_depth),
-                               int(cfg.data.num_depth_bins))
+                               num_bins(cfg))
         return {"image": image / 127.5 - 1.0, "labels": tf.ensure_shape(labels, (size, size, 1))}
 
     def postprocess(self, cfg: ml_collections.ConfigDict, logits: dict[str, np.ndarray],
@@ -241,8 +245,19 @@ class DepthTask(base.DenseTask):
                 depth = cv2.resize(depth, (w, h), interpolation=cv2.INTER_LINEAR)
         return depth.astype(np.float32)
 
-    def new_evaluator(self, cfg: ml_collections.ConfigDict) -> base.Evaluator:
-        return DepthEvaluator(float(cfg.data.min_depth), float(cfg.data.max_depth))
+    def metric(self, cfg: ml_collections.ConfigDict, kind: str) -> DepthMetric:
+        if kind != "depth":
+            raise ConfigError(f"the depth task has no {kind!r} metric (evals.*.kind)")
+        return DepthMetric(float(cfg.data.min_depth), float(cfg.data.max_depth))
+
+    def baseline(self, cfg: ml_collections.ConfigDict, source: str
+                 ) -> tuple[Callable[[dict], np.ndarray], dict[str, Any]]:
+        """The global training-set mean depth (one number: the mean over every valid pixel
+        of the training split) predicted everywhere."""
+        mean = mean_training_depth(self, cfg, source)
+        print(f"  mean-depth baseline: training-set mean {mean:.3f} m", flush=True)
+        return (lambda ex: np.full(ex["depth"].shape, mean, np.float32)), \
+            {"mean_depth_m": mean, "baseline": "global training-set mean depth"}
 
     def draw(self, cfg: ml_collections.ConfigDict, example: dict, prediction: np.ndarray
              ) -> np.ndarray:
@@ -266,7 +281,7 @@ def embedded_overrides(cfg: ml_collections.ConfigDict) -> dict[str, int]:
     h, w = (int(x) for x in cfg.data.embedded_frame_size)
     out = {"height": h, "width": w}  # the default config's 60x80 names no override
     for key in ("num_train", "num_validation"):
-        if int(cfg.data.get(f"embedded_{key}", 0)):
+        if int(cfg.data[f"embedded_{key}"]):
             out[key] = int(cfg.data[f"embedded_{key}"])
     return out
 
@@ -280,7 +295,7 @@ def colorize_depth(depth: np.ndarray, valid: np.ndarray, scale: tuple[float, flo
     return np.where(valid[..., None], rgb, 0).astype(np.uint8)
 
 
-class DepthEvaluator(base.Evaluator):
+class DepthMetric:
     """RMSE, AbsRel, log10, delta1..3 per image, averaged (evals.depth); the NYU crop on
     480x640 frames."""
 
@@ -304,11 +319,8 @@ TASK = DepthTask()
 
 
 # --------------------------------------------------------------------- mean-depth baseline
-def mean_depth_baseline(task: DepthTask, cfg: ml_collections.ConfigDict, source: str | None = None,
-                        max_examples: int | None = None) -> tuple[float, dict[str, float]]:
-    """Predicts the global training-set mean depth (one number: the mean over every valid
-    pixel of the training split) for each validation frame; returns (mean, its metrics)."""
-    source = source or cfg.data.source
+def mean_training_depth(task: DepthTask, cfg: ml_collections.ConfigDict, source: str) -> float:
+    """The mean over every valid pixel of the training split, in metres."""
     lo, hi = float(cfg.data.min_depth), float(cfg.data.max_depth)
     total, count = 0.0, 0
     for ex in task.load(cfg, source, cfg.data.train_split).as_numpy_iterator():
@@ -317,91 +329,11 @@ def mean_depth_baseline(task: DepthTask, cfg: ml_collections.ConfigDict, source:
         total += float(d[valid].sum())
         count += int(valid.sum())
     if count == 0:
-        raise base.UserError(f"split {cfg.data.train_split!r} of {source} has no valid depth")
-    mean = total / count
-    evaluator = task.new_evaluator(cfg)
-    val = task.load(cfg, source, cfg.data.val_split)
-    if max_examples:
-        val = val.take(max_examples)
-    for ex in val.as_numpy_iterator():
-        evaluator.add(ex, np.full(ex["depth"].shape, mean, np.float32))
-    return mean, evaluator.result()
-
-
-def _record_baseline(task: DepthTask, run_dir: str) -> dict[str, float]:
-    """Writes (once per run and data) and prints the mean-depth baseline."""
-    cfg = config_lib.load_saved_config(run_dir)
-    split, source = cfg.data.val_split, cfg.data.source
-    done = [r for r in read_eval_records(run_dir) if r["stage"] == "baseline"
-            and r["split"] == split and r["data"] == source]
-    if done:
-        mean, metrics = done[-1]["extra"]["mean_depth_m"], done[-1]["metrics"]
-    else:
-        max_examples = int(cfg.data.get("eval_max_examples", 0)) or None
-        mean, metrics = mean_depth_baseline(task, cfg, max_examples=max_examples)
-        write_eval_record(run_dir, {
-            "task": task.name, "stage": "baseline", "split": split, "data": source,
-            "step": 0, "metrics": metrics, "num_examples": metrics.get("num_images", 0),
-            "tag": "mean_depth", "config_hash": config_hash(config_lib.to_dict(cfg)),
-            "extra": {"mean_depth_m": mean, "baseline": "global training-set mean depth"}})
-    print(f"  mean-depth baseline (training-set mean {mean:.3f} m): "
-          + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    return metrics
-
-
-def run_train(task: DepthTask, args: argparse.Namespace) -> str:
-    """base.run_train, then the mean-depth baseline (so stage 2 can be compared with it)."""
-    run_dir = base.run_train(task, args)
-    if args.eval:
-        _record_baseline(task, run_dir)
-    return run_dir
+        raise DataError(f"split {cfg.data.train_split!r} of {source} has no valid depth")
+    return total / count
 
 
 # ------------------------------------------------------------------------------ prediction
-def _iter_predictions(task: DepthTask, cfg: ml_collections.ConfigDict,
-                      predictor: base.Predictor, source: str, split: str,
-                      max_examples: int | None) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
-    """(raw example, predicted metres) over a split, in order."""
-    ds = task.load(cfg, source, split)
-    if max_examples:
-        ds = ds.take(max_examples)
-    raw = ds.as_numpy_iterator()
-
-    def prep(ex):
-        out = task.preprocess(cfg, ex, train=False)
-        return {"image": out["image"]}
-
-    seen = 0
-    for batch in pipeline.eval_batches(ds, prep, int(cfg.data.eval_batch_size)):
-        logits = predictor.predict(batch["image"], seed=seen)
-        for i in np.flatnonzero(batch["_valid"]):
-            example = next(raw)
-            yield example, task.postprocess(cfg, {k: v[i] for k, v in logits.items()}, example)
-        seen += int(batch["_valid"].sum())
-
-
-def predict_depth(run_dir: str, data: str | None, split: str, max_examples: int | None
-                  ) -> tuple[int, Iterator[tuple[str, np.ndarray, np.ndarray]]]:
-    """For ``evals.depth --ckpt``: (step, iterator of (name, pred_metres, gt_metres))."""
-    try:
-        cfg, vae, givt, step = base.load_run(run_dir, TASK)
-        source = data or cfg.data.source
-        pipeline.parse_source(source)
-    except (base.UserError, config_lib.ConfigError, pipeline.DataError) as e:
-        raise DepthEvalError(str(e)) from None
-    predictor = base.Predictor(TASK, cfg, vae, givt)
-
-    def pairs():
-        try:
-            for ex, pred in _iter_predictions(TASK, cfg, predictor, source, split,
-                                              max_examples):
-                yield ex["name"].decode(), pred, ex["depth"].astype(np.float32)
-        except (base.UserError, pipeline.DataError) as e:
-            raise DepthEvalError(str(e)) from None
-
-    return step, pairs()
-
-
 def write_depth_png(path: str, depth_m: np.ndarray) -> None:
     """16-bit PNG in millimetres (0 where the depth is not finite)."""
     mm = np.clip(np.round(np.nan_to_num(depth_m) * 1000.0), 0, 65535).astype(np.uint16)
@@ -409,31 +341,23 @@ def write_depth_png(path: str, depth_m: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def run_predict(task: DepthTask, args: argparse.Namespace) -> None:
+def write_predictions(task: DepthTask, run: Any, out: str, predictions: Iterator) -> str:
     """``predict``: 16-bit PNG depth (mm) per image plus colour-mapped previews."""
-    cfg, vae, givt, step = base.load_run(args.ckpt, task)
-    predictor = base.Predictor(task, cfg, vae, givt)
-    previews = os.path.join(args.out, "previews")
-    os.makedirs(previews, exist_ok=True)
+    previews = os.path.join(out, "previews")
     count = 0
-    for stem, ex, pred in base.predict_image_folder(task, cfg, predictor, args.images):
-        write_depth_png(os.path.join(args.out, f"{stem}.png"), pred)
-        base._write_png(os.path.join(previews, f"{stem}.png"), task.draw(cfg, ex, pred))
+    for stem, ex, pred in predictions:
+        write_depth_png(os.path.join(out, f"{stem}.png"), pred)
+        write_png(os.path.join(previews, f"{stem}.png"), task.draw(run.cfg, ex, pred))
         count += 1
-    print(f"wrote {count} depth maps (16-bit PNG, millimetres) to {args.out} and "
-          f"previews to {previews} (step {step})")
+    return (f"wrote {count} depth maps (16-bit PNG, millimetres) to {out} and previews to "
+            f"{previews} (step {run.givt_step})")
 
 
 def main(argv: list[str] | None = None) -> int:
     """The command line (train / eval / predict); returns the exit status."""
-    return base.cli(TASK, argv, commands={"train": run_train, "predict": run_predict},
-                    predict_help="predict 16-bit depth PNGs (mm) and previews for images")
+    return common.main(TASK, [common.predict_command(
+        "predict 16-bit depth PNGs (mm) and previews for images", write_predictions)], argv)
 
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-__all__ = ["TASK", "DepthTask", "bin_centres", "bins_to_depth", "depth_to_bins", "main",
-           "embedded_overrides", "mean_depth_baseline", "predict_depth", "read_nyu_folder",
-           "scan_nyu_folder"]

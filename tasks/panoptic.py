@@ -6,7 +6,8 @@
     python -m tasks.panoptic predict --ckpt RUN --images DIR --out DIR
     python -m tasks.panoptic eval --ckpt RUN [--oracle]
 
-Labels (two channels): semantics = category index + 1 (0 = void) and instance
+Labels (two channels, ``vae.model.label_channels``): semantics = category index + 1
+(0 = void) and instance
 ids of thing segments, numbered from 1 in canonical order (by centre of mass,
 row-major) so the VAE sees a stable ordering; stuff, void and crowd pixels
 have instance 0 (crowd regions are void for training and ignored by PQ).
@@ -14,7 +15,6 @@ have instance 0 (crowd regions are void for training and ignored by PQ).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,13 +22,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import cv2
-import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from evals.panoptic import PQAccumulator, id_to_rgb, rgb_to_id
-from tasks import base
+from evals.panoptic_io import id_to_rgb, rgb_to_id
+from evals.pq import PQAccumulator
+from tasks import common
 from uvim_givt.data import pipeline
+from uvim_givt.data.images import write_png
+from uvim_givt.errors import ConfigError, DataError
+from uvim_givt.models import builders
 
 _DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 COCO_CATEGORIES_FILE = os.path.join(_DATA, "coco_panoptic_categories.json")
@@ -56,11 +59,11 @@ def encode_labels(ids: np.ndarray, obj_ids: np.ndarray, obj_labels: np.ndarray,
     (y first, then x); ids beyond ``num_instances - 1`` are dropped to 0.
     """
     if not len(obj_ids) == len(obj_labels) == len(obj_crowd):
-        raise pipeline.DataError(
+        raise DataError(
             f"panoptic_objects fields disagree in length: id {len(obj_ids)}, label "
             f"{len(obj_labels)}, is_crowd {len(obj_crowd)}")
     if len(obj_labels) and (obj_labels.min() < 0 or obj_labels.max() >= len(isthing)):
-        raise pipeline.DataError(f"panoptic_objects label {int(obj_labels.max())} is not one of "
+        raise DataError(f"panoptic_objects label {int(obj_labels.max())} is not one of "
                                  f"the {len(isthing)} categories")
     h, w = ids.shape
     sem = np.zeros((h, w), np.int32)
@@ -135,7 +138,7 @@ def _folder_paths(root: str, split: str) -> tuple[str, str, str]:
         if os.path.isfile(js):
             return js, os.path.join(root, "annotations", f"panoptic_{name}"), \
                 os.path.join(root, name)
-    raise pipeline.DataError(
+    raise DataError(
         f"folder:{root}: no annotations/panoptic_<split>.json for split {split!r} "
         f"(looked for {', '.join(names.get(split, (split,)))})")
 
@@ -160,7 +163,7 @@ def read_coco_folder(root: str, split: str, skip_bad: bool = False
         for ann in doc["annotations"]:
             try:
                 yield _folder_example(ann, images, png_dir, img_dir, label_of)
-            except pipeline.DataError as e:
+            except DataError as e:
                 if not skip_bad:
                     raise
                 skipped.append(str(e))
@@ -178,26 +181,26 @@ def _folder_example(ann, images, png_dir, img_dir, label_of) -> dict[str, Any]:
     jpg = os.path.join(img_dir, im_info.get("file_name", stem + ".jpg"))
     image = cv2.imread(jpg, cv2.IMREAD_COLOR)
     if image is None:
-        raise pipeline.DataError(f"{jpg}: missing, truncated or not an image")
+        raise DataError(f"{jpg}: missing, truncated or not an image")
     pan = cv2.imread(png, cv2.IMREAD_COLOR)
     if pan is None:
-        raise pipeline.DataError(f"{png}: missing, truncated or not a PNG")
+        raise DataError(f"{png}: missing, truncated or not a PNG")
     pan = pan[..., ::-1]
     if pan.shape[:2] != image.shape[:2]:
-        raise pipeline.DataError(f"{png}: size {pan.shape[:2]} differs from image "
+        raise DataError(f"{png}: size {pan.shape[:2]} differs from image "
                                  f"{jpg} {image.shape[:2]}")
     ids_png = set(np.unique(rgb_to_id(pan)).tolist()) - {0}
     segs = ann["segments_info"]
     ids_json = {s["id"] for s in segs}
     if ids_json - ids_png:
-        raise pipeline.DataError(f"{png}: segment ids {sorted(ids_json - ids_png)[:10]} are in "
+        raise DataError(f"{png}: segment ids {sorted(ids_json - ids_png)[:10]} are in "
                                  "the JSON but not in the PNG")
     if ids_png - ids_json:
-        raise pipeline.DataError(f"{png}: segment ids {sorted(ids_png - ids_json)[:10]} are in "
+        raise DataError(f"{png}: segment ids {sorted(ids_png - ids_json)[:10]} are in "
                                  "the PNG but not in the JSON segments_info")
     for s in segs:
         if s["category_id"] not in label_of:
-            raise pipeline.DataError(f"{png}: segment {s['id']} has unknown category_id "
+            raise DataError(f"{png}: segment {s['id']} has unknown category_id "
                                      f"{s['category_id']}")
     return {
         "image": image[..., ::-1].copy(),
@@ -212,12 +215,11 @@ def _folder_example(ann, images, png_dir, img_dir, label_of) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------- the task
-class PanopticTask(base.DenseTask):
-    name = "panoptic"
+class PanopticTask:
+    """COCO panoptic: reading, the label encoding, decoding to segments, PQ."""
 
-    def label_channels(self, cfg) -> dict[str, tuple[int, int]]:
-        return {"semantics": (0, int(cfg.data.num_semantic_classes)),
-                "instances": (1, int(cfg.data.num_instance_classes))}
+    name = "panoptic"
+    mirror_equivariant = False  # canonical instance ids depend on position
 
     def categories(self, cfg) -> list[dict[str, Any]]:
         kind, arg = pipeline.parse_source(cfg.data.source)
@@ -238,11 +240,11 @@ class PanopticTask(base.DenseTask):
             try:
                 ds = tfds.load(arg, split=split, shuffle_files=False, download=False)
             except Exception as e:  # noqa: BLE001 - TFDS raises many kinds
-                raise pipeline.DataError(
+                raise DataError(
                     f"tfds:{arg} split {split!r} is not available ({e}). Prepare it first "
                     f"(e.g. `tfds build {arg}`; COCO needs its download)") from None
         else:
-            _, gen = read_coco_folder(arg, split, skip_bad=bool(cfg.data.get("skip_bad", False)))
+            _, gen = read_coco_folder(arg, split, skip_bad=bool(cfg.data.skip_bad))
             sig = {
                 "image": tf.TensorSpec((None, None, 3), tf.uint8),
                 "image/id": tf.TensorSpec((), tf.int64),
@@ -252,7 +254,7 @@ class PanopticTask(base.DenseTask):
                                      "is_crowd": tf.TensorSpec((None,), tf.bool)},
             }
             ds = tf.data.Dataset.from_generator(
-                lambda: read_coco_folder(arg, split, bool(cfg.data.get("skip_bad", False)))[1],
+                lambda: read_coco_folder(arg, split, bool(cfg.data.skip_bad))[1],
                 output_signature=sig)
             del gen
         return ds.map(_keep_fields)
@@ -263,13 +265,13 @@ class PanopticTask(base.DenseTask):
         pan = tf.cast(example["panoptic_image"], tf.int32)
         ids = pan[..., 0] + 256 * pan[..., 1] + 65536 * pan[..., 2]
         if train:
-            image, ids = base.random_train_view(cfg, seed, image, ids)
+            image, ids = common.random_train_view(cfg, seed, image, ids)
         image = tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear")
         ids = tf.image.resize(ids[..., None], (size, size), method="nearest")[..., 0]
         cats = categories_for(cfg.data.source) if "folder" not in cfg.data.source \
             else self.categories(cfg)
         isthing = np.array([c["isthing"] == 1 for c in cats])
-        n_inst = int(cfg.data.num_instance_classes)
+        n_inst = builders.label_channels(cfg)["instances"][1]
         objs = example["panoptic_objects"]
 
         def enc(i, oid, lab, crowd):
@@ -300,8 +302,10 @@ class PanopticTask(base.DenseTask):
             self._cat_cache[key] = self.categories(cfg)
         return self._cat_cache[key]
 
-    def new_evaluator(self, cfg) -> base.Evaluator:
-        return PanopticEvaluator(self._cats(cfg))
+    def metric(self, cfg, kind: str) -> PanopticMetric:
+        if kind != "panoptic":
+            raise ConfigError(f"the panoptic task has no {kind!r} metric (evals.*.kind)")
+        return PanopticMetric(self._cats(cfg))
 
     def draw(self, cfg, example, prediction) -> np.ndarray:
         cats = {c["id"]: c for c in self._cats(cfg)}
@@ -324,7 +328,7 @@ def embedded_overrides(cfg) -> dict[str, int]:
     if int(cfg.data.image_size) != 64:
         out["image_size"] = int(cfg.data.image_size)
     for key in ("num_train", "num_validation"):
-        if int(cfg.data.get(f"embedded_{key}", 0)):
+        if int(cfg.data[f"embedded_{key}"]):
             out[key] = int(cfg.data[f"embedded_{key}"])
     return out
 
@@ -360,8 +364,8 @@ def colorize(image: np.ndarray, ids: np.ndarray, cat_of: dict[int, dict]) -> np.
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-class PanopticEvaluator(base.Evaluator):
-    """PQ/SQ/RQ with panopticapi's definition (evals.panoptic), fed in memory."""
+class PanopticMetric:
+    """PQ/SQ/RQ with panopticapi's definition (evals.pq), fed in memory."""
 
     def __init__(self, categories: list[dict]):
         self.categories = categories
@@ -388,6 +392,12 @@ class PanopticEvaluator(base.Evaluator):
         out["num_images"] = float(self.acc.num_images)
         return out
 
+    def details(self) -> dict[str, Any]:
+        """Per-class PQ/SQ/RQ (x100) and TP/FP/FN, for the eval record."""
+        return {"per_class": {str(cid): {k: (100.0 * v if k in ("pq", "sq", "rq") else v)
+                                         for k, v in r.items()}
+                              for cid, r in self.acc.result()["per_class"].items()}}
+
 
 TASK = PanopticTask()
 
@@ -404,64 +414,24 @@ def write_coco_prediction(out_dir: str, name: str, image_id, prediction: dict) -
             "segments_info": prediction["segments_info"]}
 
 
-def run_predict(task: PanopticTask, args: argparse.Namespace) -> None:
-    cfg, vae, givt, step = base.load_run(args.ckpt, task)
-    predictor = base.Predictor(task, cfg, vae, givt)
-    annotations, overlays = [], os.path.join(args.out, "overlays")
-    os.makedirs(overlays, exist_ok=True)
-    for stem, ex, pred in base.predict_image_folder(task, cfg, predictor, args.images):
-        annotations.append(write_coco_prediction(args.out, stem, stem, pred))
-        base._write_png(os.path.join(overlays, f"{stem}.png"), task.draw(cfg, ex, pred))
-    with open(os.path.join(args.out, "panoptic_pred.json"), "w") as f:
-        json.dump({"annotations": annotations, "categories": task._cats(cfg), "step": step}, f)
-    print(f"wrote {len(annotations)} predictions to {args.out} (panoptic_pred.json, "
-          "panoptic_pred/, overlays/)")
-
-
-def predict_to_coco(run_dir: str, data: str | None, split: str, out_dir: str,
-                    max_examples: int | None) -> tuple[str, str, str, str]:
-    """Predicts a split into COCO files: returns (gt_json, gt_dir, pred_json, pred_dir)."""
-    from uvim_givt.data.builders.synthetic_panoptic import export_coco_format
-    task = TASK
-    cfg, vae, givt, step = base.load_run(run_dir, task)
-    source = data or cfg.data.source
-    cfg.data.source = source
-    predictor = base.Predictor(task, cfg, vae, givt)
-    ds = task.load(cfg, source, split)
-    if max_examples:
-        ds = ds.take(max_examples)
-    examples = list(ds.as_numpy_iterator())
-    cats = task._cats(cfg)
-    gt = export_coco_format(
-        [dict(ex, **{"image/filename": f"{int(ex['image/id'])}.jpg",
-                     "panoptic_image/filename": f"{int(ex['image/id'])}.png"})
-         for ex in examples], os.path.join(out_dir, "gt"), split=split, categories=cats)
+def write_predictions(task: PanopticTask, run: Any, out: str, predictions: Iterator) -> str:
+    """``predict``: COCO panoptic PNGs + panoptic_pred.json, and overlays."""
     annotations = []
-    bs = int(cfg.data.eval_batch_size)
-    for start in range(0, len(examples), bs):
-        chunk = examples[start:start + bs]
-        prep = [task.preprocess(cfg, ex, train=False) for ex in chunk]
-        images = np.stack([np.asarray(p["image"]) for p in prep])
-        logits = predictor.predict(images, seed=start)
-        for i, ex in enumerate(chunk):
-            pred = task.postprocess(cfg, {k: v[i] for k, v in logits.items()}, ex)
-            annotations.append(write_coco_prediction(out_dir, str(int(ex["image/id"])),
-                                                     int(ex["image/id"]), pred))
-    pred_json = os.path.join(out_dir, "panoptic_pred.json")
-    with open(pred_json, "w") as f:
-        json.dump({"annotations": annotations, "categories": cats, "step": step}, f)
-    return gt["json"], gt["png_dir"], pred_json, os.path.join(out_dir, "panoptic_pred")
+    for stem, ex, pred in predictions:
+        annotations.append(write_coco_prediction(out, stem, stem, pred))
+        write_png(os.path.join(out, "overlays", f"{stem}.png"), task.draw(run.cfg, ex, pred))
+    with open(os.path.join(out, "panoptic_pred.json"), "w") as f:
+        json.dump({"annotations": annotations, "categories": task._cats(run.cfg),
+                   "step": run.givt_step}, f)
+    return (f"wrote {len(annotations)} predictions to {out} (panoptic_pred.json, "
+            "panoptic_pred/, overlays/)")
 
 
 def main(argv: list[str] | None = None) -> int:
     """The command line (train / eval / predict); returns the exit status."""
-    return base.cli(TASK, argv, commands={"predict": run_predict},
-                    predict_help="predict COCO panoptic PNG+JSON and overlays for images")
+    return common.main(TASK, [common.predict_command(
+        "predict COCO panoptic PNG+JSON and overlays for images", write_predictions)], argv)
 
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-__all__ = ["TASK", "PanopticTask", "encode_labels", "labels_to_panoptic", "main",
-           "predict_to_coco", "ml_collections"]

@@ -50,15 +50,16 @@ TINY_ENCDEC = dict(TINY_GIVT, num_layers=2, num_labels=None, patches=(4, 4), inp
                    num_mixtures=1, head_kind="per_channel", drop_labels_probability=0.0)
 TINY_VIT_VAE = dict(input_size=(16, 16), patch_size=(8, 8), width=32, depth=2, decoder_depth=2,
                     mlp_dim=64, num_heads=2, code_len=4, codeword_dim=4)
-TINY_DATA = dict(num_semantic_classes=5, num_instance_classes=3)
+TINY_CHANNELS = {"semantics": (0, 5), "instances": (1, 3)}
 
 
 def _givt_cfg(model: dict, scan: bool):
-    return cfg_of(task="imagenet", givt=dict(model=dict(model, scan=scan)))
+    return cfg_of(givt=dict(model=dict(model, scan=scan)))
 
 
 def _vae_cfg(scan: bool):
-    return cfg_of(task="panoptic", data=TINY_DATA, vae=dict(model=dict(TINY_VIT_VAE, scan=scan)))
+    return cfg_of(vae=dict(kind="vit", model=dict(TINY_VIT_VAE, scan=scan,
+                                                 label_channels=TINY_CHANNELS)))
 
 
 def _inputs():
@@ -131,14 +132,7 @@ def test_layout_conversion_keeps_outputs(case, tmp_path):
 def _paper_cfgs() -> dict[str, tuple[str, ml_collections.ConfigDict]]:
     """(stage, config) for each reference entry; only shapes are ever built."""
     pan = load_config("configs/panoptic.py:size=paper")
-    if (CONFIGS / "depth.py").is_file():
-        depth = load_config("configs/depth.py:size=paper")
-    else:  # the depth config follows the panoptic one with depth's channel and code sizes
-        depth = load_config("configs/panoptic.py:size=paper")
-        depth.task = "depth"
-        with depth.data.unlocked():
-            depth.data.num_depth_bins = 256
-        depth.vae.model.codeword_dim = depth.givt.model.out_dim = 16
+    depth = load_config("configs/depth.py:size=paper")
     imagenet = dict(emb_dim=1024, num_heads=16, mlp_dim=4096, num_decoder_layers=24,
                     seq_len=256, out_dim=16, num_labels=1000, num_mixtures=16, head_kind="diag",
                     drop_labels_probability=0.1, scan=True)
@@ -148,9 +142,9 @@ def _paper_cfgs() -> dict[str, tuple[str, ml_collections.ConfigDict]]:
         "vae_uvim_panoptic_stage1": ("vae", pan),
         "givt_uvim_depth_stage2": ("givt", depth),
         "vae_uvim_depth_stage1": ("vae", depth),
-        "givt_imagenet256_causal": ("givt", cfg_of(task="imagenet", givt=dict(model=imagenet))),
-        "givt_imagenet256_maskgit": ("givt", cfg_of(task="imagenet", givt=dict(model=maskgit))),
-        "vae_imagenet256_cnn": ("vae", cfg_of(task="imagenet", vae=dict(model={}))),
+        "givt_imagenet256_causal": ("givt", cfg_of(givt=dict(model=imagenet))),
+        "givt_imagenet256_maskgit": ("givt", cfg_of(givt=dict(model=maskgit))),
+        "vae_imagenet256_cnn": ("vae", cfg_of(vae=dict(kind="cnn", model={}))),
     }
 
 
@@ -278,7 +272,7 @@ def test_load_npz_drops_train_state_prefix(tmp_path):
 
 def test_msgpack_cnn_vae(tmp_path):
     """A MaskGIT-style flax checkpoint of a tiny CNN VAE: EMA by default, g_params on demand."""
-    cfg = cfg_of(task="imagenet", vae=dict(model=dict(
+    cfg = cfg_of(vae=dict(kind="cnn", model=dict(
         filters=32, num_res_blocks=1, channel_multipliers=(1, 2), codeword_dim=4,
         input_size=(16, 16))))
     target = bv.abstract_params("vae", cfg)
@@ -300,13 +294,16 @@ def test_msgpack_cnn_vae(tmp_path):
         bv.load_npz(str(path))
 
 
-def test_vae_label_channels():
-    pan = cfg_of(task="panoptic", data=TINY_DATA, vae=dict(model={}))
-    assert bv.vae_label_channels(pan) == {"semantics": (0, 5), "instances": (1, 3)}
-    depth = cfg_of(task="depth", data=dict(num_depth_bins=256), vae=dict(model={}))
-    assert bv.vae_label_channels(depth) == {"depth": (0, 256)}
-    with pytest.raises(ValueError, match="task 'other'"):
-        bv.vae_label_channels(cfg_of(task="other", vae=dict(model={})))
+def test_vae_kind_and_label_channels_come_from_the_config():
+    """The builders read the VAE kind and label channels from the config (no task import):
+    the published depth and panoptic channels, and clear errors naming the key."""
+    assert bv.label_channels(load_config("configs/panoptic.py:size=paper")) == {
+        "semantics": (0, 134), "instances": (1, 100)}
+    assert bv.label_channels(load_config("configs/depth.py:size=paper")) == {"depth": (0, 256)}
+    with pytest.raises(ValueError, match="vae.model.label_channels"):
+        bv.label_channels(cfg_of(vae=dict(kind="vit", model={})))
+    with pytest.raises(ValueError, match="vae.kind='gan'"):
+        bv.build_model("vae", cfg_of(vae=dict(kind="gan", model={})))
 
 
 # -------------------------------------------------------------------------------- CLI
@@ -395,16 +392,17 @@ def _fake_vit_npz(path, enc_params, side: int, width: int) -> dict[str, np.ndarr
 
 
 def test_init_encoder_loads_a_big_vision_vit(tmp_path):
-    from tasks import base
     from tasks.depth import TASK
+    from uvim_givt.errors import UserError
+    from uvim_givt.training.runner import givt_stage
     cfg = load_config("configs/depth.py", ["givt.model.stem=()"])
     stage_cfg = ml_collections.ConfigDict(cfg.to_dict())
-    params = jax.jit(base.givt_stage(TASK, cfg, None, None).init_params)(jax.random.PRNGKey(0))
+    params = jax.jit(givt_stage(TASK, cfg, None, None).init_params)(jax.random.PRNGKey(0))
     npz = str(tmp_path / "vit.npz")
     src = _fake_vit_npz(npz, params["encoder"], side=4, width=96)
 
     stage_cfg.givt.init_encoder = npz
-    warm = base.givt_stage(TASK, stage_cfg, None, None).warm_start
+    warm = givt_stage(TASK, stage_cfg, None, None).warm_start
     out = warm(params)
     np.testing.assert_allclose(out["EmbedPatches"]["kernel"], src["embedding/kernel"], rtol=1e-6)
     np.testing.assert_allclose(out["encoder"]["encoderblock_2"]["MlpBlock_0"]["Dense_0"]["kernel"],
@@ -423,8 +421,8 @@ def test_init_encoder_loads_a_big_vision_vit(tmp_path):
     bad = str(tmp_path / "vit64.npz")
     small = load_config("configs/depth.py", ["givt.model.stem=()", "givt.model.emb_dim=64",
                                              "givt.model.mlp_dim=128"])
-    p64 = jax.jit(base.givt_stage(TASK, small, None, None).init_params)(jax.random.PRNGKey(0))
+    p64 = jax.jit(givt_stage(TASK, small, None, None).init_params)(jax.random.PRNGKey(0))
     _fake_vit_npz(bad, p64["encoder"], side=8, width=64)
     stage_cfg.givt.init_encoder = bad
-    with pytest.raises(base.UserError, match=r"(?s)vit64\.npz.*shape differs.*EmbedPatches/kernel"):
-        base.givt_stage(TASK, stage_cfg, None, None).warm_start(params)
+    with pytest.raises(UserError, match=r"(?s)vit64\.npz.*shape differs.*EmbedPatches/kernel"):
+        givt_stage(TASK, stage_cfg, None, None).warm_start(params)

@@ -14,12 +14,14 @@ from flax import traverse_util
 from scipy.special import softmax
 
 from evals import depth as depth_eval
-from tasks import base
 from tasks import depth as D
 from uvim_givt.config import load_config
 from uvim_givt.data.pipeline import DataError
+from uvim_givt.errors import UserError
 from uvim_givt.models import builders
 from uvim_givt.sampling.maskgit import sample_maskgit
+from uvim_givt.sampling.predictor import Predictor
+from uvim_givt.training.runner import load_run
 
 TREES = Path(__file__).parent / "data" / "big_vision_param_trees.json"
 LO, HI, N = 0.001, 10.0, 256
@@ -70,7 +72,7 @@ def test_crops_zoom_the_training_views():
 
 @pytest.mark.parametrize("area_min", [0.0, 1.5])
 def test_crop_area_min_out_of_range_is_a_clear_error(area_min):
-    with pytest.raises(base.UserError, match="data.crop_area_min"):
+    with pytest.raises(UserError, match="data.crop_area_min"):
         _views(area_min, [0])
 
 
@@ -190,11 +192,18 @@ def test_skip_bad_counts_and_warns(tmp_path, capsys):
 
 
 # -------------------------------------------------------------------- end to end (tiny)
+def _load(run_dir):
+    run = load_run(run_dir, D.TASK)
+    return run.cfg, run.vae_params, run.givt_params
+
+
 def _tiny(data_dir):
     sets = {
         "data.data_dir": data_dir, "data.embedded_num_train": 32,
-        "data.embedded_num_validation": 8, "data.num_depth_bins": 16,
-        "data.eval_max_examples": 4, "data.eval_batch_size": 4, "data.num_overlays": 2,
+        "data.embedded_num_validation": 8, "vae.model.label_channels.depth": "(0,16)",
+        **{f"evals.{e}.{k}": 4 for e in ("oracle", "sampled", "baseline")
+           for k in ("num_examples", "batch_size")},
+        "evals.oracle.overlays": 2, "evals.sampled.overlays": 2,
         "data.shuffle_buffer": 32,
         "vae.train.total_steps": 3, "givt.train.total_steps": 3,
         "vae.train.batch_size": 4, "givt.train.batch_size": 4,
@@ -231,8 +240,8 @@ def test_tiny_two_stage_run(tiny_run):
     assert stages["vae"]["step"] == 3 and stages["givt"]["step"] == 3
     assert stages["baseline"]["extra"]["mean_depth_m"] > 0.5
     overlays = sorted(os.listdir(os.path.join(run, "predictions")))
-    assert overlays == ["givt_000.png", "givt_001.png", "oracle_000.png", "oracle_001.png"]
-    panel = cv2.imread(os.path.join(run, "predictions", "givt_000.png"))
+    assert overlays == ["oracle_000.png", "oracle_001.png", "sampled_000.png", "sampled_001.png"]
+    panel = cv2.imread(os.path.join(run, "predictions", "sampled_000.png"))
     assert panel.shape == (60, 3 * 80, 3)  # image | ground truth | prediction
 
 
@@ -252,14 +261,15 @@ def test_masked_stage_two_trains_and_samples_by_maskgit(tiny_run, tmp_path):
     sets = ["--set", "givt.model.style=masked", "--set", "givt.sampling.num_steps=3"]
     assert D.main(["train", "--stage", "givt", "--vae-ckpt", run, "--workdir", out,
                    *args, *sets]) == 0
-    rec = json.load(open(os.path.join(out, "eval", "givt_validation_step00000003.json")))
+    rec = json.load(open(os.path.join(
+        out, "eval", "givt_sampled_validation_embedded_step00000003_train.json")))
     assert rec["metrics"]["num_images"] == 4 and rec["metrics"]["RMSE"] > 0
-    cfg, vae, givt, _ = base.load_run(out, D.TASK)
-    predictor = base.Predictor(D.TASK, cfg, vae, givt)
+    cfg, vae, givt = _load(out)
+    predictor = Predictor(cfg, vae, givt)
     images = jax.random.uniform(jax.random.PRNGKey(0), (2, 64, 64, 3), minval=-1, maxval=1)
-    codes = predictor.sample_codes(np.asarray(images), seed=5)
+    codes = predictor.sample_codes(5, image=np.asarray(images))
     s = cfg.givt.sampling
-    expected = sample_maskgit(predictor.givt, givt, jax.random.PRNGKey(5), labels=None,
+    expected = sample_maskgit(predictor.model, givt, jax.random.PRNGKey(5), labels=None,
                               batch_size=2, image=images, num_steps=3,
                               temperature=s.temperature, temperature_probs=s.temperature_probs,
                               choice_temperature=s.choice_temperature)
@@ -269,19 +279,19 @@ def test_masked_stage_two_trains_and_samples_by_maskgit(tiny_run, tmp_path):
 def test_num_samples_averages_the_decoded_class_distributions(tiny_run):
     """num_samples=n: log of the mean of n decoded softmaxes (numpy), draw 0 = one sample."""
     run, _ = tiny_run
-    cfg, vae, givt, _ = base.load_run(run, D.TASK)
+    cfg, vae, givt = _load(run)
     images = np.asarray(jax.random.uniform(jax.random.PRNGKey(1), (2, 64, 64, 3),
                                            minval=-1, maxval=1))
-    one = base.Predictor(D.TASK, cfg, vae, givt).predict(images, seed=3)
+    one = Predictor(cfg, vae, givt).predict(images, seed=3, mirror_equivariant=True)
     temperature = cfg.givt.sampling.temperature
     with cfg.unlocked():
         cfg.givt.sampling.temperature = 1.0  # spread the draws apart
         cfg.givt.sampling.num_samples = 3
         cfg.givt.sampling.test_time_flip = False  # on in the tiny preset; tested below
-    predictor = base.Predictor(D.TASK, cfg, vae, givt)
-    averaged = predictor.predict(images, seed=3)
+    predictor = Predictor(cfg, vae, givt)
+    averaged = predictor.predict(images, seed=3, mirror_equivariant=True)
 
-    draws = [predictor._decode(vae, predictor.sample_codes(images, 3, draw=k))
+    draws = [predictor._decode(vae, predictor.sample_codes(3, k, image=images))
              for k in range(3)]
     assert not np.allclose(draws[0]["depth"], draws[1]["depth"])  # the draws differ
     for name, logp in averaged.items():
@@ -291,30 +301,30 @@ def test_num_samples_averages_the_decoded_class_distributions(tiny_run):
     with cfg.unlocked():
         cfg.givt.sampling.temperature = temperature
         cfg.givt.sampling.num_samples = 1
-    again = base.Predictor(D.TASK, cfg, vae, givt).predict(images, seed=3)
+    again = Predictor(cfg, vae, givt).predict(images, seed=3, mirror_equivariant=True)
     for name in one:
         np.testing.assert_array_equal(again[name], one[name])  # num_samples=1: unchanged
     with cfg.unlocked():
         cfg.givt.sampling.num_samples = 0
-    with pytest.raises(base.UserError, match="num_samples=0"):
-        base.Predictor(D.TASK, cfg, vae, givt).predict(images)
+    with pytest.raises(UserError, match="num_samples=0"):
+        Predictor(cfg, vae, givt).predict(images, mirror_equivariant=True)
 
 
 def test_test_time_flip_mirrors_odd_draws_back(tiny_run):
     """test_time_flip: odd draws sample the mirrored image, their logits mirrored back."""
     run, _ = tiny_run
-    cfg, vae, givt, _ = base.load_run(run, D.TASK)
+    cfg, vae, givt = _load(run)
     images = np.asarray(jax.random.uniform(jax.random.PRNGKey(2), (2, 64, 64, 3),
                                            minval=-1, maxval=1))
     with cfg.unlocked():
         cfg.givt.sampling.temperature = 1.0
         cfg.givt.sampling.num_samples = 2
         cfg.givt.sampling.test_time_flip = True
-    predictor = base.Predictor(D.TASK, cfg, vae, givt)
-    averaged = predictor.predict(images, seed=4)
+    predictor = Predictor(cfg, vae, givt)
+    averaged = predictor.predict(images, seed=4, mirror_equivariant=True)
 
-    plain = predictor._decode(vae, predictor.sample_codes(images, 4, draw=0))
-    mirror = predictor._decode(vae, predictor.sample_codes(np.flip(images, axis=2), 4, draw=1))
+    plain = predictor._decode(vae, predictor.sample_codes(4, 0, image=images))
+    mirror = predictor._decode(vae, predictor.sample_codes(4, 1, image=np.flip(images, axis=2)))
     for name, logp in averaged.items():
         back = np.flip(np.asarray(mirror[name], np.float64), axis=2)
         mean = (softmax(np.asarray(plain[name], np.float64), axis=-1)
@@ -326,23 +336,20 @@ def test_test_time_flip_mirrors_odd_draws_back(tiny_run):
         assert not np.allclose(np.exp(logp), wrong, atol=1e-4)
     with cfg.unlocked():
         cfg.givt.sampling.num_samples = 1  # no odd draw: the plain one-sample prediction
-    for name, logits in predictor.predict(images, seed=4).items():
+    for name, logits in predictor.predict(images, seed=4, mirror_equivariant=True).items():
         np.testing.assert_array_equal(logits, np.asarray(plain[name]))
 
 
 def test_test_time_flip_is_refused_for_a_task_whose_labels_do_not_mirror(tiny_run):
     run, _ = tiny_run
-    cfg, vae, givt, _ = base.load_run(run, D.TASK)
+    cfg, vae, givt = _load(run)
     with cfg.unlocked():
         cfg.givt.sampling.num_samples = 2
         cfg.givt.sampling.test_time_flip = True
 
-    class Unmirrored(D.DepthTask):
-        mirror_equivariant = False
-
-    predictor = base.Predictor(Unmirrored(), cfg, vae, givt)
-    with pytest.raises(base.UserError, match="test_time_flip.*do not mirror"):
-        predictor.predict(np.zeros((1, 64, 64, 3), np.float32))
+    predictor = Predictor(cfg, vae, givt)
+    with pytest.raises(UserError, match="test_time_flip.*do not mirror"):
+        predictor.predict(np.zeros((1, 64, 64, 3), np.float32), mirror_equivariant=False)
 
 
 def test_predict_writes_millimetre_pngs(tiny_run, tmp_path):
@@ -367,7 +374,7 @@ def test_shared_evaluator_checkpoint_mode(tiny_run, capsys):
     run, _ = tiny_run
     assert depth_eval.main(["--ckpt", run, "--max-examples", "3"]) == 0
     out = capsys.readouterr().out
-    assert "RMSE" in out and "images  3" in out
+    assert "RMSE" in out and "num_images  3.0000" in out
 
 
 def test_bad_folder_data_is_a_clear_error(tiny_run, tmp_path, capsys):
@@ -386,8 +393,7 @@ def test_bad_folder_data_is_a_clear_error(tiny_run, tmp_path, capsys):
 def test_paper_config_builds_the_published_trees(stage, key):
     ref = json.loads(TREES.read_text())[key]
     cfg = load_config("configs/depth.py:size=paper")
-    channels = D.TASK.label_channels(cfg) if stage == "vae" else None
-    params = builders.abstract_params(stage, cfg, channels)
+    params = builders.abstract_params(stage, cfg)
     flat = {k: list(v.shape) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
     assert sorted(flat) == sorted(ref["params"])
     assert flat == ref["params"]

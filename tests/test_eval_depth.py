@@ -204,9 +204,13 @@ def test_files_mode_errors(tmp_path, capsys):
 def test_cli_argument_parsing():
     p = D.build_parser()
     a = p.parse_args(["--ckpt", "runs/x", "--data", "nyu_depth_v2", "--max-examples", "5"])
-    assert (a.ckpt, a.data, a.split, a.max_examples) == ("runs/x", "nyu_depth_v2", "validation", 5)
+    # --split: each declared evaluator's own unless given
+    assert (a.ckpt, a.data, a.split, a.max_examples) == ("runs/x", "nyu_depth_v2", None, 5)
     a = p.parse_args(["--pred-dir", "p", "--gt-dir", "g", "--crop", "nyu", "--max-depth", "8"])
-    assert (a.crop, a.max_depth, a.min_depth) == ("nyu", 8.0, 1e-3)
+    assert (a.crop, a.max_depth, a.min_depth) == ("nyu", 8.0, None)  # None: 1e-3 in main
+    # a run's config fixes the depth range and crop: files-mode flags are refused with --ckpt
+    with pytest.raises(SystemExit):
+        D.main(["--ckpt", "runs/x", "--crop", "nyu"])
     with pytest.raises(SystemExit):
         p.parse_args(["--ckpt", "r", "--pred-dir", "p"])
     with pytest.raises(SystemExit):

@@ -16,15 +16,9 @@ from panopticapi.utils import rgb2id
 from PIL import Image
 
 from evals import _pq_synth as synth
-from evals.panoptic import (
-    PanopticEvalError,
-    PQAccumulator,
-    main,
-    panoptic_quality,
-    parse_args,
-    read_id_png,
-    write_id_png,
-)
+from evals.panoptic import main, parse_args
+from evals.panoptic_io import PanopticEvalError, read_id_png, write_id_png
+from evals.pq import PQAccumulator, panoptic_quality
 
 COCO_SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/coco_panoptic_sample"
 

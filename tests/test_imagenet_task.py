@@ -12,7 +12,11 @@ import pytest
 
 from tasks import imagenet as I  # noqa: E741
 from uvim_givt.config import load_config
+from uvim_givt.errors import UserError
+from uvim_givt.models.builders import abstract_params
 from uvim_givt.sampling import sample_autoregressive, sample_maskgit
+from uvim_givt.sampling.predictor import Predictor
+from uvim_givt.training.runner import EMA_STAGE, check_config, load_run
 
 TREES = json.load(open(os.path.join(os.path.dirname(__file__), "data",
                                     "big_vision_param_trees.json")))
@@ -26,8 +30,10 @@ def _sets(**extra):
         "givt.model.emb_dim": 32, "givt.model.mlp_dim": 64, "givt.model.num_heads": 2,
         "givt.model.num_decoder_layers": 1, "givt.model.num_mixtures": 2,
         "data.shuffle_buffer": 16,
-        "eval.samples_per_class": 2, "eval.max_classes": 3, "eval.max_reference": 40,
-        "eval.batch_size": 8, "eval.grid_per_class": 2,
+        "evals.sampled.samples_per_class": 2, "evals.sampled.max_classes": 3,
+        "evals.oracle.num_examples": 40, "evals.sampled.num_examples": 40,
+        "evals.oracle.batch_size": 8, "evals.sampled.batch_size": 8,
+        "evals.sampled.grid_per_class": 2,
         **extra,
     }
     return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
@@ -61,33 +67,35 @@ def test_causal_run_trains_and_evaluates(runs):
     assert rec["givt"]["extra"]["num_classes"] == 3
     assert os.path.isfile(os.path.join(runs["ar"], "samples", "random_latents.png"))
     # the EMA of the VAE is what stage 2 used (saved next to the raw VAE)
-    assert os.listdir(os.path.join(runs["ar"], "checkpoints", I.EMA_STAGE)) == ["3"]
+    assert os.listdir(os.path.join(runs["ar"], "checkpoints", EMA_STAGE)) == ["3"]
 
 
 def test_masked_run_reuses_the_vae(runs):
     rec = _records(runs["masked"])
     assert rec["givt"]["extra"]["style"] == "masked" and rec["givt"]["extra"]["num_steps"] == 4
-    for stage in ("vae", I.EMA_STAGE):  # copied in: the run is self-contained
+    for stage in ("vae", EMA_STAGE):  # copied in: the run is self-contained
         assert os.listdir(os.path.join(runs["masked"], "checkpoints", stage)) == ["3"]
 
 
 @pytest.mark.parametrize("style", ["ar", "masked"])
 def test_sampled_shapes_and_labels_checked(runs, style):
-    cfg, vae, givt, _ = I.load_run(runs[style])
-    gen = I.Generator(cfg, vae, givt)
+    run = load_run(runs[style])
+    cfg, vae, givt = run.cfg, run.vae_params, run.givt_params
+    gen = Predictor(cfg, vae, givt, batch_size=cfg.evals.sampled.batch_size)
     z = gen.sample_latents([3, 7, 7], seed=1, cfg_weight=0.4)
     assert z.shape == (3, 64, 4) and np.all(np.isfinite(z))
-    images = gen.decode(z)
+    images = gen.decode_images(z)
     assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
-    with pytest.raises(I.UserError, match="0..9"):
+    with pytest.raises(UserError, match="0..9"):
         gen.sample_latents([10])
 
 
 @pytest.mark.parametrize("style", ["ar", "masked"])
 def test_cfg_weight_zero_equals_unguided_sampling(runs, style):
     """The guided sampler with w=0 draws exactly what the plain conditional sampler draws."""
-    cfg, vae, givt, _ = I.load_run(runs[style])
-    gen = I.Generator(cfg, vae, givt)
+    run = load_run(runs[style])
+    cfg, vae, givt = run.cfg, run.vae_params, run.givt_params
+    gen = Predictor(cfg, vae, givt, batch_size=cfg.evals.sampled.batch_size)
     labels = jax.numpy.asarray([1, 2, 3, 4], np.int32)
     key = jax.random.PRNGKey(5)
     kw = dict(labels=labels, temperature=0.9, temperature_probs=1.0)
@@ -151,7 +159,6 @@ def _flat(params):
                                        ("masked", "givt_imagenet256_maskgit")])
 def test_paper_presets_build_the_published_trees(style, key):
     cfg = load_config(f"configs/imagenet.py:size=paper,style={style}")
-    I.check_config(cfg)
-    givt = jax.eval_shape(I.givt_init_fn(I.build_givt(cfg)), jax.random.PRNGKey(0))
-    assert _flat(givt) == TREES[key]["params"]
-    assert _flat(I.vae_target(cfg)) == TREES["vae_imagenet256_cnn"]["params"]
+    check_config(cfg)
+    assert _flat(abstract_params("givt", cfg)) == TREES[key]["params"]
+    assert _flat(abstract_params("vae", cfg)) == TREES["vae_imagenet256_cnn"]["params"]

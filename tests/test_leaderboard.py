@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from evals import leaderboard as L
-from evals.records import write_eval_record
+from uvim_givt.rundir import write_eval_record
 
 
 def _make_run(root, name, task, stage, size, evals, losses, num_params=None, png=False,

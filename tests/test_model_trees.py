@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tasks.base import build_givt
 from uvim_givt.config import load_config
+from uvim_givt.models.builders import build_model
 from uvim_givt.models.givt import GIVT
 
 REF = json.load(open(os.path.join(os.path.dirname(__file__), "data",
@@ -54,7 +54,7 @@ def test_uvim_stage2_tree_from_paper_config(task):
     if not os.path.exists(os.path.join("configs", f"{task}.py")) and task == "depth":
         pytest.skip("depth config not present")
     cfg = load_config(f"configs/{task}.py:size=paper")
-    model = build_givt(cfg)
+    model = build_model("givt", cfg)
     _assert_same(f"givt_uvim_{task}_stage2",
                  _tree(model, jnp.zeros((1, model.seq_len, model.out_dim)),
                        image=jnp.zeros((1, 512, 512, 3))))

@@ -67,27 +67,6 @@ def test_input_noise_is_off_at_evaluation():
     assert jnp.isfinite(a)
 
 
-def test_scheduled_sampling_feeds_the_models_own_predictions():
-    model, params, tokens = _setup()
-    key, p = jax.random.PRNGKey(6), 0.5
-    loss, _ = givt_nll_loss(model, params, tokens, key, train=True, scheduled_sampling=p)
-    # Reference: first pass teacher-forced, its per-token means replace the inputs where
-    # the documented draw (fold_in(noise key, 1)) falls below p; the second pass is scored.
-    predicted = model.head.mean(model.apply({"params": params}, tokens))
-    replace = jax.random.uniform(jax.random.fold_in(jax.random.split(key, 4)[3], 1),
-                                 (B, L, 1)) < p
-    assert 0 < int(replace.sum()) < B * L  # a mixture, so the test tells both sources apart
-    mixed = np.where(np.asarray(replace), np.asarray(predicted), np.asarray(tokens))
-    logits = model.apply({"params": params}, jnp.asarray(mixed))
-    np.testing.assert_allclose(float(loss), _scipy_nll(logits, tokens), rtol=1e-5)
-    clean, _ = givt_nll_loss(model, params, tokens, key, train=True)
-    assert abs(float(loss) - float(clean)) > 1e-3
-    # Off at evaluation, like the input noise.
-    ev, _ = givt_nll_loss(model, params, tokens, key, train=False, scheduled_sampling=p)
-    np.testing.assert_allclose(float(ev), _scipy_nll(model.apply({"params": params}, tokens),
-                                                     tokens), rtol=1e-5)
-
-
 def test_encoder_decoder_loss_equals_the_full_forward_pass():
     model = GIVT(emb_dim=16, num_heads=2, mlp_dim=32, num_layers=1, num_decoder_layers=1,
                  seq_len=L, out_dim=D, num_labels=None, num_mixtures=1,

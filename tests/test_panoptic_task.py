@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from evals.panoptic import id_to_rgb, rgb_to_id
+from evals.panoptic_io import id_to_rgb, rgb_to_id
 from tasks import panoptic as P
 from uvim_givt.data.pipeline import DataError
 
@@ -188,8 +188,9 @@ TINY = ["--set", "data.embedded_num_train=48", "--set", "data.embedded_num_valid
         "--set", "vae.model.code_len=16", "--set", "givt.model.seq_len=16",
         "--set", "givt.model.patches=(16,16)",  # a 4x4 encoder grid: encoder_skip fits
         "--set", "givt.sampling.beam_size=1", "--set", "givt.sampling.fan_size=1",
-        "--set", "data.eval_batch_size=4", "--set", "data.num_overlays=2",
-        "--set", "vae.train.eval_every=2", "--set", "data.periodic_eval_examples=4"]
+        "--set", "evals.oracle.batch_size=4", "--set", "evals.sampled.batch_size=4",
+        "--set", "evals.oracle.overlays=2", "--set", "evals.sampled.overlays=2",
+        "--set", "evals.oracle.every=2", "--set", "evals.oracle.num_examples=4"]
 
 
 @pytest.fixture(scope="module")
@@ -203,17 +204,37 @@ def tiny_run(tmp_path_factory):
 
 def test_tiny_two_stage_run(tiny_run, capsys):
     records = sorted(os.listdir(os.path.join(tiny_run, "eval")))
-    assert any(r.startswith("vae_") for r in records)
-    periodic = json.load(open(os.path.join(tiny_run, "eval",
-                                           "vae_validation_step00000002_oracle_periodic.json")))
+    # The declared evaluators: the oracle every 2 steps (on 4 images) and after stage 1,
+    # the samples after stage 2 (the whole 8-image split).
+    assert records == ["givt_sampled_validation_embedded_step00000003_train.json",
+                       "vae_oracle_validation_embedded_step00000002_train.json",
+                       "vae_oracle_validation_embedded_step00000003_train.json"]
+    periodic = json.load(open(os.path.join(tiny_run, "eval", records[1])))
     assert periodic["metrics"]["num_images"] == 4 and periodic["step"] == 2
-    givt = [r for r in records if r.startswith("givt_")]
-    rec = json.load(open(os.path.join(tiny_run, "eval", givt[0])))
+    assert periodic["extra"]["periodic"] and periodic["evaluator"] == "oracle"
+    metrics = [json.loads(x) for x in open(os.path.join(tiny_run, "metrics.jsonl"))]
+    assert any("eval/oracle/PQ" in m and m["step"] == 2 for m in metrics)
+    rec = json.load(open(os.path.join(tiny_run, "eval", records[0])))
     assert rec["task"] == "panoptic" and rec["metrics"]["num_images"] == 8
+    assert rec["origin"] == "train" and rec["prediction"] == "sampled"
     assert 0 <= rec["metrics"]["PQ"] <= 100
     assert len([f for f in os.listdir(os.path.join(tiny_run, "predictions"))]) == 4
     info = json.load(open(os.path.join(tiny_run, "run_info.json")))
     assert set(info["num_params"]) == {"vae", "givt"}
+
+
+def test_eval_commands_run_the_declared_evaluators_without_overwriting(tiny_run, capsys):
+    """`tasks.panoptic eval` and `evals.panoptic --ckpt` go through the same evaluator and
+    give the same PQ; each writes its own record, tagged with the command."""
+    from evals import panoptic as pq_cli
+    assert P.main(["eval", "--ckpt", tiny_run]) == 0
+    assert pq_cli.main(["--ckpt", tiny_run]) == 0
+    records = {r: json.load(open(os.path.join(tiny_run, "eval", r)))
+               for r in os.listdir(os.path.join(tiny_run, "eval")) if r.startswith("givt_")}
+    by_origin = {r["origin"]: r for r in records.values()}
+    assert set(by_origin) == {"train", "eval", "cli"}
+    for origin in ("eval", "cli"):
+        assert by_origin[origin]["metrics"] == by_origin["train"]["metrics"]
 
 
 def test_rerun_resumes_and_changed_config_is_refused(tiny_run, capsys):
@@ -226,10 +247,15 @@ def test_rerun_resumes_and_changed_config_is_refused(tiny_run, capsys):
 
 def test_vae_ckpt_of_other_shape_is_refused(tiny_run, tmp_path, capsys):
     code = P.main(["train", "--stage", "givt", "--vae-ckpt", tiny_run, "--workdir",
-                   str(tmp_path / "r2"), *TINY, "--set", "vae.model.codeword_dim=4"])
+                   str(tmp_path / "r2"), *TINY, "--set", "vae.model.codeword_dim=4",
+                   "--set", "givt.model.out_dim=4"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "does not match this config's VAE" in err and "codeword_dim" in err
+    assert "does not match this config's VAE" in err and "vae.model.codeword_dim" in err
+    # without --vae-ckpt, stage 1 and stage 2 that disagree are refused before training
+    assert P.main(["train", "--workdir", str(tmp_path / "r3"), *TINY,
+                   "--set", "vae.model.codeword_dim=4"]) == 2
+    assert "givt.model.out_dim=16 != vae.model.codeword_dim=4" in capsys.readouterr().err
 
 
 def test_predict_writes_coco_files(tiny_run, tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.test_sampling_ar import TINY_AR, random_params
+from uvim_givt.errors import ConfigError
 from uvim_givt.models.givt import GIVT
 from uvim_givt.sampling import (
     num_masked_after_step,
@@ -168,7 +169,7 @@ def test_errors():
 
 def test_sample_by_style_picks_the_sampler_and_its_settings():
     """Each style gets its own sampler with the settings it reads from the config
-    (others ignored, missing ones defaulted); an unknown style is refused."""
+    (others ignored, missing ones refused); an unknown style is refused."""
     settings = {"num_steps": 3, "choice_temperature": 2.0, "beam_size": 2, "fan_size": 3,
                 "unrelated": "ignored"}
     key = jax.random.PRNGKey(3)
@@ -188,9 +189,8 @@ def test_sample_by_style_picks_the_sampler_and_its_settings():
     want, _ = sample_autoregressive(ar, ar_params, key, labels=labels, beam_size=2,
                                     fan_size=3, **TEMPS)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    got = sample_by_style(ar, ar_params, key, {}, labels=labels, **TEMPS)
-    want, _ = sample_autoregressive(ar, ar_params, key, labels=labels, **TEMPS)
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))  # defaults: 1 and 1
+    with pytest.raises(ConfigError, match="fan_size"):
+        sample_by_style(ar, ar_params, key, {"beam_size": 1}, labels=labels, **TEMPS)
 
     with pytest.raises(ValueError, match="style 'bogus'"):
         sample_by_style(ar.clone(style="bogus"), ar_params, key, {}, labels=labels)

@@ -21,13 +21,13 @@ from typing import Any
 
 import ml_collections
 
+from uvim_givt.errors import ConfigError
+
 ConfigDict = ml_collections.ConfigDict
 
 _CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
-class ConfigError(ValueError):
-    """A config file, argument or override that cannot be used as given."""
 
 
 def _literal(text: str) -> Any:

@@ -42,11 +42,12 @@ import ml_collections
 import numpy as np
 from flax import serialization, traverse_util
 
+from uvim_givt.errors import CheckpointError
 from uvim_givt.models.builders import (  # noqa: F401 (re-exported)
     Stage,
     abstract_params,
     build_model,
-    vae_label_channels,
+    label_channels,
 )
 
 # Layer families: name of the scanned module -> (regex of one unrolled layer's
@@ -61,11 +62,11 @@ _SHOWN = 10  # how many entries of each kind a mismatch message lists
 
 
 
-class CheckpointFileError(ValueError):
+class CheckpointFileError(CheckpointError, ValueError):
     """A checkpoint file that is missing, unreadable or of an unknown format."""
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(CheckpointError, ValueError):
     """Checkpoint keys/shapes that do not fit the target model's parameter tree."""
 
     def __init__(self, missing: Sequence[str], unexpected: Sequence[str],
@@ -413,29 +414,23 @@ def write_stage_checkpoint(run_dir: str, stage: Stage, params: Any, step: int = 
 
 
 def _update_run_info(run_dir: str, stage: str, num_params: int, source: str) -> str:
-    path = os.path.join(run_dir, "run_info.json")
-    info = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            info = json.load(f)
-    info.setdefault("num_params", {})[stage] = num_params
-    info["source"] = source
-    info.setdefault("sources", {})[stage] = source
-    with open(path, "w") as f:
-        json.dump(info, f, indent=1, sort_keys=True)
-    return path
+    from uvim_givt import rundir
+    return rundir.update_run_info(run_dir, num_params={stage: num_params}, source=source,
+                                  sources={stage: source})
 
 
 def _check_same_config(run_dir: str, cfg: ml_collections.ConfigDict) -> None:
-    from uvim_givt.config import to_dict
+    from uvim_givt import config as config_lib
+    from uvim_givt import rundir
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         return
     with open(path) as f:
-        old = json.load(f)
-    if old != to_dict(cfg):
-        raise ValueError(f"{run_dir} already holds a run with a different config.json; "
-                         "convert into a new --out (or use the same config)")
+        diff = rundir.config_diff(json.load(f), config_lib.to_dict(cfg))
+    if diff:
+        raise ValueError(f"{run_dir} already holds a run with a different config.json "
+                         f"({', '.join(diff[:8])} differ); convert into a new --out (or use "
+                         "the same config)")
 
 
 def convert(npz: str, config: str, out: str, overrides: Sequence[str] = (),
@@ -487,7 +482,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="flax msgpack checkpoints: which weights (default ema_params if present)")
     p.add_argument("--out", required=True, help="run directory to write")
     args = p.parse_args(argv)
-    from uvim_givt.training.checkpoint import CheckpointError
     try:
         convert(args.npz, args.config, args.out, args.set, args.stage, args.step,
                 args.msgpack_params)

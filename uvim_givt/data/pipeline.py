@@ -23,15 +23,13 @@ import jax
 import numpy as np
 import tensorflow as tf
 
+from uvim_givt.errors import DataError  # noqa: F401 (raised here; re-exported)
+
 Example = dict[str, Any]
 
 # TensorFlow is only the input pipeline: keep it off accelerators and quiet.
 tf.config.set_visible_devices([], "GPU")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-class DataError(ValueError):
-    """Bad or missing input data; the message names the file and the problem."""
 
 
 def parse_source(spec: str | None) -> tuple[str, str]:

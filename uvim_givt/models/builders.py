@@ -1,34 +1,39 @@
 """Flax modules of a run's stages built from its config (one place for every command).
 
 ``build_model("givt", cfg)`` -> ``GIVT(**cfg.givt.model)``; ``build_model("vae", cfg)`` -> the
-stage-1 VAE: ``CNNVAE`` for the imagenet task, else a ``ViTVAE`` whose label channels come
-from the task plugin (or ``cfg.vae.model.label_channels`` when the config states them).
+stage-1 VAE named by ``cfg.vae.kind``: ``"vit"`` (``ViTVAE`` over label maps, whose
+``label_channels`` the config states) or ``"cnn"`` (``CNNVAE`` over images). Nothing here
+knows a task.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from uvim_givt.errors import ConfigError
+
 Stage = Literal["givt", "vae"]
+VAE_KINDS = ("vit", "cnn")
 
 
-def vae_label_channels(cfg: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
-    """The ViT VAE's label channels (name -> (index in the label map, classes)) of a task."""
-    model = cfg.vae.model
-    if "label_channels" in model:
-        return {str(k): (int(v[0]), int(v[1])) for k, v in dict(model.label_channels).items()}
-    task = cfg.get("task")
-    try:
-        plugin = importlib.import_module(f"tasks.{task}").TASK
-        return dict(plugin.label_channels(cfg))
-    except (ImportError, AttributeError, TypeError):
-        raise ValueError(f"no ViT VAE label channels known for task {task!r} "
-                         "(set vae.model.label_channels)") from None
+def vae_kind(cfg: ml_collections.ConfigDict) -> str:
+    kind = cfg.vae.get("kind")
+    if kind not in VAE_KINDS:
+        raise ConfigError(f"vae.kind={kind!r}: one of {VAE_KINDS}")
+    return kind
+
+
+def label_channels(cfg: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
+    """The ViT VAE's label channels: name -> (index in the label map, number of classes)."""
+    channels = cfg.vae.model.get("label_channels")
+    if not channels:
+        raise ConfigError("vae.model.label_channels is missing: a ViT VAE needs "
+                          "{name: (index in the label map, number of classes)}")
+    return {str(k): (int(v[0]), int(v[1])) for k, v in dict(channels).items()}
 
 
 def _kwargs(group: Any) -> dict[str, Any]:
@@ -40,24 +45,31 @@ def _construct(cls: type, where: str, **kw: Any) -> Any:
     try:
         return cls(**kw)
     except TypeError as e:
-        raise ValueError(f"cannot build {cls.__name__} from {where}: {e}") from None
+        raise ConfigError(f"cannot build {cls.__name__} from {where}: {e}") from None
 
 
-def build_model(stage: Stage, cfg: ml_collections.ConfigDict,
-                label_channels: dict[str, tuple[int, int]] | None = None) -> Any:
-    """The flax module of a stage: ``GIVT`` (givt), ``ViTVAE`` or, for imagenet, ``CNNVAE``."""
+def build_model(stage: Stage, cfg: ml_collections.ConfigDict) -> Any:
+    """The flax module of a stage: ``GIVT`` (givt), ``ViTVAE`` or ``CNNVAE`` (vae)."""
     if stage == "givt":
         from uvim_givt.models.givt import GIVT
-        return _construct(GIVT, "cfg.givt.model", **_kwargs(cfg.givt.model))
+        return _construct(GIVT, "givt.model", **_kwargs(cfg.givt.model))
     if stage == "vae":
         kw = _kwargs(cfg.vae.model)
-        if cfg.get("task") == "imagenet":
+        if vae_kind(cfg) == "cnn":
             from uvim_givt.models.cnn_vae import CNNVAE
-            return _construct(CNNVAE, "cfg.vae.model", **kw)
+            return _construct(CNNVAE, "vae.model", **kw)
         from uvim_givt.models.vit_vae import ViTVAE
-        kw["label_channels"] = label_channels or vae_label_channels(cfg)
-        return _construct(ViTVAE, "cfg.vae.model", **kw)
+        kw["label_channels"] = label_channels(cfg)
+        return _construct(ViTVAE, "vae.model", **kw)
     raise ValueError(f"unknown stage {stage!r}: givt or vae")
+
+
+def vae_dummy_input(model: Any) -> jax.Array:
+    """A one-example input of a stage-1 VAE: an image (CNN) or an int label map (ViT)."""
+    if hasattr(model, "label_channels"):
+        channels = 1 + max(i for i, _ in model.label_channels.values())
+        return jnp.zeros((1, *model.input_size, channels), jnp.int32)
+    return jnp.zeros((1, *model.input_size, 3), jnp.float32)
 
 
 def init_givt(model: Any, key: jax.Array) -> dict[str, Any]:
@@ -69,21 +81,14 @@ def init_givt(model: Any, key: jax.Array) -> dict[str, Any]:
     return model.init(key, targets, labels, image=image, input_mask=mask)["params"]
 
 
-def abstract_params(stage: Stage, cfg: ml_collections.ConfigDict,
-                    label_channels: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
-    """The parameter tree of a stage's model as ``jax.ShapeDtypeStruct`` (nothing allocated)."""
-    model = build_model(stage, cfg, label_channels)
-    key = jax.random.PRNGKey(0)
+def init_params(stage: Stage, model: Any, key: jax.Array) -> dict[str, Any]:
+    """Initial parameters of a stage's model."""
     if stage == "givt":
-        def init():
-            return init_givt(model, key)
-    elif cfg.get("task") == "imagenet":
-        def init():
-            return model.init(key, jnp.zeros((1, *model.input_size, 3), jnp.float32))["params"]
-    else:
-        channels = 1 + max(i for i, _ in model.label_channels.values())
+        return init_givt(model, key)
+    return model.init(key, vae_dummy_input(model))["params"]
 
-        def init():
-            x = jnp.zeros((1, *model.input_size, channels), jnp.int32)
-            return model.init(key, x)["params"]
-    return jax.eval_shape(init)
+
+def abstract_params(stage: Stage, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The parameter tree of a stage's model as ``jax.ShapeDtypeStruct`` (nothing allocated)."""
+    model = build_model(stage, cfg)
+    return jax.eval_shape(lambda: init_params(stage, model, jax.random.PRNGKey(0)))

@@ -5,14 +5,15 @@ from typing import Any
 
 import jax
 
+from uvim_givt.errors import ConfigError
 from uvim_givt.models.givt import GIVT
 from uvim_givt.sampling.autoregressive import sample_autoregressive
 from uvim_givt.sampling.maskgit import sample_maskgit
 
-# Settings each style reads from a sampling config, with their defaults.
+# Settings each style reads from a sampling config (``givt.sampling``), with their types.
 STYLE_SETTINGS = {
-    "ar": {"beam_size": 1, "fan_size": 1},
-    "masked": {"num_steps": 16, "choice_temperature": 1.0},
+    "ar": {"beam_size": int, "fan_size": int},
+    "masked": {"num_steps": int, "choice_temperature": float},
 }
 
 
@@ -22,13 +23,19 @@ def sample_by_style(model: GIVT, params: Any, rng: jax.Array, settings: Mapping[
 
     ``settings`` is a sampling config (e.g. ``givt.sampling``): a causal model reads
     ``beam_size``/``fan_size`` from it, a MaskGIT one ``num_steps``/``choice_temperature``;
-    missing keys take the defaults of ``STYLE_SETTINGS``, other keys are ignored.
+    a missing one is a :class:`ConfigError` (defaults live in the configs); other keys are
+    ignored.
     ``kwargs`` (labels, image, temperature, cfg_weight, ...) go to the sampler unchanged.
     """
     if model.style not in STYLE_SETTINGS:
         raise ValueError(f"GIVT style {model.style!r} has no sampler; expected one of "
                          f"{sorted(STYLE_SETTINGS)}")
-    chosen = {k: type(d)(settings.get(k, d)) for k, d in STYLE_SETTINGS[model.style].items()}
+    wanted = STYLE_SETTINGS[model.style]
+    missing = sorted(set(wanted) - set(settings))
+    if missing:
+        raise ConfigError(f"sampling settings of a {model.style!r} GIVT lack "
+                          f"{', '.join(missing)} (givt.sampling)")
+    chosen = {k: cast(settings[k]) for k, cast in wanted.items()}
     if model.style == "masked":
         return sample_maskgit(model, params, rng, **chosen, **kwargs)
     codes, _ = sample_autoregressive(model, params, rng, **chosen, **kwargs)

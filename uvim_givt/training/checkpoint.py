@@ -14,9 +14,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing or does not match what is asked of it."""
+from uvim_givt.errors import CheckpointError
 
 
 def stage_dir(run_dir: str, stage: str) -> str:

@@ -12,8 +12,7 @@ from uvim_givt.models.givt import GIVT, random_training_mask
 
 def givt_nll_loss(model: GIVT, params: Any, tokens: jax.Array, key: jax.Array, *,
                   labels: jax.Array | None = None, image: jax.Array | None = None,
-                  train: bool = True, input_noise: float = 0.0,
-                  scheduled_sampling: float = 0.0
+                  train: bool = True, input_noise: float = 0.0
                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean negative log-likelihood per token (nats) of ``tokens`` [B, L, D].
 
@@ -27,11 +26,6 @@ def givt_nll_loss(model: GIVT, params: Any, tokens: jax.Array, key: jax.Array, *
     condition; this narrows the gap between teacher forcing and free-running
     sampling (exposure bias). Off (0) in the published recipes.
 
-    ``scheduled_sampling`` > 0 (causal models, training only) is two-pass
-    scheduled sampling: a first teacher-forced pass (no gradient) predicts every
-    token's mean, and each teacher-forcing input is replaced by that prediction
-    with this probability before the second pass, which is scored. The model so
-    learns to continue from its own (imperfect) tokens as it must when sampling.
     """
     b, s, d = tokens.shape
     k_drop, k_mask, k_dropout, k_noise = jax.random.split(key, 4)
@@ -50,13 +44,6 @@ def givt_nll_loss(model: GIVT, params: Any, tokens: jax.Array, key: jax.Array, *
     encoded = None
     if image is not None:
         encoded = model.apply(variables, image, train, method=GIVT.encode, rngs=rngs)
-    if train and scheduled_sampling > 0 and model.style == "ar":
-        first = model.apply(variables, inputs, labels, jax.lax.stop_gradient(encoded), None,
-                            drop, False, method=GIVT.decode)
-        predicted = jax.lax.stop_gradient(model.head.mean(first))
-        k_ss = jax.random.fold_in(k_noise, 1)
-        replace = jax.random.uniform(k_ss, (b, s, 1)) < scheduled_sampling
-        inputs = jnp.where(replace, predicted, inputs)
     logits = model.apply(variables, inputs, labels, encoded, mask, drop, train,
                          method=GIVT.decode, rngs=rngs)
     logp = model.head.log_prob(logits, tokens)  # [B, L]

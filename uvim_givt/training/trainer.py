@@ -25,6 +25,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from uvim_givt.errors import TrainingDiverged  # noqa: F401 (raised here; re-exported)
 from uvim_givt.training import sharding
 from uvim_givt.training.checkpoint import StageCheckpoints
 from uvim_givt.training.metrics import MetricsWriter, progress_interval
@@ -34,8 +35,6 @@ Batch = dict[str, np.ndarray]
 LossFn = Callable[[Any, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 
 
-class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite."""
 
 
 @dataclasses.dataclass
@@ -48,9 +47,9 @@ class Stage:
     batches: start_step -> iterator of host-local batches (dicts of numpy
       arrays). Must be deterministic: the batch of step s is the same whether
       or not the run was restarted (e.g. a seeded shuffle and ``skip``).
-    evaluate: optional (params, step) -> dict of metrics, called on the host
-      every ``eval_every`` steps (the final evaluation, usually on the full
-      split, is the caller's, on the returned parameters).
+    evaluate: optional (params, step) -> dict of metrics (empty when nothing is
+      due), called on the host after every step but the last (the evaluation
+      after training is the caller's, on the returned parameters).
     frozen: optional pytree of arrays the loss reads but never trains (e.g. the
       stage-1 VAE in stage 2); then ``loss_fn(params, batch, key, frozen)``.
       It is a jit argument (replicated, or sharded with FSDP), not a constant.
@@ -87,7 +86,7 @@ def default_train_config() -> ml_collections.ConfigDict:
     """The ``train`` group every stage config carries (values are tiny-run defaults)."""
     return ml_collections.ConfigDict(dict(
         total_steps=100, batch_size=32, seed=0,
-        log_every=10, ckpt_every=100, keep_ckpts=2, eval_every=0,
+        log_every=10, ckpt_every=100, keep_ckpts=2,
         fsdp=False, progress=True,
         optim=dict(optimizer="adam", lr=1e-3, schedule="cosine", warmup_steps=0,
                    warmup_fraction=0.1, b1=0.9, b2=0.95, eps=1e-8, wd=1e-4,
@@ -212,8 +211,7 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
                 save(done)
             if stage.after_step is not None:
                 stage.after_step(params, done)
-            if (stage.evaluate and cfg.eval_every and done % int(cfg.eval_every) == 0
-                    and done < total):
+            if stage.evaluate is not None and done < total:
                 results = stage.evaluate(params, done)
                 if results:
                     writer.write(done, {f"eval/{k}": v for k, v in results.items()})

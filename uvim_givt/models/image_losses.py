@@ -1,4 +1,4 @@
-"""Extra stage-1 losses of the ImageNet task: PatchGAN discriminator and VGG perceptual loss.
+"""Extra stage-1 losses of the CNN (image) VAE: PatchGAN discriminator and VGG perceptual loss.
 
 * :class:`PatchDiscriminator`: a small PatchGAN (strided 4x4 convs, GroupNorm,
   leaky ReLU) giving one real/fake logit per image patch; trained with the hinge
@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from uvim_givt.errors import ConfigError
 
 # ------------------------------------------------------------------------- discriminator
 
@@ -60,7 +62,7 @@ VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 _BGR_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
 
 
-class PerceptualWeightsError(ValueError):
+class PerceptualWeightsError(ConfigError):
     """A perceptual-loss weights file that is missing or not VGG16's."""
 
 

@@ -1,0 +1,289 @@
+"""Evaluators declared in the config, as big_vision's configs declare theirs.
+
+``cfg.evals`` holds one group per evaluator (``configs/common.py:evaluator``)::
+
+    evals.sampled = dict(kind="panoptic", prediction="sampled", split="validation",
+                         num_examples=0, every=0, batch_size=50, overlays=8)
+
+``kind`` names the metric family and so the evaluation loop (one per family of task):
+
+* ``panoptic``, ``depth``: the dense loop: predict a split, ``task.postprocess`` each
+  example, feed ``task.metric(cfg, kind)`` (evals.pq / evals.depth underneath);
+* ``generation``: the generation loop (evals.generative): FID, IS, class accuracy;
+* ``nll``: the teacher-forced held-out NLL of stage 2, for any task.
+
+``prediction`` names what is scored (and so after which stage it runs): ``oracle``
+(stage 1: encode the ground truth, decode), ``sampled`` (stage 2 samples, decoded),
+``teacher_forced`` (stage 2, teacher-forced) or ``baseline`` (the task's reference
+predictor, after training). The runner calls :class:`Evaluators` during training (every
+``every`` steps of the evaluated stage) and after each stage; ``tasks.<t> eval`` and
+``python -m evals.<metric> --ckpt`` run the same declarations through :func:`evaluate_run`.
+Each evaluation writes one record (uvim_givt.rundir), tagged with the evaluator's name and
+the command that ran it (``origin``), so no two commands overwrite each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from uvim_givt import rundir
+from uvim_givt.data import pipeline
+from uvim_givt.data.images import write_png
+from uvim_givt.errors import ConfigError, UserError
+from uvim_givt.models import builders
+from uvim_givt.sampling.predictor import Predictor
+from uvim_givt.task import Task
+from uvim_givt.training.metrics import progress_interval
+from uvim_givt.training.objectives import givt_nll_loss
+from uvim_givt.training.runner import Run, load_run, vae_input
+
+#: prediction -> the stage whose parameters it needs (and after which it runs)
+PREDICTION_STAGE = {"oracle": "vae", "sampled": "givt", "teacher_forced": "givt",
+                    "baseline": "baseline"}
+#: kind -> the predictions its loop scores
+KIND_PREDICTIONS = {"panoptic": ("oracle", "sampled", "baseline"),
+                    "depth": ("oracle", "sampled", "baseline"),
+                    "generation": ("oracle", "sampled"),
+                    "nll": ("teacher_forced",)}
+REQUIRED = ("kind", "prediction", "split", "num_examples", "every", "batch_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One declared evaluator (``cfg.evals.<name>``)."""
+
+    name: str
+    kind: str
+    prediction: str
+    split: str
+    num_examples: int
+    every: int
+    batch_size: int
+    options: ml_collections.ConfigDict  # the whole group (loop-specific keys too)
+
+    @property
+    def stage(self) -> str:
+        return PREDICTION_STAGE[self.prediction]
+
+
+def declared(cfg: ml_collections.ConfigDict) -> dict[str, Spec]:
+    """The config's evaluators, checked: a bad one is a ConfigError naming its key."""
+    out = {}
+    for name, group in cfg.evals.items():
+        where = f"evals.{name}"
+        missing = [k for k in REQUIRED if k not in group]
+        if missing:
+            raise ConfigError(f"{where} lacks {', '.join(missing)}")
+        kind, prediction = str(group.kind), str(group.prediction)
+        if kind not in KIND_PREDICTIONS:
+            raise ConfigError(f"{where}.kind={kind!r}: one of {sorted(KIND_PREDICTIONS)}")
+        if prediction not in KIND_PREDICTIONS[kind]:
+            raise ConfigError(f"{where}.prediction={prediction!r}: a {kind!r} evaluator "
+                              f"scores {', '.join(KIND_PREDICTIONS[kind])}")
+        for key in ("num_examples", "every", "batch_size"):
+            if int(group[key]) < (1 if key == "batch_size" else 0):
+                raise ConfigError(f"{where}.{key}={group[key]!r} is out of range")
+        out[name] = Spec(name, kind, prediction, str(group.split), int(group.num_examples),
+                         int(group.every), int(group.batch_size), group)
+    return out
+
+
+class Evaluators:
+    """The runner's evaluation hooks (``uvim_givt.training.runner.EvalHooks``)."""
+
+    def __init__(self, task: Task, cfg: ml_collections.ConfigDict, origin: str = "train",
+                 source: str | None = None, split: str | None = None,
+                 max_examples: int | None = None, names: Iterable[str] | None = None,
+                 kind: str | None = None, log: Callable[[str], None] = print):
+        self.task, self.cfg, self.origin, self.log = task, cfg, origin, log
+        self.source, self.split, self.max_examples = source, split, max_examples
+        specs = declared(cfg)
+        if names is not None:
+            unknown = sorted(set(names) - set(specs))
+            if unknown:
+                raise UserError(f"no evaluator {unknown[0]!r} in this run's config "
+                                f"(declared: {sorted(specs)})")
+            specs = {n: s for n, s in specs.items() if n in set(names)}
+        if kind is not None:
+            specs = {n: s for n, s in specs.items() if s.kind == kind}
+        self.specs = specs
+
+    def of_stage(self, stage: str) -> list[Spec]:
+        return [s for s in self.specs.values() if s.stage == stage]
+
+    def periodic(self, stage: str, run: Run, step: int) -> dict[str, float]:
+        out = {}
+        for spec in self.of_stage(stage):
+            if spec.every and step % spec.every == 0:
+                metrics = self.run_one(spec, run, step, periodic=True)
+                out.update({f"{spec.name}/{k}": v for k, v in metrics.items()})
+        return out
+
+    def final(self, stage: str, run: Run) -> dict[str, dict[str, float]]:
+        return {spec.name: self.run_one(spec, run, run.step(spec.stage))
+                for spec in self.of_stage(stage)}
+
+    def run_one(self, spec: Spec, run: Run, step: int, periodic: bool = False
+                ) -> dict[str, float]:
+        """Runs one evaluator on ``run`` and writes its record; returns the metrics."""
+        source = self.source or self.cfg.data.source
+        split = self.split or spec.split
+        cap = self.max_examples or spec.num_examples or None
+        loop = LOOPS[spec.kind]
+        metrics, extra = loop(self.task, run, spec, source=source, split=split,
+                              max_examples=cap, step=step, periodic=periodic)
+        info = rundir.read_run_info(run.run_dir)
+        num_params = info.get("num_params", {}).get(spec.stage)
+        rundir.write_eval_record(run.run_dir, {
+            "task": self.task.name, "stage": spec.stage, "evaluator": spec.name,
+            "kind": spec.kind, "prediction": spec.prediction, "split": split, "data": source,
+            "step": step, "metrics": metrics, "origin": self.origin,
+            "num_examples": int(metrics.get("num_images", extra.get("num_examples", 0))),
+            "config_hash": rundir.config_hash(self.cfg),
+            "model": {"size": self.cfg.size, "num_params": num_params},
+            "extra": dict(extra, periodic=periodic),
+        })
+        return metrics
+
+
+def evaluate_run(run_dir: str, origin: str, *, stage: str | None = None,
+                 kind: str | None = None, names: Iterable[str] | None = None,
+                 source: str | None = None, split: str | None = None,
+                 max_examples: int | None = None, task: Task | None = None
+                 ) -> dict[str, dict[str, float]]:
+    """Runs a run directory's declared evaluators (of ``stage``/``kind``/``names``), finding
+    the task by the name in its config; returns {evaluator: metrics}."""
+    if source is not None:
+        pipeline.parse_source(source)
+    run = load_run(run_dir, task, need_givt=False)
+    hooks = Evaluators(run.task, run.cfg, origin, source, split, max_examples, names, kind)
+    specs = [s for s in hooks.specs.values() if stage is None or s.stage == stage]
+    if not specs:
+        raise UserError(f"{run_dir}: no evaluator of "
+                        + ", ".join(f"{k} {v!r}" for k, v in
+                                    (("stage", stage), ("kind", kind)) if v)
+                        + f" is declared (evals: {sorted(declared(run.cfg))})")
+    if any(s.stage == "givt" for s in specs):
+        from uvim_givt.training.runner import load_givt_params
+        run.givt_params, run.givt_step = load_givt_params(run_dir, run.cfg)
+    return {s.name: hooks.run_one(s, run, run.step(s.stage)) for s in specs}
+
+
+# ------------------------------------------------------------------------- the loops
+def _progress(desc: str, periodic: bool) -> tqdm:
+    return tqdm(desc=desc, disable=periodic, unit="img", mininterval=progress_interval(),
+                dynamic_ncols=True)
+
+
+def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
+               max_examples: int | None, step: int, periodic: bool
+               ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Predicts a split (oracle, sampled or the task's baseline) and scores it with the
+    task's metric of ``spec.kind``; overlays go to RUN/predictions/<evaluator>_NNN.png."""
+    cfg = run.cfg
+    ds = task.load(cfg, source, split)
+    if max_examples:
+        ds = ds.take(max_examples)
+    metric = task.metric(cfg, spec.kind)
+    n_overlays = 0 if periodic else int(spec.options.overlays)
+    overlay_dir = os.path.join(run.run_dir, "predictions")
+    bar = _progress(f"eval {spec.name} {split}", periodic)
+    extra: dict[str, Any] = {}
+    seen = 0
+
+    def add(example, pred):
+        nonlocal seen
+        metric.add(example, pred)
+        if seen < n_overlays:
+            write_png(os.path.join(overlay_dir, f"{spec.name}_{seen:03d}.png"),
+                      task.draw(cfg, example, pred))
+        seen += 1
+        bar.update(1)
+
+    if spec.prediction == "baseline":
+        predict_one, extra = task.baseline(cfg, source)
+        for example in ds.as_numpy_iterator():
+            add(example, predict_one(example))
+    else:
+        raw = ds.as_numpy_iterator()  # full-resolution examples, for postprocess and metrics
+        predictor = Predictor(cfg, run.vae_params,
+                              run.givt_params if spec.prediction == "sampled" else None)
+
+        def prep(ex):
+            out = task.preprocess(cfg, ex, train=False)
+            return {"image": out["image"], "labels": out["labels"]}
+
+        for batch in pipeline.eval_batches(ds, prep, spec.batch_size):
+            if spec.prediction == "oracle":
+                logits = predictor.oracle(batch["labels"])
+            else:
+                logits = predictor.predict(batch["image"], seed=seen,
+                                           mirror_equivariant=task.mirror_equivariant)
+            for i in np.flatnonzero(batch["_valid"]):
+                example = next(raw)
+                add(example, task.postprocess(cfg, {k: v[i] for k, v in logits.items()},
+                                              example))
+    bar.close()
+    if seen == 0:
+        raise UserError(f"split {split!r} of {source} has no examples")
+    if hasattr(metric, "details"):
+        extra = dict(extra, **metric.details())
+    return metric.result(), extra
+
+
+def nll_loop(task: Task, run: Run, spec: Spec, *, source: str, split: str,
+             max_examples: int | None, step: int, periodic: bool
+             ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Held-out stage-2 NLL, teacher-forced on the posterior means of the frozen VAE."""
+    cfg = run.cfg
+    vae, model = builders.build_model("vae", cfg), builders.build_model("givt", cfg)
+
+    @jax.jit
+    def batch_nll(vae_params, givt_params, batch):
+        mu, _ = vae.apply({"params": vae_params}, vae_input(cfg, batch), method=vae.encode)
+        key = jax.random.PRNGKey(0)  # train=False: no dropout, no label drop, no noise
+        nll, _ = givt_nll_loss(model, givt_params, mu, key,
+                               image=batch["image"] if model.has_encoder else None,
+                               labels=batch["label"] if model.num_labels is not None else None,
+                               train=False)
+        return nll
+
+    def prep(ex):
+        out = task.preprocess(cfg, ex, train=False)
+        return {k: out[k] for k in ("image", "labels", "label") if k in out}
+
+    total, count = 0.0, 0
+    bar = _progress(f"eval {spec.name} {split}", periodic)
+    ds = task.load(cfg, source, split)
+    for batch in pipeline.eval_batches(ds, prep, spec.batch_size, max_examples):
+        valid = batch.pop("_valid")
+        n = int(valid.sum())
+        if n < len(valid):  # the padded last batch: score only the real rows
+            batch = {k: v[valid] for k, v in batch.items()}
+        total += float(batch_nll(run.vae_params, run.givt_params, batch)) * n
+        count += n
+        bar.update(n)
+    bar.close()
+    if count == 0:
+        raise UserError(f"split {split!r} of {source} has no examples")
+    nll = total / count
+    return {"nll": nll, "nll_per_dim": nll / int(cfg.givt.model.out_dim)}, \
+        {"num_examples": count}
+
+
+def _generation_loop(*args: Any, **kw: Any) -> tuple[dict[str, float], dict[str, Any]]:
+    from evals.generative import generation_loop  # pulls in the feature extractors
+    return generation_loop(*args, **kw)
+
+
+LOOPS: dict[str, Callable[..., tuple[dict[str, float], dict[str, Any]]]] = {
+    "panoptic": dense_loop, "depth": dense_loop, "generation": _generation_loop,
+    "nll": nll_loop}

@@ -1,0 +1,136 @@
+"""The command line every task shares: ``train`` and ``eval``, plus the task's own commands.
+
+    python -m tasks.<task> train [--stage vae|givt|all] [--config FILE[:args]] [--set k=v ...]
+                                 [--workdir DIR] [--data SPEC] [--vae-ckpt RUN] [--no-eval]
+                                 [--max-eval N]
+    python -m tasks.<task> eval --ckpt RUN [--oracle] [--data SPEC] [--split S] [--max-eval N]
+
+The evaluation machinery is handed in (``evaluators``: ``evals.evaluators.Evaluators``), so
+the library imports no evaluator. Errors a user can cause (:class:`UserError`, including
+those raised inside tf.data) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from uvim_givt import config as config_lib
+from uvim_givt import rundir
+from uvim_givt.data import pipeline
+from uvim_givt.errors import DataError, UserError
+from uvim_givt.task import Task
+from uvim_givt.training import runner
+
+
+@dataclasses.dataclass
+class Command:
+    """A sub-command: its name, help, how to add its arguments and what it runs."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[Task, argparse.Namespace], Any]
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stage", choices=runner.STAGES, default="all")
+    p.add_argument("--config", default=None, help="FILE[:args], default configs/<task>.py")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--workdir", default=None,
+                   help="run directory (default runs/<task>_<size>_<data>)")
+    p.add_argument("--data", default=None, help="embedded | tfds:NAME | folder:PATH")
+    p.add_argument("--vae-ckpt", default=None, help="run directory whose VAE stage 2 uses")
+    p.add_argument("--no-eval", dest="eval", action="store_false")
+    p.add_argument("--max-eval", type=int, default=None, help="cap on evaluation examples")
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="run directory")
+    p.add_argument("--data", default=None, help="data source (default: the run's)")
+    p.add_argument("--split", default=None, help="default: each evaluator's split")
+    p.add_argument("--oracle", action="store_true", help="evaluate stage 1 (encode GT, decode)")
+    p.add_argument("--max-eval", type=int, default=None)
+
+
+def load_task_config(task: Task, args: argparse.Namespace):
+    """The config a ``train`` command asks for: file, ``--set`` overrides, ``--data``."""
+    cfg = config_lib.load_config(args.config or f"configs/{task.name}.py", args.set or [])
+    if args.data:
+        cfg.data.source = args.data
+    pipeline.parse_source(cfg.data.source)  # validates the spec early
+    return cfg
+
+
+def default_workdir(cfg) -> str:
+    kind, arg = pipeline.parse_source(cfg.data.source)
+    style = cfg.givt.model.style
+    return rundir.default_workdir(cfg, kind, arg, suffix="masked" if style == "masked" else "")
+
+
+def train_command(evaluators: type) -> Command:
+    def run(task: Task, args: argparse.Namespace) -> runner.Run:
+        cfg = load_task_config(task, args)
+        hooks = evaluators(task, cfg, origin="train", max_examples=args.max_eval) \
+            if args.eval else None
+        return runner.train_run(task, cfg, args.workdir or default_workdir(cfg), args.stage,
+                                args.vae_ckpt, hooks)
+    return Command("train", "train stage 1 (VAE) and/or stage 2 (GIVT), then evaluate",
+                   add_train_arguments, run)
+
+
+def eval_command(evaluate_run: Callable[..., dict[str, dict[str, float]]]) -> Command:
+    def run(task: Task, args: argparse.Namespace) -> dict:
+        results = evaluate_run(args.ckpt, "eval", stage="vae" if args.oracle else "givt",
+                               source=args.data, split=args.split,
+                               max_examples=args.max_eval, task=task)
+        print(json.dumps(results, indent=1))
+        return results
+    return Command("eval", "run a run directory's declared evaluators", add_eval_arguments,
+                   run)
+
+
+_TF_USER_ERROR = re.compile(r"(?:DataError|UserError|ConfigError): (.*?)(?:\n|$)")
+
+
+def run_command(fn: Callable[[], Any]) -> int:
+    """Runs ``fn``; a user error prints one line (exit 2); Ctrl-C says how to resume."""
+    import tensorflow as tf
+    try:
+        fn()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except tf.errors.OpError as e:  # a user error raised inside a tf.data function
+        m = _TF_USER_ERROR.search(str(e))
+        if not m:
+            raise
+        print(f"error: {DataError(m.group(1))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last checkpoint",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(task: Task, commands: Sequence[Command], argv: Sequence[str] | None = None,
+         description: str = "") -> int:
+    """Parses ``argv`` and runs the chosen command; returns the exit status."""
+    p = argparse.ArgumentParser(prog=f"python -m tasks.{task.name}",
+                                description=description or f"UViM + GIVT: {task.name}.")
+    sub = p.add_subparsers(dest="command")
+    by_name = {}
+    for c in commands:
+        c.add_arguments(sub.add_parser(c.name, help=c.help))
+        by_name[c.name] = c
+    args = p.parse_args(argv)
+    if args.command not in by_name:
+        p.print_help()
+        return 2
+    return run_command(lambda: by_name[args.command].run(task, args))

@@ -1,0 +1,175 @@
+"""Run-directory bookkeeping: the one place that reads and writes a run's files.
+
+A run directory holds everything about one run::
+
+    config.json        the resolved config (a rerun must match it: it resumes)
+    run_info.json      {"num_params": {stage: n}, "train_time_s": {stage: s}, ...}
+    checkpoints/       orbax checkpoints per stage (training.checkpoint)
+    metrics.jsonl      training curves (training.metrics), TensorBoard events
+    eval/*.json        one record per evaluation (below)
+    predictions/ samples/   PNGs
+
+An eval record is the only thing the leaderboard reads::
+
+    {"task": "panoptic", "stage": "vae" | "givt" | "baseline", "evaluator": "sampled",
+     "split": "validation", "data": "embedded", "step": 1000, "metrics": {"PQ": 41.2},
+     "num_examples": 200, "config_hash": "ab12...", "origin": "train" | "eval" | "cli",
+     "time": "2026-11-22T01:02:03Z", "extra": {...}}
+
+Its file name carries every field that tells two evaluations apart (stage,
+evaluator, split, data, step, origin), so no two commands overwrite each other.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from uvim_givt import config as config_lib
+from uvim_givt.errors import UserError
+
+REQUIRED_KEYS = ("task", "stage", "split", "data", "step", "metrics")
+
+
+# ----------------------------------------------------------------------------- config
+def config_hash(config: Mapping[str, Any] | ml_collections.ConfigDict | str) -> str:
+    """Stable short hash of a resolved config, for telling runs apart."""
+    if isinstance(config, ml_collections.ConfigDict):
+        config = config_lib.to_dict(config)
+    text = config if isinstance(config, str) else json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v)
+    return out
+
+
+def config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two config dicts (missing counts)."""
+    fa, fb = _flatten(a), _flatten(b)
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
+
+
+def start_run(run_dir: str, cfg: ml_collections.ConfigDict) -> None:
+    """Creates ``run_dir`` with ``config.json``, or checks a rerun uses the same config."""
+    path = os.path.join(run_dir, "config.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            diff = config_diff(json.load(f), config_lib.to_dict(cfg))
+        if diff:
+            raise UserError(
+                f"{run_dir} was created with a different config ({', '.join(diff[:8])}"
+                f"{' ...' if len(diff) > 8 else ''} differ). Rerunning the same command "
+                "resumes; to train with other settings, pass another --workdir.")
+    config_lib.save_config(cfg, run_dir)
+
+
+def load_run_config(run_dir: str, task: str | None = None) -> ml_collections.ConfigDict:
+    """The saved config of a run directory (checked to belong to ``task`` when given)."""
+    if not os.path.isdir(run_dir):
+        raise UserError(f"run directory {run_dir} does not exist")
+    cfg = config_lib.load_saved_config(run_dir)
+    if task is not None and cfg.get("task") != task:
+        raise UserError(f"{run_dir} is a {cfg.get('task')!r} run, not {task!r}")
+    return cfg
+
+
+def default_workdir(cfg: ml_collections.ConfigDict, source_kind: str, source_arg: str,
+                    suffix: str = "") -> str:
+    """``runs/<task>_<size>_<data>[_<suffix>]``."""
+    tag = source_kind if source_kind == "embedded" else \
+        source_arg.replace("/", "_").replace(":", "_")
+    name = f"{cfg.task}_{cfg.size}_{os.path.basename(tag.rstrip('/'))}"
+    return os.path.join("runs", name + (f"_{suffix}" if suffix else ""))
+
+
+# --------------------------------------------------------------------------- run_info
+def read_run_info(run_dir: str) -> dict[str, Any]:
+    path = os.path.join(run_dir, "run_info.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def update_run_info(run_dir: str, **fields: Any) -> str:
+    """Merges ``fields`` into run_info.json (dict values are merged key by key)."""
+    info = read_run_info(run_dir)
+    for key, value in fields.items():
+        if isinstance(value, Mapping):
+            info.setdefault(key, {}).update(value)
+        else:
+            info[key] = value
+    path = os.path.join(run_dir, "run_info.json")
+    _write_json(path, info)
+    return path
+
+
+# ---------------------------------------------------------------------------- records
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
+
+
+def record_name(record: Mapping[str, Any]) -> str:
+    """The file name (without .json) of a record: every field that tells two apart."""
+    parts = [record["stage"], record.get("evaluator") or "", record["split"],
+             record["data"], f"step{int(record['step']):08d}", record.get("origin") or "",
+             record.get("tag") or ""]
+    return "_".join(_slug(str(p)) for p in parts if p != "")
+
+
+def write_eval_record(run_dir: str, record: Mapping[str, Any]) -> str:
+    """Validates and writes one record atomically; returns its path."""
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing:
+        raise ValueError(f"eval record is missing keys {missing}: {sorted(record)}")
+    rec = dict(record)
+    rec.setdefault("time", _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    rec["metrics"] = {k: float(v) for k, v in rec["metrics"].items()}
+    path = os.path.join(run_dir, "eval", record_name(rec) + ".json")
+    _write_json(path, rec)
+    return path
+
+
+def read_eval_records(run_dir: str) -> list[dict[str, Any]]:
+    """All records of a run, by stage then step. Unreadable files raise naming the file."""
+    out_dir = os.path.join(run_dir, "eval")
+    if not os.path.isdir(out_dir):
+        return []
+    records = []
+    for name in sorted(os.listdir(out_dir)):
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(out_dir, name)
+        try:
+            with open(path) as f:
+                rec = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"unreadable eval record {path}: {e}") from e
+        if not isinstance(rec, dict) or any(k not in rec for k in REQUIRED_KEYS):
+            raise ValueError(f"{path} is not an eval record (needs keys {REQUIRED_KEYS})")
+        rec["_path"] = path
+        records.append(rec)
+    records.sort(key=lambda r: (r["stage"], r["step"]))
+    return records
+
+
+def _write_json(path: str, obj: Any) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True, default=float)
+    os.replace(tmp, path)

@@ -1,0 +1,186 @@
+"""Inference with a trained run: the named predictions evaluators and commands score.
+
+* ``oracle``: stage 1 alone: encode the ground truth, decode the posterior mean;
+* ``sample_codes``: stage 2 codes, by the sampler of the GIVT's style, conditioned on
+  images (encoder-decoder) or class labels (with optional DB-CFG);
+* ``predict``: dense tasks: decoded per-channel logits of sampled codes, averaged over
+  ``givt.sampling.num_samples`` draws (optionally half of them on mirrored images);
+* ``sample_latents`` / ``decode_images`` / ``reconstruct``: generation in fixed-size
+  chunks (one compiled shape per run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from uvim_givt.errors import ConfigError, UserError
+from uvim_givt.models import builders
+from uvim_givt.sampling.by_style import sample_by_style
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """[-1, 1] floats -> uint8 0..255."""
+    return np.clip(np.round((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def sampling_options(cfg: ml_collections.ConfigDict, mirror_equivariant: bool
+                     ) -> tuple[int, bool]:
+    """(num_samples, test_time_flip) of ``givt.sampling``, checked against the task."""
+    s = cfg.givt.sampling
+    n = int(s.num_samples)
+    if n < 1:
+        raise ConfigError(f"givt.sampling.num_samples={n}: must be >= 1")
+    flip = bool(s.test_time_flip)
+    if flip and not mirror_equivariant:
+        raise ConfigError(f"givt.sampling.test_time_flip=True: the {cfg.task} task's labels "
+                          "do not mirror with the image")
+    return n, flip
+
+
+@jax.jit
+def _log_mean_softmax(logits: jax.Array) -> jax.Array:
+    """log(mean_k softmax(logits[k])) over the leading axis, computed stably."""
+    n = logits.shape[0]
+    return jax.nn.logsumexp(jax.nn.log_softmax(logits, axis=-1), axis=0) - jnp.log(n)
+
+
+class Predictor:
+    """A run's VAE (and GIVT, when given) as jitted inference functions."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, vae_params: Any, givt_params: Any = None,
+                 batch_size: int = 0):
+        self.cfg, self.vae_params, self.givt_params = cfg, vae_params, givt_params
+        self.batch_size = int(batch_size)
+        self.vae = vae = builders.build_model("vae", cfg)
+        self.model = builders.build_model("givt", cfg) if givt_params is not None else None
+        self._decode = jax.jit(lambda p, z: vae.apply({"params": p}, z, method=vae.decode))
+        self._encode = jax.jit(lambda p, x: vae.apply({"params": p}, x, method=vae.encode)[0])
+
+    # ------------------------------------------------------------------ stage 1
+    def encode(self, x: np.ndarray) -> jax.Array:
+        """Posterior means of a batch of VAE inputs (label maps or images)."""
+        return self._encode(self.vae_params, jnp.asarray(x))
+
+    def decode(self, z: Any) -> Any:
+        return self._decode(self.vae_params, jnp.asarray(z))
+
+    def oracle(self, x: np.ndarray) -> Any:
+        """Stage-1 reconstruction: decode the posterior mean of the ground truth."""
+        return jax.tree_util.tree_map(np.asarray, self.decode(self.encode(x)))
+
+    # ------------------------------------------------------------------ stage 2
+    def sample_codes(self, seed: int, draw: int = 0, *, image: Any = None, labels: Any = None,
+                     rng: jax.Array | None = None, **overrides: Any) -> jax.Array:
+        """Codes [B, seq_len, out_dim] by the sampler of the GIVT's style.
+
+        Settings come from ``givt.sampling``; ``overrides`` (temperature, cfg_weight,
+        num_steps, ...) replace them where not None. ``draw`` > 0 picks an independent
+        sample for the same ``seed`` (draw 0 uses ``PRNGKey(seed)`` itself); ``rng``, when
+        given, replaces both."""
+        if self.model is None:
+            raise UserError("this run has no trained GIVT (train stage 2 first: --stage givt)")
+        settings = {**self.cfg.givt.sampling.to_dict(),
+                    **{k: v for k, v in overrides.items() if v is not None}}
+        if rng is None:
+            rng = jax.random.PRNGKey(seed)
+            if draw:
+                rng = jax.random.fold_in(rng, draw)
+        batch = len(image) if image is not None else len(labels)
+        # Guidance is for class-conditional models only: image-conditional configs have no
+        # cfg_weight.
+        cfg_weight = float(settings.get("cfg_weight") or 0.0)
+        return sample_by_style(
+            self.model, self.givt_params, rng, settings, batch_size=batch,
+            image=None if image is None else jnp.asarray(image),
+            labels=None if labels is None else jnp.asarray(labels),
+            temperature=float(settings["temperature"]),
+            temperature_probs=float(settings["temperature_probs"]),
+            **({"cfg_weight": cfg_weight} if cfg_weight else {}))
+
+    def predict(self, images: np.ndarray, seed: int = 0, mirror_equivariant: bool = False
+                ) -> dict[str, np.ndarray]:
+        """Dense tasks: per-channel logits for ``images``.
+
+        With ``givt.sampling.num_samples`` = n > 1, n code samples are decoded and their
+        per-pixel class distributions averaged; the result is returned as log-probabilities
+        (log of the mean softmax), so argmax and expectation decoding read it as logits.
+        With ``givt.sampling.test_time_flip``, the odd draws sample from the horizontally
+        mirrored images and their decoded logits are mirrored back before averaging.
+        """
+        n, flip = sampling_options(self.cfg, mirror_equivariant)
+        views = [jnp.asarray(images)]  # one host-to-device copy for all draws
+        if flip:
+            views.append(views[0][:, :, ::-1])
+        decoded = []
+        for k in range(n):
+            mirrored = flip and k % 2 == 1
+            logits = self.decode(self.sample_codes(seed, k, image=views[int(mirrored)]))
+            decoded.append({name: v[:, :, ::-1] for name, v in logits.items()} if mirrored
+                           else logits)
+        if n == 1:
+            return jax.tree_util.tree_map(np.asarray, decoded[0])
+        return {name: np.asarray(_log_mean_softmax(jnp.stack([d[name] for d in decoded])))
+                for name in decoded[0]}
+
+    # --------------------------------------------------------------- generation
+    def _chunks(self, n: int) -> Iterator[tuple[int, int, int, int]]:
+        """(chunk index, start, stop, padded size) over n items, ``batch_size`` at most."""
+        bs = min(self.batch_size or n, n)
+        for i, start in enumerate(range(0, n, bs)):
+            yield i, start, min(start + bs, n), bs
+
+    def sample_latents(self, labels: Sequence[int] | np.ndarray, seed: int = 0,
+                       **overrides: Any) -> np.ndarray:
+        """Class-conditional codes [N, seq_len, out_dim]; ``cfg_weight`` 0 samples the
+        conditional model exactly (the unguided sampler, not guidance with w=0)."""
+        if self.model is None:
+            raise UserError("this run has no trained GIVT (train stage 2 first: --stage givt)")
+        w = overrides.get("cfg_weight")
+        w = float(self.cfg.givt.sampling.cfg_weight if w is None else w)
+        if w != 0 and "nolabel" not in self.model.special_labels:
+            raise UserError("CFG needs a model trained with label dropout "
+                            "(givt.model.drop_labels_probability > 0); use --cfg 0")
+        labels = np.asarray(labels, np.int32).reshape(-1)
+        n_cls = int(self.model.num_labels)
+        if labels.size and (labels.min() < 0 or labels.max() >= n_cls):
+            raise UserError(f"class labels must be in 0..{n_cls - 1}; got {sorted(set(labels))}")
+        out = []
+        for i, start, stop, bs in self._chunks(len(labels)):
+            chunk = labels[start:stop]
+            padded = np.concatenate([chunk, np.zeros(bs - len(chunk), np.int32)])
+            key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+            z = self.sample_codes(seed, labels=padded, rng=key, **dict(overrides, cfg_weight=w))
+            out.append(np.asarray(z)[:len(chunk)])
+        if not out:
+            return np.zeros((0, self.model.seq_len, self.model.out_dim), np.float32)
+        return np.concatenate(out)
+
+    def random_latents(self, n: int, seed: int = 0) -> np.ndarray:
+        """N(0, I) latents [n, code_len, codeword_dim] (the prior: a baseline)."""
+        rng = np.random.default_rng(seed)
+        return rng.standard_normal((n, self.vae.code_len, self.vae.codeword_dim)).astype(
+            np.float32)
+
+    def decode_images(self, z: np.ndarray) -> np.ndarray:
+        """Latents [N, L, D] -> uint8 images [N, H, W, 3], in padded chunks."""
+        out = []
+        for _, start, stop, bs in self._chunks(len(z)):
+            chunk = z[start:stop]
+            pad = np.zeros((bs - len(chunk), *chunk.shape[1:]), np.float32)
+            out.append(to_uint8(self.decode(np.concatenate([chunk, pad])))[:len(chunk)])
+        return np.concatenate(out)
+
+    def reconstruct(self, images: np.ndarray) -> np.ndarray:
+        """Images [N, H, W, 3] in [-1, 1] -> decoded posterior means, float in [-1, 1]."""
+        out = []
+        for _, start, stop, bs in self._chunks(len(images)):
+            chunk = images[start:stop]
+            pad = np.zeros((bs - len(chunk), *chunk.shape[1:]), np.float32)
+            out.append(np.asarray(self.oracle(np.concatenate([chunk, pad])))[:len(chunk)])
+        return np.concatenate(out)

@@ -1,0 +1,420 @@
+"""The two-stage runner: train a task's stage-1 VAE and stage-2 GIVT into one run directory.
+
+Everything here is generic. What a task brings is its data (``load``, ``preprocess``: see
+``uvim_givt.task``); what a model is comes from the config:
+
+* stage 1, ``vae.kind``: ``"vit"`` (label maps -> per-channel logits; cross-entropy + beta
+  KL) or ``"cnn"`` (images; L2 + beta KL, optional VGG perceptual and PatchGAN losses, the
+  discriminator sharing the stage's parameter tree as ``{"vae", "disc"}``); with
+  ``vae.ema_decay`` > 0 an EMA of the VAE is kept (stage ``vae_ema``) and is the VAE that
+  stage 2 trains on and that decodes.
+* stage 2, ``givt.model``: any style (causal or MaskGIT), conditioned on the image (with an
+  encoder) or on the class label (``num_labels``); it models codes of the frozen VAE's
+  posterior (a sample, or its mean with ``givt.posterior="mean"``).
+
+Evaluation is injected (:class:`EvalHooks`): the runner calls it during and after each
+stage, and the ``eval`` command calls the same hooks on a loaded :class:`Run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from uvim_givt import config as config_lib
+from uvim_givt import rundir
+from uvim_givt.compat import big_vision
+from uvim_givt.data import pipeline
+from uvim_givt.errors import CheckpointError, ConfigError, UserError
+from uvim_givt.models import builders, image_losses, vae_losses
+from uvim_givt.task import Task
+from uvim_givt.training import checkpoint as ckpt_lib
+from uvim_givt.training.ema import ParamsEMA
+from uvim_givt.training.objectives import givt_nll_loss
+from uvim_givt.training.trainer import Stage, count_params, train
+
+EMA_STAGE = "vae_ema"
+STAGES = ("vae", "givt", "all")
+#: keys of a run's config a current run needs; older run directories lack them
+REQUIRED_CONFIG_KEYS = ("vae.kind", "evals")
+
+
+@dataclasses.dataclass
+class Run:
+    """A run directory's config and trained parameters (what evaluators and commands use)."""
+
+    run_dir: str
+    cfg: ml_collections.ConfigDict
+    task: Task
+    vae_params: Any = None
+    vae_step: int = 0
+    vae_is_ema: bool = False
+    givt_params: Any = None
+    givt_step: int = 0
+
+    def step(self, stage: str) -> int:
+        return self.givt_step if stage == "givt" else self.vae_step
+
+
+class EvalHooks(Protocol):
+    """What the runner asks of the evaluators (``evals.evaluators.Evaluators``)."""
+
+    def periodic(self, stage: str, run: Run, step: int) -> dict[str, float]:
+        """Evaluators of ``stage`` due at ``step`` (during training); flat metrics."""
+
+    def final(self, stage: str, run: Run) -> dict[str, dict[str, float]]:
+        """Every evaluator of ``stage`` ("vae", "givt" or "baseline"), after training."""
+
+
+# ------------------------------------------------------------------------------- checks
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+    """Stage 1 and stage 2 must agree on the code sequence and the conditioning."""
+    vae, g = builders.build_model("vae", cfg), cfg.givt.model
+    problems = []
+    size = int(cfg.data.image_size)
+    if tuple(vae.input_size) != (size, size):
+        problems.append(f"vae.model.input_size {tuple(vae.input_size)} != data.image_size "
+                        f"{size} (square)")
+    if int(g.seq_len) != int(vae.code_len):
+        problems.append(f"givt.model.seq_len={g.seq_len} but the VAE makes {vae.code_len} "
+                        "codes")
+    if int(g.out_dim) != int(vae.codeword_dim):
+        problems.append(f"givt.model.out_dim={g.out_dim} != vae.model.codeword_dim="
+                        f"{vae.codeword_dim}")
+    if g.style not in ("ar", "masked"):
+        problems.append(f"givt.model.style={g.style!r}: ar or masked")
+    if cfg.givt.posterior not in ("sample", "mean"):
+        problems.append(f"givt.posterior={cfg.givt.posterior!r}: sample or mean")
+    if problems:
+        raise ConfigError("inconsistent config: " + "; ".join(problems))
+
+
+def check_saved_config(run_dir: str, cfg: ml_collections.ConfigDict) -> None:
+    """Run directories written before the config named the VAE kind and the evaluators
+    fail here, with what changed, instead of deep inside a model builder."""
+    missing = [k for k in REQUIRED_CONFIG_KEYS if _get(cfg, k) is None]
+    if missing:
+        raise UserError(
+            f"{run_dir}/config.json was written by an older uvim_givt: it has no "
+            f"{', '.join(missing)} (the VAE kind and its label channels, vae.model."
+            "label_channels, and the evaluators, evals.*, are now named in the config). "
+            "Retrain into a new --workdir, or add those keys from the current "
+            f"configs/{cfg.get('task')}.py to its config.json.")
+
+
+def _get(cfg: ml_collections.ConfigDict, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not hasattr(node, "get") or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+# ------------------------------------------------------------------------------- stages
+def _batches(task: Task, cfg: ml_collections.ConfigDict, train_cfg: ml_collections.ConfigDict,
+             make_dataset: Callable[[], Any]) -> Callable[[int], Iterator[dict]]:
+    """Stage.batches: deterministic, resumable batches of the model inputs."""
+    def prep(ex, seed):
+        out = task.preprocess(cfg, ex, train=True, seed=seed)
+        return {k: out[k] for k in ("image", "labels", "label") if k in out}
+
+    def batches(start: int) -> Iterator[dict[str, np.ndarray]]:
+        return pipeline.train_batches(make_dataset, prep, int(train_cfg.batch_size),
+                                      int(train_cfg.seed) + int(cfg.seed), start,
+                                      shuffle_buffer=int(cfg.data.shuffle_buffer))
+    return batches
+
+
+def vae_input(cfg: ml_collections.ConfigDict, batch: dict) -> Any:
+    """What the stage-1 VAE encodes: the label map (ViT VAE) or the image (CNN VAE)."""
+    return batch["labels"] if builders.vae_kind(cfg) == "vit" else batch["image"]
+
+
+def _vit_vae_loss(cfg: ml_collections.ConfigDict, vae: Any) -> Callable:
+    channels = builders.label_channels(cfg)
+    beta, ignore = float(cfg.vae.beta), tuple(cfg.vae.ignore_zero)
+
+    def loss_fn(params, batch, key):
+        k_z, k_drop = jax.random.split(key)
+        labels = batch["labels"]
+        logits, aux = vae.apply({"params": params}, labels, train=True, rng=k_z,
+                                rngs={"dropout": k_drop})
+        return vae_losses.label_vae_loss(logits, labels, aux["mu"], aux["logvar"],
+                                         label_channels=channels, beta=beta,
+                                         ignore_zero=ignore)
+    return loss_fn
+
+
+def _cnn_vae_stage(cfg: ml_collections.ConfigDict, vae: Any) -> tuple[Callable, Callable]:
+    """(init, loss) of the CNN VAE stage: params {"vae"[, "disc"]}; L2 + beta KL + extras.
+
+    The discriminator is trained in the same step: each network gets only the gradient
+    of its own objective (``stop_gradient`` on the other's input)."""
+    vae_train = vae.clone(clip_output=False)  # keep gradients outside [-1, 1]
+    beta = float(cfg.vae.beta)
+    w_perc, w_adv = float(cfg.vae.perceptual.weight), float(cfg.vae.adversarial.weight)
+    vgg = image_losses.load_vgg16_weights(str(cfg.vae.perceptual.weights)) if w_perc > 0 \
+        else None
+    disc = (image_losses.PatchDiscriminator(int(cfg.vae.adversarial.filters),
+                                            int(cfg.vae.adversarial.num_layers))
+            if w_adv > 0 else None)
+
+    def init(key):
+        k_vae, k_disc = jax.random.split(key)
+        x = builders.vae_dummy_input(vae)
+        params = {"vae": vae.init(k_vae, x)["params"]}
+        if disc is not None:
+            params["disc"] = disc.init(k_disc, x)["params"]
+        return params
+
+    def loss_fn(params, batch, key):
+        x = batch["image"]
+        recon, aux = vae_train.apply({"params": params["vae"]}, x, train=True, rng=key)
+        extras = {}
+        if vgg is not None:
+            extras["perceptual"] = w_perc * jnp.mean(
+                image_losses.perceptual_distance(vgg, recon, x))
+        if disc is not None:  # generator step: the discriminator's params are constants
+            d_fake_g = disc.apply({"params": jax.lax.stop_gradient(params["disc"])}, recon)
+            extras["generator"] = w_adv * image_losses.hinge_g_loss(d_fake_g)
+        loss, metrics = vae_losses.vae_loss(recon, x, aux["mu"], aux["logvar"], beta=beta,
+                                            extra_losses=extras)
+        if disc is not None:  # discriminator step: the reconstructions are constants
+            d_real = disc.apply({"params": params["disc"]}, x)
+            d_fake = disc.apply({"params": params["disc"]}, jax.lax.stop_gradient(recon))
+            d_loss = image_losses.hinge_d_loss(d_real, d_fake)
+            loss = loss + d_loss
+            metrics.update(disc=d_loss, d_real=jnp.mean(d_real), d_fake=jnp.mean(d_fake))
+        metrics["mse"] = jnp.mean(jnp.square(jnp.clip(recon, -1, 1) - x))
+        return loss, metrics
+
+    return init, loss_fn
+
+
+def vae_part(cfg: ml_collections.ConfigDict, stage_params: Any) -> Any:
+    """The VAE inside stage-1 training parameters (the CNN stage also holds a critic)."""
+    return stage_params["vae"] if builders.vae_kind(cfg) == "cnn" else stage_params
+
+
+def vae_stage(task: Task, cfg: ml_collections.ConfigDict, make_dataset: Callable[[], Any],
+              evaluate: Callable | None = None, after_step: Callable | None = None) -> Stage:
+    """Stage 1: the VAE of ``vae.kind`` on its input (labels or image)."""
+    vae = builders.build_model("vae", cfg)
+    if builders.vae_kind(cfg) == "cnn":
+        init, loss_fn = _cnn_vae_stage(cfg, vae)
+    else:
+        def init(key):
+            return builders.init_params("vae", vae, key)
+        loss_fn = _vit_vae_loss(cfg, vae)
+    return Stage(init, loss_fn, _batches(task, cfg, cfg.vae.train, make_dataset),
+                 evaluate=evaluate, after_step=after_step)
+
+
+def givt_stage(task: Task, cfg: ml_collections.ConfigDict, make_dataset: Callable[[], Any],
+               vae_params: Any, evaluate: Callable | None = None) -> Stage:
+    """Stage 2: GIVT NLL of the frozen VAE's codes, given the image or the class label."""
+    vae, model = builders.build_model("vae", cfg), builders.build_model("givt", cfg)
+    sample_posterior = cfg.givt.posterior == "sample"
+    input_noise = float(cfg.givt.input_noise)
+
+    def loss_fn(params, batch, key, frozen):
+        k_z, k_loss = jax.random.split(key)
+        mu, logvar = vae.apply({"params": frozen}, vae_input(cfg, batch), method=vae.encode)
+        z = vae_losses.reparametrize(mu, logvar, k_z) if sample_posterior else mu
+        return givt_nll_loss(model, params, jax.lax.stop_gradient(z), k_loss,
+                             image=batch["image"] if model.has_encoder else None,
+                             labels=batch["label"] if model.num_labels is not None else None,
+                             train=True, input_noise=input_noise)
+
+    warm_start = None
+    if cfg.givt.init_encoder:
+        path = str(cfg.givt.init_encoder)
+
+        def warm_start(params):
+            try:
+                params = big_vision.load_vit_encoder(path, params, model.encoder_grid)
+            except (CheckpointError, ValueError, OSError) as e:
+                raise UserError(f"givt.init_encoder={path!r}: {e}") from None
+            print(f"stage-2 image encoder initialised from {path}", flush=True)
+            return params
+
+    return Stage(lambda key: builders.init_givt(model, key), loss_fn,
+                 _batches(task, cfg, cfg.givt.train, make_dataset), frozen=vae_params,
+                 warm_start=warm_start, evaluate=evaluate)
+
+
+# ------------------------------------------------------------------------ loading params
+def _check_tree(params: Any, target: Any, what: str) -> Any:
+    flat_p = {jax.tree_util.keystr(k): np.shape(v)
+              for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    flat_t = {jax.tree_util.keystr(k): tuple(v.shape)
+              for k, v in jax.tree_util.tree_leaves_with_path(target)}
+    if flat_p != flat_t:
+        missing = sorted(set(flat_t) - set(flat_p))[:5]
+        extra = sorted(set(flat_p) - set(flat_t))[:5]
+        shapes = [f"{k}: {flat_p[k]} vs {flat_t[k]}" for k in sorted(set(flat_p) & set(flat_t))
+                  if flat_p[k] != flat_t[k]][:5]
+        raise CheckpointError(f"{what} does not match the config's model (missing {missing}, "
+                              f"unexpected {extra}, shapes {shapes})")
+    return jax.tree_util.tree_map(jnp.asarray, params)
+
+
+def _has_checkpoint(run_dir: str, stage: str) -> bool:
+    if not os.path.isdir(ckpt_lib.stage_dir(run_dir, stage)):
+        return False
+    ckpt = ckpt_lib.StageCheckpoints(run_dir, stage, create=False)
+    try:
+        return ckpt.latest_step() is not None
+    finally:
+        ckpt.close()
+
+
+def load_vae_params(run_dir: str, cfg: ml_collections.ConfigDict) -> tuple[Any, int, bool]:
+    """(VAE params, step, is_ema): the EMA when enabled and saved, else the trained VAE.
+
+    Accepts stage-1 training trees (``{"vae", "disc"}`` of the CNN stage) and bare VAE
+    trees (converted published checkpoints, ``compat.big_vision``)."""
+    target = builders.abstract_params("vae", cfg)
+    if float(cfg.vae.ema_decay) > 0 and _has_checkpoint(run_dir, EMA_STAGE):
+        params, step = ckpt_lib.load_params(run_dir, EMA_STAGE)
+        return _check_tree(params, target, f"{run_dir} VAE EMA (step {step})"), step, True
+    params, step = ckpt_lib.load_params(run_dir, "vae")
+    if isinstance(params, dict) and set(params) - {"disc"} == {"vae"}:
+        params = params["vae"]
+    return _check_tree(params, target, f"{run_dir} VAE (step {step})"), step, False
+
+
+def load_givt_params(run_dir: str, cfg: ml_collections.ConfigDict) -> tuple[Any, int]:
+    target = builders.abstract_params("givt", cfg)
+    try:
+        params, step = ckpt_lib.load_params(run_dir, "givt")
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (train stage 2 first: --stage givt)") from None
+    return _check_tree(params, target, f"{run_dir} GIVT (step {step})"), step
+
+
+def load_run(run_dir: str, task: Task | None = None, need_givt: bool = True) -> Run:
+    """A run directory's config and parameters; the task is found by its config's name
+    when not given."""
+    from uvim_givt.task import get_task
+    cfg = rundir.load_run_config(run_dir, task.name if task is not None else None)
+    check_saved_config(run_dir, cfg)
+    task = task or get_task(str(cfg.task))
+    vae, vae_step, is_ema = load_vae_params(run_dir, cfg)
+    run = Run(run_dir, cfg, task, vae, vae_step, is_ema)
+    if need_givt:
+        run.givt_params, run.givt_step = load_givt_params(run_dir, cfg)
+    return run
+
+
+def check_vae_run(src_run: str, cfg: ml_collections.ConfigDict) -> None:
+    """``--vae-ckpt``: the other run must have this config's task and VAE."""
+    other = rundir.load_run_config(src_run)
+    if other.get("task") != cfg.task:
+        raise UserError(f"--vae-ckpt {src_run} is a {other.get('task')!r} run; this is "
+                        f"{cfg.task!r}")
+    mine, theirs = config_lib.to_dict(cfg.vae), config_lib.to_dict(other.vae)
+    diff = rundir.config_diff({"kind": theirs.get("kind"), "model": theirs.get("model")},
+                              {"kind": mine["kind"], "model": mine["model"]})
+    if diff:
+        raise UserError(f"--vae-ckpt {src_run} does not match this config's VAE: vae."
+                        + ", vae.".join(diff) + " differ")
+
+
+def copy_vae(src_run: str, run_dir: str) -> None:
+    """Stage 2 trained on another run's VAE: copy its checkpoints in (self-contained run)."""
+    for stage in ("vae", EMA_STAGE):
+        src, dst = ckpt_lib.stage_dir(src_run, stage), ckpt_lib.stage_dir(run_dir, stage)
+        if os.path.isdir(src) and (not os.path.isdir(dst) or not os.listdir(dst)):
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst)
+
+
+# ------------------------------------------------------------------------------- the run
+def _periodic(hooks: EvalHooks | None, stage: str, run: Run, vae_from_stage: bool):
+    """Stage.evaluate for the hooks: puts the current params into ``run``."""
+    if hooks is None:
+        return None
+
+    def evaluate(params, step):
+        if stage == "vae":
+            run.vae_params = vae_part(run.cfg, params) if vae_from_stage else params
+            run.vae_step = step
+        else:
+            run.givt_params, run.givt_step = params, step
+        return hooks.periodic(stage, run, step)
+    return evaluate
+
+
+def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: str = "all",
+              vae_ckpt: str | None = None, hooks: EvalHooks | None = None,
+              log: Callable[[str], None] = print) -> Run:
+    """Trains the stages asked for into ``run_dir`` (resuming what is there), evaluating
+    with ``hooks`` after each stage when given; returns the trained :class:`Run`."""
+    if stage not in STAGES:
+        raise UserError(f"--stage {stage!r}: one of {STAGES}")
+    check_config(cfg)
+    source = cfg.data.source
+    pipeline.parse_source(source)
+    if getattr(task, "check_config", None):
+        task.check_config(cfg)
+    if cfg.givt.init_encoder and not os.path.isfile(cfg.givt.init_encoder):
+        raise UserError(f"givt.init_encoder={cfg.givt.init_encoder!r}: no such file")
+    rundir.start_run(run_dir, cfg)
+    log(f"run directory: {run_dir}")
+    meta = {"config_hash": rundir.config_hash(cfg)}
+    run = Run(run_dir, cfg, task)
+    t_start = time.time()
+
+    def train_ds():
+        return task.load(cfg, source, cfg.data.train_split)
+
+    results: dict[str, dict[str, float]] = {}
+    if stage in ("vae", "all") and not vae_ckpt:
+        t = cfg.vae.train
+        ema = None
+        if float(cfg.vae.ema_decay) > 0:
+            ema = ParamsEMA(run_dir, EMA_STAGE, float(cfg.vae.ema_decay), int(t.ckpt_every),
+                            int(t.total_steps), int(t.keep_ckpts),
+                            part=lambda p: vae_part(cfg, p))
+        try:
+            res = train(t, run_dir, "vae", vae_stage(
+                task, cfg, train_ds, _periodic(hooks, "vae", run, True), ema), meta=meta)
+        finally:
+            if ema is not None:
+                ema.close()
+        rundir.update_run_info(run_dir, num_params={"vae": count_params(vae_part(cfg, res.params))},
+                               train_time_s={"vae": round(res.train_time_s, 1)})
+        run.vae_params, run.vae_step, run.vae_is_ema = load_vae_params(run_dir, cfg)
+        if hooks is not None:
+            results.update(hooks.final("vae", run))
+    if stage in ("givt", "all"):
+        if vae_ckpt:
+            check_vae_run(vae_ckpt, cfg)
+            copy_vae(vae_ckpt, run_dir)
+        if run.vae_params is None:
+            run.vae_params, run.vae_step, run.vae_is_ema = load_vae_params(run_dir, cfg)
+        res = train(cfg.givt.train, run_dir, "givt", givt_stage(
+            task, cfg, train_ds, run.vae_params, _periodic(hooks, "givt", run, False)),
+            meta=meta)
+        rundir.update_run_info(run_dir, num_params={"givt": res.num_params},
+                               train_time_s={"givt": round(res.train_time_s, 1)})
+        run.givt_params, run.givt_step = res.params, res.step
+        if hooks is not None:
+            results.update(hooks.final("givt", run))
+    if hooks is not None:
+        results.update(hooks.final("baseline", run))
+    log(f"\ndone in {time.time() - t_start:.0f} s. run directory: {run_dir}")
+    for name, metrics in results.items():
+        log(f"  {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return run
