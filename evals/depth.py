@@ -31,7 +31,6 @@ Checkpoint mode (the run's declared depth evaluators, through the runner API)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from uvim_givt.errors import EvalError, UserError
+from uvim_givt.rundir import write_json
 
 METRIC_NAMES = ("RMSE", "AbsRel", "log10", "delta1", "delta2", "delta3")
 NYU_FRAME_SHAPE = (480, 640)
@@ -352,9 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, metrics in results.items():
             print(f"{name}:\n" + "\n".join(f"{k:>8s}  {v:.4f}" for k, v in metrics.items()))
         if args.out:
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            with open(args.out, "w") as f:
-                json.dump(results, f, indent=1)
+            write_json(args.out, results)
         return 0
     if not args.gt_dir:
         parser.error("--pred-dir needs --gt-dir")
@@ -375,9 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: no image has a valid ground-truth pixel", file=sys.stderr)
         return 1
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(args.out, result)
     return 0
 
 

@@ -7,10 +7,11 @@
 
 ``kind`` names the metric family and so the evaluation loop (one per family of task):
 
-* ``panoptic``, ``depth``: the dense loop: predict a split, ``task.postprocess`` each
-  example, feed ``task.metric(cfg, kind)`` (evals.pq / evals.depth underneath);
 * ``generation``: the generation loop (evals.generative): FID, IS, class accuracy;
-* ``nll``: the teacher-forced held-out NLL of stage 2, for any task.
+* ``nll``: the teacher-forced held-out NLL of stage 2, for any task;
+* any other kind (``panoptic``, ``depth``, a new task's own): the dense loop: predict a
+  split, ``task.postprocess`` each example, feed ``task.metric(cfg, kind)`` (evals.pq /
+  evals.depth underneath for the two published tasks).
 
 ``prediction`` names what is scored (and so after which stage it runs): ``oracle``
 (stage 1: encode the ground truth, decode), ``sampled`` (stage 2 samples, decoded),
@@ -48,11 +49,9 @@ from uvim_givt.training.runner import Run, load_run, vae_input
 #: prediction -> the stage whose parameters it needs (and after which it runs)
 PREDICTION_STAGE = {"oracle": "vae", "sampled": "givt", "teacher_forced": "givt",
                     "baseline": "baseline"}
-#: kind -> the predictions its loop scores
-KIND_PREDICTIONS = {"panoptic": ("oracle", "sampled", "baseline"),
-                    "depth": ("oracle", "sampled", "baseline"),
-                    "generation": ("oracle", "sampled"),
-                    "nll": ("teacher_forced",)}
+DENSE_PREDICTIONS = ("oracle", "sampled", "baseline")
+#: kind -> the predictions its loop scores (a kind not listed is a dense task's metric)
+KIND_PREDICTIONS = {"generation": ("oracle", "sampled"), "nll": ("teacher_forced",)}
 REQUIRED = ("kind", "prediction", "split", "num_examples", "every", "batch_size")
 
 
@@ -83,11 +82,10 @@ def declared(cfg: ml_collections.ConfigDict) -> dict[str, Spec]:
         if missing:
             raise ConfigError(f"{where} lacks {', '.join(missing)}")
         kind, prediction = str(group.kind), str(group.prediction)
-        if kind not in KIND_PREDICTIONS:
-            raise ConfigError(f"{where}.kind={kind!r}: one of {sorted(KIND_PREDICTIONS)}")
-        if prediction not in KIND_PREDICTIONS[kind]:
+        allowed = KIND_PREDICTIONS.get(kind, DENSE_PREDICTIONS)
+        if prediction not in allowed:
             raise ConfigError(f"{where}.prediction={prediction!r}: a {kind!r} evaluator "
-                              f"scores {', '.join(KIND_PREDICTIONS[kind])}")
+                              f"scores {', '.join(allowed)}")
         for key in ("num_examples", "every", "batch_size"):
             if int(group[key]) < (1 if key == "batch_size" else 0):
                 raise ConfigError(f"{where}.{key}={group[key]!r} is out of range")
@@ -137,7 +135,11 @@ class Evaluators:
         source = self.source or self.cfg.data.source
         split = self.split or spec.split
         cap = self.max_examples or spec.num_examples or None
-        loop = LOOPS[spec.kind]
+        if source != run.cfg.data.source:  # the task reads its data settings from cfg
+            cfg = ml_collections.ConfigDict(run.cfg.to_dict())
+            cfg.data.source = source
+            run = dataclasses.replace(run, cfg=cfg)
+        loop = LOOPS.get(spec.kind, dense_loop)
         metrics, extra = loop(self.task, run, spec, source=source, split=split,
                               max_examples=cap, step=step, periodic=periodic)
         info = rundir.read_run_info(run.run_dir)
@@ -284,6 +286,6 @@ def _generation_loop(*args: Any, **kw: Any) -> tuple[dict[str, float], dict[str,
     return generation_loop(*args, **kw)
 
 
+#: the loops of the non-dense kinds (every other kind runs ``dense_loop``)
 LOOPS: dict[str, Callable[..., tuple[dict[str, float], dict[str, Any]]]] = {
-    "panoptic": dense_loop, "depth": dense_loop, "generation": _generation_loop,
-    "nll": nll_loop}
+    "generation": _generation_loop, "nll": nll_loop}

@@ -37,6 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from uvim_givt.errors import EvalError
+from uvim_givt.rundir import write_json
 
 # ----------------------------------------------------------------------------- metrics
 
@@ -589,9 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'samples':>15s}  {result['num_samples']} (reference {result['num_reference']}, "
           f"extractor {result['extractor']})")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(args.out, result)
     return 0
 
 

@@ -13,8 +13,6 @@ as ``python -m tasks.panoptic eval``; writes ``RUN_DIR/eval/*.json``)::
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -23,6 +21,7 @@ from typing import Any
 from evals.panoptic_io import PanopticEvalError
 from evals.pq import _evaluate_files, _results_json, format_table
 from uvim_givt.errors import UserError
+from uvim_givt.rundir import write_json
 
 # --------------------------------------------------------------------------------------------
 # command line
@@ -89,9 +88,7 @@ def _flat_table(results: dict[str, dict[str, float]]) -> str:
 
 def _write_out(path: str, obj: Any) -> None:
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(obj, f, indent=1)
+        write_json(path, obj)
     except OSError as e:
         raise PanopticEvalError(f"cannot write --out {path}: {e}") from None
 

@@ -38,14 +38,13 @@ COCO_CATEGORIES_FILE = os.path.join(_DATA, "coco_panoptic_categories.json")
 
 
 # ------------------------------------------------------------------------------ categories
-def categories_for(source: str, folder_json: dict | None = None) -> list[dict[str, Any]]:
-    """The category list whose positions are the dataset's ``label`` values."""
-    kind, arg = pipeline.parse_source(source)
+def categories_for(source: str) -> list[dict[str, Any]]:
+    """The category list whose positions are the ``label`` values of an embedded or TFDS
+    source (a folder's are in its JSON: ``PanopticTask.categories``)."""
+    kind, _ = pipeline.parse_source(source)
     if kind == "embedded":
         from uvim_givt.data.builders.synthetic_panoptic import CATEGORIES
         return [dict(c) for c in CATEGORIES]
-    if kind == "folder" and folder_json is not None:
-        return list(folder_json["categories"])
     with open(COCO_CATEGORIES_FILE) as f:
         return json.load(f)  # the 133 COCO panoptic categories, in id order as TFDS labels
 
@@ -268,9 +267,7 @@ class PanopticTask:
             image, ids = common.random_train_view(cfg, seed, image, ids)
         image = tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear")
         ids = tf.image.resize(ids[..., None], (size, size), method="nearest")[..., 0]
-        cats = categories_for(cfg.data.source) if "folder" not in cfg.data.source \
-            else self.categories(cfg)
-        isthing = np.array([c["isthing"] == 1 for c in cats])
+        isthing = np.array([c["isthing"] == 1 for c in self._cats(cfg)])
         n_inst = builders.label_channels(cfg)["instances"][1]
         objs = example["panoptic_objects"]
 
@@ -313,7 +310,7 @@ class PanopticTask:
         panels = [image]
         if "panoptic_image" in example:
             gt_ids = rgb_to_id(example["panoptic_image"])
-            labels = {int(i): cats_by_label(self._cats(cfg), int(lab))
+            labels = {int(i): self._cats(cfg)[int(lab)]
                       for i, lab in zip(example["panoptic_objects"]["id"],
                                         example["panoptic_objects"]["label"], strict=True)}
             panels.append(colorize(image, gt_ids, labels))
@@ -339,10 +336,6 @@ def _keep_fields(ex):
             "panoptic_image": ex["panoptic_image"],
             "panoptic_objects": {"id": objs["id"], "label": objs["label"],
                                  "is_crowd": objs["is_crowd"]}}
-
-
-def cats_by_label(categories, label):
-    return categories[label]
 
 
 def colorize(image: np.ndarray, ids: np.ndarray, cat_of: dict[int, dict]) -> np.ndarray:

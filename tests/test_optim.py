@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from uvim_givt.training.optim import learning_rate_schedule, make_optimizer, multipliers
+from uvim_givt.training.trainer import default_train_config
 
 PARAMS = {"enc": {"Dense_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones((4,))}},
           "EmbedLabels": {"embedding": jnp.ones((5, 4))},
@@ -17,9 +18,10 @@ PARAMS = {"enc": {"Dense_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones((4,))
 
 
 def _cfg(**kw):
-    base = dict(optimizer="adam", lr=0.1, schedule="cosine", warmup_steps=10, b1=0.9, b2=0.95,
-                eps=1e-8, wd=0.0, grad_clip=0.0, lr_mults=[])
-    base.update(kw)
+    base = default_train_config().optim.to_dict()  # every key a config has
+    base.update(dict(optimizer="adam", lr=0.1, schedule="cosine", warmup_steps=10,
+                     warmup_fraction=0.0, b1=0.9,
+                     b2=0.95, eps=1e-8, wd=0.0, grad_clip=0.0, lr_mults=[]), **kw)
     return ml_collections.ConfigDict(base)
 
 

@@ -114,7 +114,7 @@ def update_run_info(run_dir: str, **fields: Any) -> str:
         else:
             info[key] = value
     path = os.path.join(run_dir, "run_info.json")
-    _write_json(path, info)
+    write_json(path, info)
     return path
 
 
@@ -140,7 +140,7 @@ def write_eval_record(run_dir: str, record: Mapping[str, Any]) -> str:
     rec.setdefault("time", _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     rec["metrics"] = {k: float(v) for k, v in rec["metrics"].items()}
     path = os.path.join(run_dir, "eval", record_name(rec) + ".json")
-    _write_json(path, rec)
+    write_json(path, rec)
     return path
 
 
@@ -167,7 +167,8 @@ def read_eval_records(run_dir: str) -> list[dict[str, Any]]:
     return records
 
 
-def _write_json(path: str, obj: Any) -> None:
+def write_json(path: str, obj: Any) -> None:
+    """Writes ``obj`` as JSON atomically (a temporary file renamed), creating the folder."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

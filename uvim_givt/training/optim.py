@@ -35,10 +35,10 @@ def multipliers(params: Any, patterns: Sequence[Sequence[Any]], default: float =
 
 def learning_rate_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
     """``cfg.schedule``: 'cosine' (warm-up then cosine to 0), 'linear' or 'constant'."""
-    warmup = int(cfg.get("warmup_steps", 0) or round(cfg.get("warmup_fraction", 0.0) * total_steps))
+    warmup = int(cfg.warmup_steps or round(float(cfg.warmup_fraction) * total_steps))
     warmup = min(warmup, max(total_steps - 1, 0))
     peak = float(cfg.lr)
-    kind = cfg.get("schedule", "cosine")
+    kind = cfg.schedule
     if kind == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1),
                                                   end_value=0.0)
@@ -56,24 +56,23 @@ def make_optimizer(cfg: Any, params: Any, total_steps: int) -> tuple[optax.Gradi
                                                                      optax.Schedule]:
     """Builds the optax chain described by the ``optim`` config group."""
     schedule = learning_rate_schedule(cfg, total_steps)
-    name = cfg.get("optimizer", "adam")
+    name = cfg.optimizer
     parts = []
-    if cfg.get("grad_clip", 0.0):
+    if cfg.grad_clip:
         parts.append(optax.clip_by_global_norm(float(cfg.grad_clip)))
     if name == "adam":
-        parts.append(optax.scale_by_adam(b1=float(cfg.get("b1", 0.9)),
-                                         b2=float(cfg.get("b2", 0.95)),
-                                         eps=float(cfg.get("eps", 1e-8))))
+        parts.append(optax.scale_by_adam(b1=float(cfg.b1), b2=float(cfg.b2),
+                                         eps=float(cfg.eps)))
     elif name == "adafactor":
-        parts.append(optax.scale_by_factored_rms(decay_rate=float(cfg.get("b2", 0.8))))
-        if cfg.get("b1", 0.0):
+        parts.append(optax.scale_by_factored_rms(decay_rate=float(cfg.b2)))
+        if cfg.b1:
             parts.append(optax.trace(decay=float(cfg.b1)))
     else:
         raise ValueError(f"unknown optimizer {name!r}: adam or adafactor")
-    wd = float(cfg.get("wd", 0.0))
+    wd = float(cfg.wd)
     if wd:
         # Decoupled decay, scaled by the learning rate like AdamW; only matching params.
-        pattern = re.compile(cfg.get("wd_pattern", r"(kernel|embedding)$"))
+        pattern = re.compile(cfg.wd_pattern)
 
         def mask(tree):  # a callable, so it also works on multi_transform's masked trees
             return jax.tree_util.tree_map_with_path(
@@ -82,7 +81,7 @@ def make_optimizer(cfg: Any, params: Any, total_steps: int) -> tuple[optax.Gradi
         parts.append(optax.add_decayed_weights(wd, mask=mask))
     parts.append(optax.scale_by_learning_rate(schedule))
     tx = optax.chain(*parts)
-    lr_mults = [tuple(x) for x in cfg.get("lr_mults", ())]
+    lr_mults = [tuple(x) for x in cfg.lr_mults]
     if not lr_mults:
         return tx, schedule
     mults = multipliers(params, lr_mults)
