@@ -197,8 +197,10 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
     metric = task.metric(cfg, spec.kind)
     n_overlays = 0 if periodic else int(spec.options.overlays)
     overlay_dir = os.path.join(run.run_dir, "predictions")
-    bar = _progress(f"eval {spec.name} {split}", periodic)
     extra: dict[str, Any] = {}
+    if spec.prediction == "baseline":  # before the progress bar: it may print
+        predict_one, extra = task.baseline(cfg, source)
+    bar = _progress(f"eval {spec.name} {split}", periodic)
     seen = 0
 
     def add(example, pred):
@@ -211,7 +213,6 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
         bar.update(1)
 
     if spec.prediction == "baseline":
-        predict_one, extra = task.baseline(cfg, source)
         for example in ds.as_numpy_iterator():
             add(example, predict_one(example))
     else:
