@@ -150,11 +150,14 @@ def _load_module(path: str):
 
 
 def resolve_config_path(path: str) -> str:
-    """Finds a config file as given, or by its name inside the installed configs/."""
+    """Finds a config file exactly as given; only the project's own ``configs/NAME.py``
+    (as the README spells it) is also found from another working directory. Any other
+    missing path is an error, never a silent fallback to a project config of that name."""
     if os.path.isfile(path):
         return path
     candidate = os.path.join(_CONFIGS_DIR, os.path.basename(path))
-    if os.path.isfile(candidate):
+    if os.path.normpath(path) == os.path.join("configs", os.path.basename(path)) and \
+            os.path.isfile(candidate):
         return candidate
     available = sorted(f for f in os.listdir(_CONFIGS_DIR) if f.endswith(".py") and f[0] != "_")
     raise ConfigError(f"config file {path!r} not found (configs available: {available})")

@@ -22,12 +22,15 @@ evaluator, split, data, step, origin), so no two commands overwrite each other.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping
+import socket
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import ml_collections
@@ -94,6 +97,28 @@ def default_workdir(cfg: ml_collections.ConfigDict, source_kind: str, source_arg
         source_arg.replace("/", "_").replace(":", "_")
     name = f"{cfg.task}_{cfg.size}_{os.path.basename(tag.rstrip('/'))}"
     return os.path.join("runs", name + (f"_{suffix}" if suffix else ""))
+
+
+@contextlib.contextmanager
+def locked(run_dir: str) -> Iterator[None]:
+    """Holds an exclusive lock on ``run_dir`` (``RUN/.lock``) so that two trainings never
+    write the same run; a second one stops at once, naming the holder. The OS drops the
+    lock when its process dies, so a killed run never leaves a stale one behind."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(f"{run_dir} is in use by {holder}; wait for it to finish (or "
+                            "stop it), or pass another --workdir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # --------------------------------------------------------------------------- run_info

@@ -11,6 +11,29 @@ from collections.abc import Mapping
 from tensorboardX import SummaryWriter
 
 
+def drop_rows_after(path: str, stage: str, step: int) -> int:
+    """Rewrites ``path`` (atomically) without the rows of ``stage`` past ``step``; returns
+    how many were dropped. A torn last line (a kill mid-write) is dropped too."""
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        lines = f.read().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not (row.get("stage") == stage and int(row.get("step", 0)) > step):
+            kept.append(line)
+    if len(kept) != len(lines):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("".join(k + "\n" for k in kept))
+        os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
 def progress_interval() -> float:
     """Seconds between progress-bar refreshes: live on a terminal, sparse in a log file
     (a redirected run would otherwise write one line per step)."""
@@ -18,13 +41,20 @@ def progress_interval() -> float:
 
 
 class MetricsWriter:
-    """Appends ``{"stage", "step", "time", **metrics}`` lines and TensorBoard scalars."""
+    """Appends ``{"stage", "step", "time", **metrics}`` lines and TensorBoard scalars.
 
-    def __init__(self, run_dir: str, stage: str, enabled: bool = True):
+    ``resume_from``: the step training restarts from. Rows this stage logged after it (work
+    lost with the process that logged them, and about to be redone) are dropped first, so
+    every step appears once in metrics.jsonl.
+    """
+
+    def __init__(self, run_dir: str, stage: str, enabled: bool = True, resume_from: int = 0):
         self.enabled = enabled
         self.stage = stage
         self.start = time.time()
         self.path = os.path.join(run_dir, "metrics.jsonl")
+        if enabled:
+            drop_rows_after(self.path, stage, resume_from)
         self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard", stage)) if enabled else None
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:

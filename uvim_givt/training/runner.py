@@ -94,8 +94,29 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         problems.append(f"givt.model.style={g.style!r}: ar or masked")
     if cfg.givt.posterior not in ("sample", "mean"):
         problems.append(f"givt.posterior={cfg.givt.posterior!r}: sample or mean")
+    for stage in ("vae", "givt"):
+        problems += check_train_group(cfg[stage].train, f"{stage}.train")
     if problems:
         raise ConfigError("inconsistent config: " + "; ".join(problems))
+
+
+OPTIMIZERS = ("adam", "adafactor")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def check_train_group(t: ml_collections.ConfigDict, where: str) -> list[str]:
+    """Choices and ranges of a ``train`` group, checked before anything is written."""
+    problems = []
+    for key in ("total_steps", "batch_size", "log_every", "ckpt_every", "keep_ckpts"):
+        if int(t[key]) < 1:
+            problems.append(f"{where}.{key}={t[key]!r}: must be >= 1")
+    if t.optim.optimizer not in OPTIMIZERS:
+        problems.append(f"{where}.optim.optimizer={t.optim.optimizer!r}: one of {OPTIMIZERS}")
+    if t.optim.schedule not in SCHEDULES:
+        problems.append(f"{where}.optim.schedule={t.optim.schedule!r}: one of {SCHEDULES}")
+    if not float(t.optim.lr) > 0:
+        problems.append(f"{where}.optim.lr={t.optim.lr!r}: must be > 0")
+    return problems
 
 
 def check_saved_config(run_dir: str, cfg: ml_collections.ConfigDict) -> None:
@@ -370,8 +391,16 @@ def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: s
         task.check_config(cfg)
     if cfg.givt.init_encoder and not os.path.isfile(cfg.givt.init_encoder):
         raise UserError(f"givt.init_encoder={cfg.givt.init_encoder!r}: no such file")
-    rundir.start_run(run_dir, cfg)
-    log(f"run directory: {run_dir}")
+    with rundir.locked(run_dir):
+        rundir.start_run(run_dir, cfg)
+        log(f"run directory: {run_dir}")
+        return _train_stages(task, cfg, run_dir, stage, vae_ckpt, hooks, log)
+
+
+def _train_stages(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: str,
+                  vae_ckpt: str | None, hooks: EvalHooks | None,
+                  log: Callable[[str], None]) -> Run:
+    source = cfg.data.source
     meta = {"config_hash": rundir.config_hash(cfg)}
     run = Run(run_dir, cfg, task)
     t_start = time.time()

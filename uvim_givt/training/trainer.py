@@ -155,7 +155,8 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
                       in_shardings=(params_sh, opt_sh, repl, batch_sh, repl, frozen_sh),
                       out_shardings=(params_sh, opt_sh, repl, repl))
 
-    writer = MetricsWriter(run_dir, stage_name, enabled=jax.process_index() == 0)
+    writer = MetricsWriter(run_dir, stage_name, enabled=jax.process_index() == 0,
+                           resume_from=start)
     bad_step = jax.device_put(jnp.array(-1, jnp.int32), repl)
     pending: list[dict[str, jax.Array]] = []
     history: list[dict[str, float]] = []
