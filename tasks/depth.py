@@ -190,6 +190,14 @@ class DepthTask:
     name = "depth"
     mirror_equivariant = True  # a mirrored frame's depth is the mirrored depth
 
+    def check_config(self, cfg: ml_collections.ConfigDict) -> None:
+        """Depth settings, checked before a run directory is written."""
+        if cfg.data.decode not in DECODE_MODES:
+            raise ConfigError(f"data.decode={cfg.data.decode!r}: use one of {DECODE_MODES}")
+        lo, hi = float(cfg.data.min_depth), float(cfg.data.max_depth)
+        if not 0 <= lo < hi:
+            raise ConfigError(f"data.min_depth={lo}, data.max_depth={hi}: need 0 <= min < max")
+
     def load(self, cfg: ml_collections.ConfigDict, source: str, split: str) -> tf.data.Dataset:
         kind, arg = pipeline.parse_source(source)
         data_dir = cfg.data.data_dir or None

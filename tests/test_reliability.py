@@ -78,3 +78,15 @@ def test_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys, s
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not run.exists()  # no config.json to refuse the corrected rerun
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("data.decode=argmx", "data.decode='argmx': use one of"),
+    ("data.max_depth=0.0", "data.max_depth=0.0: need 0 <= min < max"),
+])
+def test_a_task_checks_its_own_settings_before_writing(tmp_path, capsys, setting, message):
+    from tasks import depth as D
+    run = tmp_path / "run"
+    assert D.main(["train", "--workdir", str(run), "--set", setting]) == 2
+    assert message in capsys.readouterr().err
+    assert not run.exists()
