@@ -220,6 +220,17 @@ class PanopticTask:
     name = "panoptic"
     mirror_equivariant = False  # canonical instance ids depend on position
 
+    def check_config(self, cfg) -> None:
+        """The data's categories must fit the semantics channel (categories + void), checked
+        before a run directory is written (a mismatch used to surface as a NaN loss)."""
+        n_cats = len(self.categories(cfg))
+        n_sem = builders.label_channels(cfg)["semantics"][1]
+        if n_sem != n_cats + 1:
+            raise ConfigError(
+                f"{cfg.data.source} has {n_cats} categories, but vae.model.label_channels."
+                f"semantics has {n_sem} classes (categories + void): pass --set "
+                f"vae.model.label_channels.semantics=(0,{n_cats + 1})")
+
     def categories(self, cfg) -> list[dict[str, Any]]:
         kind, arg = pipeline.parse_source(cfg.data.source)
         if kind == "folder":

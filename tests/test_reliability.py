@@ -80,6 +80,20 @@ def test_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys, s
     assert not run.exists()  # no config.json to refuse the corrected rerun
 
 
+def test_panoptic_categories_must_fit_the_semantics_channel(tmp_path, capsys):
+    """Real COCO (133 categories) with the tiny preset (10 + void) is refused at once."""
+    data = tmp_path / "coco"
+    os.makedirs(data / "annotations")
+    cats = [{"id": k + 1, "name": f"c{k}", "isthing": k % 2} for k in range(133)]
+    (data / "annotations" / "panoptic_val2017.json").write_text(json.dumps(
+        {"categories": cats, "annotations": [], "images": []}))
+    run = tmp_path / "run"
+    assert P.main(["train", "--workdir", str(run), "--data", f"folder:{data}"]) == 2
+    err = capsys.readouterr().err
+    assert "has 133 categories, but vae.model.label_channels.semantics has 11" in err
+    assert "semantics=(0,134)" in err and not run.exists()
+
+
 @pytest.mark.parametrize("setting,message", [
     ("data.decode=argmx", "data.decode='argmx': use one of"),
     ("data.max_depth=0.0", "data.max_depth=0.0: need 0 <= min < max"),
