@@ -44,7 +44,7 @@ from uvim_givt.sampling.predictor import Predictor
 from uvim_givt.task import Task
 from uvim_givt.training.metrics import progress_interval
 from uvim_givt.training.objectives import givt_nll_loss
-from uvim_givt.training.runner import Run, load_run, vae_input
+from uvim_givt.training.runner import Run, load_givt_params, load_run, vae_input
 
 #: prediction -> the stage whose parameters it needs (and after which it runs)
 PREDICTION_STAGE = {"oracle": "vae", "sampled": "givt", "teacher_forced": "givt",
@@ -174,7 +174,6 @@ def evaluate_run(run_dir: str, origin: str, *, stage: str | None = None,
                                     (("stage", stage), ("kind", kind)) if v)
                         + f" is declared (evals: {sorted(declared(run.cfg))})")
     if any(s.stage == "givt" for s in specs):
-        from uvim_givt.training.runner import load_givt_params
         run.givt_params, run.givt_step = load_givt_params(run_dir, run.cfg)
     return {s.name: hooks.run_one(s, run, run.step(s.stage)) for s in specs}
 

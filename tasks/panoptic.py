@@ -223,7 +223,7 @@ class PanopticTask:
     def check_config(self, cfg) -> None:
         """The data's categories must fit the semantics channel (categories + void), checked
         before a run directory is written (a mismatch used to surface as a NaN loss)."""
-        n_cats = len(self.categories(cfg))
+        n_cats = len(self._cats(cfg))  # cached: preprocess and the metric read them too
         n_sem = builders.label_channels(cfg)["semantics"][1]
         if n_sem != n_cats + 1:
             raise ConfigError(

@@ -36,7 +36,7 @@ from uvim_givt.compat import big_vision
 from uvim_givt.data import pipeline
 from uvim_givt.errors import CheckpointError, ConfigError, UserError
 from uvim_givt.models import builders, image_losses, vae_losses
-from uvim_givt.task import Task
+from uvim_givt.task import Task, get_task
 from uvim_givt.training import checkpoint as ckpt_lib
 from uvim_givt.training.ema import ParamsEMA
 from uvim_givt.training.objectives import givt_nll_loss
@@ -327,7 +327,6 @@ def load_givt_params(run_dir: str, cfg: ml_collections.ConfigDict) -> tuple[Any,
 def load_run(run_dir: str, task: Task | None = None, need_givt: bool = True) -> Run:
     """A run directory's config and parameters; the task is found by its config's name
     when not given."""
-    from uvim_givt.task import get_task
     cfg = rundir.load_run_config(run_dir, task.name if task is not None else None)
     check_saved_config(run_dir, cfg)
     task = task or get_task(str(cfg.task))
@@ -385,8 +384,7 @@ def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: s
     if stage not in STAGES:
         raise UserError(f"--stage {stage!r}: one of {STAGES}")
     check_config(cfg)
-    source = cfg.data.source
-    pipeline.parse_source(source)
+    pipeline.parse_source(cfg.data.source)
     if getattr(task, "check_config", None):
         task.check_config(cfg)
     if cfg.givt.init_encoder and not os.path.isfile(cfg.givt.init_encoder):
