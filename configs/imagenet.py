@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.common import evaluator, train_group
+from configs.common import evaluator, init_group, train_group
 from uvim_givt.config import parse_arg
+from uvim_givt.errors import ConfigError
 
 SIZES = ("tiny", "paper")
 STYLES = ("ar", "masked")
@@ -56,9 +57,9 @@ def givt_model(size: str, style: str, vae: dict, num_classes: int) -> dict:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     a = parse_arg(arg, size="tiny", style="ar")
     if a.size not in SIZES:
-        raise ValueError(f"unknown size preset {a.size!r}: one of {SIZES}")
+        raise ConfigError(f"unknown size preset {a.size!r}: one of {SIZES}")
     if a.style not in STYLES:
-        raise ValueError(f"unknown style {a.style!r}: one of {STYLES}")
+        raise ConfigError(f"unknown style {a.style!r}: one of {STYLES}")
     paper = a.size == "paper"
     masked = a.style == "masked"
     c = ml_collections.ConfigDict()
@@ -81,6 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         skip_bad=False,  # folder:PATH: skip (and count) unreadable images instead of failing
     )
     c.vae = dict(
+        init=init_group(),
         kind="cnn",
         model=vae,
         # KL weight (the KL is summed over all latent dims, the L2 averaged over pixels).
@@ -107,6 +109,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # GIVT-Causal 256: adam b2=0.95, lr 1e-3 cosine with 10% warm-up, wd 1e-4, clip 1,
     # batch 8192 (~500 epochs of ImageNet). GIVT-MaskGIT: dropout 0.4, no weight decay.
     c.givt = dict(
+        init=init_group(),
         model=givt_model(a.size, a.style, vae, num_classes),
         posterior="sample",  # stage-2 targets: a sample of q(z|x) ("mean" = its mean)
         input_noise=0.0,     # std of noise on the teacher-forcing inputs (0 = published)

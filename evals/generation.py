@@ -36,7 +36,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from uvim_givt.errors import EvalError
+from uvim_givt.errors import (
+    ArgumentParser,
+    DataError,
+    EvalError,
+    add_verbose_argument,
+    positive_int,
+    run_command,
+)
 from uvim_givt.rundir import write_json
 
 # ----------------------------------------------------------------------------- metrics
@@ -504,7 +511,7 @@ def load_images(path: str) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _load_image_dir(directory: str) -> tuple[np.ndarray, np.ndarray | None]:
-    import cv2
+    from uvim_givt.data.images import read_image
 
     names = sorted(n for n in os.listdir(directory) if n.lower().endswith(IMAGE_SUFFIXES))
     if not names:
@@ -512,9 +519,10 @@ def _load_image_dir(directory: str) -> tuple[np.ndarray, np.ndarray | None]:
     images = []
     for name in names:
         p = os.path.join(directory, name)
-        img = cv2.imread(p, cv2.IMREAD_COLOR)
-        if img is None:
-            raise GenerationEvalError(f"unreadable image {p}")
+        try:
+            img = read_image(p)
+        except DataError as e:
+            raise GenerationEvalError(str(e)) from None
         if images and img.shape != images[0].shape:
             raise GenerationEvalError(
                 f"image {p} is {img.shape[1]}x{img.shape[0]}, the others "
@@ -561,7 +569,7 @@ def evaluate_generation(
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m evals.generation",
         description="FID, Inception Score and class consistency of generated images.",
     )
@@ -569,22 +577,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help=".npz or image directory (real images)")
     p.add_argument("--extractor", default="digits", help="digits | inception:PATH_TO_WEIGHTS")
     p.add_argument("--cache-dir", default=None, help=f"digits classifier cache (${CACHE_ENV})")
-    p.add_argument("--is-splits", type=int, default=10)
+    p.add_argument("--is-splits", type=positive_int, default=10)
     p.add_argument("--out", help="write the result as JSON here")
+    add_verbose_argument(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    try:
-        samples, labels = load_images(args.samples)
-        reference, _ = load_images(args.reference)
-        extractor = get_extractor(args.extractor, cache=args.cache_dir)
-        result = evaluate_generation(samples, reference, extractor, labels, args.is_splits)
-    except GenerationEvalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_command(lambda: _main(args), args.verbose)
+
+
+def _main(args: argparse.Namespace) -> int:
+    samples, labels = load_images(args.samples)
+    reference, _ = load_images(args.reference)
+    extractor = get_extractor(args.extractor, cache=args.cache_dir)
+    result = evaluate_generation(samples, reference, extractor, labels, args.is_splits)
     for k, v in result["metrics"].items():
         print(f"{k:>15s}  {v:.4f}")
     print(f"{'samples':>15s}  {result['num_samples']} (reference {result['num_reference']}, "

@@ -25,7 +25,7 @@ import numpy as np
 
 from evals import generation as gen_eval
 from uvim_givt.data import pipeline
-from uvim_givt.data.images import image_grid, write_png
+from uvim_givt.data.images import image_grid, write_png_or_warn
 from uvim_givt.errors import ConfigError, UserError
 from uvim_givt.sampling.predictor import Predictor, to_uint8
 from uvim_givt.task import Task
@@ -115,14 +115,14 @@ def _oracle(task, run, spec, source, split, max_examples, step, extractor):
         ref_feats.append(extractor.features(to_uint8(images)))
         recon_feats.append(extractor.features(to_uint8(recon)))
         if count == len(images):
-            write_png(os.path.join(sample_dir, "vae_reconstructions.png"),
+            write_png_or_warn(os.path.join(sample_dir, "vae_reconstructions.png"),
                       np.concatenate([image_grid(to_uint8(images[:16]), 1),
                                       image_grid(to_uint8(recon[:16]), 1)], axis=0))
     if not count:
         raise UserError(f"split {split!r} of {source} has no examples")
     ref = np.concatenate(ref_feats)
     random_images = gen.decode_images(gen.random_latents(max(len(ref), 2), seed=1))
-    write_png(os.path.join(sample_dir, "vae_random_latents.png"),
+    write_png_or_warn(os.path.join(sample_dir, "vae_random_latents.png"),
               image_grid(random_images[:32], 2))
     metrics = {"recon_mse": sq / count,
                "FID_recon": gen_eval.fid_from_features(np.concatenate(recon_feats), ref),
@@ -148,17 +148,18 @@ def _sampled(task, run, spec, source, split, max_examples, step, extractor, seed
     sample_dir = os.path.join(run.run_dir, "samples")
     per_class = int(opts.grid_per_class)
     grid, rows = per_class_grids(images, labels, classes, per_class)
-    pngs = [write_png(os.path.join(sample_dir, f"class_{c:04d}.png"), row)
+    pngs = [write_png_or_warn(os.path.join(sample_dir, f"class_{c:04d}.png"), row)
             for c, row in rows.items()]
     if grid is not None:
-        pngs.append(write_png(os.path.join(sample_dir, f"grid_step{step}_cfg{w:g}.png"), grid))
+        pngs.append(write_png_or_warn(
+            os.path.join(sample_dir, f"grid_step{step}_cfg{w:g}.png"), grid))
     if w != 0:
         plain, images_u = sample_and_score(gen, extractor, ref, labels, seed, temperature=t,
                                            cfg_weight=0.0)
         metrics.update({f"{k}_no_cfg": v for k, v in plain.items()})
         grid_u, _ = per_class_grids(images_u, labels, classes, per_class)
         if grid_u is not None:
-            pngs.append(write_png(os.path.join(sample_dir, f"grid_step{step}_cfg0.png"),
+            pngs.append(write_png_or_warn(os.path.join(sample_dir, f"grid_step{step}_cfg0.png"),
                                   grid_u))
     else:
         metrics.update({f"{k}_no_cfg": v for k, v in guided.items()})
@@ -166,13 +167,13 @@ def _sampled(task, run, spec, source, split, max_examples, step, extractor, seed
     metrics["FID_random_latents"] = gen_eval.fid_from_features(
         extractor.features(random_images), ref)
     k = min(len(random_images), 100)
-    pngs.append(write_png(os.path.join(sample_dir, "random_latents.png"),
+    pngs.append(write_png_or_warn(os.path.join(sample_dir, "random_latents.png"),
                           image_grid(random_images[:k], max(1, k // 10))))
     extra = {"temperature": t, "cfg_weight": w, "style": cfg.givt.model.style,
              "samples_per_class": int(opts.samples_per_class), "num_classes": len(classes),
              "num_reference": len(ref), "num_examples": len(labels),
              "sampling_seconds": round(sample_time, 1),
-             "pngs": [os.path.relpath(p, run.run_dir) for p in pngs]}
+             "pngs": [os.path.relpath(p, run.run_dir) for p in pngs if p]}
     if cfg.givt.model.style == "masked":
         extra.update(num_steps=int(s.num_steps), choice_temperature=float(s.choice_temperature))
     return metrics, extra

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from uvim_givt.errors import UserError
+from uvim_givt.errors import ArgumentParser, UserError, add_verbose_argument, run_command
 from uvim_givt.rundir import read_eval_records
 
 PUBLISHED_LABEL = "published (real dataset)"
@@ -633,7 +633,7 @@ def render_html(report: Report) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m evals.leaderboard",
         description="Tables, plots and samples of all runs, next to the published results.",
     )
@@ -644,22 +644,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report", help="output folder (default: report/)")
     p.add_argument("--format", choices=["md", "html", "both"], default="both",
                    help="md also prints the markdown to stdout")
+    add_verbose_argument(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
+    return run_command(lambda: _main(args), args.verbose)
+
+
+def _main(args: argparse.Namespace) -> int:
     roots = args.root if args.root is not None else ([] if args.run_dirs else ["runs"])
     warnings: list[str] = []
-    try:
-        if not args.run_dirs and roots == ["runs"] and not os.path.isdir("runs"):
-            warnings.append("no runs/ folder here: the report has the published rows only")
-            roots = []
-        runs = gather_runs(args.run_dirs, roots, warnings)
-    except LeaderboardError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if not args.run_dirs and roots == ["runs"] and not os.path.isdir("runs"):
+        warnings.append("no runs/ folder here: the report has the published rows only")
+        roots = []
+    runs = gather_runs(args.run_dirs, roots, warnings)
     report = build_report(runs, warnings)
     os.makedirs(args.out, exist_ok=True)
     written = []

@@ -20,7 +20,7 @@ from typing import Any
 
 from evals.panoptic_io import PanopticEvalError
 from evals.pq import _evaluate_files, _results_json, format_table
-from uvim_givt.errors import UserError
+from uvim_givt.errors import ArgumentParser, add_verbose_argument, positive_int, run_command
 from uvim_givt.rundir import write_json
 
 # --------------------------------------------------------------------------------------------
@@ -29,7 +29,7 @@ from uvim_givt.rundir import write_json
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser (files mode or --ckpt mode)."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m evals.panoptic",
         description="Panoptic quality (PQ/SQ/RQ) as panopticapi's pq_compute computes it.",
     )
@@ -43,9 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     ckpt.add_argument("--ckpt", metavar="RUN_DIR", help="run directory to evaluate")
     ckpt.add_argument("--data", help="data source, as the task's --data takes it")
     ckpt.add_argument("--split", default="validation")
-    ckpt.add_argument("--max-examples", type=int, help="evaluate at most this many images")
+    ckpt.add_argument("--max-examples", type=positive_int, help="evaluate at most this many images")
     p.add_argument("--out", help="also write the results (with per-class figures) to this JSON")
-    p.add_argument("--workers", type=int, help="threads (default: CPUs, at most 8)")
+    p.add_argument("--workers", type=positive_int, help="threads (default: CPUs, at most 8)")
+    add_verbose_argument(p)
     return p
 
 
@@ -96,30 +97,23 @@ def _write_out(path: str, obj: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code (2 for bad input, with the message, no traceback)."""
     args = parse_args(argv)
+    return run_command(lambda: _main(args), args.verbose)
+
+
+def _main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    try:
-        if args.ckpt:
-            results = _run_ckpt(args)
-            if args.out:
-                _write_out(args.out, results)
-            print(_flat_table(results))
-            print(f"{int(next(iter(results.values()))['num_images'])} images in "
-                  f"{time.perf_counter() - start:.2f} s")
-            return 0
-        else:
-            results, acc = _evaluate_files(
-                args.gt_json,
-                args.gt_dir,
-                args.pred_json,
-                args.pred_dir,
-                args.categories,
-                args.workers,
-            )
+    if args.ckpt:
+        results = _run_ckpt(args)
         if args.out:
-            _write_out(args.out, _results_json(results, acc))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            _write_out(args.out, results)
+        print(_flat_table(results))
+        print(f"{int(next(iter(results.values()))['num_images'])} images in "
+              f"{time.perf_counter() - start:.2f} s")
+        return 0
+    results, acc = _evaluate_files(args.gt_json, args.gt_dir, args.pred_json, args.pred_dir,
+                                   args.categories, args.workers)
+    if args.out:
+        _write_out(args.out, _results_json(results, acc))
     print(format_table(results))
     print(f"{acc.num_images} images in {time.perf_counter() - start:.2f} s")
     return 0

@@ -20,6 +20,7 @@ except ImportError:  # optional speed-up
     _spng = None
 import numpy as np
 
+from uvim_givt.data.images import truncation
 from uvim_givt.errors import EvalError
 
 OFFSET = 256 * 256 * 256  # segment ids are 24-bit: R + 256 G + 256^2 B
@@ -93,6 +94,9 @@ def read_id_png(path: str | os.PathLike) -> np.ndarray:
             data = f.read()
     except OSError as e:
         raise PanopticEvalError(f"cannot read PNG {path}: {e.strerror or e}") from None
+    why = truncation(data)
+    if why:
+        raise PanopticEvalError(f"cannot decode PNG {path}: {why}")
     img, bgr = _decode_png(data)
     if img is None:
         raise PanopticEvalError(f"cannot decode PNG {path}: empty, truncated or not an image")

@@ -4,7 +4,10 @@ the dense tasks, the training view and prediction over an image folder."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,9 +17,9 @@ import numpy as np
 import tensorflow as tf
 
 from evals.evaluators import Evaluators, evaluate_run
-from uvim_givt import cli
-from uvim_givt.data.images import read_rgb
-from uvim_givt.errors import ConfigError, UserError
+from uvim_givt import cli, rundir
+from uvim_givt.data.images import IMAGE_SUFFIXES, read_rgb
+from uvim_givt.errors import ConfigError, DataError, UserError, positive_int
 from uvim_givt.sampling.predictor import Predictor
 from uvim_givt.training.runner import load_run
 
@@ -46,45 +49,121 @@ def random_train_view(cfg: ml_collections.ConfigDict, seed: tf.Tensor, image: tf
     return maps
 
 
-def predict_image_folder(task: Any, cfg: ml_collections.ConfigDict, predictor: Predictor,
-                         images: str, batch_size: int) -> Iterator[tuple[str, dict, Any]]:
-    """(file stem, raw example {"image"}, prediction) for each .jpg/.png in ``images``,
-    sorted by name: the ``predict`` command of every dense task."""
+def list_images(images: str) -> list[str]:
+    """The image file names in folder ``images``, sorted; a missing or empty folder names
+    itself."""
     if not os.path.isdir(images):
         raise UserError(f"--images {images}: not a directory")
-    names = sorted(f for f in os.listdir(images) if f.lower().endswith((".jpg", ".jpeg", ".png")))
+    names = sorted(f for f in os.listdir(images) if f.lower().endswith(IMAGE_SUFFIXES))
     if not names:
-        raise UserError(f"--images {images}: no .jpg/.png files")
+        raise UserError(f"--images {images}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return names
+
+
+def predict_image_folder(task: Any, cfg: ml_collections.ConfigDict, predictor: Predictor,
+                         images: str, batch_size: int,
+                         skipped: list[tuple[str, str]] | None = None
+                         ) -> Iterator[tuple[str, dict, Any]]:
+    """(file name, raw example {"image"}, prediction) for each image in folder ``images``,
+    sorted by name: the ``predict`` command of every dense task.
+
+    An unreadable or truncated image raises :class:`DataError` naming it, unless
+    ``skipped`` is a list: then (file name, reason) is appended to it and the image skipped.
+    """
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: must be >= 1")
+    names = list_images(images)
     size = int(cfg.data.image_size)
     for start in range(0, len(names), batch_size):
-        chunk = names[start:start + batch_size]
-        raw = [read_rgb(os.path.join(images, n)) for n in chunk]
+        chunk, raw = [], []
+        for n in names[start:start + batch_size]:
+            try:
+                raw.append(read_rgb(os.path.join(images, n)))
+                chunk.append(n)
+            except DataError as e:
+                if skipped is None:
+                    raise DataError(f"{e} (predict --skip-bad skips such files)") from None
+                skipped.append((n, str(e)))
+        if not chunk:
+            continue
         batch = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR)
                           for im in raw]).astype(np.float32) / 127.5 - 1.0
         logits = predictor.predict(batch, seed=start,
                                    mirror_equivariant=task.mirror_equivariant)
         for i, n in enumerate(chunk):
             ex = {"image": raw[i]}
-            yield (os.path.splitext(n)[0], ex,
-                   task.postprocess(cfg, {k: v[i] for k, v in logits.items()}, ex))
+            yield n, ex, task.postprocess(cfg, {k: v[i] for k, v in logits.items()}, ex)
 
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="run directory")
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--batch-size", type=int, default=8, help="images per model call")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per model call")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable or truncated images (listed in OUT/skipped.json)")
+    p.add_argument("--images-json", default=None,
+                   help="COCO-style JSON whose 'images' give each file's image id (default: "
+                        "the file stem, as an integer when it is numeric, as COCO's are)")
 
 
-def predict_command(help: str, write: Callable[[Any, Any, str, Iterator], str]) -> cli.Command:
-    """``predict --ckpt RUN --images DIR --out DIR``: ``write(task, run, out, predictions)``
-    stores the predictions in the task's format and returns a summary line."""
+@dataclasses.dataclass
+class PredictArgs:
+    """What a task's ``write`` gets besides the predictions."""
+
+    out: str
+    image_ids: Callable[[str], tuple[int | str, str]]  # file name -> (image id, stem)
+
+
+def coco_image_ids(images_json: str | None) -> Callable[[str], tuple[int | str, str]]:
+    """file name -> (image id, stem): from ``images_json``'s ``images`` (matched by file
+    name, then by stem), else the stem, as an int when numeric (COCO's ``000000142238.jpg``
+    is image 142238)."""
+    by_name: dict[str, int | str] = {}
+    if images_json:
+        try:
+            with open(images_json) as f:
+                entries = json.load(f)["images"]
+            for im in entries:
+                by_name[os.path.basename(im["file_name"])] = im["id"]
+                by_name.setdefault(os.path.splitext(os.path.basename(im["file_name"]))[0],
+                                   im["id"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"--images-json {images_json}: not a COCO JSON with an 'images' "
+                            f"list of {{id, file_name}} ({type(e).__name__}: {e})") from None
+
+    def ids(name: str) -> tuple[int | str, str]:
+        stem = os.path.splitext(name)[0]
+        if images_json:
+            if name not in by_name and stem not in by_name:
+                raise UserError(f"--images-json {images_json}: no entry for {name}")
+            return by_name.get(name, by_name.get(stem)), stem
+        return (int(stem) if stem.isdigit() else stem), stem
+    return ids
+
+
+def predict_command(help: str, write: Callable[[Any, Any, PredictArgs, Iterator], str]
+                    ) -> cli.Command:
+    """``predict --ckpt RUN --images DIR --out DIR``: ``write(task, run, args, predictions)``
+    stores the predictions in the task's format as they come (so a failure loses nothing
+    written) and returns a summary line. Skipped images are listed in OUT/skipped.json."""
     def run(task, args):
         run = load_run(args.ckpt, task)
         predictor = Predictor(run.cfg, run.vae_params, run.givt_params)
+        ids = coco_image_ids(args.images_json)
+        for name in list_images(args.images):
+            ids(name)  # every image has an id before any work is done
         os.makedirs(args.out, exist_ok=True)
-        preds = predict_image_folder(task, run.cfg, predictor, args.images, args.batch_size)
-        print(write(task, run, args.out, preds))
+        skipped: list[tuple[str, str]] | None = [] if args.skip_bad else None
+        preds = predict_image_folder(task, run.cfg, predictor, args.images, args.batch_size,
+                                     skipped)
+        print(write(task, run, PredictArgs(args.out, ids), preds))
+        if skipped:
+            path = os.path.join(args.out, "skipped.json")
+            rundir.write_json(path, [{"file": n, "reason": r} for n, r in skipped])
+            print(f"skipped {len(skipped)} unreadable image(s), listed in {path}: "
+                  f"{', '.join(n for n, _ in skipped[:5])}{' ...' if len(skipped) > 5 else ''}",
+                  file=sys.stderr)
     return cli.Command("predict", help, add_predict_arguments, run)
 
 

@@ -29,7 +29,6 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-import cv2
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -41,10 +40,18 @@ from evals.generative import (
     sample_and_score,
 )
 from tasks import common
-from uvim_givt import cli
+from uvim_givt import cli, schema
 from uvim_givt.data import pipeline
-from uvim_givt.data.images import IMAGE_SUFFIXES, image_grid, write_png
-from uvim_givt.errors import ConfigError, DataError, UserError
+from uvim_givt.data.images import IMAGE_SUFFIXES, image_grid, read_image, write_png
+from uvim_givt.errors import (
+    ConfigError,
+    DataError,
+    UserError,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from uvim_givt.sampling.predictor import Predictor
 from uvim_givt.training.runner import load_run
 
@@ -106,18 +113,19 @@ def read_folder(root: str, split: str, skip_bad: bool = False) -> Iterator[dict[
     """
     skipped = []
     for path, label in folder_files(root, split):
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None or image.size == 0:
+        try:
+            image = read_image(path)
+        except DataError as e:
             if not skip_bad:
-                raise DataError(f"{path}: unreadable, truncated or not an image (set "
-                                         "data.skip_bad=True to skip such files)")
+                raise DataError(f"{e} (set data.skip_bad=True to skip such files)") from None
             skipped.append(path)
             continue
         yield {"image": image[..., ::-1].copy(), "label": np.int64(label),
                "file_name": os.path.relpath(path, root)}
     if skipped:
         print(f"warning: skipped {len(skipped)} unreadable images in folder:{root} split "
-              f"{split!r}; first: {skipped[0]}", file=sys.stderr)
+              f"{split!r}: {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}",
+              file=sys.stderr)
 
 
 def _tfds_builder(name: str):
@@ -141,6 +149,9 @@ def _tfds_builder(name: str):
 
 class ImageNetTask:
     """What is specific to class-conditional generation: reading, preprocessing, classes."""
+
+    #: The ranges of the ImageNet keys (uvim_givt/schema.py).
+    config_rules: schema.Rules = ((r"data\.num_classes", schema.POSITIVE_INT),)
 
     name = "imagenet"
 
@@ -335,12 +346,15 @@ def plot_sweep(rows: list[dict[str, float]], path: str) -> str:
 def _sample_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--ckpt", required=True, help="run directory")
     s.add_argument("--classes", required=True, help="comma-separated class labels, e.g. 3,7")
-    s.add_argument("--num", type=int, default=8, help="samples per class")
-    s.add_argument("--temp", type=float, default=None, help="temperature (default: config)")
-    s.add_argument("--cfg", type=float, default=None, help="DB-CFG weight (default: config)")
-    s.add_argument("--steps", type=int, default=None, help="MaskGIT decoding steps")
-    s.add_argument("--choice-temp", type=float, default=None, help="MaskGIT choice temperature")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--num", type=positive_int, default=8, help="samples per class")
+    s.add_argument("--temp", type=positive_float, default=None,
+                   help="temperature (default: config)")
+    s.add_argument("--cfg", type=non_negative_float, default=None,
+                   help="DB-CFG weight (default: config)")
+    s.add_argument("--steps", type=positive_int, default=None, help="MaskGIT decoding steps")
+    s.add_argument("--choice-temp", type=positive_float, default=None,
+                   help="MaskGIT choice temperature")
+    s.add_argument("--seed", type=non_negative_int, default=0)
     s.add_argument("--evaluator", default="sampled", help="whose batch size to sample in")
     s.add_argument("--out", required=True, help="PNG path (latents go to the same stem .npy)")
 
@@ -349,14 +363,16 @@ def _sweep_arguments(w: argparse.ArgumentParser) -> None:
     w.add_argument("--ckpt", required=True, help="run directory")
     w.add_argument("--cfg", default="0,0.2,0.4,1", help="comma-separated CFG weights")
     w.add_argument("--temps", default="0.8,0.95,1.0", help="comma-separated temperatures")
-    w.add_argument("--steps", type=int, default=None, help="MaskGIT decoding steps")
-    w.add_argument("--choice-temp", type=float, default=None, help="MaskGIT choice temperature")
-    w.add_argument("--num-per-class", type=int, default=None, help="default: the evaluator's")
+    w.add_argument("--steps", type=positive_int, default=None, help="MaskGIT decoding steps")
+    w.add_argument("--choice-temp", type=positive_float, default=None,
+                   help="MaskGIT choice temperature")
+    w.add_argument("--num-per-class", type=positive_int, default=None,
+                   help="default: the evaluator's")
     w.add_argument("--evaluator", default="sampled", help="the generation evaluator to sweep")
     w.add_argument("--data", default=None)
     w.add_argument("--split", default=None, help="default: the evaluator's")
-    w.add_argument("--max-eval", type=int, default=None, help="cap on reference images")
-    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--max-eval", type=positive_int, default=None, help="cap on reference images")
+    w.add_argument("--seed", type=non_negative_int, default=0)
     w.add_argument("--out", required=True, help="directory for sweep.json and sweep.png")
 
 

@@ -175,15 +175,15 @@ def test_cli_npz_and_directory(digits, tmp_path, capsys):
 
 
 def test_cli_errors(tmp_path, capsys):
-    assert G.main(["--samples", str(tmp_path / "none.npz"), "--reference", "x"]) == 1
+    assert G.main(["--samples", str(tmp_path / "none.npz"), "--reference", "x"]) == 2
     assert "none.npz does not exist" in capsys.readouterr().err
     np.savez(tmp_path / "bad.npz", pixels=np.zeros((2, 4, 4, 3), np.uint8))
-    assert G.main(["--samples", str(tmp_path / "bad.npz"), "--reference", "x"]) == 1
+    assert G.main(["--samples", str(tmp_path / "bad.npz"), "--reference", "x"]) == 2
     assert "no 'images' array" in capsys.readouterr().err
     np.savez(tmp_path / "ok.npz", images=np.zeros((4, 8, 8, 3), np.uint8))
     for spec in ("inception:" + str(tmp_path / "w.h5"), "vgg"):
         assert G.main(["--samples", str(tmp_path / "ok.npz"),
-                       "--reference", str(tmp_path / "ok.npz"), "--extractor", spec]) == 1
+                       "--reference", str(tmp_path / "ok.npz"), "--extractor", spec]) == 2
         err = capsys.readouterr().err
         assert ("Nothing is downloaded" in err) if spec != "vgg" else ("unknown extractor" in err)
 

@@ -146,7 +146,7 @@ def test_tolerates_missing_files_and_reports_errors(tmp_path, capsys):
     pan = _tables(printed.out)["panoptic"]
     assert pan[1][0] == "bare" and "12.0" in pan[1]
     assert "config.json" in printed.err and "without eval records: bad" in printed.err
-    assert L.main([str(tmp_path / "missing")]) == 1
+    assert L.main([str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 

@@ -3,16 +3,23 @@ no silent config-file fallback, bad settings refused before anything is written.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
+from tasks import common
 from tasks import panoptic as P
 from tests.test_training import _cfg, _Crash, _crashing
 from uvim_givt import config as config_lib
 from uvim_givt import rundir
-from uvim_givt.errors import ConfigError, UserError
+from uvim_givt.data.images import read_rgb, truncation
+from uvim_givt.errors import CheckpointError, ConfigError, DataError, UserError, run_command
 from uvim_givt.training.metrics import drop_rows_after
 from uvim_givt.training.toy import toy_model, toy_stage
 from uvim_givt.training.trainer import train
@@ -69,7 +76,7 @@ def test_a_missing_config_path_is_an_error_not_a_fallback(tmp_path, monkeypatch)
     ("vae.train.total_steps=-5", "vae.train.total_steps=-5: must be >= 1"),
     ("givt.train.optim.optimizer=adamx", "givt.train.optim.optimizer='adamx': one of"),
     ("vae.train.optim.schedule=cosin", "vae.train.optim.schedule='cosin': one of"),
-    ("givt.posterior=sampel", "givt.posterior='sampel': sample or mean"),
+    ("givt.posterior=sampel", "givt.posterior='sampel': one of ('sample', 'mean')"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys, setting,
                                                               message):
@@ -95,8 +102,8 @@ def test_panoptic_categories_must_fit_the_semantics_channel(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("setting,message", [
-    ("data.decode=argmx", "data.decode='argmx': use one of"),
-    ("data.max_depth=0.0", "data.max_depth=0.0: need 0 <= min < max"),
+    ("data.decode=argmx", "data.decode='argmx': one of ('expectation', 'argmax')"),
+    ("data.min_depth=20.0", "need 0 <= min < max"),
 ])
 def test_a_task_checks_its_own_settings_before_writing(tmp_path, capsys, setting, message):
     from tasks import depth as D
@@ -104,3 +111,302 @@ def test_a_task_checks_its_own_settings_before_writing(tmp_path, capsys, setting
     assert D.main(["train", "--workdir", str(run), "--set", setting]) == 2
     assert message in capsys.readouterr().err
     assert not run.exists()
+
+
+# ------------------------------------------------------------------------------- images
+def _jpeg_bytes(seed: int = 0, size: int = 48) -> bytes:
+    rgb = (np.random.RandomState(seed).rand(size, size, 3) * 255).astype(np.uint8)
+    return cv2.imencode(".jpg", rgb)[1].tobytes()
+
+
+def test_a_truncated_jpeg_or_png_is_refused_naming_the_file(tmp_path):
+    data = _jpeg_bytes()
+    (tmp_path / "ok.jpg").write_bytes(data)
+    assert read_rgb(str(tmp_path / "ok.jpg")).shape == (48, 48, 3)
+    # OpenCV alone decodes this as a half-grey image with only a libjpeg warning.
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    assert cv2.imread(str(tmp_path / "cut.jpg")) is not None
+    with pytest.raises(DataError, match=r"cut\.jpg: truncated JPEG"):
+        read_rgb(str(tmp_path / "cut.jpg"))
+    png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    (tmp_path / "cut.png").write_bytes(png[:-12])  # no IEND chunk
+    with pytest.raises(DataError, match=r"cut\.png: truncated PNG"):
+        read_rgb(str(tmp_path / "cut.png"))
+    # An EXIF-style thumbnail (a whole JPEG inside) before a cut main scan is still caught.
+    thumb = _jpeg_bytes(1, 8)
+    nested = data[:2] + b"\xff\xe1" + (len(thumb) + 2).to_bytes(2, "big") + thumb + data[2:]
+    (tmp_path / "thumb_ok.jpg").write_bytes(nested)
+    assert read_rgb(str(tmp_path / "thumb_ok.jpg")).shape == (48, 48, 3)
+    assert truncation(nested[: len(nested) - 200]) is not None
+
+
+def test_folder_training_data_with_a_truncated_image_is_refused_or_skipped(tmp_path):
+    from tasks.imagenet import read_folder
+    for split in ("train",):
+        d = tmp_path / split / "cls_a"
+        d.mkdir(parents=True)
+        (d / "a.jpg").write_bytes(_jpeg_bytes(0))
+        (d / "b.jpg").write_bytes(_jpeg_bytes(1)[:300])
+    with pytest.raises(DataError, match=r"b\.jpg: truncated JPEG.*data\.skip_bad"):
+        list(read_folder(str(tmp_path), "train"))
+    kept = list(read_folder(str(tmp_path), "train", skip_bad=True))
+    assert [ex["file_name"] for ex in kept] == [os.path.join("train", "cls_a", "a.jpg")]
+
+
+# ------------------------------------------------------------------- the one error path
+def test_a_user_error_inside_tf_data_is_one_line(capsys):
+    import tensorflow as tf
+
+    def gen():
+        yield 1
+        raise DataError("/data/x.png: segment ids [7] are in the JSON but not in the PNG")
+
+    ds = tf.data.Dataset.from_generator(gen, output_signature=tf.TensorSpec((), tf.int32))
+    assert run_command(lambda: list(ds.as_numpy_iterator())) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: /data/x.png: segment ids [7] are in the JSON but not in the PNG"]
+
+
+def test_verbose_adds_the_traceback_and_storage_errors_are_one_line(capsys):
+    def fail():
+        raise ConfigError("givt.x=1: bad")
+
+    assert run_command(fail, verbose=True) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1] == "error: givt.x=1: bad"
+
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/a/metrics.jsonl")
+
+    assert run_command(full) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: /runs/a/metrics.jsonl: No space left on device")
+    with pytest.raises(ZeroDivisionError):  # a bug is not a user error: full traceback
+        run_command(lambda: 1 / 0)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--config", "configs/panoptic.py:size=tinyy"], "unknown size preset 'tinyy'"),
+    (["train", "--config", "configs/depth.py"], "this config is for the depth task"),
+    (["train", "--set", "vae.train.batch_size=0"], "vae.train.batch_size=0: must be >= 1"),
+])
+def test_config_mistakes_are_one_line(tmp_path, capsys, argv, message):
+    run = tmp_path / "run"
+    assert P.main([*argv, "--workdir", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and not run.exists()
+
+
+# ---------------------------------------------------------------------- checkpoints
+def _corrupt(step_dir: str) -> None:
+    for root, _, files in os.walk(os.path.join(step_dir, "params")):
+        for f in files:
+            if os.path.basename(root) == "d":
+                with open(os.path.join(root, f), "r+b") as fh:
+                    fh.truncate(10)
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    n, run = 3, str(tmp_path / "run")
+    stage = toy_stage(toy_model())
+    cfg = _cfg(2 * n, ckpt_every=n)
+    cfg.log_every, cfg.keep_ckpts = 1, 3
+    train(cfg, run, "givt", stage)
+    ckpts = os.path.join(run, "checkpoints", "givt")
+    _corrupt(os.path.join(ckpts, str(2 * n)))
+    cfg.total_steps = 3 * n
+    capsys.readouterr()
+    train(cfg, run, "givt", stage)
+    err = capsys.readouterr().err
+    assert f"checkpoint step {2 * n} in {ckpts} is unreadable" in err
+    assert os.path.isdir(os.path.join(ckpts + ".unreadable", str(2 * n)))
+    assert _steps(run) == list(range(1, 3 * n + 1))  # resumed from step n, each step once
+    # Every step unreadable: one line saying which steps to delete.
+    for s in os.listdir(ckpts):
+        _corrupt(os.path.join(ckpts, s))
+    cfg.total_steps = 4 * n
+    with pytest.raises(CheckpointError, match=r"no readable checkpoint in .*Delete"):
+        train(cfg, run, "givt", stage)
+
+
+def test_a_failed_save_is_one_line_and_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    real_save = ocp.CheckpointManager.save
+
+    def full_disk(self, step, *a, **k):
+        if step > 2:
+            tmp = os.path.join(str(self.directory), f"{step}.orbax-checkpoint-tmp-1")
+            os.makedirs(os.path.join(tmp, "params"))
+            raise ValueError(f'RESOURCE_EXHAUSTED: Failed writing "{tmp}/params/d/x": No '
+                             "space left on device [os_error_code='28']")
+        return real_save(self, step, *a, **k)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+    run = str(tmp_path / "run")
+    with pytest.raises(CheckpointError, match=r"could not save checkpoint step 4 .*No space "
+                                              r"left on device.*resume from step 2"):
+        train(_cfg(6, ckpt_every=2), run, "givt", toy_stage(toy_model()))
+    assert sorted(os.listdir(os.path.join(run, "checkpoints", "givt"))) == ["2"]
+
+
+# ---------------------------------------------------------------- predict and evaluate
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from tests.test_panoptic_task import TINY
+    root = tmp_path_factory.mktemp("reliability")
+    os.environ["TFDS_DATA_DIR"] = str(root / "tfds")
+    run = str(root / "run")
+    assert P.main(["train", "--workdir", run, "--no-eval", *TINY]) == 0
+    return run
+
+
+def _images(folder, names, bad=()):
+    os.makedirs(folder, exist_ok=True)
+    for k, n in enumerate(names):
+        data = _jpeg_bytes(k, 40)
+        with open(os.path.join(folder, n), "wb") as f:
+            f.write(data[:200] if n in bad else data)
+    return str(folder)
+
+
+def test_predict_skips_bad_images_and_keeps_what_was_done(tiny_run, tmp_path, capsys):
+    names = ["000000000139.jpg", "000000000285.jpg", "zz_broken.jpg", "zz_last.jpg"]
+    images = _images(tmp_path / "images", names, bad={"zz_broken.jpg"})
+    out = tmp_path / "out"
+    # Without --skip-bad: one line naming the file; the two images before it are saved.
+    assert P.main(["predict", "--ckpt", tiny_run, "--images", images, "--out", str(out),
+                   "--batch-size", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "zz_broken.jpg: truncated JPEG" in err[-1]
+    pred = json.loads((out / "panoptic_pred.json").read_text())
+    assert [a["image_id"] for a in pred["annotations"]] == [139, 285]  # COCO integer ids
+    assert sorted(os.listdir(out / "panoptic_pred")) == ["000000000139.png",
+                                                         "000000000285.png"]
+    out2 = tmp_path / "out2"
+    assert P.main(["predict", "--ckpt", tiny_run, "--images", images, "--out", str(out2),
+                   "--skip-bad"]) == 0
+    pred = json.loads((out2 / "panoptic_pred.json").read_text())
+    assert [a["file_name"] for a in pred["annotations"]] == [
+        "000000000139.png", "000000000285.png", "zz_last.png"]
+    assert pred["annotations"][2]["image_id"] == "zz_last"  # no number: the stem
+    skipped = json.loads((out2 / "skipped.json").read_text())
+    assert [s["file"] for s in skipped] == ["zz_broken.jpg"]
+    assert "skipped 1 unreadable image(s)" in capsys.readouterr().err
+
+
+def test_predict_maps_file_names_to_ids_through_images_json(tiny_run, tmp_path):
+    images = _images(tmp_path / "images", ["a.jpg", "b.jpg"])
+    meta = tmp_path / "images.json"
+    meta.write_text(json.dumps({"images": [{"id": 7, "file_name": "a.jpg"},
+                                           {"id": 9, "file_name": "b.jpg"}]}))
+    out = tmp_path / "out"
+    assert P.main(["predict", "--ckpt", tiny_run, "--images", images, "--out", str(out),
+                   "--images-json", str(meta)]) == 0
+    pred = json.loads((out / "panoptic_pred.json").read_text())
+    assert [a["image_id"] for a in pred["annotations"]] == [7, 9]
+    meta.write_text(json.dumps({"images": [{"id": 7, "file_name": "a.jpg"}]}))
+    with pytest.raises(UserError, match=r"no entry for b\.jpg"):
+        common.coco_image_ids(str(meta))("b.jpg")
+
+
+def test_eval_on_a_read_only_run_prints_its_metrics(tiny_run, monkeypatch, capsys):
+    def read_only(path, obj):
+        raise OSError(errno.EROFS, "Read-only file system", path)
+
+    monkeypatch.setattr(rundir, "write_json", read_only)
+    monkeypatch.setattr(cv2, "imwrite", lambda *a, **k: False)
+    assert P.main(["eval", "--ckpt", tiny_run, "--max-eval", "2"]) == 0
+    captured = capsys.readouterr()
+    assert '"PQ"' in captured.out  # the metrics, printed
+    assert "could not save the sampled record" in captured.out + captured.err
+    assert "could not write" in captured.err  # the overlays, one warning per folder
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared/data/coco_panoptic_sample/sample_data"
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared (real COCO samples)")
+def test_predict_output_scores_against_coco_ground_truth(tmp_path, capsys):
+    """Train a few steps on the two real COCO samples (folder data, 133 categories), predict
+    their images, and score the output with evals.panoptic against the COCO JSON: the
+    integer image ids match, so both images are scored (none reported missing)."""
+    from evals import panoptic as evals_panoptic
+    from tests.test_panoptic_task import TINY
+    coco = tmp_path / "coco"
+    for split in ("train2017", "val2017"):
+        os.makedirs(coco / "annotations", exist_ok=True)
+        shutil.copy(SHARED / "panoptic_examples.json",
+                    coco / "annotations" / f"panoptic_{split}.json")
+        shutil.copytree(SHARED / "panoptic_examples", coco / "annotations" / f"panoptic_{split}")
+        shutil.copytree(SHARED / "input_images", coco / split)
+    run = str(tmp_path / "run")
+    assert P.main(["train", "--workdir", run, "--no-eval", "--data", f"folder:{coco}", *TINY,
+                   "--set", "vae.model.label_channels.semantics=(0,134)",
+                   "--set", "data.shuffle_buffer=4", "--set", "vae.train.batch_size=2",
+                   "--set", "givt.train.batch_size=2"]) == 0
+    out = tmp_path / "out"
+    assert P.main(["predict", "--ckpt", run, "--images", str(SHARED / "input_images"),
+                   "--out", str(out)]) == 0
+    pred = json.loads((out / "panoptic_pred.json").read_text())
+    assert sorted(a["image_id"] for a in pred["annotations"]) == [142238, 439180]
+    capsys.readouterr()
+    assert evals_panoptic.main([
+        "--gt-json", str(SHARED / "panoptic_examples.json"),
+        "--gt-dir", str(SHARED / "panoptic_examples"),
+        "--pred-json", str(out / "panoptic_pred.json"), "--pred-dir",
+        str(out / "panoptic_pred")]) == 0
+    assert "2 images in" in capsys.readouterr().out
+
+
+def test_fine_tuning_starts_from_a_run_and_a_converted_checkpoint(tiny_run, tmp_path, capsys):
+    """Stage 1 from a run directory, stage 2 from a .npz (the converter's format), with
+    the target embedding re-initialised; a 1e-12 learning rate keeps what was loaded."""
+    from flax import traverse_util
+
+    from tests.test_panoptic_task import TINY
+    from uvim_givt.compat.big_vision import save_npz
+    from uvim_givt.training.checkpoint import load_params
+    givt, _ = load_params(tiny_run, "givt")
+    npz = save_npz(str(tmp_path / "givt.npz"), givt)
+    run = str(tmp_path / "finetuned")
+    assert P.main(["train", "--workdir", run, "--no-eval", *TINY,
+                   "--set", f"vae.init.path={tiny_run}", "--set", f"givt.init.path={npz}",
+                   "--set", "givt.init.dont_load=('EmbedTargets/.*',)",
+                   "--set", "vae.train.optim.lr=1e-12", "--set", "givt.train.optim.lr=1e-12",
+                   ]) == 0
+    out = capsys.readouterr().out
+    assert f"vae: initialised from {tiny_run}" in out and f"givt: initialised from {npz}" in out
+    for stage in ("vae", "givt"):
+        before = traverse_util.flatten_dict(load_params(tiny_run, stage)[0], sep="/")
+        after = traverse_util.flatten_dict(load_params(run, stage)[0], sep="/")
+        for k, v in after.items():
+            if k.startswith("EmbedTargets/"):
+                assert not np.allclose(v, before[k], atol=1e-6), k  # freshly initialised
+            else:
+                np.testing.assert_allclose(v, before[k], atol=1e-6, err_msg=k)
+
+
+def test_depth_in_millimetres_is_refused_naming_the_file(tmp_path):
+    from tasks import depth as D
+    from tests.test_depth_task import _write_frame
+    rgb = np.zeros((3, 6, 8), np.uint8)
+    _write_frame(str(tmp_path / "m.h5"), rgb, np.full((6, 8), 2.5, np.float32))
+    assert float(D.read_h5_frame(str(tmp_path / "m.h5"))["depth"].max()) == 2.5
+    _write_frame(str(tmp_path / "mm.h5"), rgb, np.full((6, 8), 2500.0, np.float32))
+    with pytest.raises(DataError, match=r"mm\.h5: depth values up to 2500: .*millimetres"):
+        D.read_h5_frame(str(tmp_path / "mm.h5"))
+
+
+def test_eval_with_other_settings_writes_tagged_records(tiny_run, capsys):
+    eval_dir = os.path.join(tiny_run, "eval")
+    before = set(os.listdir(eval_dir)) if os.path.isdir(eval_dir) else set()
+    assert P.main(["eval", "--ckpt", tiny_run, "--max-eval", "2",
+                   "--set", "givt.sampling.temperature=0.7"]) == 0
+    new = sorted(set(os.listdir(os.path.join(tiny_run, "eval"))) - before)
+    assert new and all("_eval_set-" in n for n in new), new
+    rec = json.loads(open(os.path.join(tiny_run, "eval", new[0])).read())
+    assert rec["extra"]["settings"] == ["givt.sampling.temperature=0.7"]
+    capsys.readouterr()
+    assert P.main(["eval", "--ckpt", tiny_run, "--set", "givt.model.emb_dim=8"]) == 2
+    assert "eval may change data.*, givt.sampling.*, evals.* only" in capsys.readouterr().err

@@ -15,15 +15,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from uvim_givt import config as config_lib
 from uvim_givt import rundir
 from uvim_givt.data import pipeline
-from uvim_givt.errors import DataError, UserError
+from uvim_givt.errors import (
+    EXIT_USER_ERROR,
+    ArgumentParser,
+    add_verbose_argument,
+    positive_int,
+    run_command,
+)
 from uvim_givt.task import Task
 from uvim_givt.training import runner
 
@@ -47,7 +51,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="embedded | tfds:NAME | folder:PATH")
     p.add_argument("--vae-ckpt", default=None, help="run directory whose VAE stage 2 uses")
     p.add_argument("--no-eval", dest="eval", action="store_false")
-    p.add_argument("--max-eval", type=int, default=None, help="cap on evaluation examples")
+    p.add_argument("--max-eval", type=positive_int, default=None, help="cap on evaluation examples")
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,7 +59,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="data source (default: the run's)")
     p.add_argument("--split", default=None, help="default: each evaluator's split")
     p.add_argument("--oracle", action="store_true", help="evaluate stage 1 (encode GT, decode)")
-    p.add_argument("--max-eval", type=int, default=None)
+    p.add_argument("--max-eval", type=positive_int, default=None)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="evaluate with another decoding, sampling or protocol setting (data.*, "
+                        "givt.sampling.*, evals.*); the record is tagged with the settings")
 
 
 def load_task_config(task: Task, args: argparse.Namespace):
@@ -88,49 +95,27 @@ def eval_command(evaluate_run: Callable[..., dict[str, dict[str, float]]]) -> Co
     def run(task: Task, args: argparse.Namespace) -> dict:
         results = evaluate_run(args.ckpt, "eval", stage="vae" if args.oracle else "givt",
                                source=args.data, split=args.split,
-                               max_examples=args.max_eval, task=task)
+                               max_examples=args.max_eval, task=task,
+                               overrides=args.set or ())
         print(json.dumps(results, indent=1))
         return results
     return Command("eval", "run a run directory's declared evaluators", add_eval_arguments,
                    run)
 
 
-_TF_USER_ERROR = re.compile(r"(?:DataError|UserError|ConfigError): (.*?)(?:\n|$)")
-
-
-def run_command(fn: Callable[[], Any]) -> int:
-    """Runs ``fn``; a user error prints one line (exit 2); Ctrl-C says how to resume."""
-    import tensorflow as tf
-    try:
-        fn()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except tf.errors.OpError as e:  # a user error raised inside a tf.data function
-        m = _TF_USER_ERROR.search(str(e))
-        if not m:
-            raise
-        print(f"error: {DataError(m.group(1))}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume from the last checkpoint",
-              file=sys.stderr)
-        return 130
-    return 0
-
-
 def main(task: Task, commands: Sequence[Command], argv: Sequence[str] | None = None,
          description: str = "") -> int:
     """Parses ``argv`` and runs the chosen command; returns the exit status."""
-    p = argparse.ArgumentParser(prog=f"python -m tasks.{task.name}",
+    p = ArgumentParser(prog=f"python -m tasks.{task.name}",
                                 description=description or f"UViM + GIVT: {task.name}.")
     sub = p.add_subparsers(dest="command")
     by_name = {}
     for c in commands:
-        c.add_arguments(sub.add_parser(c.name, help=c.help))
+        c.add_arguments(sp := sub.add_parser(c.name, help=c.help))
+        add_verbose_argument(sp)
         by_name[c.name] = c
     args = p.parse_args(argv)
     if args.command not in by_name:
         p.print_help()
-        return 2
-    return run_command(lambda: by_name[args.command].run(task, args))
+        return EXIT_USER_ERROR
+    return run_command(lambda: by_name[args.command].run(task, args), args.verbose)

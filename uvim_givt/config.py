@@ -64,8 +64,9 @@ def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
 
 
 def _coerce(key: str, value: Any, current: Any) -> Any:
-    """Checks ``value`` against the type of the field's current value."""
-    if current is None or value is None:
+    """Checks ``value`` against the type of the field's current value (a field that is None
+    takes any value; its rule in :mod:`uvim_givt.schema` checks it)."""
+    if current is None:
         return value
     if isinstance(current, bool):
         if isinstance(value, bool):
@@ -77,7 +78,10 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
     elif isinstance(current, str):
-        return str(value)
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} expects text (currently {current!r}), got {value!r}; quote "
+                          "it (\"'...'\") if you mean it as text")
     elif isinstance(current, list | tuple):
         if isinstance(value, list | tuple):
             return type(current)(value)

@@ -14,6 +14,11 @@ The ViT VAE (``vae.kind = "vit"``) encodes ``labels``; the CNN VAE (``"cnn"``) e
 ``image``. Stage 2 is conditioned on ``image`` when the GIVT has an encoder, on ``label``
 when it has ``num_labels``. Tasks register under the entry-point group
 ``uvim_givt.tasks`` (pyproject.toml), or in-process with :func:`register_task`.
+
+Optional members: ``config_rules`` (the ranges and choices of the task's own config keys,
+see :mod:`uvim_givt.schema`), ``check_config(cfg)`` (checks across keys or against the
+data), ``baseline(cfg, source)`` (a reference predictor for ``prediction="baseline"``).
+All checks run before a run directory is written.
 """
 
 from __future__ import annotations

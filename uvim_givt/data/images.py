@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import cv2
 import numpy as np
@@ -12,20 +13,73 @@ from uvim_givt.errors import DataError, UserError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-def read_rgb(path: str) -> np.ndarray:
-    """uint8 RGB [H, W, 3] of an image file; a missing or unreadable file names itself."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
+def truncation(data: bytes) -> str | None:
+    """Why the bytes of a JPEG or PNG file are incomplete, or None if they end properly.
+
+    Decoders accept a truncated JPEG with a warning and grey out the missing rows, so the
+    end is checked here: a JPEG's last scan (SOS marker) must be followed by its
+    end-of-image marker (entropy-coded data cannot contain one, and an EXIF thumbnail's
+    comes before the main scan); a PNG must have its IEND chunk.
+    """
+    if data[:2] == b"\xff\xd8":
+        if data.rfind(b"\xff\xd9") < max(data.rfind(b"\xff\xda"), 2):
+            return "truncated JPEG (no end-of-image marker after the last scan)"
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        if data.rfind(b"IEND") < 8:
+            return "truncated PNG (no IEND chunk)"
+    return None
+
+
+def read_image(path: str, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """``cv2.imdecode`` of a file, strictly: a missing, truncated or undecodable file raises
+    :class:`DataError` naming it (never a partly grey image). BGR channel order, as cv2."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    why = truncation(data)
+    if why:
+        raise DataError(f"{path}: {why}")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
     if image is None or image.size == 0:
-        raise DataError(f"{path}: missing, unreadable, truncated or not an image")
-    return np.ascontiguousarray(image[..., ::-1])
+        raise DataError(f"{path}: not a decodable image")
+    return image
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """uint8 RGB [H, W, 3] of an image file, read strictly (see :func:`read_image`)."""
+    return np.ascontiguousarray(read_image(path)[..., ::-1])
 
 
 def write_png(path: str, rgb: np.ndarray) -> str:
     """Writes an RGB uint8 picture (creating its folder); returns the path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if not cv2.imwrite(path, np.ascontiguousarray(rgb[..., ::-1])):
-        raise UserError(f"could not write {path}")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        ok = cv2.imwrite(path, np.ascontiguousarray(rgb[..., ::-1]))
+    except (OSError, cv2.error) as e:
+        raise UserError(f"could not write {path}: {getattr(e, 'strerror', None) or e}") \
+            from None
+    if not ok:  # cv2 reports a full disk or a read-only folder only this way
+        raise UserError(f"could not write {path} (read-only folder or disk full?)")
     return path
+
+
+_UNWRITABLE: set[str] = set()
+
+
+def write_png_or_warn(path: str, rgb: np.ndarray) -> str | None:
+    """:func:`write_png` for by-products (overlays, sample grids): a failure is a warning,
+    once per folder, and None; what was computed is still reported."""
+    try:
+        return write_png(path, rgb)
+    except UserError as e:
+        folder = os.path.dirname(os.path.abspath(path))
+        if folder not in _UNWRITABLE:
+            _UNWRITABLE.add(folder)
+            print(f"warning: {e}; the other pictures for {folder} are skipped too",
+                  file=sys.stderr)
+        return None
 
 
 def image_grid(images: np.ndarray, rows: int) -> np.ndarray:

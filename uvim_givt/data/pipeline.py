@@ -39,7 +39,8 @@ def parse_source(spec: str | None) -> tuple[str, str]:
         return "embedded", ""
     kind, sep, arg = spec.partition(":")
     if not sep or kind not in ("tfds", "folder") or not arg:
-        raise DataError(f"--data {spec!r}: expected embedded, tfds:NAME or folder:PATH")
+        raise DataError(f"data.source (--data) {spec!r}: expected embedded, tfds:NAME or "
+                        "folder:PATH")
     return kind, arg
 
 

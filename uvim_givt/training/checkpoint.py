@@ -4,17 +4,45 @@ Layout: ``RUN_DIR/checkpoints/<stage>/<step>/{params,opt_state,meta}``. Saving
 is asynchronous (orbax); the manager keeps the last ``keep`` steps. Parameters
 can be restored alone (for inference or as a frozen stage-1 model) without
 knowing the optimiser.
+
+Failures a user must act on are one line (:class:`CheckpointError`): an unreadable
+latest checkpoint is set aside (to ``checkpoints/<stage>.unreadable/``) and the newest
+readable one used, with a warning naming the bad step; a save that fails for lack of
+space or permission removes its temporary folder and names the folder and the cause.
 """
 
 from __future__ import annotations
 
+import errno
+import glob
 import os
+import re
+import shutil
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
 from uvim_givt.errors import CheckpointError
+
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
+def storage_errno(e: BaseException) -> int | None:
+    """The errno of a full disk / read-only / permission failure behind ``e`` (orbax and
+    tensorstore report it inside a ValueError's text as ``os_error_code='28'``), or None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+            return e.errno
+        m = re.search(r"os_error_code='?(\d+)", str(e))
+        if m and int(m.group(1)) in _STORAGE_ERRNOS:
+            return int(m.group(1))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def stage_dir(run_dir: str, stage: str) -> str:
@@ -38,10 +66,65 @@ class StageCheckpoints:
         return self.manager.latest_step()
 
     def save(self, step: int, params: Any, opt_state: Any, meta: dict[str, Any]) -> None:
-        self.manager.save(step, args=ocp.args.Composite(
+        self._guard(step, lambda: self.manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(params),
             opt_state=ocp.args.StandardSave(opt_state),
-            meta=ocp.args.JsonSave(meta)))
+            meta=ocp.args.JsonSave(meta))))
+
+    def _guard(self, step: int | None, fn: Callable[[], Any]) -> Any:
+        """Runs a save (or the wait for one); a storage failure becomes one line, after
+        removing the half-written temporary folder so the next run does not trip on it."""
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - only storage failures are translated
+            code = storage_errno(e)
+            if code is None:
+                raise
+            try:  # let saves still in flight finish (or fail) before removing temporaries
+                self.manager.wait_until_finished()
+            except Exception:  # noqa: BLE001, S110 - their failure is this same one
+                pass
+            for tmp in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
+                shutil.rmtree(tmp, ignore_errors=True)
+            what = f"checkpoint step {step}" if step is not None else "a checkpoint"
+            kept = self.manager.latest_step()
+            raise CheckpointError(
+                f"could not save {what} in {self.directory}: {os.strerror(code)}. Free space "
+                "or make the run directory writable, then rerun to resume from "
+                + (f"step {kept}" if kept is not None else "the start")) from None
+
+    def restore_latest(self, params: Any, opt_state: Any) -> tuple[int, Any, Any, dict] | None:
+        """(step, params, opt_state, meta) of the newest readable checkpoint, or None if
+        there is none. Unreadable newer steps are moved to ``<stage>.unreadable/`` with a
+        warning; if no step is readable, stop with one line naming them."""
+        errors: list[tuple[int, str]] = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                out = self.restore(step, params, opt_state)
+            except Exception as e:  # noqa: BLE001 - corrupt files fail in many ways
+                errors.append((step, _first_line(e)))
+                continue
+            for bad, why in errors:
+                self.set_aside(bad, why)
+            return (step, *out)
+        if not errors:
+            return None
+        bad = ", ".join(str(s) for s, _ in errors)
+        raise CheckpointError(
+            f"no readable checkpoint in {self.directory} (step {errors[0][0]}: "
+            f"{errors[0][1]}). Delete the unreadable step folder(s) {bad} there to start this "
+            "stage over, or restore them from a backup")
+
+    def set_aside(self, step: int, reason: str) -> str:
+        """Moves an unreadable step out of the manager's sight; returns where it went."""
+        dest = os.path.join(self.directory + ".unreadable", str(step))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.move(os.path.join(self.directory, str(step)), dest)
+        self.manager.reload()
+        print(f"warning: checkpoint step {step} in {self.directory} is unreadable ({reason}); "
+              f"moved to {dest}", file=sys.stderr)
+        return dest
 
     def restore(self, step: int, params: Any, opt_state: Any) -> tuple[Any, Any, dict]:
         """Restores into the structure/shardings of the given (abstract) trees."""
@@ -60,18 +143,40 @@ class StageCheckpoints:
         return out["params"], step
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        self._guard(None, self.manager.wait_until_finished)
 
     def close(self) -> None:
         self.manager.close()
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
 def load_params(run_dir: str, stage: str, step: int | None = None, target: Any = None
                 ) -> tuple[Any, int]:
-    """Parameters of ``stage`` from a run directory (latest step by default)."""
+    """Parameters of ``stage`` from a run directory (the newest readable step by default:
+    an unreadable newer one is named in a warning and skipped, not moved)."""
     ckpt = StageCheckpoints(run_dir, stage, create=False)
     try:
-        params, step = ckpt.restore_params(step, target)
+        if step is not None:
+            params, step = ckpt.restore_params(step, target)
+        else:
+            steps = sorted(ckpt.manager.all_steps(), reverse=True)
+            if not steps:
+                raise CheckpointError(f"no checkpoint saved yet in {ckpt.directory}")
+            for k, s in enumerate(steps):
+                try:
+                    params, step = ckpt.restore_params(s, target)
+                    break
+                except Exception as e:  # noqa: BLE001 - corrupt files fail in many ways
+                    if k == len(steps) - 1:
+                        raise CheckpointError(
+                            f"no readable checkpoint in {ckpt.directory} (step {s}: "
+                            f"{_first_line(e)})") from None
+                    print(f"warning: checkpoint step {s} in {ckpt.directory} is unreadable "
+                          f"({_first_line(e)}); using step {steps[k + 1]}", file=sys.stderr)
     finally:
         ckpt.close()
     return jax.tree_util.tree_map(lambda x: x, params), step
