@@ -83,14 +83,27 @@ def count_params(params: Any) -> int:
 
 
 def default_train_config() -> ml_collections.ConfigDict:
-    """The ``train`` group every stage config carries (values are tiny-run defaults)."""
+    """The ``train`` group every stage config carries (values are tiny-run defaults).
+
+    ``optim`` (built by ``optim.make_optimizer``): ``optimizer`` adam | adafactor (optax's,
+    ``b2`` its decay exponent, ``b1`` a trace) | big_vision_adafactor (its keys are the
+    ``big_vision_adafactor`` group, big_vision's ``scale_by_adafactor`` arguments with its
+    defaults; ``b1``, ``b2``, ``eps`` are then unused); ``wd`` applies to parameters whose
+    path matches ``wd_pattern`` (re.search), multiplied per ``wd_mode``: "lr_scaled" by the
+    learning rate (peak x schedule x lr_mults, AdamW) or "schedule_scaled" by the schedule's
+    0..1 shape only (big_vision). ``grad_clip`` is a global-norm clip (0: none)."""
     return ml_collections.ConfigDict(dict(
         total_steps=100, batch_size=32, seed=0,
         log_every=10, ckpt_every=100, keep_ckpts=2,
         fsdp=False, progress=True,
         optim=dict(optimizer="adam", lr=1e-3, schedule="cosine", warmup_steps=0,
                    warmup_fraction=0.1, b1=0.9, b2=0.95, eps=1e-8, wd=1e-4,
-                   wd_pattern=r"(kernel|embedding)$", grad_clip=1.0, lr_mults=[]),
+                   wd_pattern=r"(kernel|embedding)$", wd_mode="lr_scaled", grad_clip=1.0,
+                   lr_mults=[],
+                   big_vision_adafactor=dict(decay_rate=0.8, decay_offset=0, beta2_cap=0.999,
+                                             min_dim_size_to_factor=32, clipping_threshold=0.0,
+                                             momentum=0.9, momentum_dtype="bfloat16",
+                                             eps=1e-30)),
     ))
 
 
@@ -111,9 +124,15 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
     repl = sharding.replicated(mesh)
 
     ckpt = StageCheckpoints(run_dir, stage_name, keep=int(cfg.keep_ckpts))
-    start = ckpt.latest_step()
+
+    def with_sh(tree, shs):
+        return jax.tree_util.tree_map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shs)
+
+    restored = ckpt.restore_latest(with_sh(abstract_params, params_sh),
+                                   with_sh(abstract_opt, opt_sh))
     prior_time = 0.0
-    if start is None:
+    if restored is None:
         init = jax.jit(lambda k: (lambda p: (p, tx.init(p)))(stage.init_params(k)),
                        out_shardings=(params_sh, opt_sh))
         params, opt_state = init(init_key)
@@ -122,11 +141,7 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
             opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
         start = 0
     else:
-        def with_sh(tree, shs):
-            return jax.tree_util.tree_map(
-                lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shs)
-        params, opt_state, saved_meta = ckpt.restore(
-            start, with_sh(abstract_params, params_sh), with_sh(abstract_opt, opt_sh))
+        start, params, opt_state, saved_meta = restored
         prior_time = float(saved_meta.get("train_time_s", 0.0))
         if start >= total:
             ckpt.close()
