@@ -22,22 +22,42 @@ here (NYU's Kinect sees nothing that close, so in practice both agree), and dept
 ``max``, which it clips into the last bin, are invalid here, as for the metrics.
 
 Decoding (``cfg.data.decode``) uses the bin centres ``min + (k + 0.5) w`` of the valid
-classes ``k = 1 .. N - 1`` (class 0 is never a target, so it is never predicted):
-``"expectation"`` (default), the softmax-weighted mean of the centres, or ``"argmax"``, the
-centre of the most likely bin (error at most w/2 = 0.02 m per pixel when the bin is right).
-The expectation is the default: it is the minimum-squared-error estimate under the decoded
-distribution, so it smooths over bins the decoder is unsure about (bin edges, object
-boundaries) instead of committing to one; on the embedded tiny run it gave the lower RMSE
-for both the stage-1 oracle and stage 2 (see the measured figures in configs/depth.py).
+classes ``k = 1 .. N - 1`` (class 0 is never a target, so it is never predicted; the
+published decoder takes the argmax over all ``N`` classes, class 0 included):
+``"argmax"``, the centre of the most likely bin, as published (error at most w/2 per pixel
+when the bin is right), or ``"expectation"``, the softmax-weighted mean of the centres (the
+minimum-squared-error estimate under the decoded distribution).
 
-Frames (NYU: 480x640, 3:4) are resized to the square model input (``image_size``, 512 in
-the paper) without keeping the aspect ratio, image bilinear and depth nearest, as the
-published recipe does; predictions are resized back to each frame's size (bilinear, depth
-being continuous) before scoring, and the NYU evaluation crop is applied to 480x640 frames.
+Evaluation protocol (``data.eval_*``; the published one, from big_vision's GIVT/UViM NYU
+configs, ``nyu_eval_crop`` op and ``nyu_depth`` evaluators, in ``base`` and ``paper``):
+
+1. the evaluation crop ``data.eval_crop`` (rows 54:480, columns 41:601 of a 480x640 frame:
+   ``evals.depth.NYU_CROP``) is cut from the image and the ground truth *before* the
+   prediction (``data.eval_crop_before_predict``): ``preprocess(train=False)`` hands the
+   model the crop, resized to the square input;
+2. the model's depth bins are decoded (``data.decode``: argmax centre);
+3. the decoded map is resized to the crop's size at the frame's resolution with
+   ``data.eval_resize`` (``"nearest"``, as jax.image.resize samples it) and placed into the
+   frame: ``postprocess`` returns a frame-sized map, NaN outside the crop (never scored);
+4. the metric scores the crop's pixels with ``min < gt < max`` (evals.depth).
+
+The crop box is given in pixels of a ``data.eval_crop_frame`` (480x640) frame and scaled to
+frames of another size (the embedded 60x80 frames: rows 7:60, columns 5:75), so it means
+the same part of the view on every data source; ``()`` scores whole frames. With
+``eval_crop_before_predict=False`` the whole frame is predicted, resized to the frame and
+then cropped for scoring. ``postprocess`` knows a crop was predicted from the example: one
+with ground truth (``depth``) came through ``preprocess(train=False)``, which cut it; the
+``predict`` command's images (no ``depth``) are predicted and returned whole. The tiny
+preset's protocol and its measurement are in configs/depth.py and README "Deviations".
+
+Frames (NYU: 480x640, 3:4; the crop 426x560) are resized to the square model input
+(``image_size``, 512 in the paper) without keeping the aspect ratio, image bilinear and
+depth nearest, as the published recipe does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -48,15 +68,33 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from evals.depth import DepthAccumulator
+from evals.depth import (
+    NYU_CROP_SPEC,
+    NYU_FRAME_SHAPE,
+    Crop,
+    CropSpec,
+    DepthAccumulator,
+    DepthEvalError,
+    resize_nearest,
+    scale_crop,
+)
 from tasks import common
+from uvim_givt import schema
 from uvim_givt.data import pipeline
 from uvim_givt.data.images import write_png
-from uvim_givt.errors import ConfigError, DataError
+from uvim_givt.errors import ConfigError, DataError, UserError
 from uvim_givt.models import builders
 
 DECODE_MODES = ("expectation", "argmax")
+RESIZE_MODES = ("nearest", "bilinear")
+#: A run saved before the data.eval_* keys existed is evaluated as the code then did: the
+#: whole frame predicted, resized bilinearly, the NYU crop on 480x640 frames only.
+LEGACY_PROTOCOL = {"eval_crop": "auto", "eval_crop_before_predict": False,
+                   "eval_resize": "bilinear"}
 H5_SUFFIXES = (".h5", ".hdf5")
+# Indoor depth beyond this is a unit mistake (NYU's Kinect reaches ~10 m; in millimetres
+# the same scenes read 500-10,000).
+MAX_PLAUSIBLE_DEPTH_M = 100.0
 
 
 # ------------------------------------------------------------------------------ depth bins
@@ -96,6 +134,68 @@ def bins_to_depth(logits: np.ndarray, min_depth: float, max_depth: float,
     return (p @ centres) / p.sum(axis=-1)
 
 
+# -------------------------------------------------------------------- evaluation protocol
+@dataclasses.dataclass(frozen=True)
+class EvalProtocol:
+    """How a depth prediction is evaluated (the ``data.eval_*`` keys; see module doc)."""
+
+    crop: Crop  # CropSpec, None (whole frames) or "auto" (legacy runs only)
+    crop_before_predict: bool
+    resize: str  # "nearest" | "bilinear": decoded map -> frame (or crop) size
+
+
+def eval_protocol(cfg: ml_collections.ConfigDict) -> EvalProtocol:
+    """The evaluation protocol of a config, checked (``ConfigError`` naming the key)."""
+    data = cfg.data
+    get = lambda k: data[k] if k in data else LEGACY_PROTOCOL[k]  # noqa: E731
+    resize = str(get("eval_resize"))
+    if resize not in RESIZE_MODES:
+        raise ConfigError(f"data.eval_resize={resize!r}: use one of {RESIZE_MODES}")
+    before = get("eval_crop_before_predict")
+    if not isinstance(before, bool):
+        raise ConfigError(f"data.eval_crop_before_predict={before!r}: use True or False")
+    box = get("eval_crop")
+    if isinstance(box, str):  # legacy "auto"
+        return EvalProtocol(box, before, resize)
+    if len(box) == 0:
+        return EvalProtocol(None, before, resize)
+    frame = tuple(int(x) for x in data.get("eval_crop_frame", NYU_FRAME_SHAPE))
+    if len(box) != 4 or len(frame) != 2:
+        raise ConfigError(f"data.eval_crop={tuple(box)!r}, data.eval_crop_frame={frame!r}: "
+                          "need (row0, row1, col0, col1) of a (height, width) frame, or ()")
+    spec = CropSpec(tuple(int(b) for b in box), frame)  # type: ignore[arg-type]
+    try:
+        scale_crop(spec.box, frame, frame)
+    except DepthEvalError as e:
+        raise ConfigError(f"data.eval_crop: {e}") from None
+    return EvalProtocol(spec, before, resize)
+
+
+def crop_tf(spec: CropSpec, *maps: tf.Tensor) -> list[tf.Tensor]:
+    """Cuts ``spec`` (scaled to the frame, as evals.depth.scale_crop) from maps [H, W, ...]."""
+    shape = tf.shape(maps[0])
+    (fh, fw), (h, w) = spec.frame, (shape[0], shape[1])
+
+    def edge(e: int, ref: int, size: tf.Tensor) -> tf.Tensor:  # evals.depth.scale_edge
+        return (2 * e * size + ref) // (2 * ref)
+
+    r0, r1 = edge(spec.box[0], fh, h), edge(spec.box[1], fh, h)
+    c0, c1 = edge(spec.box[2], fw, w), edge(spec.box[3], fw, w)
+    with tf.control_dependencies([tf.debugging.assert_less(
+            [r0, c0], [r1, c1], message=f"data.eval_crop {spec.box} is empty on this frame")]):
+        return [tf.identity(m[r0:r1, c0:c1]) for m in maps]
+
+
+def resize_depth(depth: np.ndarray, shape: tuple[int, int], method: str) -> np.ndarray:
+    """A decoded depth map [h, w] -> ``shape``: nearest (half-pixel centres, as
+    jax.image.resize) or bilinear (half-pixel centres, cv2)."""
+    if tuple(depth.shape) == tuple(shape):
+        return depth
+    if method == "nearest":
+        return resize_nearest(depth, shape)
+    return cv2.resize(depth, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
 # --------------------------------------------------------------------------- HDF5 folders
 def folder_split_dir(root: str, split: str) -> str:
     """``root/train`` for train; ``root/val`` or ``root/validation`` for validation."""
@@ -131,6 +231,10 @@ def read_h5_frame(path: str) -> dict[str, np.ndarray]:
     bad = int(depth.size - np.count_nonzero(np.isfinite(depth)))
     if bad:
         raise DataError(f"{path}: {bad} NaN/inf depth values")
+    deepest = float(depth.max()) if depth.size else 0.0
+    if deepest > MAX_PLAUSIBLE_DEPTH_M:  # float16 would also overflow past 65.5 km
+        raise DataError(f"{path}: depth values up to {deepest:g}: these look like "
+                        "millimetres; NYU depth is in metres (divide by 1000)")
     return {"image": np.ascontiguousarray(np.transpose(rgb, (1, 2, 0))),
             "depth": depth.astype(np.float16)}
 
@@ -187,16 +291,27 @@ def num_bins(cfg: ml_collections.ConfigDict) -> int:
 class DepthTask:
     """NYU depth: reading (TFDS, HDF5 folders), binning, decoding, depth metrics."""
 
+    #: The ranges and choices of the depth keys (uvim_givt/schema.py).
+    config_rules: schema.Rules = (
+        (r"data\.decode", schema.OneOf(DECODE_MODES)),
+        (r"data\.eval_resize", schema.OneOf(RESIZE_MODES)),
+        (r"data\.min_depth", schema.NON_NEGATIVE),
+        (r"data\.max_depth", schema.POSITIVE),
+        (r"data\.(embedded_frame_size|eval_crop_frame)", schema.SIZE_2),
+        (r"data\.eval_crop", schema.Nums(schema.COUNT, length=4, or_empty=True)),
+        (r"data\.eval_crop_before_predict", schema.Flag()),
+    )
+
     name = "depth"
     mirror_equivariant = True  # a mirrored frame's depth is the mirrored depth
 
     def check_config(self, cfg: ml_collections.ConfigDict) -> None:
-        """Depth settings, checked before a run directory is written."""
-        if cfg.data.decode not in DECODE_MODES:
-            raise ConfigError(f"data.decode={cfg.data.decode!r}: use one of {DECODE_MODES}")
+        """Depth settings across keys (each key's own range: ``config_rules``), checked
+        before a run directory is written."""
         lo, hi = float(cfg.data.min_depth), float(cfg.data.max_depth)
         if not 0 <= lo < hi:
             raise ConfigError(f"data.min_depth={lo}, data.max_depth={hi}: need 0 <= min < max")
+        eval_protocol(cfg)
 
     def load(self, cfg: ml_collections.ConfigDict, source: str, split: str) -> tf.data.Dataset:
         kind, arg = pipeline.parse_source(source)
@@ -231,11 +346,17 @@ class DepthTask:
 
     def preprocess(self, cfg: ml_collections.ConfigDict, example: dict, train: bool,
                    seed: tf.Tensor | None = None) -> dict:
+        """Model inputs; for evaluation (``train=False``) the frame is first cut to the
+        evaluation crop when ``data.eval_crop_before_predict`` (the published protocol)."""
         size = int(cfg.data.image_size)
         image = example["image"]
         depth = tf.cast(example["depth"], tf.float32)[..., None]
         if train:  # whole frames in the tiny preset: a crop zooms, its depths stay
             image, depth = common.random_train_view(cfg, seed, image, depth)
+        else:
+            protocol = eval_protocol(cfg)
+            if protocol.crop_before_predict and isinstance(protocol.crop, CropSpec):
+                image, depth = crop_tf(protocol.crop, image, depth)
         image = tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear")
         depth = tf.image.resize(depth, (size, size), method="nearest")
         labels = depth_to_bins(depth, float(cfg.data.min_depth), float(cfg.data.max_depth),
@@ -244,19 +365,31 @@ class DepthTask:
 
     def postprocess(self, cfg: ml_collections.ConfigDict, logits: dict[str, np.ndarray],
                     example: dict | None = None) -> np.ndarray:
+        """Logits [S, S, N] -> depth in metres, at the frame size of ``example`` when given.
+
+        An evaluation example (one with ``depth``) whose crop the model saw (see
+        ``preprocess``) gets the decoded crop resized into the crop's box and NaN around
+        it; any other example gets the whole decoded map resized to the frame."""
+        protocol = eval_protocol(cfg)
         depth = bins_to_depth(logits["depth"], float(cfg.data.min_depth),
                               float(cfg.data.max_depth), str(cfg.data.decode))
-        if example is not None:
-            ref = example["depth"] if "depth" in example else example["image"]
-            h, w = ref.shape[:2]
-            if (h, w) != depth.shape:
-                depth = cv2.resize(depth, (w, h), interpolation=cv2.INTER_LINEAR)
-        return depth.astype(np.float32)
+        if example is None:
+            return depth.astype(np.float32)
+        ref = example["depth"] if "depth" in example else example["image"]
+        h, w = ref.shape[:2]
+        if ("depth" in example and protocol.crop_before_predict
+                and isinstance(protocol.crop, CropSpec)):
+            r0, r1, c0, c1 = protocol.crop.for_shape((h, w))
+            out = np.full((h, w), np.nan, np.float32)
+            out[r0:r1, c0:c1] = resize_depth(depth, (r1 - r0, c1 - c0), protocol.resize)
+            return out
+        return resize_depth(depth, (h, w), protocol.resize).astype(np.float32)
 
     def metric(self, cfg: ml_collections.ConfigDict, kind: str) -> DepthMetric:
         if kind != "depth":
             raise ConfigError(f"the depth task has no {kind!r} metric (evals.*.kind)")
-        return DepthMetric(float(cfg.data.min_depth), float(cfg.data.max_depth))
+        return DepthMetric(float(cfg.data.min_depth), float(cfg.data.max_depth),
+                           eval_protocol(cfg).crop)
 
     def baseline(self, cfg: ml_collections.ConfigDict, source: str
                  ) -> tuple[Callable[[dict], np.ndarray], dict[str, Any]]:
@@ -304,11 +437,12 @@ def colorize_depth(depth: np.ndarray, valid: np.ndarray, scale: tuple[float, flo
 
 
 class DepthMetric:
-    """RMSE, AbsRel, log10, delta1..3 per image, averaged (evals.depth); the NYU crop on
-    480x640 frames."""
+    """RMSE, AbsRel, log10, delta1..3 per image, averaged (evals.depth), over the pixels of
+    ``crop`` (``data.eval_crop`` scaled to each frame) with ``min < gt < max``."""
 
-    def __init__(self, min_depth: float = 1e-3, max_depth: float = 10.0):
-        self.acc = DepthAccumulator(min_depth, max_depth, crop="auto")
+    def __init__(self, min_depth: float = 1e-3, max_depth: float = 10.0,
+                 crop: Crop = NYU_CROP_SPEC):
+        self.acc = DepthAccumulator(min_depth, max_depth, crop=crop)
 
     def add(self, example: dict, prediction: np.ndarray) -> None:
         name = example.get("name", f"{len(self.acc.per_image) + len(self.acc.invalid_images)}")
@@ -346,14 +480,18 @@ def write_depth_png(path: str, depth_m: np.ndarray) -> None:
     """16-bit PNG in millimetres (0 where the depth is not finite)."""
     mm = np.clip(np.round(np.nan_to_num(depth_m) * 1000.0), 0, 65535).astype(np.uint16)
     if not cv2.imwrite(path, mm):
-        raise OSError(f"could not write {path}")
+        raise UserError(f"could not write {path} (read-only folder or disk full?)")
 
 
-def write_predictions(task: DepthTask, run: Any, out: str, predictions: Iterator) -> str:
-    """``predict``: 16-bit PNG depth (mm) per image plus colour-mapped previews."""
+def write_predictions(task: DepthTask, run: Any, args: common.PredictArgs,
+                      predictions: Iterator) -> str:
+    """``predict``: 16-bit PNG depth (mm) per image plus colour-mapped previews, each
+    written as it comes."""
+    out = args.out
     previews = os.path.join(out, "previews")
     count = 0
-    for stem, ex, pred in predictions:
+    for name, ex, pred in predictions:
+        stem = os.path.splitext(name)[0]
         write_depth_png(os.path.join(out, f"{stem}.png"), pred)
         write_png(os.path.join(previews, f"{stem}.png"), task.draw(run.cfg, ex, pred))
         count += 1

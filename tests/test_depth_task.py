@@ -231,7 +231,8 @@ def test_tiny_two_stage_run(tiny_run):
     run, _ = tiny_run
     records = {r: json.load(open(os.path.join(run, "eval", r)))
                for r in os.listdir(os.path.join(run, "eval"))}
-    stages = {r["stage"]: r for r in records.values()}
+    stages = {r["stage"]: r for r in records.values()  # the depth-metric evaluators
+              if r["evaluator"] in ("oracle", "sampled", "baseline")}
     assert set(stages) == {"vae", "givt", "baseline"}
     for rec in stages.values():
         assert rec["task"] == "depth" and rec["metrics"]["num_images"] == 4
@@ -400,3 +401,227 @@ def test_paper_config_builds_the_published_trees(stage, key):
     assert sum(int(np.prod(s)) for s in flat.values()) == ref["num_params"]
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda x: x.dtype == np.float32,
                                                          params))
+
+
+# ------------------------------------------------------- the published evaluation protocol
+PUBLISHED = {"data.eval_crop": "(54,480,41,601)", "data.eval_crop_frame": "(480,640)",
+             "data.eval_crop_before_predict": "True", "data.decode": "argmax",
+             "data.eval_resize": "nearest"}
+
+
+def _cfg(**protocol):
+    """The tiny preset (64 px input, 32 bins) under the published protocol, or another."""
+    sets = dict(PUBLISHED, **{f"data.{k}": str(v) for k, v in protocol.items()})
+    return load_config("configs/depth.py", [f"{k}={v}" for k, v in sets.items()])
+
+
+@pytest.mark.parametrize("size", ["paper", "base"])
+def test_published_presets_use_the_published_protocol(size):
+    data = load_config(f"configs/depth.py:size={size}").data
+    assert tuple(data.eval_crop) == (54, 480, 41, 601) == depth_eval.NYU_CROP
+    assert tuple(data.eval_crop_frame) == (480, 640)
+    assert data.eval_crop_before_predict is True
+    assert (data.decode, data.eval_resize) == ("argmax", "nearest")
+    assert (data.min_depth, data.max_depth) == (0.001, 10.0)
+
+
+def test_crop_tf_cuts_the_box_evals_scales():
+    import tensorflow as tf
+    spec = depth_eval.NYU_CROP_SPEC
+    for h, w in [(480, 640), (60, 80), (120, 160), (6, 8), (37, 53)]:
+        frame = np.arange(h * w, dtype=np.float32).reshape(h, w, 1)
+        (got,) = D.crop_tf(spec, tf.constant(frame))
+        r0, r1, c0, c1 = spec.for_shape((h, w))
+        np.testing.assert_array_equal(got.numpy(), frame[r0:r1, c0:c1])
+
+
+def _nyu_frame(seed):
+    """A 480x640 frame: a bright band above the crop (rows < 54), dark elsewhere; depth
+    with exact min / max values (not scored) inside the crop."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 100, (480, 640, 3), dtype=np.uint8)
+    image[:54] = 255
+    depth = rng.uniform(0.5, 9.5, (480, 640)).astype(np.float32)
+    depth[100, 100:110], depth[200, 200:205] = LO, HI
+    depth[300:310, 300:320] = 0.0
+    return {"image": image, "depth": depth, "name": f"f{seed}"}
+
+
+def _bins_pattern(size, n, shift=0):
+    """Sharp-edged argmax bins over the model's grid (every pixel its own bin in 1..n-1)."""
+    u, v = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    return 1 + (7 * u + 13 * v + shift) % (n - 1)
+
+
+class _FakePredictor:
+    """Stands in for the stage-2 sampler: records the images it is given and returns logits
+    peaked on ``_bins_pattern`` (shifted per example by its first input pixel)."""
+
+    seen: list[np.ndarray] = []
+
+    def __init__(self, cfg, vae_params, givt_params):
+        self.n = D.num_bins(cfg)
+
+    def predict(self, images, seed=0, mirror_equivariant=True):
+        images = np.asarray(images)
+        _FakePredictor.seen.append(images.copy())
+        b, s = images.shape[:2]
+        logits = np.zeros((b, s, s, self.n), np.float32)
+        for i in range(b):
+            bins = _bins_pattern(s, self.n, shift=i)
+            logits[i] = np.eye(self.n, dtype=np.float32)[bins] * 5.0
+        return {"depth": logits}
+
+
+class _FramesTask(D.DepthTask):
+    """The depth task on in-memory frames; its metric records what it is handed."""
+
+    def __init__(self, frames):
+        self.frames, self.added = frames, []
+
+    def load(self, cfg, source, split):
+        import tensorflow as tf
+        keys = ("image", "depth", "name")
+        return tf.data.Dataset.from_tensor_slices(
+            {k: np.stack([f[k] for f in self.frames]) for k in keys})
+
+    def metric(self, cfg, kind):
+        inner, added = super().metric(cfg, kind), self.added
+
+        class Recording:
+            def add(self, example, prediction):
+                added.append((example, prediction))
+                inner.add(example, prediction)
+
+            def result(self):
+                return inner.result()
+        return Recording()
+
+
+def _dense_eval(monkeypatch, tmp_path, cfg, frames):
+    """The shared evaluation loop (evals.evaluators.dense_loop) with the fake predictor."""
+    from evals import evaluators as E
+    from uvim_givt.training.runner import Run
+    monkeypatch.setattr(E, "Predictor", _FakePredictor)
+    _FakePredictor.seen = []
+    task = _FramesTask(frames)
+    spec = E.declared(cfg)["sampled"]
+    metrics, _ = E.dense_loop(task, Run(str(tmp_path), cfg, task), spec, source="embedded",
+                              split="validation", max_examples=None, step=0, periodic=True)
+    return metrics, np.concatenate(_FakePredictor.seen)[:len(frames)], task.added
+
+
+def _brute_force(frame, box, size, n, shift):
+    """The published order in numpy: the crop's pixel (i, j) takes the model pixel
+    floor((i - r0 + 0.5) * size / crop_h) (jax nearest), decoded to its bin's centre."""
+    r0, r1, c0, c1 = box
+    out = np.full(frame["depth"].shape, np.nan)
+    i, j = np.arange(r0, r1), np.arange(c0, c1)
+    u = np.floor((i - r0 + 0.5) * size / (r1 - r0)).astype(int)
+    v = np.floor((j - c0 + 0.5) * size / (c1 - c0)).astype(int)
+    out[r0:r1, c0:c1] = D.bin_centres(LO, HI, n)[_bins_pattern(size, n, shift)[np.ix_(u, v)]]
+    return out
+
+
+def _metrics_brute_force(pred, gt, box):
+    r0, r1, c0, c1 = box
+    p, g = pred[r0:r1, c0:c1].ravel(), gt[r0:r1, c0:c1].astype(np.float64).ravel()
+    keep = [k for k in range(g.size) if LO < g[k] < HI]
+    p, g = p[keep], g[keep]
+    r = np.maximum(p / g, g / p)
+    return {"RMSE": np.sqrt(np.mean((p - g) ** 2)), "AbsRel": np.mean(np.abs(p - g) / g),
+            "log10": np.mean(np.abs(np.log10(p) - np.log10(g))),
+            **{f"delta{k}": np.mean(r < 1.25**k) for k in (1, 2, 3)}}
+
+
+def test_published_order_crop_predict_resize_score_on_nyu_frames(monkeypatch, tmp_path):
+    """480x640 frames through the shared evaluation loop: the model sees the crop (no pixel
+    of the band above it), its argmax bins' centres are resized to the crop with nearest
+    neighbour, and the crop's pixels with min < gt < max are scored: all recomputed here."""
+    import tensorflow as tf
+    cfg = _cfg()
+    frames = [_nyu_frame(0), _nyu_frame(1)]
+    metrics, seen, added = _dense_eval(monkeypatch, tmp_path, cfg, frames)
+    size, n, box = int(cfg.data.image_size), D.num_bins(cfg), depth_eval.NYU_CROP
+
+    for k, frame in enumerate(frames):  # 1. the model's input is the resized crop
+        crop = frame["image"][54:480, 41:601].astype(np.float32)
+        want = tf.image.resize(crop, (size, size), method="bilinear").numpy() / 127.5 - 1.0
+        np.testing.assert_allclose(seen[k], want, atol=1e-5)
+        assert seen[k].max() < 0.0  # nothing of the bright band (255 -> 1.0)
+
+    per_image = []
+    for k, (frame, (example, pred)) in enumerate(zip(frames, added, strict=True)):
+        assert example["depth"].shape == (480, 640)  # the metric gets the whole frame
+        want = _brute_force(frame, box, size, n, shift=k)  # 2.-3. decode, resize, place
+        np.testing.assert_array_equal(np.isnan(pred), np.isnan(want))
+        np.testing.assert_allclose(pred, want, rtol=1e-6)
+        per_image.append(_metrics_brute_force(want, frame["depth"], box))
+    for name in depth_eval.METRIC_NAMES:  # 4. scored on the crop, strict mask, per image
+        assert metrics[name] == pytest.approx(np.mean([m[name] for m in per_image]),
+                                              rel=1e-5), name
+
+    # Another order (predict the whole frame, then crop) is a different evaluation.
+    cfg_full = _cfg(eval_crop_before_predict=False)
+    metrics_full, seen_full, added_full = _dense_eval(monkeypatch, tmp_path, cfg_full, frames)
+    assert seen_full[0].max() == pytest.approx(1.0)  # the band is in the model's input
+    assert not np.isnan(added_full[0][1]).any()
+    assert not np.allclose(added_full[0][1][54:480, 41:601], added[0][1][54:480, 41:601])
+    assert metrics_full["RMSE"] != pytest.approx(metrics["RMSE"])
+
+
+def test_argmax_decoding_gives_the_centre_of_the_most_likely_bin():
+    cfg = _cfg()
+    n = D.num_bins(cfg)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(8, 8, n)).astype(np.float32)
+    logits[..., 0] = 50.0  # class 0 (invalid) is never decoded
+    got = D.TASK.postprocess(cfg, {"depth": logits})
+    centres = D.bin_centres(LO, HI, n)
+    np.testing.assert_array_equal(got, centres[1 + np.argmax(logits[..., 1:], axis=-1)])
+    expectation = D.TASK.postprocess(_cfg(decode="expectation"), {"depth": logits})
+    assert not np.allclose(expectation, got)
+
+
+@pytest.mark.parametrize("resize,only_centres", [("nearest", True), ("bilinear", False)])
+def test_nearest_resize_keeps_only_bin_centres(resize, only_centres):
+    """Sharp-edged bins resized to a 480x640 frame: nearest neighbour keeps each value a
+    bin centre; bilinear blends neighbouring centres at every edge."""
+    cfg = _cfg(eval_resize=resize)
+    size, n = int(cfg.data.image_size), D.num_bins(cfg)
+    logits = np.eye(n, dtype=np.float32)[_bins_pattern(size, n)] * 5.0
+    frame = _nyu_frame(2)
+    pred = D.TASK.postprocess(cfg, {"depth": logits}, frame)
+    assert pred.shape == (480, 640)
+    values = pred[np.isfinite(pred)]
+    assert values.size == 426 * 560  # the crop's box, NaN around it
+    is_centre = np.isin(values, D.bin_centres(LO, HI, n))
+    assert is_centre.all() == only_centres
+    # predict's images (no ground truth) were predicted whole: the whole frame, no NaN
+    whole = D.TASK.postprocess(cfg, {"depth": logits}, {"image": frame["image"]})
+    assert np.isfinite(whole).all() and np.isin(whole, D.bin_centres(LO, HI, n)).all() \
+        == only_centres
+
+
+def test_protocol_of_a_run_saved_before_the_keys_is_the_old_one():
+    cfg = load_config("configs/depth.py")
+    with cfg.unlocked():
+        for key in ("eval_crop", "eval_crop_frame", "eval_crop_before_predict",
+                    "eval_resize"):
+            del cfg.data[key]
+    protocol = D.eval_protocol(cfg)
+    assert protocol == D.EvalProtocol("auto", False, "bilinear")
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("eval_resize", "cubic", "data.eval_resize='cubic'"),
+    ("eval_crop", (54, 480, 41), "data.eval_crop=.*need"),
+    ("eval_crop", (54, 500, 41, 601), "data.eval_crop: .*outside"),
+    ("eval_crop_before_predict", 1, "eval_crop_before_predict=1"),
+])
+def test_bad_protocol_keys_are_config_errors(key, value, words):
+    cfg = _cfg()
+    with cfg.unlocked(), cfg.ignore_type():
+        cfg.data[key] = value
+    with pytest.raises(UserError, match=words):
+        D.TASK.check_config(cfg)

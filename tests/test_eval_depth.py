@@ -1,4 +1,5 @@
-"""Depth metrics against an independent, explicit computation."""
+"""Depth metrics against an independent, explicit computation (the published NYU
+evaluators' definitions: strict min < gt < max mask, no clipping, per-image means)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from evals import depth as D
 
 
 def _reference_metrics(pred, gt, lo=1e-3, hi=10.0):
-    """Pixel loops with the textbook formulas (small images only)."""
+    """Pixel loops with the textbook formulas (small images only); nothing clipped."""
     h, w = gt.shape
     ph, pw = pred.shape
     sq = rel = lg = 0.0
@@ -28,7 +29,7 @@ def _reference_metrics(pred, gt, lo=1e-3, hi=10.0):
             # nearest source pixel, half-pixel centres
             si = min(int(math.floor((i + 0.5) * ph / h)), ph - 1)
             sj = min(int(math.floor((j + 0.5) * pw / w)), pw - 1)
-            p = min(max(float(pred[si, sj]), lo), hi)
+            p = float(pred[si, sj])
             n += 1
             sq += (p - g) ** 2
             rel += abs(p - g) / g
@@ -47,7 +48,7 @@ def _reference_metrics(pred, gt, lo=1e-3, hi=10.0):
 def _vectorised_reference(pred, gt, lo=1e-3, hi=10.0):
     """Same formulas, for full-size frames (pred already at gt size)."""
     mask = np.logical_and(gt > lo, gt < hi)
-    g, p = gt[mask], np.clip(pred[mask], lo, hi)
+    g, p = gt[mask], pred[mask]
     thr = np.maximum(g / p, p / g)
     return {
         "RMSE": np.sqrt(((g - p) ** 2).sum() / g.size),
@@ -73,7 +74,7 @@ def test_metrics_match_pixel_loops_with_resize(pred_shape):
     rng = np.random.default_rng(0)
     gt = _random_depth(rng, (12, 16))
     gt[0, 0], gt[1, 1] = 12.0, np.nan  # beyond max_depth / NaN: not valid
-    pred = rng.uniform(-0.5, 11.0, size=pred_shape)  # exercises clipping both ends
+    pred = rng.uniform(0.0005, 14.0, size=pred_shape)  # beyond [min, max]: not clipped
     got = D.depth_metrics(pred, gt)
     _assert_close(got, _reference_metrics(pred, gt))
     assert got["valid_pixels"] == int(np.sum((np.nan_to_num(gt) > 1e-3) & (gt < 10)))
@@ -180,7 +181,7 @@ def test_files_mode_errors(tmp_path, capsys):
     np.save(pred_dir / "a.npy", np.ones((4, 4)))
     np.save(pred_dir / "zzz.npy", np.ones((4, 4)))
     args = ["--pred-dir", str(pred_dir), "--gt-dir", str(gt_dir)]
-    assert D.main(args) == 1
+    assert D.main(args) == 2
     err = capsys.readouterr().err
     assert "2 ground truths without a prediction: b, c" in err
     assert "1 predictions without a ground truth: zzz" in err
@@ -188,13 +189,13 @@ def test_files_mode_errors(tmp_path, capsys):
     (pred_dir / "zzz.npy").unlink()
     np.save(pred_dir / "b.npy", np.ones((4, 4)))
     (pred_dir / "c.png").write_bytes(b"not a png")
-    assert D.main(args) == 1
+    assert D.main(args) == 2
     err = capsys.readouterr().err
     assert "unreadable" in err and "c.png" in err
 
     (pred_dir / "c.png").unlink()
     cv2.imwrite(str(pred_dir / "c.png"), np.ones((4, 4), np.uint8))
-    assert D.main(args) == 1
+    assert D.main(args) == 2
     assert "16-bit" in capsys.readouterr().err
 
     with pytest.raises(D.DepthEvalError, match="does not exist"):
@@ -215,3 +216,79 @@ def test_cli_argument_parsing():
         p.parse_args(["--ckpt", "r", "--pred-dir", "p"])
     with pytest.raises(SystemExit):
         p.parse_args([])
+
+
+# ------------------------------------------------------------- published definitions
+def test_mask_is_strict_on_both_sides():
+    """Pixels count when min < gt < max: gt exactly at min or max is not scored."""
+    lo, hi = 1e-3, 10.0
+    gt = np.array([[lo, hi, np.nextafter(lo, 1.0), np.nextafter(hi, 0.0)],
+                   [0.0, np.nan, np.inf, 5.0]])
+    pred = np.array([[7.0, 7.0, 2.0, 4.0], [7.0, 7.0, 7.0, 5.5]])
+    got = D.depth_metrics(pred, gt, lo, hi)
+    assert got["valid_pixels"] == 3  # a mask with <= would count 5
+    g = np.array([np.nextafter(lo, 1.0), np.nextafter(hi, 0.0), 5.0])
+    p = np.array([2.0, 4.0, 5.5])
+    assert got["RMSE"] == pytest.approx(np.sqrt(np.mean((p - g) ** 2)), rel=1e-12)
+    assert got["AbsRel"] == pytest.approx(np.mean(np.abs(p - g) / g), rel=1e-12)
+
+
+def test_predictions_are_not_clipped():
+    """The published evaluators score the prediction as it is (a clip would give 1 m)."""
+    gt = np.full((3, 3), 9.0)
+    got = D.depth_metrics(np.full((3, 3), 12.0), gt)
+    assert got["RMSE"] == pytest.approx(3.0)
+    assert got["log10"] == pytest.approx(np.log10(12 / 9))
+
+
+def test_non_positive_prediction_on_a_scored_pixel_is_an_error():
+    gt = np.array([[0.0, 2.0], [3.0, 4.0]])
+    pred = np.array([[0.0, 2.0], [3.0, 4.0]])
+    assert D.depth_metrics(pred, gt)["RMSE"] == 0.0  # 0 where gt is invalid: not scored
+    pred[1, 1] = 0.0
+    with pytest.raises(D.DepthEvalError, match="1 values <= 0"):
+        D.depth_metrics(pred, gt)
+
+
+def test_delta_thresholds_are_strict():
+    gt = np.full((1, 2), 1.0)
+    pred = np.array([[1.25, 1.2]])  # ratio exactly 1.25 is not < 1.25
+    assert D.depth_metrics(pred, gt)["delta1"] == pytest.approx(0.5)
+
+
+# -------------------------------------------------------------------- scaled crops
+def test_scale_crop_is_exact_on_nyu_frames_and_rounds_elsewhere():
+    assert D.scale_crop(D.NYU_CROP, (480, 640), (480, 640)) == D.NYU_CROP
+    assert D.NYU_CROP_SPEC.for_shape((60, 80)) == (7, 60, 5, 75)
+    for h, w in [(60, 80), (120, 160), (6, 8), (481, 641), (240, 320), (37, 53)]:
+        box = D.scale_crop(D.NYU_CROP, (480, 640), (h, w))
+        # brute force: the nearest integer to edge * size / ref, halves rounded up
+        want = tuple(int(math.floor(e * n / r + 0.5)) for e, n, r in
+                     zip(D.NYU_CROP, (h, h, w, w), (480, 480, 640, 640), strict=True))
+        assert box == want, (h, w)
+    with pytest.raises(D.DepthEvalError, match="empty"):
+        D.scale_crop((54, 55, 41, 601), (480, 640), (6, 8))
+
+
+def test_crop_spec_scores_only_the_scaled_box():
+    rng = np.random.default_rng(5)
+    gt = rng.uniform(1.0, 5.0, size=(60, 80))
+    pred = np.full(gt.shape, np.nan)  # nothing predicted outside the crop
+    pred[7:60, 5:75] = gt[7:60, 5:75] * 1.1
+    got = D.depth_metrics(pred, gt, crop=D.NYU_CROP_SPEC)
+    assert got["valid_pixels"] == 53 * 70
+    _assert_close(got, _vectorised_reference(pred[7:60, 5:75], gt[7:60, 5:75]))
+    pred[7, 5] = np.nan  # inside the crop: an error
+    with pytest.raises(D.DepthEvalError, match="NaN/inf values inside the crop"):
+        D.depth_metrics(pred, gt, crop=D.NYU_CROP_SPEC)
+    acc = D.DepthAccumulator(crop=D.NYU_CROP_SPEC)
+    assert acc.result()["crop"] == {"box": [54, 480, 41, 601], "frame": [480, 640]}
+
+
+def test_eigen_crop():
+    rng = np.random.default_rng(6)
+    gt = rng.uniform(1.0, 5.0, size=(480, 640))
+    pred = gt * rng.uniform(0.8, 1.2, size=gt.shape)
+    got = D.depth_metrics(pred, gt, crop="eigen")
+    _assert_close(got, _vectorised_reference(pred[45:471, 41:601], gt[45:471, 41:601]))
+    assert got["RMSE"] != D.depth_metrics(pred, gt, crop="nyu")["RMSE"]
