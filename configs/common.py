@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from uvim_givt.errors import ConfigError
 from uvim_givt.training.trainer import default_train_config
 
 SIZES = ("tiny", "base", "paper")
@@ -19,7 +20,7 @@ ENCODER_LR_MULT = (("^(encoder|EmbedPatches|pos_embedding_encoder)/", 0.1),)
 
 def check_size(size: str) -> None:
     if size not in SIZES:
-        raise ValueError(f"unknown size preset {size!r}: one of {SIZES}")
+        raise ConfigError(f"unknown size preset {size!r}: one of {SIZES}")
 
 
 def vit_vae_model(size: str, codeword_dim: int, label_channels: dict) -> dict:
@@ -56,12 +57,38 @@ def evaluator(kind: str, prediction: str, *, split: str = "validation", num_exam
                 every=every, batch_size=batch_size, **extra)
 
 
-def dense_evaluators(kind: str, size: str, baseline: bool = False) -> dict:
-    """The dense tasks' evaluators: the stage-1 oracle and stage-2 samples on the whole
-    validation split (with 8 overlay PNGs each), and optionally the task's baseline."""
+def dense_evaluators(kind: str, size: str, baseline: bool = False,
+                     heldout_split: str = "validation", every: dict | None = None,
+                     extra_splits: dict | None = None) -> dict:
+    """The dense tasks' evaluators, as the published configs declare theirs:
+
+    * ``vae_loss`` / ``givt_loss``: held-out losses (stage-1 loss, reconstruction and KL;
+      stage-2 NLL per token and per dimension) on ``heldout_split``;
+    * ``oracle`` / ``sampled``: the task metric of stage 1 (ground truth encoded, decoded)
+      and stage 2 (samples) on the validation split, with 8 overlay PNGs each;
+    * ``teacher_forced``: the task metric of stage 2's teacher-forced means, decoded; its
+      gap to ``sampled`` measures the exposure bias;
+    * optionally the task's ``baseline``, and, from ``extra_splits`` ({suffix: split}),
+      ``oracle_<suffix>`` / ``sampled_<suffix>`` on more splits (e.g. the held-out one).
+
+    ``every`` maps evaluator names to their period in steps (0 or absent: after the stage).
+    """
+    every = every or {}
     bs = 8 if size == "paper" else 50
-    out = dict(oracle=evaluator(kind, "oracle", batch_size=bs, overlays=8),
-               sampled=evaluator(kind, "sampled", batch_size=bs, overlays=8))
+    out = dict(
+        vae_loss=evaluator("loss", "oracle", split=heldout_split, batch_size=bs,
+                           every=every.get("vae_loss", 0)),
+        givt_loss=evaluator("loss", "teacher_forced", split=heldout_split, batch_size=bs,
+                            every=every.get("givt_loss", 0)),
+        oracle=evaluator(kind, "oracle", batch_size=bs, overlays=8,
+                         every=every.get("oracle", 0)),
+        sampled=evaluator(kind, "sampled", batch_size=bs, overlays=8,
+                          every=every.get("sampled", 0)),
+        teacher_forced=evaluator(kind, "teacher_forced", batch_size=bs, overlays=0))
+    for suffix, split in (extra_splits or {}).items():
+        for name in ("oracle", "sampled"):
+            out[f"{name}_{suffix}"] = evaluator(kind, name, split=split, batch_size=bs,
+                                                every=every.get(name, 0), overlays=0)
     if baseline:
         out["baseline"] = evaluator(kind, "baseline", batch_size=bs, overlays=0)
     return out
@@ -93,6 +120,52 @@ def givt_encdec_model(size: str, out_dim: int, seq_len: int, input_size) -> dict
 def givt_tiny_recipe(size: str, input_noise: float = 1.0) -> dict:
     tiny = size == "tiny"
     return dict(lr=6e-3 if tiny else 1e-3, input_noise=input_noise if tiny else 0.0)
+
+
+# The published UViM/GIVT training recipes (big_vision configs/proj/givt/vae_*.py and
+# givt_*.py). Their lengths are epochs at their batch sizes; here steps, rounded as
+# big_vision rounds total_epochs * num_examples / batch_size.
+COCO_TRAIN_EXAMPLES = 118_287 - 4_096  # train[4096:]: the first 4,096 are held out
+NYU_TRAIN_EXAMPLES = 47_584
+
+
+def epochs_to_steps(epochs: float, num_examples: int, batch_size: int) -> int:
+    return int(round(epochs * num_examples / batch_size))
+
+
+def published_vae_train(epochs: float, num_examples: int) -> ml_collections.ConfigDict:
+    """vae_coco_panoptic.py / vae_nyu_depth.py: scale_by_adam (b2 0.95), lr 1e-3, clip 1,
+    cosine, weight decay 1e-4 on kernels, multiplied by the schedule's shape but not by the
+    learning rate, batch 1024. Their ``warmup_steps=0.1`` zeroes step 0 only: 1 step here."""
+    t = train_group("paper", epochs_to_steps(epochs, num_examples, 1024), 1024, lr=1e-3,
+                    wd=1e-4)
+    t.log_every, t.ckpt_every = 50, 1000
+    t.optim.update(optimizer="adam", b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0,
+                   schedule="cosine", warmup_steps=1, wd_mode="schedule_scaled",
+                   wd_pattern="/kernel$")
+    return t
+
+
+def published_givt_train(epochs: float, num_examples: int, warmup_steps: int = 0,
+                         warmup_fraction: float = 0.0) -> ml_collections.ConfigDict:
+    """givt_coco_panoptic.py / givt_nyu_depth.py: big_vision's scale_by_adafactor (beta2
+    cap 0.95), lr 1e-3, no clipping, cosine, weight decay 1e-6 on kernels (schedule-scaled),
+    the image encoder (pretrained there) at 0.1x, batch 512."""
+    t = train_group("paper", epochs_to_steps(epochs, num_examples, 512), 512, lr=1e-3, wd=1e-6,
+                    lr_mults=ENCODER_LR_MULT)
+    t.log_every, t.ckpt_every = 50, 1000
+    t.optim.update(optimizer="big_vision_adafactor", grad_clip=0.0, schedule="cosine",
+                   warmup_steps=warmup_steps, warmup_fraction=warmup_fraction,
+                   wd_mode="schedule_scaled", wd_pattern="/kernel$")
+    t.optim.big_vision_adafactor.beta2_cap = 0.95
+    return t
+
+
+def init_group() -> dict:
+    """Where a stage starts from (``vae.init`` / ``givt.init``), to fine-tune: ``path`` = a
+    run directory or a released .npz ("" = from scratch); parameters whose name fully
+    matches a ``dont_load`` regex keep their fresh initialisation (e.g. a new head)."""
+    return dict(path="", dont_load=())
 
 
 def train_group(size: str, steps: int, batch_size: int, lr: float, wd: float,

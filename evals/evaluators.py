@@ -35,11 +35,12 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from uvim_givt import rundir
+from uvim_givt import config as config_lib
+from uvim_givt import rundir, schema
 from uvim_givt.data import pipeline
-from uvim_givt.data.images import write_png
+from uvim_givt.data.images import write_png_or_warn
 from uvim_givt.errors import ConfigError, UserError
-from uvim_givt.models import builders
+from uvim_givt.models import builders, vae_losses
 from uvim_givt.sampling.predictor import Predictor
 from uvim_givt.task import Task
 from uvim_givt.training.metrics import progress_interval
@@ -49,10 +50,24 @@ from uvim_givt.training.runner import Run, load_givt_params, load_run, vae_input
 #: prediction -> the stage whose parameters it needs (and after which it runs)
 PREDICTION_STAGE = {"oracle": "vae", "sampled": "givt", "teacher_forced": "givt",
                     "baseline": "baseline"}
-DENSE_PREDICTIONS = ("oracle", "sampled", "baseline")
-#: kind -> the predictions its loop scores (a kind not listed is a dense task's metric)
-KIND_PREDICTIONS = {"generation": ("oracle", "sampled"), "nll": ("teacher_forced",)}
+DENSE_PREDICTIONS = ("oracle", "sampled", "teacher_forced", "baseline")
+#: kind -> the predictions its loop scores (a kind not listed is a dense task's metric).
+#: "loss": held-out losses: stage 1's (oracle) and stage 2's NLL (teacher_forced).
+KIND_PREDICTIONS = {"generation": ("oracle", "sampled"), "loss": ("oracle", "teacher_forced")}
 REQUIRED = ("kind", "prediction", "split", "num_examples", "every", "batch_size")
+_E = r"evals\.\w+\."
+#: The ranges of the evaluator keys (uvim_givt/schema.py), checked before a run starts.
+CONFIG_RULES: schema.Rules = (
+    (_E + "kind", schema.Text(r"[a-z_]+", "a metric family (panoptic, depth, generation, nll)",
+                              bad="PQ!")),
+    (_E + "prediction", schema.OneOf(tuple(PREDICTION_STAGE))),
+    (_E + "split", schema.Text(r".+", "a split name", bad="")),
+    (_E + "(num_examples|every|overlays|max_classes)", schema.COUNT),
+    (_E + "(batch_size|samples_per_class|grid_per_class)", schema.POSITIVE_INT),
+    (_E + "extractor", schema.Text(r"digits|inception:.+",
+                                   "digits or inception:PATH (the Inception weights)",
+                                   bad="inception")),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,11 +112,15 @@ def declared(cfg: ml_collections.ConfigDict) -> dict[str, Spec]:
 class Evaluators:
     """The runner's evaluation hooks (``uvim_givt.training.runner.EvalHooks``)."""
 
+    config_rules = CONFIG_RULES
+
     def __init__(self, task: Task, cfg: ml_collections.ConfigDict, origin: str = "train",
                  source: str | None = None, split: str | None = None,
                  max_examples: int | None = None, names: Iterable[str] | None = None,
-                 kind: str | None = None, log: Callable[[str], None] = print):
-        self.task, self.cfg, self.origin, self.log = task, cfg, origin, log
+                 kind: str | None = None, log: Callable[[str], None] = print,
+                 tag: str = "", settings: Iterable[str] = ()):
+        self.task, self.cfg, self.origin, self.log, self.tag = task, cfg, origin, log, tag
+        self.settings = list(settings)
         self.source, self.split, self.max_examples = source, split, max_examples
         specs = declared(cfg)
         if names is not None:
@@ -112,6 +131,13 @@ class Evaluators:
             specs = {n: s for n, s in specs.items() if n in set(names)}
         if kind is not None:
             specs = {n: s for n, s in specs.items() if s.kind == kind}
+        if cfg.givt.model.style != "ar":  # MaskGIT decodes no teacher-forced means
+            tf = [n for n, s in specs.items()
+                  if s.prediction == "teacher_forced" and s.kind != "loss"]
+            if tf:
+                log(f"  not run with givt.model.style={cfg.givt.model.style!r}: "
+                    f"{', '.join(tf)} (teacher-forced means need a causal GIVT)")
+            specs = {n: s for n, s in specs.items() if n not in tf}
         self.specs = specs
 
     def of_stage(self, stage: str) -> list[Spec]:
@@ -144,7 +170,7 @@ class Evaluators:
                               max_examples=cap, step=step, periodic=periodic)
         info = rundir.read_run_info(run.run_dir)
         num_params = info.get("num_params", {}).get(spec.stage)
-        rundir.write_eval_record(run.run_dir, {
+        record = {
             "task": self.task.name, "stage": spec.stage, "evaluator": spec.name,
             "kind": spec.kind, "prediction": spec.prediction, "split": split, "data": source,
             "step": step, "metrics": metrics, "origin": self.origin,
@@ -152,21 +178,56 @@ class Evaluators:
             "config_hash": rundir.config_hash(self.cfg),
             "model": {"size": self.cfg.size, "num_params": num_params},
             "extra": dict(extra, periodic=periodic),
-        })
+        }
+        if self.tag:
+            record["tag"] = self.tag
+            record["extra"]["settings"] = self.settings
+        try:
+            rundir.write_eval_record(run.run_dir, record)
+        except OSError as e:  # a read-only run or a full disk: the metrics still count
+            self.log(f"warning: could not save the {spec.name} record in "
+                     f"{os.path.join(run.run_dir, 'eval')} ({e.strerror or e}); its metrics "
+                     "are printed only")
         return metrics
 
 
 def evaluate_run(run_dir: str, origin: str, *, stage: str | None = None,
                  kind: str | None = None, names: Iterable[str] | None = None,
                  source: str | None = None, split: str | None = None,
-                 max_examples: int | None = None, task: Task | None = None
-                 ) -> dict[str, dict[str, float]]:
+                 max_examples: int | None = None, task: Task | None = None,
+                 overrides: Iterable[str] = ()) -> dict[str, dict[str, float]]:
     """Runs a run directory's declared evaluators (of ``stage``/``kind``/``names``), finding
-    the task by the name in its config; returns {evaluator: metrics}."""
+    the task by the name in its config; returns {evaluator: metrics}.
+
+    ``overrides`` (``key=value``, as ``--set``) change how the run is evaluated: decoding and
+    protocol (``data.*``), sampling (``givt.sampling.*``) or the evaluators (``evals.*``),
+    never the models. The records are then tagged with a hash of the settings, so they sit
+    next to the default ones instead of replacing them.
+    """
     if source is not None:
         pipeline.parse_source(source)
     run = load_run(run_dir, task, need_givt=False)
-    hooks = Evaluators(run.task, run.cfg, origin, source, split, max_examples, names, kind)
+    tag = ""
+    if overrides:
+        allowed = ("data.", "givt.sampling.", "evals.")
+        bad = [o for o in overrides if not o.strip().startswith(allowed)]
+        if bad:
+            raise ConfigError(f"--set {bad[0]!r}: eval may change "
+                              f"{', '.join(a + '*' for a in allowed)} only (the models come "
+                              "from the run)")
+        cfg = config_lib.apply_overrides(ml_collections.ConfigDict(run.cfg.to_dict()),
+                                         overrides)
+        rules = (*schema.LIBRARY_RULES, *getattr(run.task, "config_rules", ()),
+                 *Evaluators.config_rules)
+        schema.check(cfg, rules)
+        if getattr(run.task, "check_config", None):
+            run.task.check_config(cfg)
+        run = dataclasses.replace(run, cfg=cfg)
+        settings = sorted(o.strip() for o in overrides)
+        tag = "set-" + rundir.config_hash("\n".join(settings))[:8]
+        print(f"  evaluating with {', '.join(overrides)} (records tagged {tag})")
+    hooks = Evaluators(run.task, run.cfg, origin, source, split, max_examples, names, kind,
+                       tag=tag, settings=settings if overrides else ())
     specs = [s for s in hooks.specs.values() if stage is None or s.stage == stage]
     if not specs:
         raise UserError(f"{run_dir}: no evaluator of "
@@ -194,7 +255,7 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
     if max_examples:
         ds = ds.take(max_examples)
     metric = task.metric(cfg, spec.kind)
-    n_overlays = 0 if periodic else int(spec.options.overlays)
+    n_overlays = 0 if periodic else int(spec.options.get("overlays", 0))
     overlay_dir = os.path.join(run.run_dir, "predictions")
     extra: dict[str, Any] = {}
     if spec.prediction == "baseline":  # before the progress bar: it may print
@@ -206,7 +267,7 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
         nonlocal seen
         metric.add(example, pred)
         if seen < n_overlays:
-            write_png(os.path.join(overlay_dir, f"{spec.name}_{seen:03d}.png"),
+            write_png_or_warn(os.path.join(overlay_dir, f"{spec.name}_{seen:03d}.png"),
                       task.draw(cfg, example, pred))
         seen += 1
         bar.update(1)
@@ -217,7 +278,7 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
     else:
         raw = ds.as_numpy_iterator()  # full-resolution examples, for postprocess and metrics
         predictor = Predictor(cfg, run.vae_params,
-                              run.givt_params if spec.prediction == "sampled" else None)
+                              None if spec.prediction == "oracle" else run.givt_params)
 
         def prep(ex):
             out = task.preprocess(cfg, ex, train=False)
@@ -226,6 +287,8 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
         for batch in pipeline.eval_batches(ds, prep, spec.batch_size):
             if spec.prediction == "oracle":
                 logits = predictor.oracle(batch["labels"])
+            elif spec.prediction == "teacher_forced":
+                logits = predictor.teacher_forced(batch["image"], batch["labels"])
             else:
                 logits = predictor.predict(batch["image"], seed=seen,
                                            mirror_equivariant=task.mirror_equivariant)
@@ -241,28 +304,54 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
     return metric.result(), extra
 
 
-def nll_loop(task: Task, run: Run, spec: Spec, *, source: str, split: str,
-             max_examples: int | None, step: int, periodic: bool
-             ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Held-out stage-2 NLL, teacher-forced on the posterior means of the frozen VAE."""
-    cfg = run.cfg
-    vae, model = builders.build_model("vae", cfg), builders.build_model("givt", cfg)
+def loss_loop(task: Task, run: Run, spec: Spec, *, source: str, split: str,
+              max_examples: int | None, step: int, periodic: bool
+              ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Held-out losses, averaged over the examples of a split.
 
-    @jax.jit
-    def batch_nll(vae_params, givt_params, batch):
-        mu, _ = vae.apply({"params": vae_params}, vae_input(cfg, batch), method=vae.encode)
-        key = jax.random.PRNGKey(0)  # train=False: no dropout, no label drop, no noise
-        nll, _ = givt_nll_loss(model, givt_params, mu, key,
-                               image=batch["image"] if model.has_encoder else None,
-                               labels=batch["label"] if model.num_labels is not None else None,
-                               train=False)
-        return nll
+    ``oracle``: stage 1's objective (``vae.beta``-weighted): ``loss``, the reconstruction
+    term (``xent`` [and ``xent/<channel>``] for label maps, ``rec`` for images) and ``kl``,
+    with a posterior sample drawn from a fixed key and no dropout.
+    ``teacher_forced``: stage 2's NLL of the frozen VAE's posterior means, in nats per token
+    (``nll_per_token``) and per code dimension (``nll_per_dim``).
+    """
+    cfg = run.cfg
+    vae = builders.build_model("vae", cfg)
+    key = jax.random.PRNGKey(0)  # the same posterior sample at every evaluation
+
+    if spec.prediction == "oracle":
+        beta = float(cfg.vae.beta)
+        label_vae = builders.vae_kind(cfg) == "vit"
+
+        @jax.jit
+        def batch_metrics(vae_params, _, batch):
+            x = vae_input(cfg, batch)
+            mu, logvar = vae.apply({"params": vae_params}, x, method=vae.encode)
+            z = vae_losses.reparametrize(mu, logvar, key)
+            out = vae.apply({"params": vae_params}, z, method=vae.decode)
+            if label_vae:
+                return vae_losses.label_vae_loss(
+                    out, x, mu, logvar, label_channels=builders.label_channels(cfg),
+                    beta=beta, ignore_zero=tuple(cfg.vae.ignore_zero))[1]
+            return vae_losses.vae_loss(out, x, mu, logvar, beta=beta)[1]
+    else:
+        model = builders.build_model("givt", cfg)
+
+        @jax.jit
+        def batch_metrics(vae_params, givt_params, batch):
+            mu, _ = vae.apply({"params": vae_params}, vae_input(cfg, batch), method=vae.encode)
+            nll, _ = givt_nll_loss(model, givt_params, mu, key,
+                                   image=batch["image"] if model.has_encoder else None,
+                                   labels=batch["label"] if model.num_labels is not None
+                                   else None, train=False)
+            return {"nll_per_token": nll, "nll_per_dim": nll / mu.shape[-1]}
 
     def prep(ex):
         out = task.preprocess(cfg, ex, train=False)
         return {k: out[k] for k in ("image", "labels", "label") if k in out}
 
-    total, count = 0.0, 0
+    sums: dict[str, float] = {}
+    count = 0
     bar = _progress(f"eval {spec.name} {split}", periodic)
     ds = task.load(cfg, source, split)
     for batch in pipeline.eval_batches(ds, prep, spec.batch_size, max_examples):
@@ -270,15 +359,14 @@ def nll_loop(task: Task, run: Run, spec: Spec, *, source: str, split: str,
         n = int(valid.sum())
         if n < len(valid):  # the padded last batch: score only the real rows
             batch = {k: v[valid] for k, v in batch.items()}
-        total += float(batch_nll(run.vae_params, run.givt_params, batch)) * n
+        for k, v in batch_metrics(run.vae_params, run.givt_params, batch).items():
+            sums[k] = sums.get(k, 0.0) + float(v) * n
         count += n
         bar.update(n)
     bar.close()
     if count == 0:
         raise UserError(f"split {split!r} of {source} has no examples")
-    nll = total / count
-    return {"nll": nll, "nll_per_dim": nll / int(cfg.givt.model.out_dim)}, \
-        {"num_examples": count}
+    return {k: v / count for k, v in sums.items()}, {"num_examples": count}
 
 
 def _generation_loop(*args: Any, **kw: Any) -> tuple[dict[str, float], dict[str, Any]]:
@@ -288,4 +376,4 @@ def _generation_loop(*args: Any, **kw: Any) -> tuple[dict[str, float], dict[str,
 
 #: the loops of the non-dense kinds (every other kind runs ``dense_loop``)
 LOOPS: dict[str, Callable[..., tuple[dict[str, float], dict[str, Any]]]] = {
-    "generation": _generation_loop, "nll": nll_loop}
+    "generation": _generation_loop, "loss": loss_loop}

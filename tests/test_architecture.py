@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs.common import evaluator, givt_encdec_model, train_group
+from configs.common import evaluator, givt_encdec_model, init_group, train_group
 from evals.evaluators import Evaluators, evaluate_run
 from uvim_givt.errors import UserError
 from uvim_givt.task import DenseTask, Task, get_task, register_task
@@ -142,9 +142,11 @@ def toy_config() -> ml_collections.ConfigDict:
     c.task, c.size, c.seed = "toy_bands", "tiny", 0
     c.data = dict(source="embedded", image_size=SIZE, train_split="train",
                   val_split="validation", shuffle_buffer=64)
-    c.vae = dict(kind="vit", model=vae, ignore_zero=(), ema_decay=0.0, beta=1e-4,
+    c.vae = dict(kind="vit", model=vae, init=init_group(), ignore_zero=(), ema_decay=0.0,
+                 beta=1e-4,
                  train=train_group("tiny", steps=4, batch_size=8, lr=1e-3, wd=0.0))
-    c.givt = dict(model=givt, posterior="mean", input_noise=0.0, init_encoder="",
+    c.givt = dict(model=givt, init=init_group(), posterior="mean", input_noise=0.0,
+                  init_encoder="",
                   train=train_group("tiny", steps=4, batch_size=8, lr=1e-3, wd=0.0),
                   sampling=dict(temperature=1.0, temperature_probs=1.0, beam_size=1,
                                 fan_size=1, num_steps=4, choice_temperature=1.0,
@@ -152,8 +154,14 @@ def toy_config() -> ml_collections.ConfigDict:
     c.evals = dict(
         oracle=evaluator("pixel_accuracy", "oracle", batch_size=4, every=2, overlays=1),
         sampled=evaluator("pixel_accuracy", "sampled", batch_size=4, overlays=1),
-        held_out_nll=evaluator("nll", "teacher_forced", batch_size=4))
+        teacher_forced=evaluator("pixel_accuracy", "teacher_forced", batch_size=4),
+        vae_loss=evaluator("loss", "oracle", batch_size=4, every=2),
+        held_out_nll=evaluator("loss", "teacher_forced", batch_size=4))
     return c
+
+
+def givt_out_dim(cfg) -> int:
+    return int(cfg.givt.model.out_dim)
 
 
 def test_a_new_task_trains_and_evaluates_through_the_same_runner(tmp_path):
@@ -168,14 +176,23 @@ def test_a_new_task_trains_and_evaluates_through_the_same_runner(tmp_path):
     assert sorted(records) == [
         "givt_held_out_nll_validation_embedded_step00000004_train.json",
         "givt_sampled_validation_embedded_step00000004_train.json",
+        "givt_teacher_forced_validation_embedded_step00000004_train.json",
         "vae_oracle_validation_embedded_step00000002_train.json",  # every=2, during training
-        "vae_oracle_validation_embedded_step00000004_train.json"]
+        "vae_oracle_validation_embedded_step00000004_train.json",
+        "vae_vae_loss_validation_embedded_step00000002_train.json",
+        "vae_vae_loss_validation_embedded_step00000004_train.json"]
     for rec in records.values():
         assert rec["task"] == "toy_bands"
     sampled = records["givt_sampled_validation_embedded_step00000004_train.json"]
     assert 0.0 <= sampled["metrics"]["accuracy"] <= 1.0 and sampled["metrics"]["num_images"] == 8
-    nll = records["givt_held_out_nll_validation_embedded_step00000004_train.json"]
-    assert np.isfinite(nll["metrics"]["nll"]) and nll["num_examples"] == 8
+    nll = records["givt_held_out_nll_validation_embedded_step00000004_train.json"]["metrics"]
+    assert np.isfinite(nll["nll_per_token"])
+    np.testing.assert_allclose(nll["nll_per_dim"], nll["nll_per_token"] / givt_out_dim(cfg))
+    vae_loss = records["vae_vae_loss_validation_embedded_step00000004_train.json"]["metrics"]
+    np.testing.assert_allclose(vae_loss["loss"], vae_loss["xent"] + 1e-4 * vae_loss["kl"],
+                               rtol=1e-5)
+    tf = records["givt_teacher_forced_validation_embedded_step00000004_train.json"]
+    assert 0.0 <= tf["metrics"]["accuracy"] <= 1.0 and tf["num_examples"] == 8
     assert any(line.startswith("  sampled: accuracy=") for line in lines)
 
     # Evaluation from the run directory alone: the task is found by its config's name,
@@ -189,8 +206,8 @@ def test_a_new_task_trains_and_evaluates_through_the_same_runner(tmp_path):
 def test_bad_evaluator_declarations_name_the_key(tmp_path):
     task = register_task(Bands())
     cfg = toy_config()
-    cfg.evals.sampled.prediction = "teacher_forced"
-    with pytest.raises(UserError, match="evals.sampled.prediction='teacher_forced'"):
+    cfg.evals.sampled.prediction = "teacher_forcd"
+    with pytest.raises(UserError, match="evals.sampled.prediction='teacher_forcd'"):
         Evaluators(task, cfg)
     cfg = toy_config()
     cfg.evals.oracle.every = -1

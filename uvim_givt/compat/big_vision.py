@@ -27,7 +27,6 @@ the stage-1 model of a new stage-2 run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -42,13 +41,20 @@ import ml_collections
 import numpy as np
 from flax import serialization, traverse_util
 
-from uvim_givt.errors import CheckpointError
+from uvim_givt.errors import (
+    ArgumentParser,
+    CheckpointError,
+    add_verbose_argument,
+    non_negative_int,
+    run_command,
+)
 from uvim_givt.models.builders import (  # noqa: F401 (re-exported)
     Stage,
     abstract_params,
     build_model,
     label_channels,
 )
+from uvim_givt.training.checkpoint import load_params
 
 # Layer families: name of the scanned module -> (regex of one unrolled layer's
 # module name, format of that name, stacked axis in the published checkpoints).
@@ -140,7 +146,7 @@ def load_npz(path: str, msgpack_params: str | None = None) -> dict[str, np.ndarr
     when present), with that prefix renamed to ``cnn_`` (-> ``cnn_encoder/...``).
     """
     if msgpack_params is not None and msgpack_params not in MSGPACK_PARAM_GROUPS:
-        raise ValueError(f"msgpack_params must be one of {MSGPACK_PARAM_GROUPS}, "
+        raise CheckpointFileError(f"msgpack_params must be one of {MSGPACK_PARAM_GROUPS}, "
                          f"got {msgpack_params!r}")
     if not os.path.exists(path):
         raise CheckpointFileError(f"checkpoint file {path} does not exist")
@@ -327,7 +333,7 @@ def resample_posemb(posemb: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     n, d = posemb.shape[1], posemb.shape[2]
     side = math.isqrt(n)
     if side * side != n:
-        raise ValueError(f"pos_embedding has {n} tokens, not a square grid (a class-token "
+        raise CheckpointFileError(f"pos_embedding has {n} tokens, not a square grid (a class-token "
                          "row included?); cannot resample it to the encoder's grid")
     if (side, side) == tuple(grid):
         return posemb
@@ -370,6 +376,48 @@ def load_vit_encoder(path: str, params: Mapping[str, Any], grid: tuple[int, int]
         {tuple(k.split("/")): loaded.get(k, v) for k, v in full.items()})
 
 
+def init_from(path: str, params: Mapping[str, Any], stage: Stage,
+              dont_load: Sequence[str] = ()) -> dict[str, Any]:
+    """``params`` (a freshly initialised tree of ``stage``) with its values taken from a
+    checkpoint, to fine-tune from it: a run directory (that stage's latest checkpoint) or a
+    released ``.npz`` / flax msgpack file.
+
+    Parameters whose '/'-joined name fully matches a ``dont_load`` regex keep their fresh
+    values (and checkpoint entries matching one are ignored), as big_vision's
+    ``model_load.dont_load``. Position embeddings (``pos_embedding*``) of another square
+    grid are resampled to the model's. Every other parameter must be in the checkpoint with
+    its shape (scanned and unrolled layer layouts convert either way); if not,
+    :class:`CheckpointMismatch` lists the missing, unexpected and mis-shaped keys.
+    """
+    patterns = [re.compile(p) for p in dont_load]
+
+    def skip(key: str) -> bool:
+        return any(p.fullmatch(key) for p in patterns)
+
+    if os.path.isdir(path):
+        tree, _ = load_params(path, stage)
+        flat = {k: np.asarray(v) for k, v in _flatten(tree).items()}
+    else:
+        flat = load_npz(path)
+    full = _flatten(params)
+    if "vae" in params and not any(k.startswith("vae/") for k in flat):
+        # a released CNN VAE (generator weights only) into {"vae", "disc"}: the VAE part
+        flat = {f"vae/{k}": v for k, v in flat.items()}
+    target = {k: v for k, v in full.items() if not skip(k)}
+    source = {k: v for k, v in flat.items() if not skip(k)}
+    if "vae" in params:  # the discriminator is trained afresh when the source has none
+        if not any(k.startswith("disc/") for k in source):
+            target = {k: v for k, v in target.items() if not k.startswith("disc/")}
+    for k, v in target.items():
+        if k.split("/")[-1].startswith("pos_embedding") and k in source and \
+                np.shape(source[k]) != np.shape(v) and len(np.shape(v)) == 3:
+            side = math.isqrt(np.shape(v)[1])
+            source[k] = resample_posemb(np.asarray(source[k]), (side, np.shape(v)[1] // side))
+    loaded = _flatten(convert_layout(source, target, context=f"{stage} checkpoint {path}"))
+    return traverse_util.unflatten_dict(
+        {tuple(k.split("/")): loaded.get(k, v) for k, v in full.items()})
+
+
 def infer_stage(keys: Sequence[str]) -> Stage:
     """``givt`` if the checkpoint embeds target tokens, ``vae`` if it has a VAE encoder."""
     tops = {k.split("/", 1)[0] for k in keys}
@@ -377,7 +425,8 @@ def infer_stage(keys: Sequence[str]) -> Stage:
         return "givt"
     if tops & {"encoder_head", "cnn_encoder"}:
         return "vae"
-    raise ValueError("cannot tell whether the checkpoint is a GIVT (EmbedTargets/...) or a "
+    raise CheckpointFileError(
+        "cannot tell whether the checkpoint is a GIVT (EmbedTargets/...) or a "
                      f"VAE (encoder_head/..., cnn_encoder/...); top-level keys: "
                      f"{sorted(tops)[:12]}; pass --stage")
 
@@ -428,7 +477,7 @@ def _check_same_config(run_dir: str, cfg: ml_collections.ConfigDict) -> None:
     with open(path) as f:
         diff = rundir.config_diff(json.load(f), config_lib.to_dict(cfg))
     if diff:
-        raise ValueError(f"{run_dir} already holds a run with a different config.json "
+        raise CheckpointFileError(f"{run_dir} already holds a run with a different config.json "
                          f"({', '.join(diff[:8])} differ); convert into a new --out (or use "
                          "the same config)")
 
@@ -466,7 +515,7 @@ def convert(npz: str, config: str, out: str, overrides: Sequence[str] = (),
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m uvim_givt.compat.big_vision``; returns the exit code (2 on user errors)."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m uvim_givt.compat.big_vision",
         description="Convert a released big_vision GIVT/UViM checkpoint into a run directory "
                     "(parameters only: for inference, evaluation, or as stage 1 of stage 2).")
@@ -477,18 +526,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="override a config key (repeatable)")
     p.add_argument("--stage", choices=("givt", "vae"), default=None,
                    help="default: inferred from the checkpoint's keys")
-    p.add_argument("--step", type=int, default=0, help="checkpoint step to write (default 0)")
+    p.add_argument("--step", type=non_negative_int, default=0,
+                   help="checkpoint step to write (default 0)")
     p.add_argument("--msgpack-params", choices=MSGPACK_PARAM_GROUPS, default=None,
                    help="flax msgpack checkpoints: which weights (default ema_params if present)")
     p.add_argument("--out", required=True, help="run directory to write")
+    add_verbose_argument(p)
     args = p.parse_args(argv)
-    try:
-        convert(args.npz, args.config, args.out, args.set, args.stage, args.step,
-                args.msgpack_params)
-    except (ValueError, OSError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: convert(args.npz, args.config, args.out, args.set, args.stage,
+                                       args.step, args.msgpack_params), args.verbose)
 
 
 if __name__ == "__main__":

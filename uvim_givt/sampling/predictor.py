@@ -3,6 +3,10 @@
 * ``oracle``: stage 1 alone: encode the ground truth, decode the posterior mean;
 * ``sample_codes``: stage 2 codes, by the sampler of the GIVT's style, conditioned on
   images (encoder-decoder) or class labels (with optional DB-CFG);
+* ``teacher_forced``: stage 2 given the ground-truth codes: each position's predicted
+  mean (the GIVT's next-code mean given the true previous codes), decoded. Scored by the
+  task metric next to ``predict``, it names the exposure bias (free-running vs
+  teacher-forced);
 * ``predict``: dense tasks: decoded per-channel logits of sampled codes, averaged over
   ``givt.sampling.num_samples`` draws (optionally half of them on mirrored images);
 * ``sample_latents`` / ``decode_images`` / ``reconstruct``: generation in fixed-size
@@ -102,6 +106,31 @@ class Predictor:
             temperature=float(settings["temperature"]),
             temperature_probs=float(settings["temperature_probs"]),
             **({"cfg_weight": cfg_weight} if cfg_weight else {}))
+
+    def teacher_forced(self, images: np.ndarray | None, x: np.ndarray,
+                       labels: np.ndarray | None = None) -> Any:
+        """Decoded GMM means of the GIVT teacher-forced on the posterior means of ``x``
+        (its stage-1 input), conditioned on ``images`` or class ``labels``."""
+        if self.model is None:
+            raise UserError("this run has no trained GIVT (train stage 2 first: --stage givt)")
+        if self.model.style != "ar":
+            raise UserError("teacher_forced predictions need a causal GIVT "
+                            f"(givt.model.style='ar', not {self.model.style!r})")
+        if not hasattr(self, "_tf_means"):
+            model = self.model
+
+            def means(params, z, image, labels):
+                encoded = None if image is None else model.apply(
+                    {"params": params}, image, False, method=model.encode)
+                logits = model.apply({"params": params}, z, labels, encoded, None, None, False,
+                                     method=model.decode)
+                return model.head.mean(logits)
+            self._tf_means = jax.jit(means)
+        z = self.encode(x)
+        mu = self._tf_means(self.givt_params, z,
+                            None if images is None else jnp.asarray(images),
+                            None if labels is None else jnp.asarray(labels))
+        return jax.tree_util.tree_map(np.asarray, self.decode(mu))
 
     def predict(self, images: np.ndarray, seed: int = 0, mirror_equivariant: bool = False
                 ) -> dict[str, np.ndarray]:

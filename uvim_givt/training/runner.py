@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 
 from uvim_givt import config as config_lib
-from uvim_givt import rundir
+from uvim_givt import rundir, schema
 from uvim_givt.compat import big_vision
 from uvim_givt.data import pipeline
 from uvim_givt.errors import CheckpointError, ConfigError, UserError
@@ -77,7 +77,8 @@ class EvalHooks(Protocol):
 
 # ------------------------------------------------------------------------------- checks
 def check_config(cfg: ml_collections.ConfigDict) -> None:
-    """Stage 1 and stage 2 must agree on the code sequence and the conditioning."""
+    """Stage 1 and stage 2 must agree on the code sequence and the conditioning (each key's
+    own range or choices: :mod:`uvim_givt.schema`)."""
     vae, g = builders.build_model("vae", cfg), cfg.givt.model
     problems = []
     size = int(cfg.data.image_size)
@@ -90,33 +91,8 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     if int(g.out_dim) != int(vae.codeword_dim):
         problems.append(f"givt.model.out_dim={g.out_dim} != vae.model.codeword_dim="
                         f"{vae.codeword_dim}")
-    if g.style not in ("ar", "masked"):
-        problems.append(f"givt.model.style={g.style!r}: ar or masked")
-    if cfg.givt.posterior not in ("sample", "mean"):
-        problems.append(f"givt.posterior={cfg.givt.posterior!r}: sample or mean")
-    for stage in ("vae", "givt"):
-        problems += check_train_group(cfg[stage].train, f"{stage}.train")
     if problems:
         raise ConfigError("inconsistent config: " + "; ".join(problems))
-
-
-OPTIMIZERS = ("adam", "adafactor")
-SCHEDULES = ("cosine", "linear", "constant")
-
-
-def check_train_group(t: ml_collections.ConfigDict, where: str) -> list[str]:
-    """Choices and ranges of a ``train`` group, checked before anything is written."""
-    problems = []
-    for key in ("total_steps", "batch_size", "log_every", "ckpt_every", "keep_ckpts"):
-        if int(t[key]) < 1:
-            problems.append(f"{where}.{key}={t[key]!r}: must be >= 1")
-    if t.optim.optimizer not in OPTIMIZERS:
-        problems.append(f"{where}.optim.optimizer={t.optim.optimizer!r}: one of {OPTIMIZERS}")
-    if t.optim.schedule not in SCHEDULES:
-        problems.append(f"{where}.optim.schedule={t.optim.schedule!r}: one of {SCHEDULES}")
-    if not float(t.optim.lr) > 0:
-        problems.append(f"{where}.optim.lr={t.optim.lr!r}: must be > 0")
-    return problems
 
 
 def check_saved_config(run_dir: str, cfg: ml_collections.ConfigDict) -> None:
@@ -238,7 +214,22 @@ def vae_stage(task: Task, cfg: ml_collections.ConfigDict, make_dataset: Callable
             return builders.init_params("vae", vae, key)
         loss_fn = _vit_vae_loss(cfg, vae)
     return Stage(init, loss_fn, _batches(task, cfg, cfg.vae.train, make_dataset),
-                 evaluate=evaluate, after_step=after_step)
+                 evaluate=evaluate, after_step=after_step,
+                 warm_start=_init_from(cfg.vae.init, "vae"))
+
+
+def _init_from(group: ml_collections.ConfigDict, stage: str) -> Callable | None:
+    """The warm start of ``<stage>.init`` (fine-tuning from a run or a released .npz)."""
+    if not group.path:
+        return None
+    path, dont_load = str(group.path), tuple(group.dont_load)
+
+    def warm_start(params):
+        params = big_vision.init_from(path, params, stage, dont_load)
+        print(f"{stage}: initialised from {path}"
+              + (f" (not loaded: {', '.join(dont_load)})" if dont_load else ""), flush=True)
+        return params
+    return warm_start
 
 
 def givt_stage(task: Task, cfg: ml_collections.ConfigDict, make_dataset: Callable[[], Any],
@@ -257,11 +248,13 @@ def givt_stage(task: Task, cfg: ml_collections.ConfigDict, make_dataset: Callabl
                              labels=batch["label"] if model.num_labels is not None else None,
                              train=True, input_noise=input_noise)
 
-    warm_start = None
+    warm_start = _init_from(cfg.givt.init, "givt")
     if cfg.givt.init_encoder:
-        path = str(cfg.givt.init_encoder)
+        path, full_init = str(cfg.givt.init_encoder), warm_start
 
         def warm_start(params):
+            if full_init is not None:
+                params = full_init(params)
             try:
                 params = big_vision.load_vit_encoder(path, params, model.encoder_grid)
             except (CheckpointError, ValueError, OSError) as e:
@@ -383,12 +376,22 @@ def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: s
     with ``hooks`` after each stage when given; returns the trained :class:`Run`."""
     if stage not in STAGES:
         raise UserError(f"--stage {stage!r}: one of {STAGES}")
+    rules = (*schema.LIBRARY_RULES, *getattr(task, "config_rules", ()),
+             *(getattr(hooks, "config_rules", ()) if hooks is not None else ()))
+    schema.check(cfg, rules)
+    if cfg.task != task.name:
+        raise ConfigError(f"task={cfg.task!r}: this config is for the {cfg.task} task, not "
+                          f"{task.name} (use configs/{task.name}.py or tasks.{cfg.task})")
     check_config(cfg)
     pipeline.parse_source(cfg.data.source)
     if getattr(task, "check_config", None):
         task.check_config(cfg)
     if cfg.givt.init_encoder and not os.path.isfile(cfg.givt.init_encoder):
         raise UserError(f"givt.init_encoder={cfg.givt.init_encoder!r}: no such file")
+    for stage_name in ("vae", "givt"):
+        path = cfg[stage_name].init.path
+        if path and not os.path.exists(path):
+            raise UserError(f"{stage_name}.init.path={path!r}: no such run directory or file")
     with rundir.locked(run_dir):
         rundir.start_run(run_dir, cfg)
         log(f"run directory: {run_dir}")

@@ -1,0 +1,140 @@
+"""The ``paper`` presets against the published configs, value for value.
+
+The table below is written from google-research/big_vision configs/proj/givt/
+(givt_coco_panoptic.py, vae_coco_panoptic.py, givt_nyu_depth.py, vae_nyu_depth.py),
+translated into our keys; each row notes the published setting it stands for. Lengths are
+epochs there: steps = round(epochs * examples / batch) with COCO train[4096:] = 114,191 and
+NYU train = 47,584 examples.
+
+Not modelled (and why): the VAEs' shuffle buffer of 25,000 (one buffer per run here: the
+GIVTs' 50,000); ``keep_ckpt_steps`` (we keep the last ``keep_ckpts``); FSDP sharding is
+``train.fsdp`` (off by default, a memory choice, not a numerical one).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from uvim_givt import config as config_lib
+
+VIT_VAE = {  # proj.givt.vit, both tasks
+    "vae.kind": "vit",
+    "vae.model.input_size": (512, 512), "vae.model.patch_size": (16, 16),
+    "vae.model.code_len": 256, "vae.model.width": 768, "vae.model.depth": 6,
+    "vae.model.decoder_depth": 12, "vae.model.mlp_dim": 3072, "vae.model.num_heads": 12,
+    "vae.model.code_dropout": "none", "vae.ema_decay": 0.0,
+}
+GIVT_L16 = {  # VTT_MODELS['large'], patches 16, learned posemb, 1 mixture
+    "givt.model.num_layers": 24, "givt.model.num_decoder_layers": 24,
+    "givt.model.num_heads": 16, "givt.model.mlp_dim": 4096, "givt.model.emb_dim": 1024,
+    "givt.model.patches": (16, 16), "givt.model.input_size": (512, 512),
+    "givt.model.seq_len": 256, "givt.model.num_labels": None, "givt.model.num_mixtures": 1,
+    "givt.model.fix_square_plus": True, "givt.model.scale_tol": 1e-6,
+    "givt.model.dec_dropout_rate": 0.0, "givt.model.style": "ar",
+    "givt.input_noise": 0.0, "data.image_size": 512, "data.flip": True,
+    "data.crop_area_min": 0.05,  # inception_box(area=(0.05, 1.0))
+    "data.shuffle_buffer": 50_000,
+}
+VAE_OPTIM = {  # scale_by_adam(b2=0.95), lr 1e-3, wd 1e-4, grad_clip_norm 1, cosine
+    "vae.train.optim.optimizer": "adam", "vae.train.optim.b1": 0.9,
+    "vae.train.optim.b2": 0.95, "vae.train.optim.eps": 1e-8, "vae.train.optim.lr": 1e-3,
+    "vae.train.optim.wd": 1e-4, "vae.train.optim.wd_mode": "schedule_scaled",
+    "vae.train.optim.wd_pattern": "/kernel$", "vae.train.optim.grad_clip": 1.0,
+    "vae.train.optim.schedule": "cosine",
+    "vae.train.optim.warmup_steps": 1,  # warmup_steps=0.1: only step 0 has lr 0
+    "vae.train.optim.lr_mults": [], "vae.train.batch_size": 1024,
+    "vae.train.log_every": 50, "vae.train.ckpt_every": 1000,
+}
+GIVT_OPTIM = {  # big_vision.scale_by_adafactor(beta2_cap=0.95), lr 1e-3, wd 1e-6, no clip
+    "givt.train.optim.optimizer": "big_vision_adafactor",
+    "givt.train.optim.big_vision_adafactor.beta2_cap": 0.95,
+    "givt.train.optim.big_vision_adafactor.decay_rate": 0.8,
+    "givt.train.optim.big_vision_adafactor.momentum": 0.9,
+    "givt.train.optim.big_vision_adafactor.min_dim_size_to_factor": 32,
+    "givt.train.optim.lr": 1e-3, "givt.train.optim.wd": 1e-6,
+    "givt.train.optim.wd_mode": "schedule_scaled", "givt.train.optim.wd_pattern": "/kernel$",
+    "givt.train.optim.grad_clip": 0.0, "givt.train.optim.schedule": "cosine",
+    # lr_mults: pos_embedding_encoder, EmbedPatches, encoder x0.1; decoder x1
+    "givt.train.optim.lr_mults": [("^(encoder|EmbedPatches|pos_embedding_encoder)/", 0.1)],
+    "givt.train.batch_size": 512, "givt.train.log_every": 50, "givt.train.ckpt_every": 1000,
+}
+
+PUBLISHED = {
+    "panoptic": {
+        **VIT_VAE, **GIVT_L16, **VAE_OPTIM, **GIVT_OPTIM,
+        "data.source": "tfds:coco/2017_panoptic", "data.train_split": "train[4096:]",
+        "vae.model.codeword_dim": 32, "givt.model.out_dim": 32,
+        "vae.model.label_channels.semantics": (0, 134),  # 133 + void
+        "vae.model.label_channels.instances": (1, 100),
+        "vae.beta": 2.5e-4,
+        "vae.train.total_steps": 55_757,  # 500 epochs / 1024
+        "givt.train.total_steps": 44_606,  # 200 epochs / 512
+        "givt.train.optim.warmup_steps": 4000,
+        # ar_generation_config: temp 0.85, temp_probs 1, beam 4, fan 8
+        "givt.sampling.temperature": 0.85, "givt.sampling.temperature_probs": 1.0,
+        "givt.sampling.beam_size": 4, "givt.sampling.fan_size": 8,
+        "givt.sampling.num_samples": 1, "givt.sampling.test_time_flip": False,
+        # evals: val (mean loss) on train[:4096] every 250 (VAE) / 1000 (GIVT) steps;
+        # coco_panoptic on validation every 5,000 (VAE) / 10,000 (GIVT), also on
+        # train[:4096] (holdout) and train[4096:8192] (train)
+        "evals.vae_loss.split": "train[:4096]", "evals.vae_loss.every": 250,
+        "evals.givt_loss.split": "train[:4096]", "evals.givt_loss.every": 1000,
+        "evals.oracle.split": "validation", "evals.oracle.every": 5000,
+        "evals.sampled.split": "validation", "evals.sampled.every": 10_000,
+        "evals.sampled_holdout.split": "train[:4096]",
+        "evals.sampled_train.split": "train[4096:8192]",
+        "evals.oracle_holdout.split": "train[:4096]",
+        "evals.oracle_train.split": "train[4096:8192]",
+        "data.min_area_fraction": 0.0,  # pred_kw min_fraction: commented out
+    },
+    "depth": {
+        **VIT_VAE, **GIVT_L16, **VAE_OPTIM, **GIVT_OPTIM,
+        "data.source": "tfds:nyu_depth_v2", "data.train_split": "train",
+        "vae.model.codeword_dim": 16, "givt.model.out_dim": 16,
+        "vae.model.label_channels.depth": (0, 256),  # QUANTIZATION_BINS
+        "data.min_depth": 0.001, "data.max_depth": 10.0,
+        "vae.ignore_zero": ("depth",),  # mask_zero_target=True
+        "vae.beta": 2e-4,
+        "vae.train.total_steps": 9_294,  # 200 epochs / 1024
+        "givt.train.total_steps": 4_647,  # 50 epochs / 512
+        "givt.train.optim.warmup_steps": 0, "givt.train.optim.warmup_fraction": 0.1,
+        "givt.sampling.temperature": 0.9, "givt.sampling.temperature_probs": 1.0,
+        "givt.sampling.beam_size": 2, "givt.sampling.fan_size": 8,
+        "givt.sampling.num_samples": 1, "givt.sampling.test_time_flip": False,
+        # evals: val (mean loss) on validation every 250; nyu_depth_val every 2,000
+        "evals.vae_loss.split": "validation", "evals.vae_loss.every": 250,
+        "evals.givt_loss.split": "validation", "evals.givt_loss.every": 250,
+        "evals.oracle.every": 2000, "evals.sampled.every": 2000,
+        # nyu_eval_crop before the prediction, argmax bin centre, nearest resize
+        "data.eval_crop_before_predict": True, "data.decode": "argmax",
+        "data.eval_resize": "nearest",
+    },
+}
+
+
+def _get(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _norm(v):
+    if isinstance(v, list | tuple):
+        return tuple(_norm(x) for x in v)
+    return v
+
+
+@pytest.mark.parametrize("task", sorted(PUBLISHED))
+def test_paper_preset_equals_the_published_config(task):
+    cfg = config_lib.load_config(f"configs/{task}.py:size=paper")
+    wrong = {k: (_get(cfg, k), v) for k, v in PUBLISHED[task].items()
+             if _norm(_get(cfg, k)) != _norm(v)}
+    assert wrong == {}, "ours vs published: " + repr(wrong)
+
+
+def test_step_counts_are_published_epochs_at_published_batch_sizes():
+    from configs.common import COCO_TRAIN_EXAMPLES, NYU_TRAIN_EXAMPLES, epochs_to_steps
+    assert COCO_TRAIN_EXAMPLES == 114_191 and NYU_TRAIN_EXAMPLES == 47_584
+    assert epochs_to_steps(500, COCO_TRAIN_EXAMPLES, 1024) == 55_757
+    assert epochs_to_steps(50, NYU_TRAIN_EXAMPLES, 512) == 4_647
