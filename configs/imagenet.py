@@ -134,6 +134,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     extractor = "inception:" if paper else "digits"  # digits | inception:PATH_TO_WEIGHTS
     bs = 50 if paper else 500
     c.evals = dict(
+        # held-out losses: stage 1's (L2 reconstruction + beta KL), stage 2's NLL per token
+        # and per dimension (the published configs' "val" evaluators)
+        vae_loss=evaluator("loss", "oracle", batch_size=bs),
+        givt_loss=evaluator("loss", "teacher_forced", batch_size=bs),
         oracle=evaluator("generation", "oracle", batch_size=bs, extractor=extractor),
         sampled=evaluator("generation", "sampled", batch_size=bs, extractor=extractor,
                           samples_per_class=50,

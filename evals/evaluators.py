@@ -121,6 +121,9 @@ class Evaluators:
                  tag: str = "", settings: Iterable[str] = ()):
         self.task, self.cfg, self.origin, self.log, self.tag = task, cfg, origin, log, tag
         self.settings = list(settings)
+        # (kind, split, step) -> {prediction: metrics}: pairs sampled and teacher-forced
+        # results of one evaluation for the exposure-bias gap
+        self._scored: dict[tuple, dict[str, dict[str, float]]] = {}
         self.source, self.split, self.max_examples = source, split, max_examples
         specs = declared(cfg)
         if names is not None:
@@ -155,6 +158,23 @@ class Evaluators:
         return {spec.name: self.run_one(spec, run, run.step(spec.stage))
                 for spec in self.of_stage(stage)}
 
+    def _with_exposure_gap(self, spec: Spec, split: str, step: int, cap: int | None,
+                           metrics: dict[str, float]) -> dict[str, float]:
+        """The second of a sampled / teacher-forced pair (same task metric, split, step and
+        examples) also records ``gap/<metric>`` = sampled - teacher-forced: the exposure
+        bias, in one record."""
+        if spec.kind in LOOPS or spec.prediction not in ("sampled", "teacher_forced"):
+            return metrics
+        seen = self._scored.setdefault((spec.kind, split, step, cap), {})
+        seen[spec.prediction] = metrics
+        other = "teacher_forced" if spec.prediction == "sampled" else "sampled"
+        if other not in seen:
+            return metrics
+        sampled, forced = seen["sampled"], seen["teacher_forced"]
+        gap = {f"gap/{k}": sampled[k] - forced[k] for k in sampled
+               if k in forced and not k.startswith(("num_", "gap/"))}
+        return {**metrics, **gap}
+
     def run_one(self, spec: Spec, run: Run, step: int, periodic: bool = False
                 ) -> dict[str, float]:
         """Runs one evaluator on ``run`` and writes its record; returns the metrics."""
@@ -168,6 +188,7 @@ class Evaluators:
         loop = LOOPS.get(spec.kind, dense_loop)
         metrics, extra = loop(self.task, run, spec, source=source, split=split,
                               max_examples=cap, step=step, periodic=periodic)
+        metrics = self._with_exposure_gap(spec, split, step, cap, metrics)
         info = rundir.read_run_info(run.run_dir)
         num_params = info.get("num_params", {}).get(spec.stage)
         record = {
@@ -304,22 +325,20 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
     return metric.result(), extra
 
 
-def loss_loop(task: Task, run: Run, spec: Spec, *, source: str, split: str,
-              max_examples: int | None, step: int, periodic: bool
-              ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Held-out losses, averaged over the examples of a split.
+# Compiled loss functions by (config, prediction): periodic evaluations reuse them instead
+# of compiling a new closure each time.
+_LOSS_FNS: dict[tuple[str, str], Callable] = {}
 
-    ``oracle``: stage 1's objective (``vae.beta``-weighted): ``loss``, the reconstruction
-    term (``xent`` [and ``xent/<channel>``] for label maps, ``rec`` for images) and ``kl``,
-    with a posterior sample drawn from a fixed key and no dropout.
-    ``teacher_forced``: stage 2's NLL of the frozen VAE's posterior means, in nats per token
-    (``nll_per_token``) and per code dimension (``nll_per_dim``).
-    """
-    cfg = run.cfg
+
+def _loss_fn(cfg: ml_collections.ConfigDict, prediction: str) -> Callable:
+    """(vae_params, givt_params, batch) -> {metric: batch mean}, jitted, for ``loss_loop``."""
+    cache_key = (rundir.config_hash(cfg), prediction)
+    if cache_key in _LOSS_FNS:
+        return _LOSS_FNS[cache_key]
     vae = builders.build_model("vae", cfg)
     key = jax.random.PRNGKey(0)  # the same posterior sample at every evaluation
 
-    if spec.prediction == "oracle":
+    if prediction == "oracle":
         beta = float(cfg.vae.beta)
         label_vae = builders.vae_kind(cfg) == "vit"
 
@@ -345,6 +364,24 @@ def loss_loop(task: Task, run: Run, spec: Spec, *, source: str, split: str,
                                    labels=batch["label"] if model.num_labels is not None
                                    else None, train=False)
             return {"nll_per_token": nll, "nll_per_dim": nll / mu.shape[-1]}
+
+    _LOSS_FNS[cache_key] = batch_metrics
+    return batch_metrics
+
+
+def loss_loop(task: Task, run: Run, spec: Spec, *, source: str, split: str,
+              max_examples: int | None, step: int, periodic: bool
+              ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Held-out losses, averaged over the examples of a split.
+
+    ``oracle``: stage 1's objective (``vae.beta``-weighted): ``loss``, the reconstruction
+    term (``xent`` [and ``xent/<channel>``] for label maps, ``rec`` for images) and ``kl``,
+    with a posterior sample drawn from a fixed key and no dropout.
+    ``teacher_forced``: stage 2's NLL of the frozen VAE's posterior means, in nats per token
+    (``nll_per_token``) and per code dimension (``nll_per_dim``).
+    """
+    cfg = run.cfg
+    batch_metrics = _loss_fn(cfg, spec.prediction)
 
     def prep(ex):
         out = task.preprocess(cfg, ex, train=False)

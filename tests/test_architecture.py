@@ -193,6 +193,9 @@ def test_a_new_task_trains_and_evaluates_through_the_same_runner(tmp_path):
                                rtol=1e-5)
     tf = records["givt_teacher_forced_validation_embedded_step00000004_train.json"]
     assert 0.0 <= tf["metrics"]["accuracy"] <= 1.0 and tf["num_examples"] == 8
+    # the exposure-bias gap, in the second record of the pair
+    assert tf["metrics"]["gap/accuracy"] == pytest.approx(
+        sampled["metrics"]["accuracy"] - tf["metrics"]["accuracy"])
     assert any(line.startswith("  sampled: accuracy=") for line in lines)
 
     # Evaluation from the run directory alone: the task is found by its config's name,

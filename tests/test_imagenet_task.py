@@ -51,9 +51,11 @@ def runs(tmp_path_factory):
     return {"ar": ar, "masked": masked}
 
 
-def _records(run):
+def _records(run, kind="generation"):
+    """The records of the ``kind`` evaluators, by stage (the held-out losses are ``loss``)."""
     d = os.path.join(run, "eval")
-    return {r["stage"]: r for r in (json.load(open(os.path.join(d, f))) for f in os.listdir(d))}
+    recs = (json.load(open(os.path.join(d, f))) for f in os.listdir(d))
+    return {r["stage"]: r for r in recs if r["kind"] == kind}
 
 
 def test_causal_run_trains_and_evaluates(runs):
@@ -64,6 +66,10 @@ def test_causal_run_trains_and_evaluates(runs):
     for key in ("FID", "class_accuracy", "FID_no_cfg", "FID_random_latents"):
         assert np.isfinite(m[key]), key
     assert 0.0 <= m["class_accuracy"] <= 1.0
+    losses = _records(runs["ar"], "loss")
+    vae = losses["vae"]["metrics"]  # L2 reconstruction + beta KL of the CNN VAE
+    assert vae["loss"] > vae["rec"] > 0 and vae["kl"] > 0
+    assert np.isfinite(losses["givt"]["metrics"]["nll_per_token"])
     assert rec["givt"]["extra"]["num_classes"] == 3
     assert os.path.isfile(os.path.join(runs["ar"], "samples", "random_latents.png"))
     # the EMA of the VAE is what stage 2 used (saved next to the raw VAE)
