@@ -20,8 +20,8 @@ except ImportError:  # optional speed-up
     _spng = None
 import numpy as np
 
-from uvim_givt.data.images import truncation
-from uvim_givt.errors import EvalError
+from uvim_givt.data.images import read_complete
+from uvim_givt.errors import DataError, EvalError
 
 OFFSET = 256 * 256 * 256  # segment ids are 24-bit: R + 256 G + 256^2 B
 VOID = 0
@@ -90,13 +90,11 @@ def read_id_png(path: str | os.PathLike) -> np.ndarray:
     """Reads a COCO panoptic RGB(A) PNG into an (H, W) uint32 id map; bad files raise, named."""
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise PanopticEvalError(f"cannot read PNG {path}: {e.strerror or e}") from None
-    why = truncation(data)
-    if why:
-        raise PanopticEvalError(f"cannot decode PNG {path}: {why}")
+        data = read_complete(path)
+    except DataError as e:
+        # "<path>: cannot read (...)" for a missing file, "<path>: truncated PNG ..." else
+        verb = "read" if ": cannot read (" in str(e) else "decode"
+        raise PanopticEvalError(f"cannot {verb} PNG {e}") from None
     img, bgr = _decode_png(data)
     if img is None:
         raise PanopticEvalError(f"cannot decode PNG {path}: empty, truncated or not an image")

@@ -30,9 +30,9 @@ def truncation(data: bytes) -> str | None:
     return None
 
 
-def read_image(path: str, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
-    """``cv2.imdecode`` of a file, strictly: a missing, truncated or undecodable file raises
-    :class:`DataError` naming it (never a partly grey image). BGR channel order, as cv2."""
+def read_complete(path: str) -> bytes:
+    """The bytes of an image file, checked whole (:func:`truncation`); a missing or cut
+    file raises :class:`DataError` naming it."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -41,6 +41,13 @@ def read_image(path: str, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     why = truncation(data)
     if why:
         raise DataError(f"{path}: {why}")
+    return data
+
+
+def read_image(path: str, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """``cv2.imdecode`` of a file, strictly: a missing, truncated or undecodable file raises
+    :class:`DataError` naming it (never a partly grey image). BGR channel order, as cv2."""
+    data = read_complete(path)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
     if image is None or image.size == 0:
         raise DataError(f"{path}: not a decodable image")
