@@ -64,6 +64,26 @@ def _segment_index(ids_map: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
     return np.where(sorted_ids[pos] == ids_map, order[pos], -1)
 
 
+def _segments(ids_map: np.ndarray, segment_ids: Any, segment_labels: Any,
+              num_categories: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(segment index per pixel, ids, labels) of checked ``panoptic_objects`` fields."""
+    segment_ids = np.asarray(segment_ids).astype(np.int64)
+    segment_labels = np.asarray(segment_labels).astype(np.int64)
+    if len(segment_ids) != len(segment_labels):
+        raise DataError(f"panoptic_objects fields disagree in length: id {len(segment_ids)}, "
+                        f"label {len(segment_labels)}")
+    if len(np.unique(segment_ids)) != len(segment_ids):
+        raise DataError("panoptic_objects lists a segment id twice")
+    bad = segment_labels < 0
+    if num_categories is not None:
+        bad |= segment_labels >= num_categories
+    if bad.any():
+        raise DataError(f"panoptic_objects label {int(segment_labels[bad][0])} is not a "
+                        f"category index (0..{num_categories or 'N'} - 1)")
+    seg = _segment_index(np.asarray(ids_map).astype(np.int64), segment_ids)
+    return seg, segment_ids, segment_labels
+
+
 def canonical_order(seg: np.ndarray, num_segments: int, strict_rows: bool = False
                     ) -> np.ndarray:
     """Canonical rank (1..) of each segment present in ``seg`` [H, W] (segment index per
@@ -106,20 +126,8 @@ def encode_panoptic(ids_map: np.ndarray, segment_ids: np.ndarray, segment_labels
     class unlabelled pixels have; the semantics stay. (Published, such ids are an all-zero
     one-hot with no loss; our cross-entropy would read them out of range.)
     """
-    segment_ids = np.asarray(segment_ids).astype(np.int64)
-    segment_labels = np.asarray(segment_labels).astype(np.int64)
-    if len(segment_ids) != len(segment_labels):
-        raise DataError(f"panoptic_objects fields disagree in length: id {len(segment_ids)}, "
-                        f"label {len(segment_labels)}")
-    if len(np.unique(segment_ids)) != len(segment_ids):
-        raise DataError("panoptic_objects lists a segment id twice")
-    bad = segment_labels < 0
-    if num_categories is not None:
-        bad |= segment_labels >= num_categories
-    if bad.any():
-        raise DataError(f"panoptic_objects label {int(segment_labels[bad][0])} is not a "
-                        f"category index (0..{num_categories or 'N'} - 1)")
-    seg = _segment_index(np.asarray(ids_map).astype(np.int64), segment_ids)
+    seg, segment_ids, segment_labels = _segments(ids_map, segment_ids, segment_labels,
+                                                 num_categories)
     valid = seg >= 0
     sem = np.zeros(seg.shape, np.int32)
     inst = np.zeros(seg.shape, np.int32)
@@ -261,17 +269,17 @@ def encode_things(ids_map: np.ndarray, segment_ids: np.ndarray, segment_labels: 
     get instance ids (canonical order among them); stuff has instance 0 and crowd pixels
     are void (0, 0), as PQ ignores crowd regions anyway."""
     is_crowd = np.asarray(is_crowd).astype(bool)
-    segment_ids = np.asarray(segment_ids).astype(np.int64)
-    segment_labels = np.asarray(segment_labels).astype(np.int64)
     if len(is_crowd) != len(segment_ids):
         raise DataError(f"panoptic_objects fields disagree in length: id {len(segment_ids)}, "
                         f"is_crowd {len(is_crowd)}")
-    labels = encode_panoptic(ids_map, segment_ids, segment_labels, num_instances=1,
-                             num_categories=len(isthing))  # semantics, and the checks
-    seg = _segment_index(np.asarray(ids_map).astype(np.int64), segment_ids)
-    counted = (seg >= 0) & ~is_crowd[np.maximum(seg, 0)]
-    sem = np.where(counted, labels[..., 0], 0)
-    thing_seg = np.where(counted & isthing[segment_labels][np.maximum(seg, 0)], seg, -1)
+    seg, segment_ids, segment_labels = _segments(ids_map, segment_ids, segment_labels,
+                                                 len(isthing))
+    if len(segment_ids) == 0:
+        return np.zeros((*seg.shape, 2), np.int32)
+    safe = np.maximum(seg, 0)
+    counted = (seg >= 0) & ~is_crowd[safe]
+    sem = np.where(counted, segment_labels[safe] + 1, 0)
+    thing_seg = np.where(counted & isthing[segment_labels][safe], seg, -1)
     rank = canonical_order(thing_seg, len(segment_ids), strict_rows=True)
     rank[rank >= num_instances] = 0
     inst = np.where(thing_seg >= 0, rank[np.maximum(thing_seg, 0)], 0)
