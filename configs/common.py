@@ -46,9 +46,10 @@ def evaluator(kind: str, prediction: str, *, split: str = "validation", num_exam
               every: int = 0, batch_size: int = 50, **extra) -> dict:
     """One evaluator declaration (``cfg.evals.<name>``), run by the runner and ``eval``.
 
-    kind: the metric family (evals/): panoptic | depth | generation | nll.
+    kind: the metric family (evals/): panoptic | depth | generation | loss.
     prediction: what is scored: oracle (stage 1: encode the ground truth, decode),
-      sampled (stage 2 samples, decoded), teacher_forced (stage 2 held-out NLL) or
+      sampled (stage 2 samples, decoded), teacher_forced (stage 2 given the true codes:
+      its decoded means for a task metric, its NLL for kind "loss") or
       baseline (a task's reference predictor, e.g. the training-set mean depth).
     num_examples: cap on the split (0 = all of it). every: also run every N steps of the
       evaluated stage's training (0 = only after it).

@@ -8,7 +8,8 @@
 ``kind`` names the metric family and so the evaluation loop (one per family of task):
 
 * ``generation``: the generation loop (evals.generative): FID, IS, class accuracy;
-* ``nll``: the teacher-forced held-out NLL of stage 2, for any task;
+* ``loss``: held-out losses, for any task: stage 1's objective (``oracle``) and stage 2's
+  teacher-forced NLL (``teacher_forced``);
 * any other kind (``panoptic``, ``depth``, a new task's own): the dense loop: predict a
   split, ``task.postprocess`` each example, feed ``task.metric(cfg, kind)`` (evals.pq /
   evals.depth underneath for the two published tasks).
