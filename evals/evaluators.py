@@ -239,9 +239,7 @@ def evaluate_run(run_dir: str, origin: str, *, stage: str | None = None,
                               "from the run)")
         cfg = config_lib.apply_overrides(ml_collections.ConfigDict(run.cfg.to_dict()),
                                          overrides)
-        rules = (*schema.LIBRARY_RULES, *getattr(run.task, "config_rules", ()),
-                 *Evaluators.config_rules)
-        schema.check(cfg, rules)
+        schema.check(cfg, schema.rules_of(run.task, Evaluators))
         if getattr(run.task, "check_config", None):
             run.task.check_config(cfg)
         run = dataclasses.replace(run, cfg=cfg)

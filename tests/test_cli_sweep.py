@@ -17,9 +17,7 @@ TASKS = ("panoptic", "depth", "imagenet")
 
 
 def _rules(task_name: str) -> schema.Rules:
-    task = importlib.import_module(f"tasks.{task_name}").TASK
-    return (*schema.LIBRARY_RULES, *getattr(task, "config_rules", ()),
-            *Evaluators.config_rules)
+    return schema.rules_of(importlib.import_module(f"tasks.{task_name}").TASK, Evaluators)
 
 
 def _wrong_type(value):

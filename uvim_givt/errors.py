@@ -85,6 +85,21 @@ def add_verbose_argument(p: argparse.ArgumentParser) -> None:
                    help="on an error, print the full traceback too")
 
 
+def storage_errno(e: BaseException) -> int | None:
+    """The errno of a full disk / read-only / permission failure behind ``e`` (orbax and
+    tensorstore report it inside a ValueError's text as ``os_error_code='28'``), or None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+            return e.errno
+        m = re.search(r"os_error_code='?(\d+)", str(e))
+        if m and int(m.group(1)) in _STORAGE_ERRNOS:
+            return int(m.group(1))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def user_error_message(e: BaseException) -> str | None:
     """The one line for an error the user can fix, or None for a bug (a traceback).
 
@@ -94,7 +109,7 @@ def user_error_message(e: BaseException) -> str | None:
     """
     if isinstance(e, UserError):
         return str(e)
-    if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+    if isinstance(e, OSError) and storage_errno(e) is not None:
         where = f"{e.filename}: " if e.filename else ""
         return f"{where}{e.strerror} (nothing after this was saved)"
     if type(e).__module__.startswith("tensorflow") and hasattr(e, "message"):

@@ -316,6 +316,12 @@ LIBRARY_RULES: Rules = (
 )
 
 
+def rules_of(*owners: object) -> Rules:
+    """The library's rules plus the ``config_rules`` of each owner (a task, the evaluator
+    machinery; None and owners without rules add nothing)."""
+    return (*LIBRARY_RULES, *(r for o in owners for r in getattr(o, "config_rules", ())))
+
+
 def rule_for(key: str, rules: Rules) -> Rule | None:
     for pattern, rule in rules:
         if re.fullmatch(pattern, key):

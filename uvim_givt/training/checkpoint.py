@@ -13,10 +13,8 @@ space or permission removes its temporary folder and names the folder and the ca
 
 from __future__ import annotations
 
-import errno
 import glob
 import os
-import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -25,24 +23,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from uvim_givt.errors import CheckpointError
-
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
-
-
-def storage_errno(e: BaseException) -> int | None:
-    """The errno of a full disk / read-only / permission failure behind ``e`` (orbax and
-    tensorstore report it inside a ValueError's text as ``os_error_code='28'``), or None."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
-            return e.errno
-        m = re.search(r"os_error_code='?(\d+)", str(e))
-        if m and int(m.group(1)) in _STORAGE_ERRNOS:
-            return int(m.group(1))
-        e = e.__cause__ or e.__context__
-    return None
+from uvim_givt.errors import CheckpointError, storage_errno
 
 
 def stage_dir(run_dir: str, stage: str) -> str:

@@ -376,9 +376,7 @@ def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: s
     with ``hooks`` after each stage when given; returns the trained :class:`Run`."""
     if stage not in STAGES:
         raise UserError(f"--stage {stage!r}: one of {STAGES}")
-    rules = (*schema.LIBRARY_RULES, *getattr(task, "config_rules", ()),
-             *(getattr(hooks, "config_rules", ()) if hooks is not None else ()))
-    schema.check(cfg, rules)
+    schema.check(cfg, schema.rules_of(task, hooks))
     if cfg.task != task.name:
         raise ConfigError(f"task={cfg.task!r}: this config is for the {cfg.task} task, not "
                           f"{task.name} (use configs/{task.name}.py or tasks.{cfg.task})")
