@@ -392,7 +392,10 @@ def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: s
             raise UserError(f"{stage_name}.init.path={path!r}: no such run directory or file")
     with rundir.locked(run_dir):
         rundir.start_run(run_dir, cfg)
-        log(f"run directory: {run_dir}")
+        stages = {"all": "stage 1 (VAE) and stage 2 (GIVT)", "vae": "stage 1 (VAE)",
+                  "givt": "stage 2 (GIVT)"}[stage]
+        log(f"training {task.name} {stages}, {cfg.size} config, data "
+            f"{cfg.data.source}; run directory: {run_dir}")
         return _train_stages(task, cfg, run_dir, stage, vae_ckpt, hooks, log)
 
 
