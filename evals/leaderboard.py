@@ -1,13 +1,27 @@
 """Leaderboard: every run's eval records in one table per task, with plots and samples.
 
-    python -m evals.leaderboard [RUN_DIR ...] [--root runs/] [--out report/] [--format md|html|both]
+    python -m evals.leaderboard [RUN_DIR ...] [--root runs/] [--out report/]
+                                [--format md|html|both] [--log-loss]
 
-Reads, per run directory: ``eval/*.json`` (:mod:`evals.records`), and when
-present ``config.json`` (``task``, ``size``, ``model``, ``total_steps``),
-``metrics.jsonl`` (``{"step", "loss", ..., "time"}`` per line), ``run_info.json``
-(``{"num_params": {stage: n}, "train_time_s": {stage: s}}``) and PNGs under
-``samples/`` or ``predictions/``. Missing optional files are fine; unreadable ones
-are reported in the report's warnings, never silently skipped.
+Finds run directories under each ``--root``, following symlinks (a folder of links
+to runs is the usual way to gather them); loops, second paths to a run, broken
+links, unreadable folders and folders without run files are listed in the report's
+"Skipped folders" with the reason, as are runs without eval records.
+
+Reads, per run directory: ``eval/*.json`` (:func:`uvim_givt.rundir.read_eval_records`),
+and when present ``config.json`` (``task``, ``size``, ``model``,
+``<stage>.train.total_steps``), ``metrics.jsonl`` (``{"stage", "step", "loss", ...,
+"time"}`` per line), ``run_info.json`` (``{"num_params": {stage: n}, "train_time_s":
+{stage: s}}``) and PNGs under ``samples/`` or ``predictions/``. Missing optional files
+are fine; unreadable ones are reported in the report's warnings, never silently skipped.
+
+Plots, per task: training curves (a column per stage, as each stage counts its own
+steps: every run's training loss with its held-out loss evaluations on top, the
+stage's headline eval metric below, on the same step axis; ``--log-loss`` puts the
+loss panels on a log scale), and a bar per run and stage of the headline metric (PQ,
+RMSE, FID) beside the published values drawn as labelled horizontal lines. Counters
+(``num_images``, ``time``, ...: see :func:`is_counter`) are never drawn or tabled as
+metrics; the number of evaluated images goes into the "data" column.
 
 Writes ``report/leaderboard.md`` (plots and thumbnails as files next to it) and
 ``report/leaderboard.html`` (one self-contained file: images inlined as data
@@ -60,10 +74,26 @@ TASK_ALIASES = {"generation": "imagenet"}
 METRIC_ORDER = {
     "panoptic": ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"),
     "depth": ("RMSE", "AbsRel", "log10", "delta1", "delta2", "delta3"),
-    "imagenet": ("FID", "IS", "IS_std", "class_accuracy"),
+    "imagenet": ("FID", "FID_recon", "IS", "IS_std", "class_accuracy"),
 }
 # Metric the rows are ranked by, and whether higher is better.
 PRIMARY_METRIC = {"panoptic": ("PQ", True), "depth": ("RMSE", False), "imagenet": ("FID", False)}
+# Units shown on plot axes.
+METRIC_UNITS = {"PQ": "%", "SQ": "%", "RQ": "%", "RMSE": "m"}
+# Counts and bookkeeping that evaluators and the trainer log beside their metrics: shown
+# as counts (the "data" column), never as metrics. Besides these names, any name whose
+# last part starts with "num_" or ends in "_count" is a counter (see is_counter).
+COUNTER_NAMES = frozenset({
+    "num_images", "num_examples", "num_samples", "num_reference", "num_classes", "step",
+    "steps", "time", "epoch", "steps_per_s", "examples_per_s", "sampling_seconds",
+    "train_time_s", "num_images_without_valid_pixels",
+})
+# Stage columns of the training-curve plots, in this order; other stages follow.
+STAGE_ORDER = ("vae", "givt")
+STAGE_TITLES = {"vae": "stage 1 (VAE)", "givt": "stage 2 (GIVT)"}
+# A held-out loss record's metric in the unit of the stage's training loss: stage 1
+# logs the beta-weighted loss, stage 2 its NLL per token.
+HELDOUT_LOSS_KEYS = ("nll_per_token", "loss")
 IMAGE_DIRS = ("samples", "predictions")
 IMAGES_PER_RUN = 4
 THUMB_SIZE = 256
@@ -101,23 +131,73 @@ def _canonical_task(task: str) -> str:
     return TASK_ALIASES.get(task, task)
 
 
+RUN_FILES = ("config.json", "metrics.jsonl", "run_info.json", "eval")
+
+
 def is_run_dir(path: str) -> bool:
     """A directory holding at least one of the files a run writes."""
-    return any(
-        os.path.exists(os.path.join(path, n))
-        for n in ("config.json", "metrics.jsonl", "run_info.json", "eval")
-    )
+    return any(os.path.exists(os.path.join(path, n)) for n in RUN_FILES)
 
 
-def find_run_dirs(root: str) -> list[str]:
-    """Run directories under ``root`` (not descending into a run)."""
-    found = []
-    for dirpath, dirnames, _ in os.walk(root):
+def _under(path: str, ancestor: str) -> bool:
+    return path == ancestor or path.startswith(ancestor.rstrip(os.sep) + os.sep)
+
+
+def find_run_dirs(root: str, skipped: list[tuple[str, str]] | None = None) -> list[str]:
+    """Run directories under ``root``, following symlinks (not descending into a run).
+
+    ``skipped`` receives ``(folder, why)`` for what was not searched or held no run: a
+    symlink loop, a second path to a folder already searched, a broken symlink, an
+    unreadable folder, a folder without run files (the topmost one of such a subtree).
+    Hidden folders (``.git``) are passed over silently.
+    """
+    skipped = [] if skipped is None else skipped
+    found: list[str] = []
+    seen = {os.path.realpath(root): root}  # real path -> the first path it was reached by
+    empty: list[str] = []  # searched folders that are no run
+
+    def unreadable(e: OSError) -> None:
+        skipped.append((str(e.filename), f"unreadable ({e.strerror or e})"))
+
+    # followlinks: run folders gathered by symlinks are the common case; the seen-set
+    # keeps a link to an ancestor from looping and a second link from double counting.
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
         if is_run_dir(dirpath):
             found.append(dirpath)
             dirnames[:] = []
-        else:
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            continue
+        if dirpath != root:
+            empty.append(dirpath)
+        here = os.path.realpath(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            child = os.path.join(dirpath, d)
+            real = os.path.realpath(child)
+            if _under(here, real):  # a link to the folder itself or one above it
+                skipped.append((child, f"a symlink loop (to {os.readlink(child)}, a folder "
+                                "above it)"))
+                continue
+            if real in seen:
+                skipped.append((child, f"the same folder as {seen[real]} (read once)"))
+                continue
+            seen[real] = child
+            keep.append(d)
+        dirnames[:] = keep
+        for f in sorted(filenames):
+            link = os.path.join(dirpath, f)
+            if os.path.islink(link) and not os.path.exists(link):
+                skipped.append((link, f"a broken symlink (to {os.readlink(link)})"))
+    above_runs = set()  # the walked folders with a run somewhere below
+    for r in found:
+        while r not in above_runs and r != root and os.path.dirname(r) != r:
+            above_runs.add(r)
+            r = os.path.dirname(r)
+    runless = {d for d in empty if d not in above_runs} - {p for p, _ in skipped}
+    for d in sorted(runless):  # the topmost folder of each subtree without a run
+        if os.path.dirname(d) not in runless:
+            skipped.append((d, "no run files (" + ", ".join(RUN_FILES[:3]) + " or eval/)"))
     return sorted(found)
 
 
@@ -187,10 +267,14 @@ def load_run(path: str, name: str, warnings: list[str]) -> Run:
     )
 
 
-def gather_runs(
-    run_dirs: Sequence[str], roots: Sequence[str], warnings: list[str]
-) -> list[Run]:
-    """Runs named directly (a directory that is no run is searched like a root) + under roots."""
+def gather_runs(run_dirs: Sequence[str], roots: Sequence[str], warnings: list[str],
+                skipped: list[tuple[str, str]] | None = None) -> list[Run]:
+    """Runs named directly (a directory that is no run is searched like a root) + under roots.
+
+    ``skipped`` receives ``(folder, why)`` for every folder passed over (see
+    :func:`find_run_dirs`), including a second path to a run already read.
+    """
+    skipped = [] if skipped is None else skipped
     named: list[tuple[str, str]] = []
     for d in run_dirs:
         if not os.path.isdir(d):
@@ -203,15 +287,16 @@ def gather_runs(
     for root in roots:
         if not os.path.isdir(root):
             raise LeaderboardError(f"runs root {root} does not exist")
-        for d in find_run_dirs(root):
+        for d in find_run_dirs(root, skipped):
             rel = os.path.relpath(d, root)
             named.append((d, os.path.basename(os.path.abspath(d)) if rel == "." else rel))
-    runs, seen, names = [], set(), set()
+    runs, seen, names = [], {}, set()
     for d, name in named:
         real = os.path.realpath(d)
         if real in seen:
+            skipped.append((d, f"the same folder as {seen[real]} (read once)"))
             continue
-        seen.add(real)
+        seen[real] = d
         base, k = name, 2
         while name in names:
             name, k = f"{base}~{k}", k + 1
@@ -235,6 +320,19 @@ def _config_value(config: dict[str, Any], key: str) -> Any:
             if key in d and not isinstance(d[key], dict):
                 return d[key]
     return None
+
+
+def _stage_total_steps(config: dict[str, Any], stage: str) -> Any:
+    """``<stage>.train.total_steps`` (each stage counts its own steps), else any
+    ``total_steps`` of the config; None for a stage that does not train (baseline)."""
+    group = config.get(stage)
+    if isinstance(group, dict):
+        train = group.get("train")
+        if isinstance(train, dict) and "total_steps" in train:
+            return train["total_steps"]
+    if any(isinstance(config.get(s), dict) for s in STAGE_ORDER):
+        return None  # a per-stage config without this stage
+    return _config_value(config, "total_steps")
 
 
 def _by_stage(value: Any, stage: str) -> Any:
@@ -314,6 +412,30 @@ def _evaluator(record: dict[str, Any]) -> str:
     return str(record.get("evaluator") or record.get("tag") or "")
 
 
+def is_counter(name: str) -> bool:
+    """A count or bookkeeping value (``num_images``, ``eval/oracle/num_images``, ``time``)."""
+    last = name.rsplit("/", 1)[-1]
+    return (name in COUNTER_NAMES or last in COUNTER_NAMES or last.startswith("num_")
+            or last.endswith("_count"))
+
+
+def metric_items(record: dict[str, Any]) -> dict[str, float]:
+    """A record's finite numeric metrics, counters left out."""
+    out = {}
+    for k, v in (record.get("metrics") or {}).items():
+        if (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                and not is_counter(k)):
+            out[k] = float(v)
+    return out
+
+
+def _num_examples(record: dict[str, Any]) -> Any:
+    n = record.get("num_examples")
+    if n is None:
+        n = (record.get("metrics") or {}).get("num_images")
+    return int(n) if isinstance(n, int | float) and not isinstance(n, bool) and n > 0 else None
+
+
 def ordered_metrics(task: str, names: set[str]) -> list[str]:
     known = [m for m in METRIC_ORDER.get(task, ()) if m in names]
     return known + sorted(names - set(known))
@@ -334,7 +456,8 @@ def build_table(task: str, runs: Sequence[Run]) -> Table:
     """Rows of our runs (best first by the task's primary metric), then published rows."""
     entries = [(run, rec) for run in runs for rec in latest_records(run, task)]
     published = [p for p in PUBLISHED_RESULTS if p[0] == task]
-    names = {m for _, rec in entries for m in rec["metrics"]} | {p[3] for p in published}
+    names = ({m for _, rec in entries for m in rec["metrics"] if not is_counter(m)}
+             | {p[3] for p in published})
     metrics = ordered_metrics(task, names)
     primary = PRIMARY_METRIC.get(task)
     if primary:
@@ -350,7 +473,7 @@ def build_table(task: str, runs: Sequence[Run]) -> Table:
     rows = []
     for run, rec in entries:
         stage = str(rec["stage"]) + (f" [{_evaluator(rec)}]" if _evaluator(rec) else "")
-        total = _config_value(run.config, "total_steps")
+        total = _stage_total_steps(run.config, str(rec["stage"]))
         step = int(rec["step"])
         steps = f"{step}/{total}" if isinstance(total, int) and total != step else str(step)
         rows.append([
@@ -358,7 +481,8 @@ def build_table(task: str, runs: Sequence[Run]) -> Table:
             stage,
             _model_size(run.config),
             format_count(_by_stage(run.info.get("num_params"), rec["stage"])),
-            f"{rec['data']} {rec['split']}",
+            f"{rec['data']} {rec['split']}" + (f" ({n} images)" if (n := _num_examples(rec))
+                                               else ""),
             steps,
             format_duration(_train_time(run, rec["stage"], step)),
             *(format_metric(rec["metrics"].get(m)) for m in metrics),
@@ -382,61 +506,306 @@ def report_tasks(runs: Sequence[Run]) -> list[str]:
 # ----------------------------------------------------------------------------- plots/images
 
 
-def _series(runs: Sequence[Run], task: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """metric -> label -> [(step, value)] from the eval records; 'loss' from metrics.jsonl."""
-    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+Points = list[tuple[int, float]]
+
+
+@dataclasses.dataclass
+class StageCurves:
+    """What the training-curve plot draws for one stage of one task."""
+
+    stage: str
+    train_loss: dict[str, Points]  # run -> (step, loss) from metrics.jsonl
+    heldout_loss: dict[str, Points]  # run -> (step, loss) from held-out loss records
+    metric: str | None  # the stage's headline eval metric
+    evals: dict[tuple[str, str], Points]  # (run, evaluator label) -> (step, metric)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_loss_record(record: dict[str, Any]) -> bool:
+    kind = record.get("kind")
+    return kind == "loss" if kind else _evaluator(record).endswith("_loss")
+
+
+def _stage_key(stage: str) -> tuple[int, str]:
+    return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER), stage)
+
+
+def _add_point(series: dict, key: Any, step: int, value: float, when: str = "") -> None:
+    """One point per step: a step evaluated twice keeps its latest value."""
+    by_step = series.setdefault(key, {})
+    if step not in by_step or when >= by_step[step][0]:
+        by_step[step] = (when, value)
+
+
+def _points(series: dict) -> dict[Any, Points]:
+    return {k: sorted((s, v) for s, (_, v) in by_step.items()) for k, by_step in series.items()}
+
+
+def training_curves(runs: Sequence[Run], task: str) -> list[StageCurves]:
+    """Per stage: each run's training loss, held-out losses and headline metric by step.
+
+    Stages count their own steps, so a run's stages are separate series (joining them
+    would zig-zag between the VAE's and the GIVT's loss scales). Baseline records (no
+    training) and counters are left out.
+    """
+    train: dict[str, dict] = {}
+    heldout: dict[str, dict] = {}
+    evals: dict[str, dict] = {}
+    eval_recs: dict[str, list[tuple[Run, dict[str, Any]]]] = {}
     for run in runs:
-        recs = [r for r in run.records if _canonical_task(r["task"]) == task]
+        if task not in run.tasks:
+            continue
+        recs = [r for r in run.records if _canonical_task(r["task"]) == task
+                and r["stage"] != "baseline" and r.get("prediction") != "baseline"]
+        # Rows without a stage (older logs): the run's one evaluated stage, if one.
+        rec_stages = {str(r["stage"]) for r in recs}
+        unnamed = rec_stages.pop() if len(rec_stages) == 1 else "train"
+        for row in run.log:
+            if _finite(row.get("loss")):
+                _add_point(train.setdefault(str(row.get("stage") or unnamed), {}), run.name,
+                           int(row["step"]), float(row["loss"]))
         for r in recs:
-            label = f"{run.name}/{r['stage']}" + (f" [{_evaluator(r)}]" if _evaluator(r) else "")
-            if len({(x["split"], x["data"]) for x in recs}) > 1:
+            stage, metrics = str(r["stage"]), metric_items(r)
+            if _is_loss_record(r):
+                key = next((k for k in HELDOUT_LOSS_KEYS if k in metrics), None)
+                if key:
+                    _add_point(heldout.setdefault(stage, {}), run.name, int(r["step"]),
+                               metrics[key], str(r.get("time", "")))
+            elif metrics:
+                eval_recs.setdefault(stage, []).append((run, r))
+    for stage, pairs in eval_recs.items():
+        names = {m for _, r in pairs for m in metric_items(r)}
+        primary = PRIMARY_METRIC.get(task, ("", True))[0]
+        metric = primary if primary in names else ordered_metrics(task, names)[0]
+        several_sources = len({(r["data"], r["split"]) for _, r in pairs}) > 1
+        for run, r in pairs:
+            value = metric_items(r).get(metric)
+            if value is None:
+                continue
+            label = _evaluator(r) or "eval"
+            if r.get("tag") and r["tag"] != label:
+                label += f" {r['tag']}"
+            if several_sources:  # say which data source and split a series scored
                 label += f" ({r['data']} {r['split']})"
-            for m, v in r["metrics"].items():
-                if isinstance(v, int | float) and math.isfinite(v):
-                    out.setdefault(m, {}).setdefault(label, []).append((int(r["step"]), v))
-        if task in run.tasks:
-            loss = [(int(x["step"]), float(x["loss"])) for x in run.log
-                    if isinstance(x.get("loss"), int | float) and math.isfinite(x["loss"])]
-            if loss:
-                out.setdefault("loss", {})[run.name] = loss
-    for by_label in out.values():
-        for pts in by_label.values():
-            pts.sort()
+            _add_point(evals.setdefault(stage, {"metric": metric}), (run.name, label),
+                       int(r["step"]), value, str(r.get("time", "")))
+    out = []
+    for stage in sorted(set(train) | set(heldout) | set(evals), key=_stage_key):
+        ev = dict(evals.get(stage, {}))
+        metric = ev.pop("metric", None)
+        out.append(StageCurves(stage, _points(train.get(stage, {})),
+                               _points(heldout.get(stage, {})), metric, _points(ev)))
     return out
 
 
-def plot_task(runs: Sequence[Run], task: str) -> bytes | None:
-    """One PNG with a panel per metric (and the training loss) against steps."""
-    series = _series(runs, task)
-    if not series:
-        return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def _run_colours(names: Sequence[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
 
-    names = ordered_metrics(task, set(series) - {"loss"}) + (["loss"] if "loss" in series else [])
-    cols = min(3, len(names))
-    rows = math.ceil(len(names) / cols)
-    fig = Figure(figsize=(4.2 * cols, 3.0 * rows), dpi=90)
+    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {n: cmap(i % cmap.N) for i, n in enumerate(sorted(names))}
+
+
+def _metric_label(task: str, metric: str) -> str:
+    unit = METRIC_UNITS.get(metric)
+    text = metric + (f" ({unit})" if unit else "")
+    primary = PRIMARY_METRIC.get(task)
+    if primary and primary[0] == metric:
+        text += ", higher is better" if primary[1] else ", lower is better"
+    return text
+
+
+EVAL_MARKERS = {"oracle": "o", "sampled": "^", "teacher_forced": "v"}
+_EXTRA_MARKERS = ("D", "P", "X", "*", "h", "p")
+
+
+def figure_training(runs: Sequence[Run], task: str, log_loss: bool = False) -> Any:
+    """A matplotlib Figure: per stage (columns) the training and held-out loss (top) and
+    the headline eval metric (bottom) against the stage's steps; None when nothing to draw.
+    ``log_loss``: the loss panels on a log scale (where every loss is positive)."""
+    curves = training_curves(runs, task)
+    if not curves:
+        return None
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    run_names = sorted({n for c in curves for n in c.train_loss}
+                       | {n for c in curves for n in c.heldout_loss}
+                       | {n for c in curves for n, _ in c.evals})
+    colours = _run_colours(run_names)
+    labels = sorted({lab for c in curves for _, lab in c.evals})
+    extra = iter(_EXTRA_MARKERS * (1 + len(labels)))
+    markers = {lab: EVAL_MARKERS.get(lab.split(" ")[0]) or next(extra) for lab in labels}
+    rows = 2 if any(c.evals for c in curves) else 1
+    cols = len(curves)
+    fig = Figure(figsize=(max(4.6 * cols, 7.0), 3.0 * rows + 1.2), dpi=100,
+                 layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, sharex="col")
+    for j, c in enumerate(curves):
+        title = STAGE_TITLES.get(c.stage, f"stage {c.stage}")
+        ax = axes[0][j]
+        for name, pts in c.train_loss.items():
+            ax.plot(*zip(*pts, strict=True), color=colours[name], lw=1.5,
+                    marker="." if len(pts) < 3 else None)
+        for name, pts in c.heldout_loss.items():
+            ax.plot(*zip(*pts, strict=True), color=colours[name], lw=1.2, ls="--",
+                    marker="s", ms=5, mfc="white")
+        values = [v for s in (c.train_loss, c.heldout_loss) for p in s.values() for _, v in p]
+        scale = ""
+        if log_loss and values:
+            if min(values) > 0:
+                from matplotlib.ticker import LogFormatter
+
+                ax.set_yscale("log")
+                # plain numbers ("2", "0.6") instead of "2x10^0" on short ranges
+                for fmt in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                    fmt(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
+                scale = ", log scale"
+            else:
+                scale = ", linear: a loss <= 0"
+        ax.set_title(f"{title}: loss{scale}", fontsize=10)
+        ax.set_ylabel("loss", fontsize=9)
+        if not values:
+            ax.text(0.5, 0.5, "no training log (metrics.jsonl)", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=9, color="0.4")
+        if rows == 2:
+            ax = axes[1][j]
+            for (name, label), pts in c.evals.items():
+                ax.plot(*zip(*pts, strict=True), color=colours[name], lw=1.2,
+                        marker=markers[label], ms=6)
+            if c.metric:
+                ax.set_title(f"{title}: {c.metric} (eval)", fontsize=10)
+                ax.set_ylabel(_metric_label(task, c.metric), fontsize=9)
+            else:
+                ax.set_title(f"{title}: no evaluations", fontsize=10)
+                ax.set_yticks([])
+        for row in axes:
+            row[j].grid(alpha=0.3)
+            row[j].tick_params(labelsize=8)
+        axes[-1][j].set_xlabel("training step of this stage", fontsize=9)
+    handles = [Line2D([], [], color=colours[n], lw=2.5, label=n) for n in run_names]
+    handles += [Line2D([], [], color="0.2", lw=1.5, label="training loss"),
+                Line2D([], [], color="0.2", lw=1.2, ls="--", marker="s", mfc="white",
+                       label="held-out loss (eval)")]
+    handles += [Line2D([], [], color="0.2", ls="none", marker=markers[lab], ms=6,
+                       label=f"eval: {lab}") for lab in labels]
+    fig.legend(handles=handles, loc="outside lower center", fontsize=8, frameon=False,
+               ncols=len(handles) if len(handles) <= 6 else 4)
+    fig.suptitle(f"{task}: training curves (colour: run)", fontsize=11)
+    return fig
+
+
+def headline_results(runs: Sequence[Run], task: str) -> list[tuple[Run, dict[str, Any], float]]:
+    """(run, latest record, value) of each evaluation that scored the task's headline
+    metric, as in the table (periodic evaluations left out), by run then stage."""
+    primary = PRIMARY_METRIC.get(task)
+    if not primary:
+        return []
+    out = []
+    for run in sorted(runs, key=lambda r: r.name):
+        recs = sorted(latest_records(run, task), key=lambda r: _stage_key(str(r["stage"])))
+        for rec in recs:
+            value = metric_items(rec).get(primary[0])
+            if value is not None:
+                out.append((run, rec, value))
+    return out
+
+
+def stages_of(results: Sequence[tuple[Run, dict[str, Any], float]]) -> list[str]:
+    return [str(rec["stage"]) for _, rec, _ in results]
+
+
+_STAGE_COLOURS = {"vae": "#4c72b0", "givt": "#dd8452", "baseline": "#8c8c8c"}
+# (colour, line style, marker) of the published lines: told apart in grey print too.
+_PUBLISHED_STYLES = (("#222222", "--", "D"), ("#b22222", "-.", "s"), ("#2e8b57", ":", "o"),
+                     ("#6a3d9a", (0, (5, 1, 1, 1)), "^"))
+
+
+def figure_headline(runs: Sequence[Run], task: str) -> Any:
+    """A matplotlib Figure: a bar per run and stage of the task's headline metric, the
+    published values as labelled horizontal lines; None when no run scored it."""
+    results = headline_results(runs, task)
+    if not results:
+        return None
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    metric = PRIMARY_METRIC[task][0]
+    published = [p for p in PUBLISHED_RESULTS if p[0] == task and p[3] == metric]
+    values = [v for _, _, v in results]
+    fig = Figure(figsize=(min(max(7.0, 1.1 * len(results) + 2.5), 24),
+                          4.2 + 0.22 * (len(published) + len(set(stages_of(results))))),
+                 dpi=100, layout="constrained")
+    ax = fig.subplots()
+    xs = np.arange(len(results))
+    stages = stages_of(results)
+    extra_colours = iter(("#55a868", "#c44e52", "#8172b3", "#937860") * len(results))
+    colour_of = dict(_STAGE_COLOURS)
+    for s in stages:
+        colour_of.setdefault(s, next(extra_colours))
+    bars = ax.bar(xs, values, width=0.6, color=[colour_of[s] for s in stages])
+    ax.bar_label(bars, labels=[format_metric(v) for v in values], fontsize=8, padding=2,
+                 bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=1))
+    ticks = []
+    several_sources = len({(rec["data"], rec["split"]) for _, rec, _ in results}) > 1
+    for run, rec, _ in results:
+        ev = _evaluator(rec)
+        ticks.append(f"{run.name}\n{rec['stage']}" + (f" [{ev}]" if ev and ev != rec["stage"]
+                                                      else "")
+                     + (f"\n{rec['data']} {rec['split']}" if several_sources else ""))
+    ax.set_xticks(xs, ticks, fontsize=8, rotation=20 if len(results) > 4 else 0,
+                  ha="right" if len(results) > 4 else "center")
+    handles = [Patch(color=colour_of[s], label=f"ours: {STAGE_TITLES.get(s, s)}")
+               for s in dict.fromkeys(stages)]
+    pad = max(0.0, (3 - len(results)) / 2)  # one or two bars: not as wide as the plot
+    left, right = -0.5 - pad, len(results) - 0.5 + pad
+    for (_, model, data, _, value), (colour, ls, marker) in zip(
+            published, _PUBLISHED_STYLES * len(published), strict=False):
+        handles += ax.plot([left, right], [value, value], color=colour, ls=ls, lw=1.4,
+                           marker=marker, ms=6,
+                           label=f"{model}: {format_metric(value)} ({data})")
+    everything = values + [p[4] for p in published]
+    if min(everything) > 0 and max(everything) / min(everything) > 30:
+        ax.set_yscale("log")  # tiny runs far from the papers: both stay readable
+        ax.set_ylabel(_metric_label(task, metric) + " (log scale)", fontsize=9)
+    else:
+        ax.set_ylim(0, max(everything) * 1.15)
+        ax.set_ylabel(_metric_label(task, metric), fontsize=9)
+    ax.set_xlim(left - 0.15, right + 0.15)
+    ax.grid(axis="y", alpha=0.3)
+    ax.tick_params(axis="y", labelsize=8)
+    fig.legend(handles=handles, loc="outside lower center", fontsize=8, frameon=False,
+               title="bars: our runs; lines: the papers' results on the real datasets",
+               title_fontsize=8, ncols=2 if len(results) > 3 else 1)
+    ax.set_title(f"{task}: {metric} of each run and stage", fontsize=11)
+    return fig
+
+
+def figure_png(fig: Any) -> bytes:
+    """A Figure as PNG bytes (Agg, no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
-    for i, name in enumerate(names):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        for label, pts in sorted(series[name].items()):
-            steps, values = zip(*pts, strict=True)
-            ax.plot(steps, values, marker="o" if len(pts) < 30 else None, ms=3, label=label)
-        ax.set_title("training loss" if name == "loss" else name, fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-        values = [v for pts in series[name].values() for _, v in pts]
-        if name == "loss" and min(values) > 0 and max(values) / min(values) > 30:
-            ax.set_yscale("log")  # losses spanning decades
-        ax.grid(alpha=0.3)
-        if len(series[name]) <= 8:
-            ax.legend(fontsize=6)
-    fig.suptitle(f"{task}: metrics against training steps", fontsize=11)
-    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def plot_task(runs: Sequence[Run], task: str, log_loss: bool = False
+              ) -> list[tuple[str, str, bytes]]:
+    """The task's plots as (file stem, caption, PNG): training curves, headline metric."""
+    out = []
+    fig = figure_training(runs, task, log_loss)
+    if fig is not None:
+        out.append((f"{task}_training", f"{task} training curves", figure_png(fig)))
+    fig = figure_headline(runs, task)
+    if fig is not None:
+        metric = PRIMARY_METRIC[task][0]
+        out.append((f"{task}_{metric}", f"{task} {metric} per run and stage",
+                    figure_png(fig)))
+    return out
 
 
 def thumbnail_png(path: str) -> bytes:
@@ -491,20 +860,22 @@ class Report:
 
     runs: list[Run]
     tables: list[Table]
-    plots: dict[str, bytes]
+    plots: dict[str, list[tuple[str, str, bytes]]]  # task -> [(file stem, caption, png)]
     images: dict[str, list[tuple[str, bytes]]]  # run name -> [(source path, png)]
     warnings: list[str]
     created: str
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (folder, why)
 
 
-def build_report(runs: list[Run], warnings: list[str]) -> Report:
-    """Tables, plots and thumbnails of ``runs``."""
+def build_report(runs: list[Run], warnings: list[str],
+                 skipped: Sequence[tuple[str, str]] = (), log_loss: bool = False) -> Report:
+    """Tables, plots and thumbnails of ``runs``; ``skipped``: folders passed over."""
     tables = [build_table(t, runs) for t in report_tasks(runs)]
     plots = {}
     for t in tables:
-        png = plot_task(runs, t.task)
-        if png is not None:
-            plots[t.task] = png
+        pngs = plot_task(runs, t.task, log_loss)
+        if pngs:
+            plots[t.task] = pngs
     images: dict[str, list[tuple[str, bytes]]] = {}
     for run in runs:
         for p in run.images:
@@ -512,11 +883,13 @@ def build_report(runs: list[Run], warnings: list[str]) -> Report:
                 images.setdefault(run.name, []).append((p, thumbnail_png(p)))
             except Exception as e:  # PIL raises many types for a bad file
                 warnings.append(f"unreadable image {p} (not shown): {e}")
-    no_eval = [r.name for r in runs if not r.records]
-    if no_eval:
-        warnings.append(f"{len(no_eval)} run(s) without eval records: {', '.join(no_eval)}")
+    skipped = list(skipped)
+    # A run without eval records has no table row; its training curves are still drawn.
+    skipped += [(r.path, "no eval records: not in the tables (training curves only)"
+                 if r.log else "no eval records and no training log: nothing to show")
+                for r in runs if not r.records]
     created = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return Report(runs, tables, plots, images, warnings, created)
+    return Report(runs, tables, plots, images, warnings, created, skipped)
 
 
 _INTRO = (
@@ -541,8 +914,9 @@ def render_markdown(report: Report, asset_prefix: str | None) -> str:
         if not table.rows:
             out += ["_No evaluated runs yet._", ""]
         out += [markdown_table(table), ""]
-        if asset_prefix is not None and table.task in report.plots:
-            out += [f"![{table.task} metrics]({asset_prefix}/plots/{_slug(table.task)}.png)", ""]
+        if asset_prefix is not None:
+            out += [f"![{caption}]({asset_prefix}/plots/{_slug(stem)}.png)\n"
+                    for stem, caption, _ in report.plots.get(table.task, [])]
         if asset_prefix is not None:
             for run in _runs_of(report, table.task):
                 imgs = report.images.get(run.name)
@@ -553,6 +927,9 @@ def render_markdown(report: Report, asset_prefix: str | None) -> str:
                         for i, (p, _) in enumerate(imgs)
                     )
                     out += [f"**{run.name}** samples/predictions: {links}", ""]
+    if report.skipped:
+        out += ["## Skipped folders", "",
+                *(f"- `{p}`: {why}" for p, why in report.skipped), ""]
     if report.warnings:
         out += ["## Warnings", "", *(f"- {w}" for w in report.warnings), ""]
     return "\n".join(out)
@@ -560,8 +937,9 @@ def render_markdown(report: Report, asset_prefix: str | None) -> str:
 
 def write_markdown_assets(report: Report, out_dir: str) -> None:
     """Plot and thumbnail files the markdown refers to."""
-    for task, png in report.plots.items():
-        _write_bytes(os.path.join(out_dir, "plots", f"{_slug(task)}.png"), png)
+    for pngs in report.plots.values():
+        for stem, _, png in pngs:
+            _write_bytes(os.path.join(out_dir, "plots", f"{_slug(stem)}.png"), png)
     for run_name, imgs in report.images.items():
         for i, (p, png) in enumerate(imgs):
             name = f"{i}_{_slug(os.path.basename(p))}"
@@ -586,6 +964,7 @@ th { background: #f0f0f0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.published td { background: #fff8e1; font-style: italic; color: #555; }
 .thumbs img { margin: 4px; border: 1px solid #ddd; image-rendering: pixelated; }
+p > img { max-width: 100%; height: auto; }
 .warn { color: #a00; }
 """
 
@@ -610,9 +989,8 @@ def render_html(report: Report) -> str:
                               for c, num in zip(row, table.numeric, strict=True))
                 out.append(f'<tr class="{cls}">{tds}</tr>')
         out.append("</tbody></table>")
-        if table.task in report.plots:
-            out.append(f'<p><img alt="{e(table.task)} metrics" '
-                       f'src="{_data_uri(report.plots[table.task])}"></p>')
+        for _, caption, png in report.plots.get(table.task, []):
+            out.append(f'<p><img alt="{e(caption)}" src="{_data_uri(png)}"></p>')
         for run in _runs_of(report, table.task):
             imgs = report.images.get(run.name)
             if imgs:
@@ -620,6 +998,10 @@ def render_html(report: Report) -> str:
                 out += [f'<img title="{e(p)}" alt="{e(os.path.basename(p))}" '
                         f'src="{_data_uri(png)}">' for p, png in imgs]
                 out.append("</div>")
+    if report.skipped:
+        out.append("<h2>Skipped folders</h2><ul>")
+        out += [f"<li><code>{e(p)}</code>: {e(why)}</li>" for p, why in report.skipped]
+        out.append("</ul>")
     if report.warnings:
         out.append("<h2>Warnings</h2><ul>")
         out += [f'<li class="warn">{e(w)}</li>' for w in report.warnings]
@@ -644,6 +1026,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report", help="output folder (default: report/)")
     p.add_argument("--format", choices=["md", "html", "both"], default="both",
                    help="md also prints the markdown to stdout")
+    p.add_argument("--log-loss", action="store_true",
+                   help="draw the training-curve loss panels on a log scale")
     add_verbose_argument(p)
     return p
 
@@ -660,8 +1044,9 @@ def _main(args: argparse.Namespace) -> int:
     if not args.run_dirs and roots == ["runs"] and not os.path.isdir("runs"):
         warnings.append("no runs/ folder here: the report has the published rows only")
         roots = []
-    runs = gather_runs(args.run_dirs, roots, warnings)
-    report = build_report(runs, warnings)
+    skipped: list[tuple[str, str]] = []
+    runs = gather_runs(args.run_dirs, roots, warnings, skipped)
+    report = build_report(runs, warnings, skipped, log_loss=args.log_loss)
     os.makedirs(args.out, exist_ok=True)
     written = []
     if args.format in ("md", "both"):
@@ -677,11 +1062,16 @@ def _main(args: argparse.Namespace) -> int:
         written.append(path)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
+    for path, why in report.skipped:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    summary = f"{len(runs)} run(s)" + (f", {len(report.skipped)} folder(s) skipped or not "
+                                      "in the tables (listed in the report)"
+                                      if report.skipped else "")
     if args.format == "md":
         print(render_markdown(report, asset_prefix=None))
-        print("wrote " + ", ".join(written), file=sys.stderr)
+        print(f"{summary}; wrote " + ", ".join(written), file=sys.stderr)
     else:
-        print(f"{len(runs)} run(s); wrote " + ", ".join(written))
+        print(f"{summary}; wrote " + ", ".join(written))
     return 0
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -97,7 +99,9 @@ def test_markdown_tables(runs_root, tmp_path, capsys):
     # plots and thumbnails the markdown links to exist
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (out / link).is_file(), link
-    assert (out / "plots" / "depth.png").is_file()
+    for name in ("depth_training", "depth_RMSE", "imagenet_training", "imagenet_FID"):
+        assert (out / "plots" / f"{name}.png").is_file(), name
+    assert not (out / "plots" / "panoptic_PQ.png").exists()  # no run scored PQ
     assert "wrote" in capsys.readouterr().out
 
 
@@ -145,7 +149,9 @@ def test_tolerates_missing_files_and_reports_errors(tmp_path, capsys):
     printed = capsys.readouterr()
     pan = _tables(printed.out)["panoptic"]
     assert pan[1][0] == "bare" and "12.0" in pan[1]
-    assert "config.json" in printed.err and "without eval records: bad" in printed.err
+    assert "config.json" in printed.err
+    assert re.search(r"skipped \S*bad: no eval records and no training log", printed.err)
+    assert "## Skipped folders" in printed.out
     assert L.main([str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -155,3 +161,191 @@ def test_formatting_helpers():
     assert L.format_duration(3725) == "1h02m" and L.format_duration(65) == "1m05s"
     assert L.format_metric(71.0) == "71.0" and L.format_metric(0.12345) == "0.1235"
     assert L.format_metric(None) == ""
+
+
+# ----------------------------------------------------------------------------- two-stage runs
+
+
+def _two_stage_run(root, name, task="depth", seed=0, givt_nll_shift=0.0):
+    """A run as the trainer writes it: stage-tagged metrics.jsonl rows (VAE loss ~1, GIVT
+    NLL ~10, interleaved as a resumed run can leave them), periodic and final eval records
+    with counters, held-out losses and a baseline."""
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps(
+        {"task": task, "size": "tiny", "vae": {"train": {"total_steps": 40}},
+         "givt": {"train": {"total_steps": 60}}}))
+    rng = np.random.default_rng(seed)
+    rows = [{"stage": "vae", "step": s, "loss": 1.0 + 1.0 / s + rng.uniform(0, 0.01),
+             "lr": 1e-3, "steps_per_s": 3.0, "time": s} for s in range(10, 41, 10)]
+    rows += [{"stage": "givt", "step": s, "loss": 10.0 + 5.0 / s + givt_nll_shift,
+              "grad_norm": 0.3, "time": 40 + s} for s in range(10, 61, 10)]
+    order = [rows[i] for i in (0, 4, 1, 5, 2, 6, 3, 7, 8, 9)]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in order))
+    metric = L.PRIMARY_METRIC[task][0]
+    for stage, ev, steps in (("vae", "oracle", (20, 40)), ("givt", "sampled", (30, 60))):
+        for step in steps:
+            common = {"task": task, "stage": stage, "split": "validation", "data": "embedded",
+                      "step": step, "num_examples": 8,
+                      "extra": {"periodic": step != steps[-1]}}
+            write_eval_record(str(d), {**common, "evaluator": ev, "kind": task,
+                                       "prediction": ev,
+                                       "metrics": {metric: step / 100 + seed, "num_images": 8,
+                                                   "num_images_without_valid_pixels": 0}})
+            key = "loss" if stage == "vae" else "nll_per_token"
+            write_eval_record(str(d), {**common, "evaluator": f"{stage}_loss", "kind": "loss",
+                                       "prediction": "oracle",
+                                       "metrics": {key: 2.0 + givt_nll_shift * (stage == "givt"),
+                                                   "kl": 3.0}})
+    write_eval_record(str(d), {"task": task, "stage": "baseline", "evaluator": "baseline",
+                               "kind": task, "prediction": "baseline", "split": "validation",
+                               "data": "embedded", "step": 0,
+                               "metrics": {metric: 5.0, "num_images": 8}})
+    return d
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_training_curves_one_series_per_run_and_stage(tmp_path):
+    for i, name in enumerate(("a", "b")):
+        _two_stage_run(tmp_path, name, seed=i)
+    warnings: list[str] = []
+    runs = L.gather_runs([], [str(tmp_path)], warnings)
+    curves = {c.stage: c for c in L.training_curves(runs, "depth")}
+    assert list(curves) == ["vae", "givt"]  # no baseline column: it does not train
+    for run in runs:  # brute force from the file: each stage's rows, in step order
+        rows = _jsonl(f"{run.path}/metrics.jsonl")
+        for stage, c in curves.items():
+            want = sorted((r["step"], r["loss"]) for r in rows if r["stage"] == stage)
+            assert c.train_loss[run.name] == want
+            assert c.heldout_loss[run.name] == [(s, 2.0) for s in ((20, 40) if stage == "vae"
+                                                                  else (30, 60))]
+    assert curves["vae"].metric == curves["givt"].metric == "RMSE"
+    assert curves["vae"].evals[("a", "oracle")] == [(20, 0.2), (40, 0.4)]
+    assert curves["givt"].evals[("b", "sampled")] == [(30, 1.3), (60, 1.6)]
+    fig = L.figure_training(runs, "depth")
+    axes = fig.axes
+    titles = [ax.get_title() for ax in axes]
+    assert titles == ["stage 1 (VAE): loss", "stage 2 (GIVT): loss",
+                      "stage 1 (VAE): RMSE (eval)", "stage 2 (GIVT): RMSE (eval)"]
+    assert not any("num_" in t for t in titles)
+    # every drawn loss line stays within one stage's scale (no VAE/GIVT zig-zag)
+    for ax, lo, hi in ((axes[0], 0.5, 3.0), (axes[1], 1.5, 20.0)):
+        lines = ax.get_lines()
+        assert len(lines) == 4  # two runs x (training, held-out)
+        for line in lines:
+            x, y = line.get_xdata(), line.get_ydata()
+            assert np.all(np.diff(x) > 0) and np.all((y > lo) & (y < hi))
+    assert axes[0].get_yscale() == "linear"
+    assert axes[2].get_xlabel() == "training step of this stage"
+
+
+def test_log_loss_scale(tmp_path, monkeypatch):
+    _two_stage_run(tmp_path, "pos")
+    runs = L.gather_runs([str(tmp_path / "pos")], [], [])
+    axes = L.figure_training(runs, "depth", log_loss=True).axes
+    assert axes[0].get_yscale() == axes[1].get_yscale() == "log"
+    # a GIVT NLL below zero (continuous densities) cannot go on a log axis: said so
+    _two_stage_run(tmp_path, "neg", givt_nll_shift=-20.0)
+    runs = L.gather_runs([str(tmp_path / "neg")], [], [])
+    axes = L.figure_training(runs, "depth", log_loss=True).axes
+    assert axes[0].get_yscale() == "log" and axes[1].get_yscale() == "linear"
+    assert "linear" in axes[1].get_title()
+    seen = []  # the flag reaches the plots
+    monkeypatch.setattr(L, "plot_task", lambda runs, task, log_loss: seen.append(log_loss) or [])
+    assert L.main([str(tmp_path / "pos"), "--out", str(tmp_path / "o"), "--log-loss"]) == 0
+    assert seen and all(seen)
+
+
+def test_counters_are_not_metrics(tmp_path, capsys, monkeypatch):
+    _two_stage_run(tmp_path, "run", task="panoptic")
+    monkeypatch.setattr(L, "plot_task", lambda *a, **k: [])  # the tables only
+    assert L.main([str(tmp_path / "run"), "--out", str(tmp_path / "o"), "--format", "md"]) == 0
+    header, *rows = _tables(capsys.readouterr().out)["panoptic"]
+    assert "PQ" in header and not [c for c in header if "num_" in c or c == "time"]
+    data = {r[1]: r[header.index("data")] for r in rows}
+    assert data["vae [oracle]"] == "embedded validation (8 images)"
+    assert all(L.is_counter(n) for n in ("num_images", "eval/oracle/num_images", "time",
+                                         "steps_per_s", "pixel_count"))
+    assert not any(L.is_counter(n) for n in ("PQ", "RMSE", "gap/FID", "nll_per_token"))
+
+
+def test_headline_chart_against_records_and_published(tmp_path):
+    for i, name in enumerate(("a", "b")):
+        _two_stage_run(tmp_path, name, seed=i)
+    runs = L.gather_runs([], [str(tmp_path)], [])
+    want = []  # the final (non-periodic) RMSE record of each run and stage, read back
+    for run in sorted(runs, key=lambda r: r.name):
+        recs = [json.load(open(p)) for p in sorted((tmp_path / run.name / "eval").iterdir())]
+        finals = [r for r in recs
+                  if "RMSE" in r["metrics"] and not r.get("extra", {}).get("periodic")]
+        order = {"vae": 0, "givt": 1, "baseline": 2}
+        want += [r["metrics"]["RMSE"] for r in sorted(finals, key=lambda r: order[r["stage"]])]
+    fig = L.figure_headline(runs, "depth")
+    ax = fig.axes[0]
+    assert [p.get_height() for p in ax.patches] == pytest.approx(want)
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks[:3] == ["a\nvae [oracle]", "a\ngivt [sampled]", "a\nbaseline"]
+    published = {v for t, _, _, m, v in L.PUBLISHED_RESULTS if t == "depth" and m == "RMSE"}
+    lines = ax.get_lines()
+    assert {float(line.get_ydata()[0]) for line in lines} == published
+    assert all(len(set(line.get_ydata())) == 1 for line in lines)  # horizontal
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert sum("NYU Depth v2 val" in t for t in legend) == 3
+    assert "lower is better" in ax.get_ylabel()
+    assert L.figure_headline(runs, "panoptic") is None  # nothing scored PQ
+
+
+# ----------------------------------------------------------------------------- finding runs
+
+
+def test_symlinked_runs_are_found_and_skips_reported(tmp_path, monkeypatch, capsys):
+    store = tmp_path / "store"
+    for i, name in enumerate(("panoptic_run", "depth_run", "gen_run")):
+        _two_stage_run(store, name, task=("panoptic", "depth", "imagenet")[i], seed=i)
+    linked, copied = tmp_path / "linked", tmp_path / "copied"
+    linked.mkdir()
+    for name in ("panoptic_run", "depth_run", "gen_run"):
+        (linked / name).symlink_to(store / name, target_is_directory=True)
+    shutil.copytree(store, copied)
+    (linked / "up").symlink_to(tmp_path, target_is_directory=True)  # a loop via the parent
+    (linked / "self").symlink_to(".", target_is_directory=True)
+    (linked / "again").symlink_to(store / "depth_run", target_is_directory=True)
+    (linked / "gone").symlink_to(tmp_path / "nowhere")
+    (linked / "empty" / "deeper").mkdir(parents=True)
+    (linked / "locked").mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # as root, permissions do not stop reading: fake a denial
+        if os.path.basename(os.fspath(path)) == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    skipped: list[tuple[str, str]] = []
+    found = L.find_run_dirs(str(linked), skipped)
+    assert sorted(os.path.basename(d) for d in found) == ["again", "gen_run", "panoptic_run"]
+    why = {os.path.relpath(p, linked): w for p, w in skipped}
+    assert why["up"].startswith("a symlink loop") and why["self"].startswith("a symlink loop")
+    assert why["depth_run"].startswith("the same folder as") and "again" in why["depth_run"]
+    assert why["gone"].startswith("a broken symlink")
+    assert why["empty"].startswith("no run files") and "empty/deeper" not in why
+    assert why["locked"].startswith("unreadable (Permission denied")
+    assert len(skipped) == 6
+
+    out = tmp_path / "report"
+    monkeypatch.setattr(L, "plot_task", lambda *a, **k: [])  # plots are tested above
+    assert L.main(["--root", str(linked), "--out", str(out), "--format", "md"]) == 0
+    printed = capsys.readouterr()
+    assert "3 run(s), 6 folder(s) skipped" in printed.err
+    for name in ("up", "self", "gone", "empty", "locked"):
+        assert f"skipped {linked / name}:" in printed.err
+    md = (out / "leaderboard.md").read_text()
+    assert "## Skipped folders" in md and f"`{linked / 'gone'}`: a broken symlink" in md
+    # the same tables as over copies of the runs (names aside)
+    assert L.main(["--root", str(copied), "--out", str(tmp_path / "r2"), "--format", "md"]) == 0
+    copies = _tables(capsys.readouterr().out)
+    for task, table in _tables(md).items():
+        assert [r[1:] for r in table] == [r[1:] for r in copies[task]], task
