@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     ckpt.add_argument("--split", default="validation")
     ckpt.add_argument("--max-examples", type=positive_int, help="evaluate at most this many images")
     p.add_argument("--out", help="also write the results (with per-class figures) to this JSON")
-    p.add_argument("--workers", type=positive_int, help="threads (default: CPUs, at most 8)")
+    p.add_argument("--workers", type=positive_int,
+                   help="worker processes, forked (default: usable CPUs, at most 8)")
     add_verbose_argument(p)
     return p
 

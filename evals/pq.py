@@ -15,19 +15,26 @@ Per class ``PQ = sum(IoU of matches) / (TP + FP/2 + FN/2)``, ``SQ = sum(IoU) / T
 ``RQ = TP / (TP + FP/2 + FN/2)``; the All/Things/Stuff figures average the classes that have
 ``TP + FP + FN > 0``. Values are fractions, as in panopticapi (the tables print them x100).
 
-Speed: PNGs are decoded with OpenCV and turned into ids with one SIMD colour conversion; the two
-id maps are then cut into horizontal runs where neither changes (panoptic maps are piecewise
-constant: ~100x fewer runs than pixels), and one weighted ``np.bincount`` over the runs gives the
-whole gt x pred intersection matrix; matching is a few array operations on that small matrix.
-Images run on a thread pool (decoding and the big numpy kernels release the GIL). PNG decoding is
-then ~80% of the time.
+Speed (where panopticapi's time goes: PIL decoding, a uint32 copy of each map and two
+``np.unique`` sorts of every pixel): the maps are never sorted. A PNG whose rows all use the
+None/Sub filters (OpenCV's, hence this project's predictions) is inflated with libdeflate and
+read as horizontal runs straight from the sparse filtered bytes; others (COCO's ground truth,
+written by PIL with Up/Paeth rows) are decoded by libspng and cut into runs. The two maps'
+runs are merged, one weighted ``np.bincount`` over the joint runs gives the whole gt x pred
+intersection matrix, and matching is a few array operations on that small matrix. Images run
+in forked worker processes (libspng holds the GIL, so threads overlapped little); threads where
+forking is unsafe (a process running JAX or TensorFlow threads).
 
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
+import pickle
+import sys
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,13 +44,14 @@ import numpy as np
 from evals.panoptic_io import (
     OFFSET,
     VOID,
+    IdRuns,
     PanopticEvalError,
     _annotations,
     _json_doc,
     _listing,
     _png_dir,
     load_categories,
-    read_id_png,
+    read_id_runs,
     rgb_to_id,
 )
 
@@ -103,22 +111,22 @@ def _segment_arrays(
     return ids, cats, crowd, area
 
 
-def _runs(gt_map: np.ndarray, pred_map: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(gt id, pred id, length) of each horizontal run where neither map changes.
-
-    Panoptic maps are piecewise constant, so an image has ~100x fewer runs than pixels and all
-    later work happens on the runs."""
-    h, w = gt_map.shape
-    g = np.ascontiguousarray(gt_map).reshape(-1)
-    p = np.ascontiguousarray(pred_map).reshape(-1)
-    change = np.empty(g.size, bool)
-    np.not_equal(g[1:], g[:-1], out=change[1:])
-    other = np.not_equal(p[1:], p[:-1])
-    np.logical_or(change[1:], other, out=change[1:])
-    change[::w] = True  # a run never wraps onto the next row
-    starts = np.flatnonzero(change)
-    lengths = np.diff(starts, append=g.size)
-    return g[starts], p[starts], lengths
+def _joint_runs(gt: IdRuns, pred: IdRuns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gt id, pred id, length) of each horizontal run where neither map changes: the union of
+    the two maps' run starts (panoptic maps are piecewise constant, so an image has ~30x fewer
+    runs than pixels and all later work happens on the runs)."""
+    size = gt.shape[0] * gt.shape[1]
+    # 1 where the gt changes, 2 where the prediction does, 3 where both do; then each map's
+    # run index at a joint start is the running count of its own starts.
+    mark = np.zeros(size, np.uint8)
+    mark[gt.starts] = 1
+    mark[pred.starts] |= 2
+    starts = np.flatnonzero(mark)
+    kind = mark[starts]
+    lengths = np.diff(starts, append=size)
+    g = gt.values[np.cumsum(kind & 1) - 1]
+    p = pred.values[np.cumsum(kind >> 1) - 1]
+    return g, p, lengths
 
 
 def _index_of(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -132,11 +140,11 @@ def _index_of(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def _intersections(
-    gt_map: np.ndarray, gt_ids: np.ndarray, pred_map: np.ndarray, pred_ids: np.ndarray
+    gt_map: IdRuns, gt_ids: np.ndarray, pred_map: IdRuns, pred_ids: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pixel counts ``m[g, p]`` (index 0 = an id not in segments_info, 1 = VOID, 2+ = segments)
     and the predicted ids of the runs that are not in segments_info (for the error message)."""
-    run_gt, run_pred, lengths = _runs(gt_map, pred_map)
+    run_gt, run_pred, lengths = _joint_runs(gt_map, pred_map)
     rows = _index_of(run_gt, gt_ids)
     cols = _index_of(run_pred, pred_ids)
     ncols = len(pred_ids) + 2
@@ -157,9 +165,9 @@ class _ImageStats:
 
 
 def _image_stats(
-    gt_map: np.ndarray,
+    gt_map: IdRuns,
     gt_segments: Any,
-    pred_map: np.ndarray,
+    pred_map: IdRuns,
     pred_segments: Any,
     cat_index: Mapping[int, int],
     names: _Names,
@@ -230,15 +238,16 @@ def _image_stats(
     return _ImageStats(gt_cat[gi], iou, pred_cat[fp[is_fp]], fn_cats)
 
 
-def _hw(a: np.ndarray) -> str:
+def _hw(a: IdRuns) -> str:
     return "x".join(str(d) for d in a.shape)
 
 
-def _as_id_map(ids: np.ndarray, what: str) -> np.ndarray:
-    """Checks an in-memory id map: 2-D integers in [0, 2**24)."""
+def _as_id_runs(ids: np.ndarray, what: str) -> IdRuns:
+    """Checks an in-memory id map (2-D integers in [0, 2**24), or an RGB panoptic image) and
+    cuts it into runs."""
     ids = np.asarray(ids)
     if ids.ndim == 3 and ids.shape[2] in (3, 4) and ids.dtype == np.uint8:
-        return rgb_to_id(ids)  # an RGB panoptic image
+        return IdRuns.of_map(rgb_to_id(ids))
     if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
         raise PanopticEvalError(
             f"{what}: expected a 2-D integer id map, got {ids.dtype} {ids.shape}"
@@ -247,7 +256,7 @@ def _as_id_map(ids: np.ndarray, what: str) -> np.ndarray:
         raise PanopticEvalError(
             f"{what}: ids must lie in [0, {OFFSET}), got {ids.min()}..{ids.max()}"
         )
-    return ids
+    return IdRuns.of_map(ids)
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,8 +294,8 @@ class PQAccumulator:
     ) -> None:
         """Adds one image. ``image`` (an id or name) is only used in error messages."""
         name = str(self.num_images if image is None else image)
-        gt = _as_id_map(gt_ids, f"image {name}: ground-truth id map")
-        pred = _as_id_map(pred_ids, f"image {name}: predicted id map")
+        gt = _as_id_runs(gt_ids, f"image {name}: ground-truth id map")
+        pred = _as_id_runs(pred_ids, f"image {name}: predicted id map")
         self._add_stats(
             _image_stats(gt, gt_segments, pred, pred_segments, self._cat_index, _Names(name))
         )
@@ -388,9 +397,9 @@ def _evaluate_files(
         pred_png = os.path.join(pred_dir, str(pred_ann["file_name"]))
         names = _Names(str(image_id), gt_name, gt_png, pred_name, pred_png)
         return _image_stats(
-            read_id_png(gt_png),
+            read_id_runs(gt_png),
             gt_ann["segments_info"],
-            read_id_png(pred_png),
+            read_id_runs(pred_png),
             pred_ann["segments_info"],
             acc._cat_index,
             names,
@@ -406,15 +415,91 @@ def _default_workers() -> int:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
-    # The GIL-held parts stop more threads from helping long before this.
     return max(1, min(cpus, 8))
 
 
+def _can_fork() -> bool:
+    """Whether worker processes may be forked from this one: a fork copies no other thread,
+    so a child of a process whose runtimes run threads (XLA's, TensorFlow's) may wait forever
+    on a lock one of them held. The files-mode CLI and the benchmark load none of them."""
+    if not hasattr(os, "fork") or threading.active_count() > 1:
+        return False
+    return not any(m in sys.modules for m in ("jax", "tensorflow", "torch"))
+
+
+def _forked_map(fn: Any, items: list[Any], workers: int) -> list[Any]:
+    """``[fn(x) for x in items]`` over this process and ``workers - 1`` forked children.
+
+    Worker k takes items k, k + workers, ...; a child sends back its pickled results (or the
+    first error, with its item's index) through a pipe. No pool: forking directly costs a few
+    milliseconds, and the parent works too."""
+    children = []
+    try:
+        for k in range(1, workers):
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # child: never returns
+                status = 0
+                try:
+                    os.close(read_end)
+                    out: list[Any] = []
+                    i = k
+                    try:
+                        for i in range(k, len(items), workers):
+                            out.append(fn(items[i]))
+                        data = pickle.dumps(("ok", out), pickle.HIGHEST_PROTOCOL)
+                    except BaseException as e:  # noqa: BLE001 - reported to the parent
+                        try:
+                            data = pickle.dumps(("error", (i, e)))
+                        except Exception:  # noqa: BLE001 - an error that does not pickle
+                            data = pickle.dumps(("error", (i, RuntimeError(repr(e)))))
+                    with os.fdopen(write_end, "wb") as f:
+                        f.write(data)
+                except BaseException:  # noqa: BLE001 - the parent reports the silence
+                    status = 1
+                finally:
+                    os._exit(status)
+            os.close(write_end)
+            children.append((k, pid, read_end))
+        results: list[Any] = [None] * len(items)
+        errors: list[tuple[int, BaseException]] = []
+        try:
+            for i in range(0, len(items), workers):
+                results[i] = fn(items[i])
+        except Exception as e:  # noqa: BLE001 - the lowest failing index is raised below
+            errors.append((i, e))
+        for k, pid, read_end in children:
+            with os.fdopen(read_end, "rb") as f:
+                data = f.read()
+            if not data:
+                raise RuntimeError(f"PQ worker process {pid} died without a result")
+            kind, payload = pickle.loads(data)
+            if kind == "error":
+                errors.append(payload)
+            else:
+                results[k::workers] = payload
+        if errors:
+            raise min(errors, key=lambda e: e[0])[1]
+        return results
+    finally:
+        for _, pid, _ in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
 def _map_parallel(fn: Any, items: list[Any], workers: int | None) -> Iterable[Any]:
-    """``map`` on a thread pool, in order; the first error cancels what has not started."""
+    """``map`` over forked worker processes (threads where forking is unsafe), in order; an
+    error is the one of the first failing item.
+
+    Processes, because the PNG decoder of the ground truth (libspng) holds the GIL: threads
+    overlapped little."""
     workers = _default_workers() if workers is None else max(1, int(workers))
-    if workers == 1 or len(items) <= 1:
+    workers = min(workers, len(items))
+    if workers <= 1:
         yield from map(fn, items)
+        return
+    if _can_fork():
+        yield from _forked_map(fn, items, workers)
         return
     pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="pq")
     try:

@@ -6,6 +6,10 @@ import contextlib
 import io
 import json
 import os
+import struct
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import cv2
@@ -16,8 +20,9 @@ from panopticapi.utils import rgb2id
 from PIL import Image
 
 from evals import _pq_synth as synth
+from evals import panoptic_io, pq
 from evals.panoptic import main, parse_args
-from evals.panoptic_io import PanopticEvalError, read_id_png, write_id_png
+from evals.panoptic_io import PanopticEvalError, read_id_png, read_id_runs, write_id_png
 from evals.pq import PQAccumulator, panoptic_quality
 
 COCO_SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/coco_panoptic_sample"
@@ -417,6 +422,142 @@ def test_unreadable_png(good: dict, damage: str, words: list[str]) -> None:
     else:
         Path(png).write_bytes(data[: len(data) // 2] if damage == "truncated" else b"hello")
     raises(good, png, *words)
+
+
+def png_bytes(pixels: np.ndarray, filters: list[int], chunk: int = 1000) -> bytes:
+    """A PNG of 8-bit RGB(A) pixels with the given filter type per row (None/Sub/Up), written
+    from the PNG specification, the IDAT split into ``chunk``-byte pieces."""
+    h, w, bpp = pixels.shape
+    rows = []
+    for r, kind in enumerate(filters):
+        x = pixels[r].reshape(-1).astype(np.int64)
+        if kind == 1:
+            x = x - np.concatenate([np.zeros(bpp, np.int64), x[:-bpp]])
+        elif kind == 2:
+            x = x - (pixels[r - 1].reshape(-1) if r else 0)
+        rows.append(bytes([kind]) + (x % 256).astype(np.uint8).tobytes())
+    stream = zlib.compress(b"".join(rows))
+
+    def chunk_of(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2 if bpp == 3 else 6, 0, 0, 0)
+    idats = [chunk_of(b"IDAT", stream[i : i + chunk]) for i in range(0, len(stream), chunk)]
+    return (b"\x89PNG\r\n\x1a\n" + chunk_of(b"IHDR", ihdr) + b"".join(idats)
+            + chunk_of(b"IEND", b""))  # fmt: skip
+
+
+def pil_ids(path: Path) -> np.ndarray:
+    """panopticapi's own reading of a panoptic PNG."""
+    return rgb2id(np.array(Image.open(path), dtype=np.uint32))
+
+
+@pytest.mark.parametrize("bpp", [3, 4])
+@pytest.mark.parametrize("width", [1, 2, 5, 37])
+def test_fast_png_path_equals_pil(tmp_path: Path, bpp: int, width: int) -> None:
+    """The sparse None/Sub decoder, on piecewise-constant and noise rows, every width mod 8,
+    RGB and RGBA (alpha changing where the id does not), against PIL + panopticapi's rgb2id."""
+    rng = np.random.default_rng(width * bpp)
+    h = 9
+    pixels = np.repeat(rng.integers(0, 256, size=(h, 3, bpp), dtype=np.uint8), 13, axis=1)
+    pixels = np.ascontiguousarray(pixels[:, :width])
+    pixels[4] = rng.integers(0, 256, size=(width, bpp), dtype=np.uint8)  # a row of noise
+    pixels[5] = pixels[6] = 0
+    if bpp == 4:
+        pixels[7, :, 3] = np.arange(width)  # alpha varies along a constant-colour row
+    for name, filters in (("sub", [1] * h), ("mixed", [1, 0, 0, 1, 0, 1, 1, 0, 1])):
+        png = tmp_path / f"{name}.png"
+        png.write_bytes(png_bytes(pixels, filters, chunk=7))
+        expected = pil_ids(png)
+        np.testing.assert_array_equal(read_id_png(png), expected)
+        runs = read_id_runs(png)
+        assert runs.starts[0] == 0 and (np.diff(runs.starts) > 0).all()
+        np.testing.assert_array_equal(runs.dense(), expected)
+
+
+def test_png_decoders_agree_on_every_path(tmp_path: Path, monkeypatch) -> None:
+    """Sub-only (OpenCV), Up rows (libspng), zlib instead of libdeflate, and OpenCV alone
+    all read the same ids; the fast path is the one taken for OpenCV's files."""
+    rng = np.random.default_rng(3)
+    cats = synth.synthetic_categories(num_things=4, num_stuff=3)
+    ids, _ = synth.make_ground_truth(rng, cats, 48, 61, num_segments=(5, 9))
+    ids[0, :7] = 0xFFFFFF  # the largest id, all three bytes at 255
+    write_id_png(tmp_path / "cv.png", ids)
+    pixels = panoptic_io.id_to_rgb(ids)
+    (tmp_path / "up.png").write_bytes(png_bytes(pixels, [1] + [2, 1, 0] * 15 + [2, 2]))
+    Image.fromarray(pixels).save(tmp_path / "pil.png")
+    data = (tmp_path / "cv.png").read_bytes()
+    assert isinstance(panoptic_io._decode_ids(data), panoptic_io.IdRuns)
+    for name in ("cv.png", "up.png", "pil.png"):
+        np.testing.assert_array_equal(read_id_png(tmp_path / name), ids, err_msg=name)
+    monkeypatch.setattr(panoptic_io, "_deflate", None)
+    np.testing.assert_array_equal(read_id_png(tmp_path / "cv.png"), ids)
+    monkeypatch.setattr(panoptic_io, "_spng", None)
+    for name in ("cv.png", "up.png", "pil.png"):
+        np.testing.assert_array_equal(read_id_png(tmp_path / name), ids, err_msg=name)
+
+
+def test_png_with_corrupt_stream_is_refused(tmp_path: Path) -> None:
+    pixels = np.zeros((4, 6, 3), np.uint8)
+    pixels[2:, 3:] = 200
+    data = bytearray(png_bytes(pixels, [1] * 4))
+    data[45:49] = b"\xff\x00\xff\x00"  # inside the zlib stream; IEND still at the end
+    (tmp_path / "bad.png").write_bytes(bytes(data))
+    with pytest.raises(PanopticEvalError, match="bad.png"):
+        read_id_png(tmp_path / "bad.png")
+
+
+def _pool_case(root: str) -> None:
+    """Workers (forked or threads, as ``pq._can_fork`` says) give the serial result, and a bad
+    image's error still reaches the caller, named."""
+    rng = np.random.default_rng(11)
+    cats = synth.synthetic_categories(num_things=5, num_stuff=3)
+    gts, preds = [], []
+    for image_id in range(1, 10):
+        gt, gt_segs = synth.make_ground_truth(rng, cats, 40, 50, num_segments=(4, 9))
+        pred, pred_segs = synth.perturb_prediction(rng, gt, gt_segs, cats)
+        gts.append((image_id, gt, gt_segs))
+        preds.append((image_id, pred, pred_segs))
+    files = write_case(Path(root), gts, preds, cats)
+    assert_same(panoptic_quality(*files, workers=1), panoptic_quality(*files, workers=3))
+    Path(files[3], "000000000006.png").write_bytes(b"not a png")
+    with pytest.raises(PanopticEvalError, match="000000000006.png"):
+        panoptic_quality(*files, workers=3)
+
+
+def test_worker_threads(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(pq, "_can_fork", lambda: False)
+    _pool_case(str(tmp_path))
+
+
+def test_worker_processes(tmp_path: Path) -> None:
+    """Forked workers, in a fresh interpreter: this one may run JAX's threads, which is
+    exactly when the evaluator does not fork."""
+    code = (
+        "import sys; from evals import pq; assert pq._can_fork();"
+        " from tests import test_eval_panoptic as t; t._pool_case(sys.argv[1])"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=repo,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_category_only_predicted(tmp_path: Path) -> None:
+    """A class absent from the ground truth but predicted: all FP, PQ 0, in the averages."""
+    gt, pred = background()
+    gt[:5, :10] = 11
+    pred[:5, :10] = 777
+    pred[15:, 20:30] = 778  # a car on the sky (the sky still matches, IoU 0.75)
+    ours = check(
+        tmp_path,
+        [(1, gt, [seg(11, 1, gt), seg(300, 3, gt)])],
+        [(1, pred, [seg(777, 1), seg(778, 2), seg(900, 3)])],
+    )
+    car = ours["per_class"][2]
+    assert (car["tp"], car["fp"], car["fn"], car["pq"]) == (0, 1, 0, 0.0)
+    assert ours["Things"]["n"] == 2
 
 
 def test_rgba_png_alpha_is_ignored(tmp_path: Path) -> None:
