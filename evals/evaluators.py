@@ -65,8 +65,10 @@ CONFIG_RULES: schema.Rules = (
     (_E + "split", schema.Text(r".+", "a split name", bad="")),
     (_E + "(num_examples|every|overlays|max_classes)", schema.COUNT),
     (_E + "(batch_size|samples_per_class|grid_per_class)", schema.POSITIVE_INT),
-    (_E + "extractor", schema.Text(r"digits|inception:.+",
-                                   "digits or inception:PATH (the Inception weights)",
+    (_E + "extractor", schema.Text(r"digits|(fid_|keras_)?inception:.+",
+                                   "digits, fid_inception:PATH (pytorch-fid's FID Inception "
+                                   "weights: FIDs comparable to published ones) or "
+                                   "keras_inception:PATH (Keras' InceptionV3 .h5)",
                                    bad="inception")),
 )
 

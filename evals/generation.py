@@ -1,26 +1,35 @@
 """Generation metrics: Frechet distance (FID), Inception Score, class consistency.
 
-Features and class probabilities come from a pluggable :class:`FeatureExtractor`:
+Features and class probabilities come from a pluggable :class:`FeatureExtractor`,
+named on the command line and in an evaluator's ``extractor`` option:
 
-* :class:`InceptionV3Extractor`: Keras' InceptionV3 with weights from a file the
-  user gives (nothing is ever downloaded). Features are the 2048-d pool3
-  (``avg_pool``) activations, probabilities the 1000-way softmax of the top.
-  Note the published FIDs use the TF-slim "FID Inception" graph; Keras'
-  InceptionV3 is a close relative, so its FIDs are comparable among themselves
-  but not digit-for-digit with published numbers.
-* :class:`DigitsClassifier`: a small CNN the project trains itself (seconds, on
-  CPU) on scikit-learn's bundled 8x8 handwritten digits, upsampled to 32x32 RGB.
-  It is the feature extractor for the embedded, offline generation task.
+* ``fid_inception:PATH`` (:class:`evals.fid_inception.FIDInceptionExtractor`): the
+  FID Inception network of published FIDs (the 2015-12-05 TF graph that TTUR,
+  pytorch-fid and the ADM suite use), in flax, with pytorch-fid's weights file
+  ``pt_inception-2015-12-05-6726825d.pth`` (or an .npz of its keys). Its FIDs are
+  the ones to compare with papers; IS is over its 1008 logits, as published.
+* ``keras_inception:PATH`` (or, as before, ``inception:PATH``;
+  :class:`InceptionV3Extractor`): Keras' InceptionV3 with Keras' weights file. A
+  different network and preprocessing, so its FIDs are comparable among themselves
+  only, *not* with published FIDs; results are labelled ``keras_inception``.
+* ``digits`` (:class:`DigitsClassifier`): a small CNN the project trains itself
+  (seconds, on CPU) on scikit-learn's bundled 8x8 handwritten digits, upsampled to
+  32x32 RGB. It is the feature extractor for the embedded, offline generation task.
+
+Nothing is ever downloaded. Every result names the extractor that made it
+(``extractor``: ``fid_inception`` | ``keras_inception`` | ``digits``) and says
+whether its FID can be set beside published numbers (``fid_comparable_to_published``;
+true for ``fid_inception`` only).
 
 Command line::
 
     python -m evals.generation --samples S.npz|DIR --reference R.npz|DIR \\
-        --extractor digits|inception:PATH [--out result.json]
+        --extractor digits|fid_inception:PATH|keras_inception:PATH [--out result.json]
 
 An ``.npz`` holds ``images`` (uint8 [N, H, W, 3] or [N, H, W]) and optionally
-``labels`` (the requested class of each sample: enables class consistency); a
-directory holds PNG/JPEG files of one size (optionally with ``labels.json``
-mapping file stem -> class).
+``labels`` (the requested class of each sample: enables class consistency, for
+extractors whose classes are the dataset's); a directory holds PNG/JPEG files of
+one size (optionally with ``labels.json`` mapping file stem -> class).
 """
 
 from __future__ import annotations
@@ -152,8 +161,11 @@ def class_consistency_accuracy(pred_labels: np.ndarray, requested_labels: np.nda
 class FeatureExtractor(Protocol):
     """Turns uint8 RGB images [N, H, W, 3] into features [N, D] and class probs [N, C].
 
-    Optional extras used when present: ``name`` (shown in results) and
-    ``features_and_probs(images)`` (both in one pass).
+    Optional extras used when present: ``name`` (the label in results),
+    ``comparable_to_published`` (its FIDs can be compared with papers' FIDs; False when
+    absent), ``predicts_dataset_classes`` (its classes are the dataset's labels, so the
+    class consistency is meaningful; True when absent) and ``features_and_probs(images)``
+    (both in one pass).
     """
 
     def features(self, images: np.ndarray) -> np.ndarray: ...
@@ -161,7 +173,8 @@ class FeatureExtractor(Protocol):
     def probs(self, images: np.ndarray) -> np.ndarray: ...
 
 
-def _check_images(images: np.ndarray) -> np.ndarray:
+def check_images(images: np.ndarray) -> np.ndarray:
+    """uint8 images [N, H, W, 3] (or one channel, repeated to three), else an error."""
     x = np.asarray(images)
     if x.ndim == 3:  # grayscale [N, H, W]
         x = x[..., None]
@@ -184,11 +197,34 @@ def features_and_probs(
     return extractor.features(images), extractor.probs(images)
 
 
+def extractor_label(extractor: FeatureExtractor) -> str:
+    """The name results record for an extractor (``fid_inception``, ``keras_inception``...)."""
+    return getattr(extractor, "name", type(extractor).__name__)
+
+
+def extractor_record(extractor: FeatureExtractor, spec: str | None = None) -> dict[str, Any]:
+    """What a result records about its extractor: ``extractor`` (the label),
+    ``fid_comparable_to_published`` and, given, the ``extractor_spec`` it was built from."""
+    out: dict[str, Any] = {
+        "extractor": extractor_label(extractor),
+        "fid_comparable_to_published": bool(getattr(extractor, "comparable_to_published",
+                                                    False)),
+    }
+    if spec is not None:
+        out["extractor_spec"] = spec
+    return out
+
+
 INCEPTION_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels.h5"
 
 
 class InceptionV3Extractor:
-    """Keras InceptionV3 (ImageNet classes) from a local weights file.
+    """Keras InceptionV3 (ImageNet classes) from a local weights file; label
+    ``keras_inception``.
+
+    Not the network of published FIDs (see :mod:`evals.fid_inception` for that one):
+    Keras' InceptionV3 has other weights, average pools that count the padding and a
+    1000-way top, so its FIDs are comparable among themselves only.
 
     ``weights`` is the path of Keras' full InceptionV3 weights, top included
     (``inception_v3_weights_tf_dim_ordering_tf_kernels.h5``, 1000 classes).
@@ -197,14 +233,16 @@ class InceptionV3Extractor:
     ``inception_v3.preprocess_input`` does (to [-1, 1]).
     """
 
-    name = "inception"
+    name = "keras_inception"
+    comparable_to_published = False
+    predicts_dataset_classes = True  # Keras' 1000 classes in ImageNet's label order
 
     def __init__(self, weights: str | None, batch_size: int = 32):
         if weights is not None and not os.path.isfile(weights):
             raise GenerationEvalError(
                 f"InceptionV3 weights file {weights} not found. Nothing is downloaded: give "
                 f"the path of Keras' InceptionV3 weights with the top ({INCEPTION_WEIGHTS_FILE}),"
-                f" e.g. --extractor inception:/path/to/{INCEPTION_WEIGHTS_FILE}"
+                f" e.g. --extractor keras_inception:/path/to/{INCEPTION_WEIGHTS_FILE}"
             )
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import keras  # heavy; only this extractor needs it
@@ -225,7 +263,7 @@ class InceptionV3Extractor:
         """pool3 features [N, 2048] and softmax probabilities [N, 1000]."""
         from keras.applications.inception_v3 import preprocess_input
 
-        x = _check_images(images)
+        x = check_images(images)
         feats, probs = [], []
         for i in range(0, len(x), self.batch_size):
             batch = x[i : i + self.batch_size].astype(np.float32)
@@ -318,6 +356,7 @@ class DigitsClassifier:
     """
 
     name = "digits"
+    comparable_to_published = False  # a project-made network on 32x32 digits
 
     def __init__(self, cache: str | None = None, train_if_missing: bool = True, seed: int = 0):
         import jax
@@ -411,7 +450,7 @@ class DigitsClassifier:
     # -- inference
 
     def _prepare(self, images: np.ndarray) -> np.ndarray:
-        x = _check_images(images)
+        x = check_images(images)
         if x.shape[1:3] != (DIGITS_SIZE, DIGITS_SIZE):
             import jax
 
@@ -461,16 +500,27 @@ def _to_float(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) * (2.0 / 255.0) - 1.0
 
 
-def get_extractor(spec: str, cache: str | None = None) -> FeatureExtractor:
-    """``"digits"`` or ``"inception:PATH"`` -> an extractor."""
+#: spec prefix -> the extractor it builds (``inception:`` kept for existing configs)
+EXTRACTOR_PREFIXES = ("fid_inception", "keras_inception", "inception")
+EXTRACTOR_CHOICES = "digits, fid_inception:PATH or keras_inception:PATH"
+
+
+def get_extractor(spec: str, cache: str | None = None, batch_size: int = 32
+                  ) -> FeatureExtractor:
+    """``digits``, ``fid_inception:PATH`` (the network of published FIDs) or
+    ``keras_inception:PATH`` / ``inception:PATH`` (Keras' InceptionV3) -> an extractor."""
     if spec == "digits":
         return DigitsClassifier(cache=cache)
-    if spec.startswith("inception:"):
-        path = spec.split(":", 1)[1]
+    prefix, sep, path = spec.partition(":")
+    if sep and prefix in EXTRACTOR_PREFIXES:
         if not path:
-            raise GenerationEvalError("give the weights file: --extractor inception:PATH")
-        return InceptionV3Extractor(path)
-    raise GenerationEvalError(f"unknown extractor {spec!r}; use 'digits' or 'inception:PATH'")
+            raise GenerationEvalError(f"give the weights file: --extractor {prefix}:PATH")
+        if prefix == "fid_inception":
+            from evals.fid_inception import FIDInceptionExtractor  # flax network, lazily
+
+            return FIDInceptionExtractor(path, batch_size=batch_size)
+        return InceptionV3Extractor(path, batch_size=batch_size)
+    raise GenerationEvalError(f"unknown extractor {spec!r}; use {EXTRACTOR_CHOICES}")
 
 
 # ----------------------------------------------------------------------------- I/O + CLI
@@ -502,7 +552,7 @@ def load_images(path: str) -> tuple[np.ndarray, np.ndarray | None]:
                 f"{path}: images are {images.dtype}; expected uint8 0..255 (or floats in [0, 1])"
             )
     try:
-        images = _check_images(images)
+        images = check_images(images)
     except GenerationEvalError as e:
         raise GenerationEvalError(f"{path}: {e}") from None
     if labels is not None and labels.reshape(-1).shape[0] != len(images):
@@ -555,7 +605,7 @@ def evaluate_generation(
     feats_r = extractor.features(reference)
     mean_is, std_is = inception_score(probs_s, splits=min(is_splits, len(probs_s)))
     metrics = {"FID": fid_from_features(feats_s, feats_r), "IS": mean_is, "IS_std": std_is}
-    if sample_labels is not None:
+    if sample_labels is not None and getattr(extractor, "predicts_dataset_classes", True):
         metrics["class_accuracy"] = class_consistency_accuracy(
             probs_s.argmax(axis=1), sample_labels
         )
@@ -563,7 +613,7 @@ def evaluate_generation(
         "metrics": metrics,
         "num_samples": len(samples),
         "num_reference": len(reference),
-        "extractor": getattr(extractor, "name", type(extractor).__name__),
+        **extractor_record(extractor),
     }
 
 
@@ -575,7 +625,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--samples", required=True, help=".npz (images[, labels]) or image directory")
     p.add_argument("--reference", required=True, help=".npz or image directory (real images)")
-    p.add_argument("--extractor", default="digits", help="digits | inception:PATH_TO_WEIGHTS")
+    p.add_argument("--extractor", default="digits",
+                   help="digits | fid_inception:PATH (pytorch-fid's pt_inception-2015-12-05"
+                        "-6726825d.pth: FIDs comparable to published ones) | "
+                        "keras_inception:PATH (Keras' InceptionV3 .h5: not comparable)")
     p.add_argument("--cache-dir", default=None, help=f"digits classifier cache (${CACHE_ENV})")
     p.add_argument("--is-splits", type=positive_int, default=10)
     p.add_argument("--out", help="write the result as JSON here")
@@ -598,6 +651,9 @@ def _main(args: argparse.Namespace) -> int:
         print(f"{k:>15s}  {v:.4f}")
     print(f"{'samples':>15s}  {result['num_samples']} (reference {result['num_reference']}, "
           f"extractor {result['extractor']})")
+    if not result["fid_comparable_to_published"]:
+        print(f"{'':>15s}  note: FID by {result['extractor']}, not comparable to published FIDs"
+              " (use --extractor fid_inception:PATH for those)")
     if args.out:
         write_json(args.out, result)
     return 0

@@ -8,9 +8,12 @@
   ``FID_random_latents``.
 
 FIDs are against the held-out split with the evaluator's feature ``extractor``
-(``digits`` classifier, or ``inception:PATH``); the class accuracy is the fraction of
-samples the extractor's classifier assigns to the requested class (computed when its
-classes are the dataset's labels). PNG grids go to RUN/samples/.
+(``digits`` classifier, ``fid_inception:PATH``: the network of published FIDs, or
+``keras_inception:PATH`` / ``inception:PATH``: Keras' InceptionV3, not comparable with
+published FIDs). Records name it: ``extractor`` (the label), ``extractor_spec`` and
+``fid_comparable_to_published``. The class accuracy is the fraction of samples the
+extractor's classifier assigns to the requested class (computed when its classes are the
+dataset's labels). PNG grids go to RUN/samples/.
 """
 
 from __future__ import annotations
@@ -33,10 +36,15 @@ from uvim_givt.task import Task
 
 def make_extractor(spec: str) -> Any:
     """The feature extractor named by an evaluator's ``extractor``."""
-    if spec == "inception:":
-        raise ConfigError("FID needs InceptionV3 weights here: --set evals.<name>.extractor="
-                          f"inception:PATH (Keras' {gen_eval.INCEPTION_WEIGHTS_FILE}; nothing "
-                          "is downloaded)")
+    prefix, sep, path = spec.partition(":")
+    if sep and not path and prefix in gen_eval.EXTRACTOR_PREFIXES:
+        from evals.fid_inception import WEIGHTS_FILE
+
+        raise ConfigError(
+            f"FID needs Inception weights here: --set evals.<name>.extractor={prefix}:PATH "
+            f"(fid_inception: pytorch-fid's {WEIGHTS_FILE}, FIDs comparable to published "
+            f"ones; keras_inception: Keras' {gen_eval.INCEPTION_WEIGHTS_FILE}, not "
+            "comparable; nothing is downloaded)")
     try:
         return gen_eval.get_extractor(spec)
     except gen_eval.GenerationEvalError as e:
@@ -186,4 +194,7 @@ def generation_loop(task: Task, run: Any, spec: Any, *, source: str, split: str,
     extractor = make_extractor(str(spec.options.extractor))
     fn = _oracle if spec.prediction == "oracle" else _sampled
     metrics, extra = fn(task, run, spec, source, split, max_examples, step, extractor)
-    return metrics, dict(extra, extractor=str(spec.options.extractor))
+    # the label (fid_inception / keras_inception / digits) and whether the FIDs may be set
+    # beside published ones, with the spec as given
+    return metrics, dict(extra, **gen_eval.extractor_record(extractor,
+                                                            str(spec.options.extractor)))
