@@ -1,0 +1,184 @@
+"""Sampling throughput (tokens/s, images/s) of every decoding mode, at tiny and paper lengths.
+
+Modes (each through the library's samplers, ``uvim_givt.sampling``, with the temperatures
+and settings of the config's ``givt.sampling``):
+
+* ``ar_plain``: ImageNet GIVT-Causal, ancestral sampling (beam 1, fan 1);
+* ``ar_beam4_fan8``: the same model, beam search with beam 4 and fan 8;
+* ``ar_dbcfg``: the same model, DB-CFG at the config's ``cfg_weight`` (rejection sampling
+  against the label-dropped pass);
+* ``maskgit16``: ImageNet GIVT-MaskGIT, 16 decoding steps (no guidance);
+* ``uvim_beam4_fan8``: the dense task's encoder-decoder GIVT (``--dense-config``, default
+  panoptic) given an image, beam 4 / fan 8 (the published UViM sampler), the image encoder
+  included in the time.
+
+Sequence lengths come from the presets: ImageNet tiny 8x8=64 tokens of 4 channels, paper
+16x16=256 tokens of 16; the dense task tiny 64 tokens of 16, paper 256 of 32 (16x16 codes of
+a 512px image). Weights are random (initialised, not trained): the cost of a token does not
+depend on them, but DB-CFG's rejection sampler runs a fixed number of proposals
+(``cfg_max_samples``) whatever the weights. Only the GIVT is timed (not the VAE decoder).
+tokens/s counts output tokens (batch x seq_len), not beam candidates.
+
+    python benchmarks/bench_sampling.py                  # tiny + paper (minutes on a CPU)
+    python benchmarks/bench_sampling.py --quick          # tiny, batch 2, 1 repeat (CI)
+    python benchmarks/bench_sampling.py --modes ar_plain --sizes paper --batch 8
+
+JSON (``benchmarks/results/bench_sampling.json``): ``{"machine", "settings", "rows": [{mode,
+size, config, batch, seq_len, token_dim, params, sample_s, sample_min_s, tokens_per_s,
+images_per_s, compile_s, repeats, overrides}]}``; compile_s is the first call (trace +
+compile + one run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _machine  # noqa: E402
+from bench_train_step import _benchmark_safe, _csv, apply_matching_overrides  # noqa: E402
+
+from uvim_givt import config as config_lib  # noqa: E402
+from uvim_givt import errors  # noqa: E402
+from uvim_givt.models import builders  # noqa: E402
+from uvim_givt.sampling import sample_autoregressive, sample_maskgit  # noqa: E402
+from uvim_givt.training.trainer import count_params  # noqa: E402
+
+SIZES = ("tiny", "paper")
+#: mode -> (config file, its argument)
+MODES: dict[str, tuple[str, str]] = {
+    "ar_plain": ("configs/imagenet.py", "style=ar"),
+    "ar_beam4_fan8": ("configs/imagenet.py", "style=ar"),
+    "ar_dbcfg": ("configs/imagenet.py", "style=ar"),
+    "maskgit16": ("configs/imagenet.py", "style=masked"),
+    "uvim_beam4_fan8": ("DENSE", ""),
+}
+DEFAULT_BATCH = {"tiny": 8, "paper": 2}
+COLUMNS = ("mode", "size", "batch", "seq_len", "token_dim", "params", "sample_s",
+           "tokens_per_s", "images_per_s", "compile_s")
+
+
+def load_mode_config(mode: str, size: str, dense_config: str) -> ml_collections.ConfigDict:
+    path, arg = MODES[mode]
+    path = dense_config if path == "DENSE" else path
+    return _benchmark_safe(
+        config_lib.load_config(f"{path}:size={size}" + (f",{arg}" if arg else "")))
+
+
+def make_sampler(mode: str, cfg: ml_collections.ConfigDict, batch: int
+                 ) -> tuple[Callable[[jax.Array], jax.Array], Any, dict[str, Any]]:
+    """(sample(rng) -> codes, params, shape info) for one mode; params are random."""
+    model = builders.build_model("givt", cfg)
+    params = jax.jit(lambda k: builders.init_givt(model, k))(jax.random.PRNGKey(0))
+    s = cfg.givt.sampling
+    rng = np.random.default_rng(0)
+    kw: dict[str, Any] = dict(temperature=float(s.temperature),
+                              temperature_probs=float(s.temperature_probs))
+    if model.num_labels is not None:
+        kw["labels"] = jnp.asarray(rng.integers(0, int(model.num_labels), (batch,)), jnp.int32)
+    else:
+        kw["batch_size"] = batch
+    if model.has_encoder:
+        size = int(cfg.data.image_size)
+        kw["image"] = jnp.asarray(rng.uniform(-1, 1, (batch, size, size, 3)), jnp.float32)
+
+    if mode == "maskgit16":
+        def sample(key):
+            return sample_maskgit(model, params, key, num_steps=16,
+                                  choice_temperature=float(s.choice_temperature), **kw)
+    else:
+        if mode in ("ar_beam4_fan8", "uvim_beam4_fan8"):
+            kw.update(beam_size=4, fan_size=8)
+        elif mode == "ar_dbcfg":
+            kw.update(cfg_weight=float(s.cfg_weight))
+
+        def sample(key):
+            return sample_autoregressive(model, params, key, **kw)[0]
+    info = {"seq_len": int(model.seq_len), "token_dim": int(model.out_dim),
+            "params": count_params(params)}
+    return sample, params, info
+
+
+def measure(mode: str, size: str, cfg: ml_collections.ConfigDict, batch: int, repeats: int,
+            overrides: Sequence[str]) -> dict[str, Any]:
+    sample, _, info = make_sampler(mode, cfg, batch)
+    keys = iter(jax.random.split(jax.random.PRNGKey(1), repeats + 2))
+    t0 = time.perf_counter()
+    jax.block_until_ready(sample(next(keys)))  # compiles
+    compile_s = time.perf_counter() - t0
+    timing = _machine.time_repeats(lambda: jax.block_until_ready(sample(next(keys))),
+                                   repeats=repeats, warmup=0)
+    t = timing["median_s"]
+    return {"mode": mode, "size": size, "config": MODES[mode][0], "batch": batch, **info,
+            "sample_s": t, "sample_min_s": timing["min_s"],
+            "tokens_per_s": batch * info["seq_len"] / t, "images_per_s": batch / t,
+            "compile_s": compile_s, "repeats": timing["repeats"],
+            "overrides": list(overrides)}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--modes", type=_csv(tuple(MODES)), default=list(MODES),
+                   help=f"comma-separated, from {list(MODES)} (default all)")
+    p.add_argument("--sizes", type=_csv(SIZES), default=list(SIZES),
+                   help="comma-separated presets (default tiny,paper)")
+    p.add_argument("--batch", type=errors.positive_int, default=None,
+                   help=f"images sampled per call (default {DEFAULT_BATCH})")
+    p.add_argument("--repeats", type=errors.positive_int, default=None,
+                   help="timed calls after the compiling one (default 3; 1 for paper)")
+    p.add_argument("--dense-config", default="configs/panoptic.py",
+                   help="config of uvim_beam4_fan8 (panoptic or depth)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="config override, applied to every mode's "
+                   "config that has KEY (repeatable)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny only, batch 2, 1 repeat (CI smoke run)")
+    p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    p.add_argument("--json", default=_machine.default_json_path(__file__),
+                   help="where to write the results (default benchmarks/results/)")
+    errors.add_verbose_argument(p)
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    sizes = ["tiny"] if args.quick else list(args.sizes)
+    machine = _machine.describe_machine()
+    print(_machine.machine_line(machine), flush=True)
+    plan = [(mode, size, load_mode_config(mode, size, args.dense_config))
+            for mode in args.modes for size in sizes]
+    apply_matching_overrides([c for _, _, c in plan], args.overrides)
+    rows = []
+    for mode, size, cfg in plan:
+        batch = 2 if args.quick else args.batch or DEFAULT_BATCH[size]
+        repeats = 1 if args.quick else args.repeats or (1 if size == "paper" else 3)
+        print(f"{mode} {size}: batch {batch}, {repeats} repeats ...", flush=True)
+        row = measure(mode, size, cfg, batch, repeats, args.overrides)
+        rows.append(row)
+        print(f"  {row['sample_s']:.3g} s/call, {row['tokens_per_s']:.4g} tokens/s", flush=True)
+    _machine.print_table(rows, COLUMNS, title="\nsampling (random weights; GIVT only, the "
+                         "VAE decoder not timed)", markdown=args.markdown)
+    table = {"settings": {"sizes": sizes, "modes": list(args.modes), "quick": bool(args.quick),
+                          "dense_config": args.dense_config,
+                          "overrides": list(args.overrides)},
+             "rows": rows}
+    path = _machine.write_json(args.json, table, machine)
+    print(f"wrote {path}")
+    return {"machine": machine, **table}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return errors.run_command(lambda: run(args) and 0, verbose=args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The benchmark scripts run (in their --quick / --smoke modes) and write what they document.
+
+Speed is not asserted here (benchmarks print medians); these tests keep the scripts from
+rotting: each runs in-process on the tiny presets and its JSON has the documented fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+import _machine  # noqa: E402
+import bench_sampling  # noqa: E402
+import bench_train_step  # noqa: E402
+import gpu_suite  # noqa: E402
+
+from uvim_givt.errors import ConfigError  # noqa: E402
+
+MACHINE_KEYS = {"cpu_model", "cpu_count", "cpu_usable", "cpu_flags", "python", "versions",
+                "backend", "device_kind", "device_count"}
+
+
+def _read(path) -> dict:
+    with open(path) as f:
+        out = json.load(f)
+    assert MACHINE_KEYS <= set(out["machine"])
+    assert {"jax", "jaxlib", "flax", "numpy"} <= set(out["machine"]["versions"])
+    return out
+
+
+def test_machine_helpers(tmp_path):
+    rows = [{"a": 1, "b": 2.5e9}, {"a": "x", "b": None}]
+    plain = _machine.format_table(rows).splitlines()
+    assert plain[0].split() == ["a", "b"] and plain[2].split() == ["1", "2.5e+09"]
+    assert _machine.format_table(rows, markdown=True).splitlines()[1] == "|---|---|"
+    t = _machine.time_repeats(lambda: None, repeats=3, warmup=0)
+    assert t["repeats"] == 3 and t["min_s"] <= t["median_s"] <= t["max_s"]
+    peak = _machine.matmul_peak(64, repeats=1)
+    assert peak["flops"] == 2 * 64 ** 3 and peak["flops_per_s"] > 0
+    path = _machine.write_json(str(tmp_path / "sub" / "x.json"), {"rows": rows})
+    assert _read(path)["rows"][0] == {"a": 1, "b": 2.5e9}
+
+
+def test_cost_analysis_counts_a_matmul():
+    # XLA's count of one (m, k) @ (k, n) is 2 m k n, the brute-force multiply-adds.
+    a, b = jnp.ones((32, 48)), jnp.ones((48, 16))
+    cost = bench_train_step.cost_of(jax.jit(jnp.matmul).lower(a, b))
+    assert cost["flops"] == pytest.approx(2 * 32 * 48 * 16)
+
+
+def test_overrides_reach_every_config_that_has_the_key():
+    vit = bench_train_step.load_stage_config("vit_vae", "tiny", "configs/panoptic.py")
+    cnn = bench_train_step.load_stage_config("cnn_vae", "tiny", "configs/panoptic.py")
+    bench_train_step.apply_matching_overrides([vit, cnn], ["vae.beta=0.5",
+                                                           "vae.perceptual.weight=0.25"])
+    assert vit.vae.beta == 0.5 and cnn.vae.beta == 0.5 and cnn.vae.perceptual.weight == 0.25
+    with pytest.raises(ConfigError, match="vae.betta"):
+        bench_train_step.apply_matching_overrides([vit, cnn], ["vae.betta=1"])
+
+
+def test_train_step_quick(tmp_path):
+    path = tmp_path / "train.json"
+    # One decoder layer: the scripts' code paths at a fraction of the compile time.
+    assert bench_train_step.main(["--quick", "--stages", "givt_causal", "--json", str(path),
+                                  "--set", "givt.model.num_decoder_layers=1"]) == 0
+    out = _read(path)
+    assert out["peak"]["flops_per_s"] > 0
+    (row,) = out["rows"]
+    assert row["stage"] == "givt_causal" and row["size"] == "tiny" and row["batch"] == 4
+    for key in ("params", "step_s", "examples_per_s", "flops_per_step", "bytes_per_step",
+                "achieved_flops_per_s", "fraction_of_peak", "compile_s"):
+        assert row[key] > 0, key
+    assert row["examples_per_s"] == pytest.approx(4 / row["step_s"])
+
+
+def test_sampling_quick(tmp_path):
+    path = tmp_path / "sampling.json"
+    assert bench_sampling.main(["--quick", "--modes", "ar_plain", "--json", str(path),
+                                "--set", "givt.model.num_decoder_layers=1"]) == 0
+    (row,) = _read(path)["rows"]
+    assert (row["mode"], row["seq_len"], row["token_dim"], row["batch"]) == \
+        ("ar_plain", 64, 4, 2)
+    assert row["tokens_per_s"] == pytest.approx(2 * 64 / row["sample_s"])
+    assert row["images_per_s"] == pytest.approx(2 / row["sample_s"])
+
+
+def test_gpu_suite_smoke(tmp_path):
+    path = tmp_path / "gpu.json"
+    assert gpu_suite.main(["--smoke", "--variants", "bf16_fused", "--no-sampling",
+                           "--json", str(path), "--set", "givt.model.num_layers=1"]) == 0
+    out = _read(path)
+    assert out["peak"]["measured_bf16"]["flops_per_s"] > 0
+    (row,) = out["train"]
+    assert row["variant"] == "bf16_fused" and row["step_s"] > 0 and row["mfu_measured"] > 0
+    assert "givt.model.dtype=bfloat16" in row["overrides"]
+    assert gpu_suite.nominal_peak("NVIDIA H100 80GB HBM3") == pytest.approx(989.4e12)
+    assert gpu_suite.nominal_peak("cpu") is None
