@@ -8,9 +8,18 @@ Data sources are named by one string (the ``--data`` flag):
 * ``folder:PATH`` — a folder in the dataset's native format (task-specific).
 
 Training batches are deterministic functions of the step: a seeded shuffle of
-the repeated, per-host shard of the split, each example augmented with
-stateless random ops seeded by (seed, example index), then ``skip`` to the
-first step. A restarted run therefore sees exactly the batches it would have.
+the repeated split, each example augmented with stateless random ops seeded by
+(seed, example index), then ``skip`` to the first step. A restarted run
+therefore sees exactly the batches it would have.
+
+With several processes (``jax.distributed``) every process walks the same
+global stream and keeps its own rows of each global batch: process ``p`` of
+``P`` takes rows ``[p*B/P, (p+1)*B/P)`` of the batch of ``B``, the order in
+which ``jax.make_array_from_process_local_data`` lays the shares side by side.
+The global batch of a step is thus the same for any number of processes (a run
+resumes with another process count and still sees the one-process batches), at
+the price of every process reading and shuffling the whole split; only its
+own rows are preprocessed.
 """
 
 from __future__ import annotations
@@ -59,21 +68,31 @@ def train_batches(
     start_step: int,
     shuffle_buffer: int = 10_000,
     cache: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless host-local batches (``batch_size`` is global) from ``start_step`` on.
 
     ``preprocess(example, seed)`` gets a stateless seed (int64[2]) unique to the
-    example's position in the stream, for random augmentation.
+    example's position in the global stream, for random augmentation. This process
+    gets its contiguous block of rows of each global batch (module docstring);
+    ``process_index`` / ``process_count`` default to JAX's.
     """
-    n_proc, proc = jax.process_count(), jax.process_index()
+    n_proc = jax.process_count() if process_count is None else int(process_count)
+    proc = jax.process_index() if process_index is None else int(process_index)
     if batch_size % n_proc:
-        raise DataError(f"batch size {batch_size} does not split over {n_proc} hosts")
+        raise DataError(f"batch size {batch_size} does not split over {n_proc} processes "
+                        "(train.batch_size must be a multiple of the process count)")
     local = batch_size // n_proc
-    ds = make_dataset().shard(n_proc, proc)
+    ds = make_dataset()
     if cache:
         ds = ds.cache()
     ds = ds.repeat().shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.enumerate().skip(start_step * local)
+    # Global positions: the seeds and the row split are the same for any process count.
+    ds = ds.enumerate().skip(start_step * batch_size)
+    if n_proc > 1:
+        first = proc * local
+        ds = ds.filter(lambda i, ex: (i % batch_size >= first) & (i % batch_size < first + local))
     ds = ds.map(lambda i, ex: preprocess(ex, tf.stack([tf.cast(seed, tf.int64), i])),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = deterministic(ds.batch(local, drop_remainder=True).prefetch(2))

@@ -5,6 +5,13 @@ is asynchronous (orbax); the manager keeps the last ``keep`` steps. Parameters
 can be restored alone (for inference or as a frozen stage-1 model) without
 knowing the optimiser.
 
+With several processes (``jax.distributed``) every process calls ``save`` and
+``restore`` (orbax writes each shard once, the metadata from process 0). A
+checkpoint restores under any process count or device layout: training passes
+its own shardings, and parameters read without a target come back replicated
+over the current devices (``tests/test_multihost.py`` resumes 2 -> 1 and 1 -> 2
+processes).
+
 Failures a user must act on are one line (:class:`CheckpointError`): an unreadable
 latest checkpoint is set aside (to ``checkpoints/<stage>.unreadable/``) and the newest
 readable one used, with a warning naming the bad step; a save that fails for lack of
@@ -22,8 +29,11 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
 
 from uvim_givt.errors import CheckpointError, storage_errno
+from uvim_givt.training import sharding
 
 
 def stage_dir(run_dir: str, stage: str) -> str:
@@ -99,12 +109,15 @@ class StageCheckpoints:
     def set_aside(self, step: int, reason: str) -> str:
         """Moves an unreadable step out of the manager's sight; returns where it went."""
         dest = os.path.join(self.directory + ".unreadable", str(step))
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        shutil.rmtree(dest, ignore_errors=True)
-        shutil.move(os.path.join(self.directory, str(step)), dest)
+        if jax.process_index() == 0:  # one mover; with several processes the rest wait
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.move(os.path.join(self.directory, str(step)), dest)
+            print(f"warning: checkpoint step {step} in {self.directory} is unreadable "
+                  f"({reason}); moved to {dest}", file=sys.stderr)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"set aside {self.directory}/{step}")
         self.manager.reload()
-        print(f"warning: checkpoint step {step} in {self.directory} is unreadable ({reason}); "
-              f"moved to {dest}", file=sys.stderr)
         return dest
 
     def restore(self, step: int, params: Any, opt_state: Any) -> tuple[Any, Any, dict]:
@@ -116,12 +129,28 @@ class StageCheckpoints:
         return out["params"], out["opt_state"], out["meta"]
 
     def restore_params(self, step: int | None = None, target: Any = None) -> tuple[Any, int]:
+        """Parameters of ``step`` (the latest by default) into ``target``'s structure and
+        shardings; without a target, as saved, replicated over this process's devices."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint saved yet in {self.directory}")
+        if target is None:
+            target = self._replicated_params(step)
         out = self.manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(target)))
         return out["params"], step
+
+    def _replicated_params(self, step: int) -> Any:
+        """The saved parameters' shapes and dtypes, replicated over the current devices.
+        orbax would otherwise restore the saved shardings, which name the devices of the
+        saving run: a checkpoint written by several processes (or with FSDP over several
+        devices) could not be read back by one process."""
+        meta = ocp.StandardCheckpointHandler().metadata(
+            epath.Path(self.directory) / str(step) / "params")
+        repl = sharding.replicated(sharding.make_mesh())
+        return jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=repl),
+            getattr(meta, "tree", meta))
 
     def wait(self) -> None:
         self._guard(None, self.manager.wait_until_finished)

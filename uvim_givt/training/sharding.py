@@ -5,17 +5,23 @@ along it. Parameters are replicated, or with FSDP each large parameter is split
 along its largest axis divisible by the number of devices (ZeRO-3 style; XLA
 inserts the all-gathers). Multi-host runs start ``jax.distributed`` when the
 usual environment says so (a coordinator address, SLURM with several tasks,
-or a multi-host TPU slice).
+or a multi-host TPU slice). Processes started by hand name their place with
+``JAX_COORDINATOR_ADDRESS=host:port JAX_NUM_PROCESSES=P JAX_PROCESS_ID=p``
+(CPU processes exchange data with gloo, JAX's default CPU collectives);
+``tests/test_multihost.py`` runs two such processes on one machine.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from uvim_givt.errors import ConfigError
 
 DATA_AXIS = "data"
 _distributed_started = False
@@ -33,9 +39,34 @@ def maybe_initialize_distributed() -> None:
         or int(env.get("JAX_NUM_PROCESSES", "1")) > 1
         or "TPU_WORKER_HOSTNAMES" in env and "," in env.get("TPU_WORKER_HOSTNAMES", "")
     )
-    if multi:
-        jax.distributed.initialize()
+    if multi and not jax.distributed.is_initialized():
+        jax.distributed.initialize(**_explicit_process_env(env))
     _distributed_started = True
+
+
+def _explicit_process_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """``initialize`` arguments from JAX_NUM_PROCESSES / JAX_PROCESS_ID (JAX itself reads
+    only the coordinator address); empty where a cluster's auto-detection should fill in."""
+    kw: dict[str, Any] = {}
+    for name, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        if env.get(name, "") != "":
+            try:
+                kw[key] = int(env[name])
+            except ValueError:
+                raise ConfigError(f"environment {name}={env[name]!r}: expected an integer") \
+                    from None
+    if "JAX_NUM_PROCESSES" in env and "JAX_PROCESS_ID" not in env:
+        raise ConfigError("environment JAX_NUM_PROCESSES is set but JAX_PROCESS_ID is not: "
+                          "name each process's index (0 .. JAX_NUM_PROCESSES-1)")
+    if "process_id" in kw and not 0 <= kw["process_id"] < kw.get("num_processes", 1 << 30):
+        raise ConfigError(f"environment JAX_PROCESS_ID={kw['process_id']} is outside "
+                          f"0..{kw['num_processes'] - 1}")
+    return kw
+
+
+def is_primary() -> bool:
+    """True in the one process that writes a run's shared files (process 0)."""
+    return jax.process_index() == 0
 
 
 def make_mesh() -> Mesh:
