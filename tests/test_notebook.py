@@ -1,0 +1,106 @@
+"""notebooks/demo.ipynb: stored without outputs, parameterised in its first code cell, and
+run from top to bottom (its own smoke defaults: a few steps per stage) through nbclient,
+drawing its pictures and writing nothing into the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import sys
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "demo.ipynb"
+#: cells (by tag) that must show pictures, and how many
+PICTURES = {"panoptic": 1, "depth": 1, "codes": 2, "digits": 1}
+#: folders whose contents are nobody's output (caches, environments)
+_NOT_OUTPUT = {".git", "__pycache__", ".pytest_cache", ".ruff_cache", ".venv", "venv"}
+
+
+def _read() -> nbformat.NotebookNode:
+    return nbformat.read(NOTEBOOK, as_version=4)
+
+
+def _parameters_index(nb: nbformat.NotebookNode) -> int:
+    return next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+
+
+def _repo_files() -> set[str]:
+    out = set()
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in _NOT_OUTPUT and not d.endswith(".egg-info")]
+        out.update(os.path.relpath(os.path.join(folder, f), ROOT) for f in files)
+    return out
+
+
+def _pictures(cell: nbformat.NotebookNode) -> int:
+    return sum(o.output_type == "display_data" and "image/png" in o.get("data", {})
+               for o in cell.outputs)
+
+
+def test_notebook_is_stored_clean_and_parameterised():
+    nb = _read()
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    params = nb.cells[_parameters_index(nb)]
+    assert "parameters" in params.metadata.get("tags", [])
+    for name in ("RUN_ROOT", "STEPS", "IMAGE_DIR"):
+        assert re.search(rf"^{name} = ", params.source, re.M), name
+    tags = [t for c in code for t in c.metadata.get("tags", [])]
+    assert set(PICTURES) <= set(tags)
+    # each step that draws is explained by the markdown cell before it
+    for prev, cell in zip(nb.cells, nb.cells[1:], strict=False):
+        if set(cell.metadata.get("tags", [])) & set(PICTURES):
+            assert prev.cell_type == "markdown" and len(prev.source) > 100, cell.source[:80]
+
+
+@pytest.mark.slow
+def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
+    nb = _read()
+    runs = tmp_path / "runs"
+    # As papermill does: a cell after the parameters overrides them (the run folder here).
+    nb.cells.insert(_parameters_index(nb) + 1,
+                    nbformat.v4.new_code_cell(f"RUN_ROOT = {str(runs)!r}"))
+    # The kernel inherits the environment: its temporary folders (image fallback) go under
+    # tmp_path, and its embedded datasets (small: seconds to build) into a folder of its own,
+    # where no other test worker builds the same dataset at the same time.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    # The kernel is this interpreter, whatever other "python3" kernels the machine has.
+    spec = tmp_path / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    # A smoke run compiles far more than it computes: with XLA's backend optimisation off
+    # (the same computation, less optimised machine code) its compile time is about halved.
+    monkeypatch.setenv("XLA_FLAGS", " ".join(filter(None, [
+        os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"])))
+    before = _repo_files()
+    work = tmp_path / "cwd"
+    work.mkdir()
+    # raises CellExecutionError, with the cell and its traceback, if any cell fails
+    NotebookClient(nb, timeout=900, kernel_name="python3",
+                   resources={"metadata": {"path": str(work)}}).execute()
+
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code)
+    for cell in code:
+        for tag in cell.metadata.get("tags", []):
+            if tag in PICTURES:
+                assert _pictures(cell) == PICTURES[tag], (tag, [o.output_type for o in
+                                                               cell.outputs])
+    trained = sorted(p.name for p in runs.iterdir())
+    assert [re.sub(r"_smoke_\d+steps$", "", n) for n in trained] == [
+        "depth", "imagenet", "panoptic"], trained
+    for name in trained:
+        assert (runs / name / "checkpoints" / "givt").is_dir()
+    assert _repo_files() - before == set(), "the notebook wrote into the repository"
+    assert not os.listdir(work)
