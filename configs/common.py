@@ -25,7 +25,17 @@ def check_size(size: str) -> None:
 
 def vit_vae_model(size: str, codeword_dim: int, label_channels: dict) -> dict:
     """ViT VAE over label maps; ``label_channels``: name -> (index in the label map, classes)."""
-    return dict(_vit_vae_shape(size, codeword_dim), label_channels=label_channels)
+    return dict(_vit_vae_shape(size, codeword_dim), label_channels=label_channels,
+                **model_precision())
+
+
+def model_precision(attention: bool = True) -> dict:
+    """``dtype``: the compute dtype of a model's matmuls and activations, float32 or
+    bfloat16 (mixed precision: parameters, optimiser state, losses and the GMM head stay
+    float32; on a CPU bf16 is slower, see benchmarks/bench_precision.py). ``attention``
+    (models with attention): fused (jax.nn.dot_product_attention) or reference (flax's
+    hand-written attention)."""
+    return dict(dtype="float32", **(dict(attention="fused") if attention else {}))
 
 
 def _vit_vae_shape(size: str, codeword_dim: int) -> dict:
@@ -34,9 +44,11 @@ def _vit_vae_shape(size: str, codeword_dim: int) -> dict:
                     decoder_depth=12, mlp_dim=3072, num_heads=12, code_len=256,
                     codeword_dim=codeword_dim, dropout=0.0, code_dropout="none", scan=True)
     if size == "base":
+        # Layers unrolled: scanned (with remat) the base train step ran 2.2x slower on a
+        # CPU for the same FLOPs (benchmarks/bench_train_step.py --stages vit_vae).
         return dict(input_size=(128, 128), patch_size=(8, 8), width=384, depth=4,
                     decoder_depth=6, mlp_dim=1536, num_heads=6, code_len=64,
-                    codeword_dim=codeword_dim, dropout=0.0, code_dropout="none", scan=True)
+                    codeword_dim=codeword_dim, dropout=0.0, code_dropout="none", scan=False)
     return dict(input_size=(64, 64), patch_size=(8, 8), width=64, depth=2, decoder_depth=2,
                 mlp_dim=256, num_heads=4, code_len=64, codeword_dim=codeword_dim, dropout=0.0,
                 code_dropout="none", scan=False)
@@ -98,7 +110,8 @@ def dense_evaluators(kind: str, size: str, baseline: bool = False,
 def givt_encdec_model(size: str, out_dim: int, seq_len: int, input_size) -> dict:
     common = dict(num_labels=None, seq_len=seq_len, out_dim=out_dim, num_mixtures=1,
                   head_kind="per_channel", style="ar", input_size=tuple(input_size),
-                  fix_square_plus=True, scale_tol=1e-6, stem=(), encoder_skip=False)
+                  fix_square_plus=True, scale_tol=1e-6, stem=(), encoder_skip=False,
+                  **model_precision())
     if size == "paper":
         return dict(common, emb_dim=1024, num_heads=16, mlp_dim=4096, num_layers=24,
                     num_decoder_layers=24, patches=(16, 16), enc_dropout_rate=0.0,
@@ -162,11 +175,29 @@ def published_givt_train(epochs: float, num_examples: int, warmup_steps: int = 0
     return t
 
 
+def decoding_options() -> dict:
+    """The decoding options every GIVT sampling config carries, at their published
+    defaults: stochastic beam selection (causal, with beam search: survivors drawn from
+    softmax(score / rand_top_k_temperature) instead of the best) and the MaskGIT mask
+    schedule (cosine, linear or pow:K)."""
+    return dict(rand_top_k=False, rand_top_k_temperature=1.0, schedule="cosine")
+
+
 def init_group() -> dict:
     """Where a stage starts from (``vae.init`` / ``givt.init``), to fine-tune: ``path`` = a
     run directory or a released .npz ("" = from scratch); parameters whose name fully
     matches a ``dont_load`` regex keep their fresh initialisation (e.g. a new head)."""
     return dict(path="", dont_load=())
+
+
+def adaptor_group(out_dim: int, enabled: bool = False) -> dict:
+    """``givt.adaptor``: the invertible (iRevNet) adaptor between the VAE's codes and the
+    GIVT's sequence, trained jointly with the GIVT. The published ImageNet recipe's values
+    (givt_imagenet2012.py, ``adaptor=True``): 8 blocks, a bottleneck of 4 x out_dim
+    channels; ``pixel_shuffle_patch_size`` only shapes the code grid the convs see (the
+    square latent grid space-to-depth shuffled by that patch)."""
+    return dict(enabled=enabled, num_blocks=8, num_channels_bottleneck=4 * out_dim,
+                pixel_shuffle_patch_size=(1, 1))
 
 
 def train_group(size: str, steps: int, batch_size: int, lr: float, wd: float,

@@ -10,6 +10,7 @@ import ml_collections
 from configs.common import (
     NYU_TRAIN_EXAMPLES,
     check_size,
+    decoding_options,
     dense_evaluators,
     givt_encdec_model,
     givt_tiny_recipe,
@@ -78,6 +79,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # (big_vision's inception_box keeps 5-100% of the area).
         crop_area_min={"tiny": 1.0, "base": 0.5, "paper": 0.05}[a.size],
         shuffle_buffer=50_000 if paper else 2_500,
+        # Keep the loaded examples in memory after the first epoch: the embedded data's few
+        # MB; COCO / NYU / ImageNet decoded would need hundreds of GB, so those stream.
+        cache=a.size == "tiny",
         skip_bad=False,  # folder source: skip (and count) bad frames instead of failing
     )
     c.vae = dict(
@@ -125,7 +129,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       # Odd draws sample the mirrored image, their prediction mirrored back
                       # before averaging (test-time flip; none with 1 sample). tiny: on
                       # one checkpoint, 4 draws 0.774 -> 0.771 m, 8 draws 0.762 -> 0.755.
-                      test_time_flip=a.size == "tiny"),
+                      test_time_flip=a.size == "tiny", **decoding_options()),
         init_encoder="",  # optional .npz of a pretrained ViT encoder (big_vision layout)
     )
     # Stage-1 oracle, stage-2 samples, and the training-set mean depth as a baseline.

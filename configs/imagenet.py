@@ -4,69 +4,119 @@
     python -m tasks.imagenet train --config configs/imagenet.py:size=tiny,style=masked
     python -m tasks.imagenet train --config configs/imagenet.py:size=paper \
         --data tfds:imagenet2012
-    size:  tiny (embedded 32px digits, CPU minutes) | paper (256px, the published models)
-    style: ar (GIVT-Causal) | masked (GIVT-MaskGIT); also --set givt.model.style=masked
+    python -m tasks.imagenet train --config configs/imagenet.py:size=paper,res=512,model=large
+    size:    tiny (embedded 32px digits, CPU minutes) | paper (the published recipes)
+    style:   ar (GIVT-Causal) | masked (GIVT-MaskGIT); also --set givt.model.style=masked
+    res:     paper: 256 | 512 (the CNN VAE's 16x downsampling: 16x16 or 32x32 latents)
+    model:   paper: base | default | large (the published GIVT sizes, givt_imagenet2012.py)
+    adaptor: paper: False | True (the invertible adaptor, trained with the GIVT)
 
-``paper`` builds exactly the published parameter trees (``vae_imagenet256_cnn``,
-``givt_imagenet256_causal``, ``givt_imagenet256_maskgit``) and the published
-training recipe; ``tiny`` is tuned so that ``python -m tasks.imagenet train``
-finishes in well under 10 minutes on a 2-core CPU.
+``paper`` follows big_vision's ``givt_imagenet2012.py`` for every combination: at 256px
+(default model) it builds exactly the published parameter trees (``vae_imagenet256_cnn``,
+``givt_imagenet256_causal``, ``givt_imagenet256_maskgit``). GIVT-MaskGIT uses decoder
+dropout 0.4, no weight decay and, at 512px, choice temperature 140; the 512px large
+GIVT-Causal pixel-shuffles the 32x32 latent grid by (1, 2) into 512 tokens of 32
+channels, with 32 mixture components, dropout 0.1, the adaptor's bottleneck 8 x 32, and
+samples at temperature 0.9 with DB-CFG 0.9; the large model's VAE has beta 1e-5.
+``tiny`` is tuned so that ``python -m tasks.imagenet train`` finishes in well under 10
+minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from configs.common import evaluator, init_group, train_group
+from configs.common import (
+    adaptor_group,
+    decoding_options,
+    evaluator,
+    init_group,
+    model_precision,
+    train_group,
+)
 from uvim_givt.config import parse_arg
 from uvim_givt.errors import ConfigError
 
 SIZES = ("tiny", "paper")
 STYLES = ("ar", "masked")
+RESOLUTIONS = (256, 512)
+# The published GIVT sizes (givt_imagenet2012.py GIVT_MODELS).
+GIVT_SIZES = {
+    "base": dict(num_decoder_layers=12, num_heads=12, mlp_dim=3072, emb_dim=768,
+                 dec_dropout_rate=0.1),
+    "default": dict(num_decoder_layers=24, num_heads=16, mlp_dim=4096, emb_dim=1024,
+                    dec_dropout_rate=0.2),
+    "large": dict(num_decoder_layers=48, num_heads=16, mlp_dim=8192, emb_dim=1536,
+                  dec_dropout_rate=0.3),
+}
 
 
-def cnn_vae_model(size: str) -> dict:
+def is_pixel_shuffled(a: ml_collections.ConfigDict) -> bool:
+    """The published 512px large GIVT-Causal: latents space-to-depth shuffled by (1, 2)."""
+    return a.size == "paper" and a.res == 512 and a.model == "large" and a.style == "ar"
+
+
+def cnn_vae_model(size: str, res: int = 256, pixel_shuffle: bool = False) -> dict:
     """Keyword arguments of ``CNNVAE`` (nothing else: ``compat.big_vision`` builds from it)."""
     if size == "paper":
-        # The MaskGIT tokenizer shape without quantization: 256px -> 16x16x16.
+        # The MaskGIT tokenizer shape without quantization: 256px -> 16x16x16 (512px ->
+        # 32x32x16, or 32x16x32 pixel-shuffled).
         return dict(filters=128, num_res_blocks=2, channel_multipliers=(1, 1, 2, 2, 4),
-                    codeword_dim=16, input_size=(256, 256), num_groups=32,
-                    unit_range_io=True, logvar_clip=(-30.0, 20.0))
+                    codeword_dim=16, input_size=(res, res), num_groups=32,
+                    unit_range_io=True, logvar_clip=(-30.0, 20.0),
+                    pixel_shuffle_patch_size=(1, 2) if pixel_shuffle else (1, 1),
+                    **model_precision(attention=False))
     # 32px digits -> 8x8x4 latents (a 64-token sequence of 4-d vectors).
     # 16 filters: at 32 the full-resolution convs cost ~1 s/step on 2 CPU cores.
     return dict(filters=16, num_res_blocks=1, channel_multipliers=(1, 2, 2), codeword_dim=4,
                 input_size=(32, 32), num_groups=8, unit_range_io=True,
-                logvar_clip=(-30.0, 20.0))
+                logvar_clip=(-30.0, 20.0), pixel_shuffle_patch_size=(1, 1),
+                **model_precision(attention=False))
 
 
-def givt_model(size: str, style: str, vae: dict, num_classes: int) -> dict:
+def givt_model(size: str, style: str, vae: dict, num_classes: int,
+               model: str = "default") -> dict:
     """Keyword arguments of a decoder-only, class-conditional ``GIVT``."""
     grid = vae["input_size"][0] // 2 ** (len(vae["channel_multipliers"]) - 1)
-    common = dict(num_layers=0, seq_len=grid * grid, out_dim=vae["codeword_dim"],
+    ph, pw = vae["pixel_shuffle_patch_size"]
+    common = dict(num_layers=0, seq_len=grid * grid // (ph * pw),
+                  out_dim=vae["codeword_dim"] * ph * pw,
                   num_labels=num_classes, style=style, mask_style="concat",
                   drop_labels_probability=0.1, head_kind="diag", fix_square_plus=True,
-                  scale_tol=1e-6, min_masking_rate_training=0.3)
+                  scale_tol=1e-6, min_masking_rate_training=0.3,
+                  mask_schedule_train="cosine", **model_precision())
     if size == "paper":
-        return dict(common, emb_dim=1024, num_heads=16, mlp_dim=4096, num_decoder_layers=24,
-                    num_mixtures=16, dec_dropout_rate=0.4 if style == "masked" else 0.2,
-                    scan=True)
+        shape = dict(GIVT_SIZES[model])
+        if style == "masked":
+            shape["dec_dropout_rate"] = 0.4
+        elif ph * pw > 1:  # the 512px large GIVT-Causal
+            shape["dec_dropout_rate"] = 0.1
+        return dict(common, **shape, num_mixtures=32 if ph * pw > 1 else 16, scan=True)
     return dict(common, emb_dim=96, num_heads=4, mlp_dim=384, num_decoder_layers=3,
                 num_mixtures=8, dec_dropout_rate=0.1, scan=False)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, size="tiny", style="ar")
+    a = parse_arg(arg, size="tiny", style="ar", res=256, model="default", adaptor=False)
     if a.size not in SIZES:
         raise ConfigError(f"unknown size preset {a.size!r}: one of {SIZES}")
     if a.style not in STYLES:
         raise ConfigError(f"unknown style {a.style!r}: one of {STYLES}")
+    if a.res not in RESOLUTIONS:
+        raise ConfigError(f"res={a.res}: one of {RESOLUTIONS}")
+    if a.model not in GIVT_SIZES:
+        raise ConfigError(f"unknown model size {a.model!r}: one of {sorted(GIVT_SIZES)}")
     paper = a.size == "paper"
+    if not paper and (a.res, a.model, a.adaptor) != (256, "default", False):
+        raise ConfigError("res, model and adaptor choose among the published recipes: give "
+                          "them with size=paper (tiny is the 32px digits model)")
     masked = a.style == "masked"
+    shuffled = is_pixel_shuffled(a)
     c = ml_collections.ConfigDict()
     c.task = "imagenet"
     c.size = a.size
     c.seed = 0
-    vae = cnn_vae_model(a.size)
+    vae = cnn_vae_model(a.size, a.res, shuffled)
     num_classes = 1000 if paper else 10
     c.data = dict(
         source="tfds:imagenet2012" if paper else "embedded",
@@ -79,6 +129,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         random_crop=paper,
         flip=paper,
         shuffle_buffer=10_000 if paper else 2_000,
+        # Keep the loaded examples in memory after the first epoch: the embedded data's few
+        # MB; COCO / NYU / ImageNet decoded would need hundreds of GB, so those stream.
+        cache=not paper,
         skip_bad=False,  # folder:PATH: skip (and count) unreadable images instead of failing
     )
     c.vae = dict(
@@ -86,7 +139,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         kind="cnn",
         model=vae,
         # KL weight (the KL is summed over all latent dims, the L2 averaged over pixels).
-        beta=5e-5 if paper else 2e-4,
+        # (published: 5e-5; 1e-5 for the large GIVT's VAE)
+        beta=(1e-5 if a.model == "large" else 5e-5) if paper else 2e-4,
         # EMA of the VAE parameters (0 = off); when on, the EMA weights are what stage 2
         # trains on and what decodes samples.
         ema_decay=0.999 if paper else 0.99,
@@ -108,30 +162,45 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.vae.train.optim.b2 = 0.99
     # GIVT-Causal 256: adam b2=0.95, lr 1e-3 cosine with 10% warm-up, wd 1e-4, clip 1,
     # batch 8192 (~500 epochs of ImageNet). GIVT-MaskGIT: dropout 0.4, no weight decay.
+    givt = givt_model(a.size, a.style, vae, num_classes, a.model)
     c.givt = dict(
         init=init_group(),
-        model=givt_model(a.size, a.style, vae, num_classes),
+        model=givt,
         posterior="sample",  # stage-2 targets: a sample of q(z|x) ("mean" = its mean)
         input_noise=0.0,     # std of noise on the teacher-forcing inputs (0 = published)
         init_encoder="",     # decoder-only: no image encoder to initialise
+        # invertible adaptor (published: off unless adaptor=True; 512px large: 8 x out_dim
+        # bottleneck channels on the (1, 2)-shuffled grid)
+        adaptor=adaptor_group(givt["out_dim"], enabled=a.adaptor),
         train=train_group(a.size, steps=78_000 if paper else 1_500,
                           batch_size=8192 if paper else 32, lr=1e-3,
                           wd=(0.0 if masked else 1e-4) if paper else 1e-4),
         sampling=dict(
-            temperature=0.95 if not masked else 1.0,
+            temperature=1.0 if masked else 0.9 if shuffled else 0.95,
             temperature_probs=1.0,
             beam_size=1, fan_size=1,                       # causal: plain ancestral sampling
-            cfg_weight=(0.1 if masked else 0.4) if paper else 0.4,
+            cfg_weight=(0.1 if masked else 0.9 if shuffled else 0.4) if paper else 0.4,
             num_steps=16,                                  # MaskGIT decoding steps
-            choice_temperature=35.0 if paper else 4.0,     # MaskGIT choice temperature t_C
+            # MaskGIT choice temperature t_C (published: 35; 140 at 512px)
+            choice_temperature=(140.0 if masked and a.res == 512 else 35.0) if paper else 4.0,
+            # DB-CFG's rejection-sampling proposals per token (published: 1000; a token
+            # whose proposals all fail is drawn from the conditional instead)
+            cfg_max_samples=1000 if paper else 128,
+            unconditional=False,  # sample with every label dropped (no class, no guidance)
+            **decoding_options(),
         ),
     )
+    if shuffled:
+        c.givt.adaptor.num_channels_bottleneck = 8 * givt["out_dim"]
+        c.givt.adaptor.pixel_shuffle_patch_size = (1, 2)
     c.givt.train.optim.warmup_fraction = 0.1
     c.givt.train.optim.grad_clip = 1.0
     # Stage 1: recon_mse, FID_recon and FID_random_latents; stage 2: FID, IS and class
     # accuracy of samples with and without guidance. num_examples caps the real images of
     # the split (the FID reference); batch_size is images per model call.
-    extractor = "inception:" if paper else "digits"  # digits | inception:PATH_TO_WEIGHTS
+    # digits | fid_inception:PATH (the network published FIDs use: pytorch-fid's weights) |
+    # keras_inception:PATH (Keras' InceptionV3: its FIDs are not comparable to published ones)
+    extractor = "fid_inception:" if paper else "digits"
     bs = 50 if paper else 500
     c.evals = dict(
         # held-out losses: stage 1's (L2 reconstruction + beta KL), stage 2's NLL per token

@@ -10,6 +10,7 @@ import ml_collections
 from configs.common import (
     COCO_TRAIN_EXAMPLES,
     check_size,
+    decoding_options,
     dense_evaluators,
     givt_encdec_model,
     givt_tiny_recipe,
@@ -50,6 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Inception-style crops: big_vision's inception_box keeps 5-100% of the area.
         crop_area_min=0.05 if paper else 0.5,
         shuffle_buffer=50_000 if paper else 2_500,
+        # Keep the loaded examples in memory after the first epoch: the embedded data's few
+        # MB; COCO / NYU / ImageNet decoded would need hundreds of GB, so those stream.
+        cache=a.size == "tiny",
         # Label coding. "published" (big_vision): every segment, stuff and crowd too, gets an
         # instance id; decoding votes one class per instance. "things": ids for non-crowd
         # things only, crowd void, per-pixel decoding; tiny keeps it as it measured better
@@ -103,7 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       num_samples=1,
                       # Odd draws sample the mirrored image (test-time flip averaging);
                       # not for panoptic: instance ids do not mirror.
-                      test_time_flip=False),
+                      test_time_flip=False, **decoding_options()),
         init_encoder="",  # optional .npz of a pretrained ViT encoder (big_vision layout)
     )
     # Paper: as givt_coco_panoptic.py / vae_coco_panoptic.py: held-out losses on train[:4096]

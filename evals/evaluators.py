@@ -356,6 +356,7 @@ def _loss_fn(cfg: ml_collections.ConfigDict, prediction: str) -> Callable:
             return vae_losses.vae_loss(out, x, mu, logvar, beta=beta)[1]
     else:
         model = builders.build_model("givt", cfg)
+        adaptor = builders.build_adaptor(cfg)  # None without one
 
         @jax.jit
         def batch_metrics(vae_params, givt_params, batch):
@@ -363,7 +364,7 @@ def _loss_fn(cfg: ml_collections.ConfigDict, prediction: str) -> Callable:
             nll, _ = givt_nll_loss(model, givt_params, mu, key,
                                    image=batch["image"] if model.has_encoder else None,
                                    labels=batch["label"] if model.num_labels is not None
-                                   else None, train=False)
+                                   else None, train=False, adaptor=adaptor)
             return {"nll_per_token": nll, "nll_per_dim": nll / mu.shape[-1]}
 
     _LOSS_FNS[cache_key] = batch_metrics

@@ -141,7 +141,7 @@ def toy_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task, c.size, c.seed = "toy_bands", "tiny", 0
     c.data = dict(source="embedded", image_size=SIZE, train_split="train",
-                  val_split="validation", shuffle_buffer=64)
+                  val_split="validation", shuffle_buffer=64, cache=True)
     c.vae = dict(kind="vit", model=vae, init=init_group(), ignore_zero=(), ema_decay=0.0,
                  beta=1e-4,
                  train=train_group("tiny", steps=4, batch_size=8, lr=1e-3, wd=0.0))

@@ -118,18 +118,58 @@ def test_cfg_weight_zero_equals_unguided_sampling(runs, style):
     assert not np.allclose(np.asarray(other), np.asarray(plain))  # guidance does act
 
 
-def test_sample_command_writes_png_grid_and_latents(runs, tmp_path, capsys):
+def test_sample_command_writes_labelled_grid_and_latents(runs, tmp_path, capsys):
     out = str(tmp_path / "grid.png")
     assert I.main(["sample", "--ckpt", runs["ar"], "--classes", "3,7", "--num", "5",
                    "--temp", "0.95", "--cfg", "0.4", "--out", out]) == 0
     png = cv2.imread(out, cv2.IMREAD_UNCHANGED)
-    assert png is not None and png.shape == (2 * 32, 5 * 32, 3) and png.dtype == np.uint8
+    assert png is not None and png.dtype == np.uint8
+    assert png.shape[0] >= 2 * 64 and png.shape[1] >= 5 * 64  # cells drawn >= 64 px
     z = np.load(str(tmp_path / "grid.npy"))
     assert z.shape == (2, 5, 64, 4)
-    # MaskGIT flags on the masked run
-    assert I.main(["sample", "--ckpt", runs["masked"], "--classes", "0", "--num", "3",
-                   "--steps", "2", "--choice-temp", "1.5", "--out", str(tmp_path / "m")]) == 0
-    assert cv2.imread(str(tmp_path / "m.png")).shape == (32, 3 * 32, 3)
+    # causal decoding options, and the unconditional model
+    assert I.main(["sample", "--ckpt", runs["ar"], "--classes", "1", "--num", "2",
+                   "--beam", "2", "--fan", "2", "--rand-top-k-temp", "1.0", "--cfg", "0",
+                   "--out", str(tmp_path / "beam.png")]) == 0
+    assert I.main(["sample", "--ckpt", runs["ar"], "--classes", "1", "--num", "2",
+                   "--cfg", "1", "--cfg-proposals", "16", "--out", str(tmp_path / "c.png")]) == 0
+    assert I.main(["sample", "--ckpt", runs["ar"], "--classes", "1", "--num", "2",
+                   "--unconditional", "--out", str(tmp_path / "u.png")]) == 0
+    assert os.path.isfile(tmp_path / "u.png")
+    # MaskGIT flags on the masked run, with the decoding trajectory
+    assert I.main(["sample", "--ckpt", runs["masked"], "--classes", "0,5", "--num", "3",
+                   "--steps", "3", "--choice-temp", "1.5", "--schedule", "pow:2",
+                   "--trajectory", "--out", str(tmp_path / "m")]) == 0
+    assert cv2.imread(str(tmp_path / "m.png")) is not None
+    strip = cv2.imread(str(tmp_path / "m_trajectory.png"))
+    assert strip is not None and strip.shape[1] >= 3 * 64 and strip.shape[0] >= 2 * 64
+    capsys.readouterr()
+    assert I.main(["sample", "--ckpt", runs["ar"], "--classes", "1", "--trajectory",
+                   "--out", str(tmp_path / "t.png")]) == 2
+    assert "--trajectory shows MaskGIT decoding steps" in capsys.readouterr().err
+    assert I.main(["sample", "--ckpt", runs["ar"], "--classes", "1", "--unconditional",
+                   "--cfg", "0.4", "--out", str(tmp_path / "t.png")]) == 2
+    assert "takes no --cfg" in capsys.readouterr().err
+    assert I.main(["sample", "--ckpt", runs["ar"], "--classes", "1", "--beam", "2",
+                   "--out", str(tmp_path / "t.png")]) == 2
+    assert "give --cfg 0 with --beam" in capsys.readouterr().err
+    assert I.main(["sample", "--ckpt", runs["masked"], "--classes", "1", "--schedule",
+                   "square", "--out", str(tmp_path / "t.png")]) == 2
+    assert "--schedule: unknown mask schedule 'square'" in capsys.readouterr().err
+
+
+def test_labelled_grid_has_its_row_labels_left_of_the_pixels(tmp_path):
+    """The class names are drawn in a margin left of an unchanged image grid."""
+    images = np.full((4, 32, 32, 3), (40, 160, 220), np.uint8)  # 2 rows x 2 columns
+    out = I.write_labelled_grid(str(tmp_path / "g.png"), images, ["0: zero", "1: one"])
+    png = cv2.cvtColor(cv2.imread(out), cv2.COLOR_BGR2RGB)
+    is_cell = np.all(np.abs(png.astype(int) - (40, 160, 220)) <= 2, axis=-1)
+    ys, xs = np.nonzero(is_cell)
+    assert xs.min() > 20  # a label margin on the left
+    margin = png[ys.min():ys.max(), :xs.min()]
+    assert (margin.min(axis=-1) < 100).sum() > 50  # dark text pixels in it
+    cell = is_cell[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    assert cell.mean() > 0.99  # the grid itself is drawn whole
 
 
 def test_sweep_writes_json_and_plot(runs, tmp_path, capsys):
@@ -153,7 +193,7 @@ def test_user_errors_are_one_line(runs, tmp_path, capsys):
     # a stage-2 run whose GIVT does not fit the VAE's latents fails at start
     assert I.main(["train", "--workdir", str(tmp_path / "bad"), "--stage", "givt",
                    "--vae-ckpt", runs["ar"], *_sets(**{"givt.model.out_dim": 8})]) == 2
-    assert "givt.model.out_dim=8 != vae.model.codeword_dim=4" in capsys.readouterr().err
+    assert "givt.model.out_dim=8 but the VAE's codes have 4 channels" in capsys.readouterr().err
 
 
 def _flat(params):
@@ -168,3 +208,19 @@ def test_paper_presets_build_the_published_trees(style, key):
     check_config(cfg)
     assert _flat(abstract_params("givt", cfg)) == TREES[key]["params"]
     assert _flat(abstract_params("vae", cfg)) == TREES["vae_imagenet256_cnn"]["params"]
+
+
+def test_probe_command_reports_layers_and_baselines(runs, tmp_path, capsys):
+    for style in ("ar", "masked"):
+        out = tmp_path / style
+        assert I.main(["probe", "--ckpt", runs[style], "--max-train", "120", "--max-eval", "60",
+                       "--batch-size", "40", "--out", str(out)]) == 0
+        res = json.load(open(out / "probe.json"))
+        assert set(res["top1"]) == {"pixels", "vae", "layer_1"}
+        assert res["num_train"] == 120 and res["num_eval"] == 60
+        assert all(0.0 <= v <= 1.0 for v in res["top1"].values())
+        assert res["top1"]["pixels"] > 0.5  # digits are linearly separable from pixels
+        assert cv2.imread(str(out / "probe.png")) is not None
+    assert I.main(["probe", "--ckpt", runs["ar"], "--layer", "5", "--out",
+                   str(tmp_path / "bad")]) == 2
+    assert "--layer 5: the GIVT decoder has blocks 1..1" in capsys.readouterr().err

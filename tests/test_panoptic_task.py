@@ -286,7 +286,7 @@ def test_vae_ckpt_of_other_shape_is_refused(tiny_run, tmp_path, capsys):
     # without --vae-ckpt, stage 1 and stage 2 that disagree are refused before training
     assert P.main(["train", "--workdir", str(tmp_path / "r3"), *TINY,
                    "--set", "vae.model.codeword_dim=4"]) == 2
-    assert "givt.model.out_dim=16 != vae.model.codeword_dim=4" in capsys.readouterr().err
+    assert "givt.model.out_dim=16 but the VAE's codes have 4 channels" in capsys.readouterr().err
 
 
 def test_predict_writes_coco_files(tiny_run, tmp_path):

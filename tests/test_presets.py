@@ -138,3 +138,81 @@ def test_step_counts_are_published_epochs_at_published_batch_sizes():
     assert COCO_TRAIN_EXAMPLES == 114_191 and NYU_TRAIN_EXAMPLES == 47_584
     assert epochs_to_steps(500, COCO_TRAIN_EXAMPLES, 1024) == 55_757
     assert epochs_to_steps(50, NYU_TRAIN_EXAMPLES, 512) == 4_647
+
+
+# ImageNet, from givt_imagenet2012.py (GIVT_MODELS and its res / style / model_size
+# branches), for every published combination: (config argument, expected values).
+_IMAGENET_SIZES = {  # GIVT_MODELS: layers, heads, mlp, width, dropout
+    "base": (12, 12, 3072, 768, 0.1),
+    "default": (24, 16, 4096, 1024, 0.2),
+    "large": (48, 16, 8192, 1536, 0.3),
+}
+
+
+def _imagenet_expected(style: str, res: int, model: str, adaptor: bool) -> dict:
+    layers, heads, mlp, width, dropout = _IMAGENET_SIZES[model]
+    code_len, out_dim, mixtures = (res // 16) ** 2, 16, 16
+    temp, cfg_w, t_c, wd = 0.95, 0.4, 35.0, 1e-4
+    bottleneck, shuffle = 4 * 16, (1, 1)
+    if style == "masked":  # dec_dropout_rate 0.4, wd 0, t_C 140 at 512px
+        dropout, wd, cfg_w, temp = 0.4, 0.0, 0.1, 1.0
+        t_c = 140.0 if res == 512 else 35.0
+    elif res == 512 and model == "large":  # GIVT-Causal 512px: pixel shuffle (1, 2)
+        dropout, code_len, out_dim, mixtures = 0.1, code_len // 2, 32, 32
+        bottleneck, shuffle, temp, cfg_w = 8 * 32, (1, 2), 0.9, 0.9
+    return {
+        "vae.model.input_size": (res, res), "vae.model.codeword_dim": 16,
+        "vae.model.filters": 128, "vae.model.num_res_blocks": 2,
+        "vae.model.channel_multipliers": (1, 1, 2, 2, 4),
+        "vae.model.pixel_shuffle_patch_size": shuffle,
+        "vae.beta": 1e-5 if model == "large" else 5e-5,  # the two released VAEs
+        "givt.model.num_decoder_layers": layers, "givt.model.num_heads": heads,
+        "givt.model.mlp_dim": mlp, "givt.model.emb_dim": width,
+        "givt.model.dec_dropout_rate": dropout, "givt.model.num_layers": 0,
+        "givt.model.num_labels": 1000, "givt.model.seq_len": code_len,
+        "givt.model.out_dim": out_dim, "givt.model.num_mixtures": mixtures,
+        "givt.model.scale_tol": 1e-6, "givt.model.style": style,
+        "givt.model.min_masking_rate_training": 0.3, "givt.model.mask_style": "concat",
+        "givt.model.mask_schedule_train": "cosine",
+        "givt.model.drop_labels_probability": 0.1, "givt.model.fix_square_plus": True,
+        "givt.model.head_kind": "diag", "givt.model.scan": True,
+        "givt.adaptor.enabled": adaptor, "givt.adaptor.num_blocks": 8,
+        "givt.adaptor.num_channels_bottleneck": bottleneck,
+        "givt.adaptor.pixel_shuffle_patch_size": shuffle,
+        "givt.train.optim.lr": 1e-3, "givt.train.optim.wd": wd,
+        "givt.train.optim.b2": 0.95, "givt.train.optim.grad_clip": 1.0,
+        "givt.train.optim.warmup_fraction": 0.1, "givt.train.batch_size": 8192,
+        "givt.train.total_steps": 78_000,  # 500 epochs of 1.28M images / 8192
+        "givt.sampling.temperature": temp, "givt.sampling.temperature_probs": 1.0,
+        "givt.sampling.beam_size": 1, "givt.sampling.fan_size": 1,
+        "givt.sampling.rand_top_k": False, "givt.sampling.rand_top_k_temperature": 1.0,
+        "givt.sampling.cfg_weight": cfg_w, "givt.sampling.choice_temperature": t_c,
+        "givt.sampling.schedule": "cosine", "givt.sampling.num_steps": 16,
+        "givt.sampling.cfg_max_samples": 1000,  # CFGDensity.sample(max_samples=1_000)
+    }
+
+
+IMAGENET_PRESETS = [
+    (f"style={style},res={res},model={model},adaptor={adaptor}", (style, res, model, adaptor))
+    for style in ("ar", "masked") for res in (256, 512)
+    for model in ("base", "default", "large") for adaptor in (False, True)
+]
+
+
+@pytest.mark.parametrize("arg,choice", IMAGENET_PRESETS, ids=[a for a, _ in IMAGENET_PRESETS])
+def test_imagenet_presets_equal_the_published_config(arg, choice):
+    cfg = config_lib.load_config(f"configs/imagenet.py:size=paper,{arg}")
+    want = _imagenet_expected(*choice)
+    wrong = {k: (_get(cfg, k), v) for k, v in want.items() if _norm(_get(cfg, k)) != _norm(v)}
+    assert wrong == {}, "ours vs published: " + repr(wrong)
+
+
+def test_imagenet_recipe_choices_need_the_paper_size():
+    from uvim_givt.errors import ConfigError
+    for arg in ("res=512", "model=large", "adaptor=True"):
+        with pytest.raises(ConfigError, match="size=paper"):
+            config_lib.load_config(f"configs/imagenet.py:size=tiny,{arg}")
+    with pytest.raises(ConfigError, match="res=384"):
+        config_lib.load_config("configs/imagenet.py:size=paper,res=384")
+    with pytest.raises(ConfigError, match="unknown model size 'huge'"):
+        config_lib.load_config("configs/imagenet.py:size=paper,model=huge")

@@ -163,7 +163,7 @@ def test_beam1_fan1_equals_plain_sampling(ar_model, plain_samples):
     model, params = ar_model
     rng, labels, tok, logp = plain_samples
     beam = jax.jit(_sample_beam, static_argnums=(0, 4, 7, 8))
-    tok_b, logp_b = beam(model, params, rng, labels, BATCH, None, TEMPS, 1, 1)
+    tok_b, logp_b = beam(model, params, rng, labels, BATCH, None, TEMPS, 1, 1, None, None, None)
     np.testing.assert_allclose(tok_b, tok, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(logp_b, logp, rtol=1e-5, atol=1e-5)
 

@@ -170,8 +170,9 @@ def test_errors():
 def test_sample_by_style_picks_the_sampler_and_its_settings():
     """Each style gets its own sampler with the settings it reads from the config
     (others ignored, missing ones refused); an unknown style is refused."""
-    settings = {"num_steps": 3, "choice_temperature": 2.0, "beam_size": 2, "fan_size": 3,
-                "unrelated": "ignored"}
+    settings = {"num_steps": 3, "choice_temperature": 2.0, "schedule": "cosine",
+                "beam_size": 2, "fan_size": 3, "rand_top_k": False,
+                "rand_top_k_temperature": 1.0, "unrelated": "ignored"}
     key = jax.random.PRNGKey(3)
     model, params, _ = _model("replace")
     got = sample_by_style(model, params, key, settings, labels=LABELS, **TEMPS)

@@ -248,10 +248,38 @@ def test_cnn_vae_roundtrip(cnn):
     assert rec.shape == images.shape and float(jnp.max(jnp.abs(rec))) <= 1.0
     grid_z = model.to_grid(mu)
     assert grid_z.shape == (2, 16, 16, 4)
-    np.testing.assert_array_equal(CNNVAE.to_sequence(grid_z), mu)
+    np.testing.assert_array_equal(model.to_sequence(grid_z), mu)
     np.testing.assert_array_equal(grid_z[:, 0, 1], mu[:, 1])  # row-major
-    with pytest.raises(ValueError, match="latent grid"):
+    with pytest.raises(ValueError, match="code grid"):
         model.to_grid(mu[:, :10])
+
+
+@pytest.mark.parametrize("patch", [(1, 2), (2, 2), (2, 1)])
+def test_cnn_vae_pixel_shuffle_matches_a_loop(patch):
+    """Codes hold a ph x pw patch of latents, channel-major (published
+    "b (h ph) (w pw) c -> b (h w) (c ph pw)"), checked against explicit loops."""
+    ph, pw = patch
+    model = tiny_cnn_vae(channel_multipliers=(1, 2), pixel_shuffle_patch_size=patch)
+    h = w = 16
+    grid = np.random.default_rng(0).normal(size=(2, h, w, 4)).astype(np.float32)
+    want = np.zeros((2, (h // ph) * (w // pw), 4 * ph * pw), np.float32)
+    for i in range(h // ph):
+        for j in range(w // pw):
+            for c in range(4):
+                for a in range(ph):
+                    for b in range(pw):
+                        want[:, i * (w // pw) + j, (c * ph + a) * pw + b] = \
+                            grid[:, i * ph + a, j * pw + b, c]
+    seq = model.to_sequence(jnp.asarray(grid))
+    np.testing.assert_array_equal(seq, want)
+    np.testing.assert_array_equal(model.to_grid(seq), grid)
+    assert model.code_len == h * w // (ph * pw) and model.code_dim == 4 * ph * pw
+    images = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
+    mu, _ = jax.eval_shape(lambda p, x: model.apply(p, x, method=model.encode), params, images)
+    assert mu.shape == (2, model.code_len, model.code_dim)
+    out = jax.eval_shape(lambda p, z: model.apply(p, z, method=model.decode), params, mu)
+    assert out.shape == (2, 32, 32, 3)
 
 
 def test_cnn_vae_logvar_clip_and_io_convention(cnn):

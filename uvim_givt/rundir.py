@@ -66,8 +66,9 @@ def config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
 
 
-def start_run(run_dir: str, cfg: ml_collections.ConfigDict) -> None:
-    """Creates ``run_dir`` with ``config.json``, or checks a rerun uses the same config."""
+def start_run(run_dir: str, cfg: ml_collections.ConfigDict, write: bool = True) -> None:
+    """Creates ``run_dir`` with ``config.json``, or checks a rerun uses the same config
+    (``write=False``: only the check, for the processes of a run that are not process 0)."""
     path = os.path.join(run_dir, "config.json")
     if os.path.isfile(path):
         with open(path) as f:
@@ -77,7 +78,8 @@ def start_run(run_dir: str, cfg: ml_collections.ConfigDict) -> None:
                 f"{run_dir} was created with a different config ({', '.join(diff[:8])}"
                 f"{' ...' if len(diff) > 8 else ''} differ). Rerunning the same command "
                 "resumes; to train with other settings, pass another --workdir.")
-    config_lib.save_config(cfg, run_dir)
+    if write:
+        config_lib.save_config(cfg, run_dir)
 
 
 def load_run_config(run_dir: str, task: str | None = None) -> ml_collections.ConfigDict:
@@ -157,7 +159,8 @@ def record_name(record: Mapping[str, Any]) -> str:
 
 
 def write_eval_record(run_dir: str, record: Mapping[str, Any]) -> str:
-    """Validates and writes one record atomically; returns its path."""
+    """Validates and writes one record atomically (process 0 of a multi-process run
+    only); returns its path."""
     missing = [k for k in REQUIRED_KEYS if k not in record]
     if missing:
         raise ValueError(f"eval record is missing keys {missing}: {sorted(record)}")
@@ -165,7 +168,9 @@ def write_eval_record(run_dir: str, record: Mapping[str, Any]) -> str:
     rec.setdefault("time", _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     rec["metrics"] = {k: float(v) for k, v in rec["metrics"].items()}
     path = os.path.join(run_dir, "eval", record_name(rec) + ".json")
-    write_json(path, rec)
+    import jax  # the process index; jax is loaded wherever records are made
+    if jax.process_index() == 0:
+        write_json(path, rec)
     return path
 
 

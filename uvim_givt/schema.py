@@ -309,10 +309,24 @@ LIBRARY_RULES: Rules = (
     (r"givt\.model\.min_masking_rate_training", PROBABILITY),
     (r"givt\.model\.scale_tol", NON_NEGATIVE),
     (r"givt\.model\.(fix_square_plus|scan|encoder_skip)", Flag()),
+    # compute dtype (params, losses, GMM head: float32) and attention implementation
+    (r"(vae|givt)\.model\.dtype", OneOf(("float32", "bfloat16"))),
+    (r"(vae|givt)\.model\.attention", OneOf(("fused", "reference"))),
     (r"givt\.sampling\.(temperature|temperature_probs|choice_temperature)", POSITIVE),
     (r"givt\.sampling\.(beam_size|fan_size|num_steps|num_samples)", POSITIVE_INT),
     (r"givt\.sampling\.cfg_weight", NON_NEGATIVE),
-    (r"givt\.sampling\.test_time_flip", Flag()),
+    (r"givt\.sampling\.(test_time_flip|rand_top_k|unconditional)", Flag()),
+    (r"givt\.sampling\.rand_top_k_temperature", POSITIVE),
+    (r"givt\.sampling\.cfg_max_samples", POSITIVE_INT),
+    (r"data\.cache", Flag()),
+    (r"givt\.(sampling\.schedule|model\.mask_schedule_train)",
+     Text(r"cosine|linear|pow:(\d*[1-9]\d*(\.\d*)?|\d*\.\d*[1-9]\d*)",
+          "cosine, linear or pow:K with K > 0", bad="pow:0")),
+    # the invertible adaptor (models/adaptor.py); builders.build_adaptor checks that the
+    # channels split and group-normalise and that the grid fits givt.model.seq_len
+    (r"givt\.adaptor\.enabled", Flag()),
+    (r"givt\.adaptor\.(num_blocks|num_channels_bottleneck)", POSITIVE_INT),
+    (r"(givt\.adaptor|vae\.model)\.pixel_shuffle_patch_size", SIZE_2),
 )
 
 

@@ -48,6 +48,7 @@ from uvim_givt.errors import (
     non_negative_int,
     run_command,
 )
+from uvim_givt.models.adaptor import PARAMS_KEY as ADAPTOR_PARAMS_KEY
 from uvim_givt.models.builders import (  # noqa: F401 (re-exported)
     Stage,
     abstract_params,
@@ -418,6 +419,18 @@ def init_from(path: str, params: Mapping[str, Any], stage: Stage,
         {tuple(k.split("/")): loaded.get(k, v) for k, v in full.items()})
 
 
+def _adaptor_hint(e: CheckpointMismatch) -> str:
+    """What to set when only the invertible adaptor (``params_adaptor/``, as big_vision's
+    generative trainer stores it next to the GIVT) is what differs."""
+    prefix = f"{ADAPTOR_PARAMS_KEY}/"
+    if any(k.startswith(prefix) for k in e.unexpected):
+        return ("; the checkpoint has an invertible adaptor: --set givt.adaptor.enabled=True "
+                "and its num_blocks / num_channels_bottleneck / pixel_shuffle_patch_size")
+    if any(k.startswith(prefix) for k in e.missing):
+        return "; the checkpoint has no invertible adaptor: --set givt.adaptor.enabled=False"
+    return ""
+
+
 def infer_stage(keys: Sequence[str]) -> Stage:
     """``givt`` if the checkpoint embeds target tokens, ``vae`` if it has a VAE encoder."""
     tops = {k.split("/", 1)[0] for k in keys}
@@ -498,7 +511,8 @@ def convert(npz: str, config: str, out: str, overrides: Sequence[str] = (),
         params = load_into(stage, cfg, flat)
     except CheckpointMismatch as e:
         raise CheckpointMismatch(e.missing, e.unexpected, e.shapes,
-                                 f"{npz} vs the {stage} model of {config}") from None
+                                 f"{npz} vs the {stage} model of {config}"
+                                 + _adaptor_hint(e)) from None
     del flat
     _check_same_config(out, cfg)
     written = {"config": save_config(cfg, out)}

@@ -2,7 +2,9 @@
 
 ``build_model("givt", cfg)`` -> ``GIVT(**cfg.givt.model)``; ``build_model("vae", cfg)`` -> the
 stage-1 VAE named by ``cfg.vae.kind``: ``"vit"`` (``ViTVAE`` over label maps, whose
-``label_channels`` the config states) or ``"cnn"`` (``CNNVAE`` over images). Nothing here
+``label_channels`` the config states) or ``"cnn"`` (``CNNVAE`` over images);
+``build_adaptor(cfg)`` -> the invertible adaptor of ``givt.adaptor`` (or None when off),
+whose parameters live in the GIVT stage's tree under ``params_adaptor``. Nothing here
 knows a task.
 """
 
@@ -64,6 +66,45 @@ def build_model(stage: Stage, cfg: ml_collections.ConfigDict) -> Any:
     raise ValueError(f"unknown stage {stage!r}: givt or vae")
 
 
+def adaptor_enabled(cfg: ml_collections.ConfigDict) -> bool:
+    """Whether the run has an invertible adaptor (``givt.adaptor.enabled``; configs and run
+    directories written before the adaptor existed have none)."""
+    group = cfg.givt.get("adaptor")
+    return bool(group is not None and group.get("enabled"))
+
+
+def build_adaptor(cfg: ml_collections.ConfigDict) -> Any:
+    """The ``InvertibleAdaptor`` of ``givt.adaptor`` over the GIVT's sequence, or None."""
+    if not adaptor_enabled(cfg):
+        return None
+    from uvim_givt.models import adaptor as adaptor_lib
+    a, g = cfg.givt.adaptor, cfg.givt.model
+    out_dim, seq_len = int(g.out_dim), int(g.seq_len)
+    patch = tuple(int(v) for v in a.pixel_shuffle_patch_size)
+    try:
+        adaptor_lib.check_channels(out_dim, int(a.num_channels_bottleneck))
+        adaptor_lib.grid_shape(seq_len, patch)
+    except ValueError as e:
+        raise ConfigError(f"givt.adaptor (givt.model.out_dim={out_dim}, seq_len={seq_len}, "
+                          f"num_channels_bottleneck={a.num_channels_bottleneck}, "
+                          f"pixel_shuffle_patch_size={patch}): {e}") from None
+    return adaptor_lib.InvertibleAdaptor(
+        num_channels=out_dim, num_blocks=int(a.num_blocks),
+        num_channels_bottleneck=int(a.num_channels_bottleneck), pixel_shuffle_patch_size=patch)
+
+
+def init_givt_stage(model: Any, adaptor: Any, key: jax.Array) -> dict[str, Any]:
+    """Initial parameters of stage 2: the GIVT's tree, plus ``params_adaptor`` (the
+    adaptor's) when there is one; without an adaptor exactly :func:`init_givt`'s tree."""
+    from uvim_givt.models.adaptor import PARAMS_KEY
+    k_givt, k_adaptor = jax.random.split(key)
+    params = init_givt(model, k_givt if adaptor is not None else key)
+    if adaptor is None:
+        return params
+    dummy = jnp.zeros((1, model.seq_len, model.out_dim), jnp.float32)
+    return {**params, PARAMS_KEY: adaptor.init(k_adaptor, dummy)["params"]}
+
+
 def vae_dummy_input(model: Any) -> jax.Array:
     """A one-example input of a stage-1 VAE: an image (CNN) or an int label map (ViT)."""
     if hasattr(model, "label_channels"):
@@ -91,4 +132,7 @@ def init_params(stage: Stage, model: Any, key: jax.Array) -> dict[str, Any]:
 def abstract_params(stage: Stage, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     """The parameter tree of a stage's model as ``jax.ShapeDtypeStruct`` (nothing allocated)."""
     model = build_model(stage, cfg)
+    if stage == "givt":  # the stage's tree: with the adaptor's parameters when it has one
+        adaptor = build_adaptor(cfg)
+        return jax.eval_shape(lambda: init_givt_stage(model, adaptor, jax.random.PRNGKey(0)))
     return jax.eval_shape(lambda: init_params(stage, model, jax.random.PRNGKey(0)))

@@ -19,13 +19,17 @@ sequence; ``to_sequence`` / ``to_grid`` convert.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from uvim_givt.models import vae_losses
+from uvim_givt.models.common import ComputeDtype, compute_dtype
 
 _ACTIVATIONS = {"swish": nn.swish, "relu": nn.relu}
 
@@ -39,8 +43,11 @@ def _activation(name: str):
 def avg_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 stride-2 average pooling, TF-style SAME (padding cells are not counted)."""
     window, strides = (1, 2, 2, 1), (1, 2, 2, 1)
-    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, "SAME")
-    count = jax.lax.reduce_window(jnp.ones_like(x), 0.0, jax.lax.add, window, strides, "SAME")
+    # A NumPy scalar: reduce_window's init must be a constant for autodiff (a jnp zero is
+    # traced under jit and the gradient fails to linearise).
+    zero = np.zeros((), x.dtype)
+    total = jax.lax.reduce_window(x, zero, jax.lax.add, window, strides, "SAME")
+    count = jax.lax.reduce_window(jnp.ones_like(x), zero, jax.lax.add, window, strides, "SAME")
     return total / count
 
 
@@ -49,8 +56,10 @@ def upsample_nearest_2x(x: jax.Array) -> jax.Array:
     return jax.image.resize(x, (b, 2 * h, 2 * w, c), method="nearest")
 
 
-def _group_norm(num_groups: int) -> nn.Module:
-    return nn.GroupNorm(num_groups=num_groups, use_fast_variance=False)
+def _group_norm(num_groups: int, dtype: Any = jnp.float32) -> nn.Module:
+    # flax computes the statistics and the normalisation in float32 whatever ``dtype``
+    # (the output's dtype).
+    return nn.GroupNorm(num_groups=num_groups, use_fast_variance=False, dtype=dtype)
 
 
 class ResBlock(nn.Module):
@@ -64,15 +73,17 @@ class ResBlock(nn.Module):
     filters: int
     num_groups: int = 32
     activation: str = "swish"
+    dtype: Any = jnp.float32  # compute dtype (parameters stay float32)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         act = _activation(self.activation)
         residual = x
-        y = nn.Conv(self.filters, (3, 3), use_bias=False)(act(_group_norm(self.num_groups)(x)))
-        y = nn.Conv(self.filters, (3, 3), use_bias=False)(act(_group_norm(self.num_groups)(y)))
+        conv = functools.partial(nn.Conv, self.filters, use_bias=False, dtype=self.dtype)
+        y = conv((3, 3))(act(_group_norm(self.num_groups, self.dtype)(x)))
+        y = conv((3, 3))(act(_group_norm(self.num_groups, self.dtype)(y)))
         if x.shape[-1] != self.filters:
-            residual = nn.Conv(self.filters, (1, 1), use_bias=False)(y)
+            residual = conv((1, 1))(y)
         return y + residual
 
 
@@ -85,11 +96,12 @@ class CNNEncoder(nn.Module):
     out_dim: int
     num_groups: int = 32
     activation: str = "swish"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(num_groups=self.num_groups, activation=self.activation)
-        x = nn.Conv(self.filters, (3, 3), use_bias=False)(x)
+        kw = dict(num_groups=self.num_groups, activation=self.activation, dtype=self.dtype)
+        x = nn.Conv(self.filters, (3, 3), use_bias=False, dtype=self.dtype)(x)
         levels = len(self.channel_multipliers)
         filters = self.filters
         for i, mult in enumerate(self.channel_multipliers):
@@ -100,8 +112,9 @@ class CNNEncoder(nn.Module):
                 x = avg_pool_2x2(x)
         for _ in range(self.num_res_blocks):
             x = ResBlock(filters, **kw)(x)
-        x = _activation(self.activation)(_group_norm(self.num_groups)(x))
-        return nn.Conv(self.out_dim, (1, 1))(x)
+        x = _activation(self.activation)(_group_norm(self.num_groups, jnp.float32)(x))
+        # float32: (mu, logvar) feed the KL, the sampling of z and stage 2's targets.
+        return nn.Conv(self.out_dim, (1, 1), dtype=jnp.float32)(x)
 
 
 class CNNDecoder(nn.Module):
@@ -113,12 +126,13 @@ class CNNDecoder(nn.Module):
     out_dim: int = 3
     num_groups: int = 32
     activation: str = "swish"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(num_groups=self.num_groups, activation=self.activation)
+        kw = dict(num_groups=self.num_groups, activation=self.activation, dtype=self.dtype)
         filters = self.filters * self.channel_multipliers[-1]
-        x = nn.Conv(filters, (3, 3))(x)
+        x = nn.Conv(filters, (3, 3), dtype=self.dtype)(x)
         for _ in range(self.num_res_blocks):
             x = ResBlock(filters, **kw)(x)
         for i in reversed(range(len(self.channel_multipliers))):
@@ -126,9 +140,9 @@ class CNNDecoder(nn.Module):
             for _ in range(self.num_res_blocks):
                 x = ResBlock(filters, **kw)(x)
             if i > 0:
-                x = nn.Conv(filters, (3, 3))(upsample_nearest_2x(x))
-        x = _activation(self.activation)(_group_norm(self.num_groups)(x))
-        return nn.Conv(self.out_dim, (3, 3))(x)
+                x = nn.Conv(filters, (3, 3), dtype=self.dtype)(upsample_nearest_2x(x))
+        x = _activation(self.activation)(_group_norm(self.num_groups, self.dtype)(x))
+        return nn.Conv(self.out_dim, (3, 3), dtype=self.dtype)(x).astype(jnp.float32)
 
 
 class CNNVAE(nn.Module):
@@ -140,6 +154,11 @@ class CNNVAE(nn.Module):
     ``clip_output=False`` (which keeps gradients outside the range when training).
     ``logvar_clip`` clips the encoder's log-variance (released: [-30, 20]; None = off).
     ``code_dropout``: as in ``ViTVAE`` (training only; see ``vae_losses``).
+    ``dtype``: compute dtype of the convolutions ("bfloat16": mixed precision);
+    parameters, (mu, logvar) and the decoded images are float32.
+    ``pixel_shuffle_patch_size`` (ph, pw): the latent grid is space-to-depth shuffled into
+    the code sequence, each code holding a ph x pw patch of latents (channel-major, as
+    published): a 32x32x16 grid with (1, 2) is 512 codes of 32 channels.
     """
 
     filters: int = 128
@@ -154,11 +173,14 @@ class CNNVAE(nn.Module):
     clip_output: bool = True
     logvar_clip: tuple[float, float] | None = (-30.0, 20.0)
     code_dropout: vae_losses.CodeDropout = "none"
+    dtype: ComputeDtype = "float32"
+    pixel_shuffle_patch_size: Sequence[int] = (1, 1)
 
     def __post_init__(self) -> None:
         # Hashable, JSON-friendly fields: lists (e.g. from a JSON config) -> tuples.
         self.channel_multipliers = tuple(self.channel_multipliers)
         self.input_size = tuple(self.input_size)
+        self.pixel_shuffle_patch_size = tuple(self.pixel_shuffle_patch_size)
         if self.logvar_clip is not None:
             self.logvar_clip = tuple(self.logvar_clip)
         super().__post_init__()
@@ -175,24 +197,42 @@ class CNNVAE(nn.Module):
         return (-(-self.input_size[0] // f), -(-self.input_size[1] // f))
 
     @property
+    def code_grid(self) -> tuple[int, int]:
+        """(h, w) of the code grid: the latent grid after the pixel shuffle."""
+        (h, w), (ph, pw) = self.latent_grid, self.pixel_shuffle_patch_size
+        if h % ph or w % pw:
+            raise ValueError(f"the {h}x{w} latent grid does not split into "
+                             f"pixel_shuffle_patch_size {(ph, pw)} patches")
+        return h // ph, w // pw
+
+    @property
     def code_len(self) -> int:
-        h, w = self.latent_grid
+        h, w = self.code_grid
         return h * w
 
-    @staticmethod
-    def to_sequence(z: jax.Array) -> jax.Array:
-        """[B, h, w, D] -> row-major [B, h * w, D]."""
+    @property
+    def code_dim(self) -> int:
+        """Channels of one code: codeword_dim x the pixel-shuffle patch."""
+        ph, pw = self.pixel_shuffle_patch_size
+        return self.codeword_dim * ph * pw
+
+    def to_sequence(self, z: jax.Array) -> jax.Array:
+        """Latent grid [B, h, w, D] -> row-major codes [B, code_len, code_dim]."""
         b, h, w, d = z.shape
-        return z.reshape(b, h * w, d)
+        ph, pw = self.pixel_shuffle_patch_size
+        z = z.reshape(b, h // ph, ph, w // pw, pw, d)
+        # "b (h ph) (w pw) c -> b (h w) (c ph pw)": channel-major within a code.
+        return z.transpose(0, 1, 3, 5, 2, 4).reshape(b, (h // ph) * (w // pw), d * ph * pw)
 
     def to_grid(self, z: jax.Array) -> jax.Array:
-        """Row-major [B, h * w, D] -> [B, h, w, D] (the configured latent grid)."""
-        b, n, d = z.shape
-        h, w = self.latent_grid
+        """Row-major codes [B, code_len, code_dim] -> the latent grid [B, h, w, D]."""
+        b, n, _ = z.shape
+        (h, w), (ph, pw) = self.code_grid, self.pixel_shuffle_patch_size
         if n != h * w:
-            raise ValueError(f"got {n} latent tokens, the {h}x{w} latent grid of input_size "
+            raise ValueError(f"got {n} latent tokens, the {h}x{w} code grid of input_size "
                              f"{tuple(self.input_size)} needs {h * w}")
-        return z.reshape(b, h, w, d)
+        z = z.reshape(b, h, w, self.codeword_dim, ph, pw).transpose(0, 1, 4, 2, 5, 3)
+        return z.reshape(b, h * ph, w * pw, self.codeword_dim)
 
     def setup(self) -> None:
         for f in (self.filters * m for m in self.channel_multipliers):
@@ -202,13 +242,14 @@ class CNNVAE(nn.Module):
             raise ValueError(f"unknown code_dropout {self.code_dropout!r}: none, seq or random")
         kw = dict(filters=self.filters, num_res_blocks=self.num_res_blocks,
                   channel_multipliers=tuple(self.channel_multipliers),
-                  num_groups=self.num_groups, activation=self.activation)
+                  num_groups=self.num_groups, activation=self.activation,
+                  dtype=compute_dtype(self.dtype))
         self.cnn_encoder = CNNEncoder(out_dim=2 * self.codeword_dim, **kw)
         self.cnn_decoder = CNNDecoder(out_dim=self.output_dim, **kw)
 
     # -------------------------------------------------------------- pieces
     def encode(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-        """Images [B, H, W, 3] in [-1, 1] -> (mu, logvar), each [B, h * w, codeword_dim]."""
+        """Images [B, H, W, 3] in [-1, 1] -> (mu, logvar), each [B, code_len, code_dim]."""
         del train  # no dropout / batch statistics in this model
         x = (images + 1.0) / 2.0 if self.unit_range_io else images
         mu, logvar = jnp.split(self.cnn_encoder(x), 2, axis=-1)
@@ -217,7 +258,7 @@ class CNNVAE(nn.Module):
         return self.to_sequence(mu), self.to_sequence(logvar)
 
     def decode(self, z: jax.Array, train: bool = False) -> jax.Array:
-        """z [B, h * w, codeword_dim] -> images [B, H, W, 3] in [-1, 1]."""
+        """z [B, code_len, code_dim] -> images [B, H, W, 3] in [-1, 1]."""
         del train
         x = self.cnn_decoder(self.to_grid(z))
         if self.unit_range_io:

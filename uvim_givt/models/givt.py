@@ -19,14 +19,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from uvim_givt.models.common import MlpBlock, learned_posemb
+from uvim_givt.models.common import (
+    AttentionKind,
+    ComputeDtype,
+    MlpBlock,
+    attention_fn,
+    compute_dtype,
+    learned_posemb,
+)
 from uvim_givt.models.gmm import GMMHead
+from uvim_givt.models.mask_schedule import mask_ratio
 from uvim_givt.models.vit import Encoder
 
 # Order of special rows in EmbedLabels after the real labels (published layout).
@@ -41,31 +49,38 @@ class EncDecBlock(nn.Module):
     dropout_rate: float = 0.0
     decode: bool = False
     deterministic: bool = True
+    dtype: Any = jnp.float32  # compute dtype; LayerNorm statistics are float32 regardless
+    attention: AttentionKind = "fused"
 
     @nn.compact
     def __call__(self, x: jax.Array, encoded: jax.Array | None = None,
                  mask: jax.Array | None = None) -> tuple[jax.Array, None]:
         det = self.deterministic
-        y = nn.LayerNorm(name="LayerNorm1", use_bias=False)(x)
-        y = nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads, use_bias=False, broadcast_dropout=False,
-            dropout_rate=self.dropout_rate, decode=self.decode, name="SelfAttn",
-        )(y, y, mask=mask, deterministic=det)
+        attn = dict(num_heads=self.num_heads, use_bias=False, broadcast_dropout=False,
+                    dropout_rate=self.dropout_rate, dtype=self.dtype,
+                    attention_fn=attention_fn(self.attention))
+        y = nn.LayerNorm(name="LayerNorm1", use_bias=False, dtype=self.dtype)(x)
+        y = nn.MultiHeadDotProductAttention(decode=self.decode, name="SelfAttn", **attn)(
+            y, y, mask=mask, deterministic=det)
         x = x + nn.Dropout(rate=self.dropout_rate)(y, det)
         if encoded is not None:
-            y = nn.LayerNorm(name="LayerNorm2", use_bias=False)(x)
-            y = nn.MultiHeadDotProductAttention(
-                num_heads=self.num_heads, use_bias=False, broadcast_dropout=False,
-                dropout_rate=self.dropout_rate, name="CrossAttn",
-            )(y, encoded, deterministic=det)
+            y = nn.LayerNorm(name="LayerNorm2", use_bias=False, dtype=self.dtype)(x)
+            y = nn.MultiHeadDotProductAttention(name="CrossAttn", **attn)(
+                y, encoded, deterministic=det)
             x = x + nn.Dropout(rate=self.dropout_rate)(y, det)
-        y = nn.LayerNorm(name="LayerNorm3", use_bias=False)(x)
-        y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout_rate, name="MLP")(y, det)
+        y = nn.LayerNorm(name="LayerNorm3", use_bias=False, dtype=self.dtype)(x)
+        y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout_rate, dtype=self.dtype,
+                     name="MLP")(y, det)
         return x + y, None
 
 
 class Decoder(nn.Module):
-    """Position embedding, the block stack, a final LayerNorm and ``LogitsDense``."""
+    """Position embedding, the block stack, a final LayerNorm and ``LogitsDense``.
+
+    The blocks run in ``dtype``; the final LayerNorm and ``LogitsDense`` in float32 (a
+    small matmul), so the Gaussian means and scales are not rounded to bfloat16's 8-bit
+    mantissa. The logits are float32 whatever ``dtype``.
+    """
 
     emb_dim: int
     mlp_dim: int
@@ -76,6 +91,8 @@ class Decoder(nn.Module):
     dropout_rate: float = 0.0
     scan: bool = False
     remat_policy: str = "nothing_saveable"
+    dtype: Any = jnp.float32
+    attention: AttentionKind = "fused"
 
     @nn.compact
     def __call__(self, x: jax.Array, encoded: jax.Array | None = None,
@@ -86,6 +103,9 @@ class Decoder(nn.Module):
         pos_emb = learned_posemb(self, "pos_emb", self.seq_len, self.emb_dim)
         if skip is not None:
             pos_emb = pos_emb + skip
+        # The residual stream in the compute dtype (float32 parameters would promote it).
+        pos_emb = pos_emb.astype(self.dtype)
+        x = x.astype(self.dtype)
         length = x.shape[1]
         if decode:
             # Position of the next input token; created (not advanced) by the
@@ -100,7 +120,8 @@ class Decoder(nn.Module):
         else:
             x = x + pos_emb[:, :length]
         kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout_rate=self.dropout_rate,
-                  decode=decode, deterministic=deterministic)
+                  decode=decode, deterministic=deterministic, dtype=self.dtype,
+                  attention=self.attention)
         if self.scan:
             block = nn.remat(EncDecBlock, prevent_cse=False,
                              policy=getattr(jax.checkpoint_policies, self.remat_policy, None))
@@ -113,23 +134,19 @@ class Decoder(nn.Module):
         else:
             for i in range(self.num_layers):
                 x, _ = EncDecBlock(name=f"EncDecBlock{i}", **kw)(x, encoded, mask)
-        x = nn.LayerNorm(name="LayerNorm")(x)
-        return nn.Dense(self.num_logits, kernel_init=nn.initializers.zeros, name="LogitsDense")(x)
-
-
-def cosine_mask_ratio(ratio: jax.Array) -> jax.Array:
-    """MaskGIT's cosine schedule: fraction of tokens still masked at progress ``ratio``."""
-    return jnp.clip(jnp.cos(jnp.pi / 2.0 * ratio), 1e-6, 1.0)
+        x = nn.LayerNorm(name="LayerNorm", dtype=jnp.float32)(x)
+        return nn.Dense(self.num_logits, kernel_init=nn.initializers.zeros, dtype=jnp.float32,
+                        name="LogitsDense")(x)
 
 
 def random_training_mask(rng: jax.Array, batch: int, seq_len: int,
-                         min_mask_rate: float = 0.3) -> jax.Array:
-    """Bool [B, L], True = masked. The masked fraction follows the cosine schedule
-    at a uniform progress in [0, 1 - min_mask_rate], so at least ~min_mask_rate...
-    (cos(pi/2 * 0.7) ~ 45%) of tokens are masked."""
+                         min_mask_rate: float = 0.3, schedule: str = "cosine") -> jax.Array:
+    """Bool [B, L], True = masked. The masked fraction follows the mask ``schedule``
+    (``models.mask_schedule``) at a uniform progress in [0, 1 - min_mask_rate], so with the
+    cosine schedule at least cos(pi/2 * 0.7) ~ 45% of tokens are masked (published)."""
     rng_ratio, rng_perm = jax.random.split(rng)
     progress = jax.random.uniform(rng_ratio, (batch,), maxval=1.0 - min_mask_rate)
-    n_masked = cosine_mask_ratio(progress)[:, None] * seq_len
+    n_masked = mask_ratio(progress, schedule)[:, None] * seq_len
     base = jnp.arange(seq_len, dtype=jnp.float32)[None, :] < n_masked
     keys = jax.random.split(rng_perm, batch)
     return jax.vmap(lambda k, m: jax.random.permutation(k, m))(keys, base)
@@ -172,9 +189,15 @@ class GIVT(nn.Module):
     fix_square_plus: bool = True
     # Masked training.
     min_masking_rate_training: float = 0.3
+    mask_schedule_train: str = "cosine"  # cosine | linear | pow:K (models.mask_schedule)
     # Layers.
     scan: bool = False
     remat_policy: str = "nothing_saveable"
+    # Compute dtype of matmuls and activations ("bfloat16": mixed precision). Parameters,
+    # logits and everything of the GMM head (log-probabilities, sampling) stay float32.
+    dtype: ComputeDtype = "float32"
+    # "fused": jax.nn.dot_product_attention; "reference": flax's einsum/softmax attention.
+    attention: AttentionKind = "fused"
 
     @property
     def head(self) -> GMMHead:
@@ -207,6 +230,8 @@ class GIVT(nn.Module):
         if self.style == "masked" and self.mask_style not in ("replace", "concat"):
             raise ValueError(f"unknown mask_style {self.mask_style!r}: replace or concat")
         _ = self.head  # validates the head settings
+        dtype = compute_dtype(self.dtype)
+        attention_fn(self.attention)  # validates the attention kind
         if self.has_encoder:
             self.pos_embedding_encoder = learned_posemb(
                 self, "pos_embedding_encoder", math.prod(self.encoder_grid), self.emb_dim)
@@ -214,13 +239,15 @@ class GIVT(nn.Module):
             if any(p % down for p in self.patches):
                 raise ValueError(f"patches {tuple(self.patches)} not divisible by the stem's "
                                  f"downsampling {down} ({len(self.stem)} stride-2 layers)")
-            self.stem_convs = [nn.Conv(c, (3, 3), strides=(2, 2), padding="SAME",
+            self.stem_convs = [nn.Conv(c, (3, 3), strides=(2, 2), padding="SAME", dtype=dtype,
                                        name=f"Stem_{i}") for i, c in enumerate(self.stem)]
             kernel = tuple(p // down for p in self.patches)
-            self.EmbedPatches = nn.Conv(self.emb_dim, kernel, strides=kernel, padding="VALID")
+            self.EmbedPatches = nn.Conv(self.emb_dim, kernel, strides=kernel, padding="VALID",
+                                        dtype=dtype)
             self.encoder = Encoder(depth=self.num_layers, mlp_dim=self.mlp_dim,
                                    num_heads=self.num_heads, dropout=self.enc_dropout_rate,
-                                   scan=self.scan, remat_policy=self.remat_policy)
+                                   scan=self.scan, remat_policy=self.remat_policy,
+                                   dtype=dtype, attention=self.attention)
         if self.encoder_skip and (not self.has_encoder
                                   or math.prod(self.encoder_grid) != self.seq_len):
             raise ValueError("encoder_skip needs an encoder whose token grid "
@@ -229,13 +256,14 @@ class GIVT(nn.Module):
         rows = (self.num_labels or 1) + len(self.special_labels)
         init = (nn.initializers.zeros if self.zero_embedding_init
                 else nn.initializers.normal(stddev=1.0))
-        self.EmbedLabels = nn.Embed(rows, self.emb_dim, embedding_init=init)
-        self.EmbedTargets = nn.Dense(self.emb_dim)
+        self.EmbedLabels = nn.Embed(rows, self.emb_dim, embedding_init=init, dtype=dtype)
+        self.EmbedTargets = nn.Dense(self.emb_dim, dtype=dtype)
         self.decoder = Decoder(
             emb_dim=self.emb_dim, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
             num_layers=self.num_decoder_layers, num_logits=self.head.num_logits,
             seq_len=self.seq_len + int(self.style == "masked"),
-            dropout_rate=self.dec_dropout_rate, scan=self.scan, remat_policy=self.remat_policy)
+            dropout_rate=self.dec_dropout_rate, scan=self.scan, remat_policy=self.remat_policy,
+            dtype=dtype, attention=self.attention)
 
     # ----------------------------------------------------------------- pieces
     def embed_image(self, image: jax.Array) -> jax.Array:

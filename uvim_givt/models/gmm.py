@@ -12,6 +12,9 @@ Three layouts of the per-token logits (the last axis), as in the published model
   ``out_dim**2`` logits form the matrix (its lower triangle is used), the next
   ``out_dim`` are the means.
 
+Everything here is computed in (at least) float32: logits of a bfloat16 model are
+cast on entry, so scales, log-probabilities and samples keep full precision.
+
 Scales go through squareplus and are floored at ``scale_tol``. The sampling
 temperature ``temperature`` multiplies the scales; ``temperature_probs``
 multiplies the mixture logits.
@@ -31,6 +34,10 @@ from uvim_givt.models.common import squareplus
 
 HeadKind = Literal["per_channel", "diag", "full"]
 _LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _at_least_f32(x: jax.Array) -> jax.Array:
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def normal_logpdf(x: jax.Array, loc: jax.Array, scale: jax.Array) -> jax.Array:
@@ -76,6 +83,7 @@ class GMMHead:
         """
         if logits.shape[-1] != self.num_logits:
             raise ValueError(f"head expects {self.num_logits} logits, got {logits.shape[-1]}")
+        logits = _at_least_f32(logits)
         d, k = self.out_dim, self.num_mixtures
         lead = logits.shape[:-1]
         if self.kind == "full":
@@ -144,7 +152,7 @@ class GMMHead:
         p = self.parse(logits, temperature, temperature_probs)
         rng_mix, rng_eps = jax.random.split(rng)
         lead = logits.shape[:-1]
-        eps = jax.random.normal(rng_eps, (*lead, self.out_dim), logits.dtype)
+        eps = jax.random.normal(rng_eps, (*lead, self.out_dim), p["loc"].dtype)
         if self.kind == "full":
             return p["loc"] + jnp.einsum("...ij,...j->...i", p["scale_tril"], eps)
         loc, scale = self.select(p, self.choose_components(rng_mix, p))

@@ -68,6 +68,7 @@ def gaussian_kl(mu: jax.Array, logvar: jax.Array,
     Summed over the last (codeword) axis; over the remaining non-batch axes
     (the tokens) summed (``"sum"``, published) or averaged (``"mean"``).
     """
+    mu, logvar = mu.astype(jnp.float32), logvar.astype(jnp.float32)  # losses in float32
     kl = 0.5 * (jnp.square(mu) + jnp.exp(logvar) - 1.0 - logvar)
     kl = jnp.sum(kl, axis=-1)
     axes = tuple(range(1, kl.ndim))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from uvim_givt.models.common import KERNEL_INIT, MlpBlock
+from uvim_givt.models.common import KERNEL_INIT, MlpBlock, attention_fn
 
 
 class Encoder1DBlock(nn.Module):
@@ -16,17 +18,21 @@ class Encoder1DBlock(nn.Module):
     num_heads: int
     dropout: float = 0.0
     deterministic: bool = True
+    dtype: Any = jnp.float32  # compute dtype; LayerNorm statistics are float32 regardless
+    attention: str = "fused"
 
     @nn.compact
     def __call__(self, x: jax.Array, _unused=None) -> tuple[jax.Array, None]:
-        y = nn.LayerNorm()(x)
+        y = nn.LayerNorm(dtype=self.dtype)(x)
         y = nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads, kernel_init=KERNEL_INIT, deterministic=self.deterministic
+            num_heads=self.num_heads, kernel_init=KERNEL_INIT, deterministic=self.deterministic,
+            dtype=self.dtype, attention_fn=attention_fn(self.attention),
         )(y, y)
         y = nn.Dropout(rate=self.dropout)(y, self.deterministic)
         x = x + y
-        y = nn.LayerNorm()(x)
-        y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout)(y, self.deterministic)
+        y = nn.LayerNorm(dtype=self.dtype)(x)
+        y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout, dtype=self.dtype)(
+            y, self.deterministic)
         y = nn.Dropout(rate=self.dropout)(y, self.deterministic)
         return x + y, None
 
@@ -36,6 +42,7 @@ class Encoder(nn.Module):
 
     With ``scan=True`` the blocks are one ``nn.scan`` (parameters stacked on axis
     0, as in the released ViT VAEs) with rematerialisation per ``remat_policy``.
+    The input is cast to ``dtype``, so is the output.
     """
 
     depth: int
@@ -44,11 +51,16 @@ class Encoder(nn.Module):
     dropout: float = 0.0
     scan: bool = False
     remat_policy: str = "nothing_saveable"
+    dtype: Any = jnp.float32
+    attention: str = "fused"
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout,
-                  deterministic=deterministic)
+                  deterministic=deterministic, dtype=self.dtype, attention=self.attention)
+        # The residual stream in the compute dtype (a float32 position embedding added
+        # by the caller would otherwise promote every block back to float32).
+        x = x.astype(self.dtype)
         if self.scan:
             block = nn.remat(
                 Encoder1DBlock, prevent_cse=False,
@@ -61,7 +73,7 @@ class Encoder(nn.Module):
         else:
             for i in range(self.depth):
                 x, _ = Encoder1DBlock(name=f"encoderblock_{i}", **kw)(x)
-        return nn.LayerNorm(name="encoder_norm")(x)
+        return nn.LayerNorm(name="encoder_norm", dtype=self.dtype)(x)
 
 
 def patchify_embed(module: nn.Module, name: str, images: jax.Array, width: int,

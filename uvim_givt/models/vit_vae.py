@@ -29,7 +29,14 @@ import jax.numpy as jnp
 from flax.core import FrozenDict
 
 from uvim_givt.models import vae_losses
-from uvim_givt.models.common import learned_posemb, resize_tokens
+from uvim_givt.models.common import (
+    AttentionKind,
+    ComputeDtype,
+    attention_fn,
+    compute_dtype,
+    learned_posemb,
+    resize_tokens,
+)
 from uvim_givt.models.vit import Encoder
 
 
@@ -41,6 +48,9 @@ class ViTVAE(nn.Module):
     ``code_dropout`` ("none", "seq", "random"): in training, zeroes a random
     subset of the sampled code tokens before decoding, see
     ``vae_losses.code_dropout_mask``.
+    ``dtype``: compute dtype of the transformers and the decoder head ("bfloat16": mixed
+    precision); parameters, (mu, logvar) and the decoded logits are float32.
+    ``attention``: "fused" (``jax.nn.dot_product_attention``) or "reference" (flax's).
     """
 
     label_channels: Mapping[str, tuple[int, int]]
@@ -58,6 +68,8 @@ class ViTVAE(nn.Module):
     head_zeroinit: bool = True
     scan: bool = True
     remat_policy: str = "nothing_saveable"
+    dtype: ComputeDtype = "float32"
+    attention: AttentionKind = "fused"
 
     def __post_init__(self) -> None:
         # Hashable, JSON-friendly fields: lists (e.g. from a JSON config) -> tuples.
@@ -77,6 +89,11 @@ class ViTVAE(nn.Module):
     def code_grid(self) -> int:
         """Side of the square code grid."""
         return int(round(math.sqrt(self.code_len)))
+
+    @property
+    def code_dim(self) -> int:
+        """Channels of one code (the CNN VAE's may pixel-shuffle several latents into one)."""
+        return self.codeword_dim
 
     @property
     def channel_order(self) -> tuple[str, ...]:
@@ -102,21 +119,27 @@ class ViTVAE(nn.Module):
         if self.code_dropout not in ("none", "seq", "random"):
             raise ValueError(f"unknown code_dropout {self.code_dropout!r}: none, seq or random")
         n_patches = gh * gw
+        dtype = compute_dtype(self.dtype)
+        attention_fn(self.attention)  # validates the attention kind
         self.embedding = nn.Conv(self.width, tuple(self.patch_size),
-                                 strides=tuple(self.patch_size), padding="VALID")
+                                 strides=tuple(self.patch_size), padding="VALID", dtype=dtype)
         self.pos_embedding_encoder = learned_posemb(
             self, "pos_embedding_encoder", n_patches, self.width)
         kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout,
-                  scan=self.scan, remat_policy=self.remat_policy)
+                  scan=self.scan, remat_policy=self.remat_policy, dtype=dtype,
+                  attention=self.attention)
         self.encoder = Encoder(depth=self.depth, **kw)
-        self.encoder_head = nn.Dense(2 * self.codeword_dim)
-        self.decoder_stem = nn.Dense(self.width)
+        # float32: (mu, logvar) feed the KL, the sampling of z and stage 2's targets.
+        self.encoder_head = nn.Dense(2 * self.codeword_dim, dtype=jnp.float32)
+        self.decoder_stem = nn.Dense(self.width, dtype=dtype)
         self.pos_embedding_decoder = learned_posemb(
             self, "pos_embedding_decoder", n_patches, self.width)
         self.decoder = Encoder(depth=self.decoder_depth, **kw)
         head_kw = {"kernel_init": nn.initializers.zeros} if self.head_zeroinit else {}
+        # The largest matmul of the model (width x classes * patch^2): in the compute dtype.
         self.decoder_head = nn.Dense(
-            self.num_classes_total * self.patch_size[0] * self.patch_size[1], **head_kw)
+            self.num_classes_total * self.patch_size[0] * self.patch_size[1], dtype=dtype,
+            **head_kw)
 
     # -------------------------------------------------------------- pieces
     def one_hot(self, labels: jax.Array) -> jax.Array:
@@ -143,7 +166,7 @@ class ViTVAE(nn.Module):
         gh, gw = self.patch_grid
         x = resize_tokens(x, gh)
         x = self.decoder(x + self.pos_embedding_decoder, deterministic=not train)
-        x = self.decoder_head(x)
+        x = self.decoder_head(x).astype(jnp.float32)
         b = x.shape[0]
         p, q = self.patch_size
         x = x.reshape(b, gh, gw, p, q, self.num_classes_total)

@@ -3,10 +3,9 @@
 from uvim_givt.sampling.autoregressive import sample_autoregressive
 from uvim_givt.sampling.by_style import STYLE_SETTINGS, sample_by_style
 from uvim_givt.sampling.cfg import guided_logdensity, rejection_sample_guided, sample_cfg
-from uvim_givt.sampling.maskgit import MASK_SCHEDULES, num_masked_after_step, sample_maskgit
+from uvim_givt.sampling.maskgit import num_masked_after_step, sample_maskgit
 
 __all__ = [
-    "MASK_SCHEDULES",
     "STYLE_SETTINGS",
     "guided_logdensity",
     "num_masked_after_step",

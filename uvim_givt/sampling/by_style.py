@@ -15,6 +15,13 @@ STYLE_SETTINGS = {
     "ar": {"beam_size": int, "fan_size": int},
     "masked": {"num_steps": int, "choice_temperature": float},
 }
+# Read when present (the configs have them; run directories made before they existed
+# sample as the samplers' published defaults: no rand_top_k, cosine schedule).
+OPTIONAL_SETTINGS = {
+    "ar": {"rand_top_k": bool, "rand_top_k_temperature": float},
+    "masked": {"schedule": str},
+}
+SHARED_SETTINGS = {"cfg_max_samples": int, "unconditional": bool}
 
 
 def sample_by_style(model: GIVT, params: Any, rng: jax.Array, settings: Mapping[str, Any],
@@ -22,9 +29,11 @@ def sample_by_style(model: GIVT, params: Any, rng: jax.Array, settings: Mapping[
     """Samples [B, seq_len, out_dim] with the sampler of ``model.style``.
 
     ``settings`` is a sampling config (e.g. ``givt.sampling``): a causal model reads
-    ``beam_size``/``fan_size`` from it, a MaskGIT one ``num_steps``/``choice_temperature``;
-    a missing one is a :class:`ConfigError` (defaults live in the configs); other keys are
-    ignored.
+    ``beam_size`` and ``fan_size`` from it, a MaskGIT one ``num_steps`` and
+    ``choice_temperature``; a missing one is a :class:`ConfigError` (defaults live in the
+    configs). Read when present: ``rand_top_k``, ``rand_top_k_temperature`` (causal),
+    ``schedule`` (MaskGIT), ``cfg_max_samples`` (DB-CFG's proposals) and ``unconditional``
+    (every label dropped); other keys are ignored.
     ``kwargs`` (labels, image, temperature, cfg_weight, ...) go to the sampler unchanged.
     """
     if model.style not in STYLE_SETTINGS:
@@ -36,6 +45,9 @@ def sample_by_style(model: GIVT, params: Any, rng: jax.Array, settings: Mapping[
         raise ConfigError(f"sampling settings of a {model.style!r} GIVT lack "
                           f"{', '.join(missing)} (givt.sampling)")
     chosen = {k: cast(settings[k]) for k, cast in wanted.items()}
+    optional = {**OPTIONAL_SETTINGS[model.style], **SHARED_SETTINGS}
+    chosen.update({k: cast(settings[k]) for k, cast in optional.items()
+                   if settings.get(k) is not None})
     if model.style == "masked":
         return sample_maskgit(model, params, rng, **chosen, **kwargs)
     codes, _ = sample_autoregressive(model, params, rng, **chosen, **kwargs)

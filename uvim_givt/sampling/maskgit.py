@@ -12,33 +12,23 @@ randomises the choice. After ``num_steps`` steps every token is uncovered.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from uvim_givt.models.givt import GIVT, cosine_mask_ratio
+from uvim_givt.models.givt import GIVT
+from uvim_givt.models.mask_schedule import check_schedule, mask_ratio
 from uvim_givt.sampling.cfg import sample_cfg
-
-
-def _linear_mask_ratio(ratio: jax.Array) -> jax.Array:
-    return jnp.clip(1.0 - ratio, 1e-6, 1.0)
-
-
-# Fraction of the sequence still masked after progress ``ratio`` in (0, 1].
-MASK_SCHEDULES: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "cosine": cosine_mask_ratio,
-    "linear": _linear_mask_ratio,
-}
 
 
 def num_masked_after_step(step: jax.Array, num_steps: int, seq_len: int,
                           num_unknown: jax.Array, schedule: str = "cosine") -> jax.Array:
-    """How many tokens stay masked after 0-based ``step``: the schedule's count,
-    clipped to [0, num_unknown - 1] so at least one unknown token is uncovered."""
+    """How many tokens stay masked after 0-based ``step``: the schedule's count
+    (``models.mask_schedule``: cosine, linear, pow:K), clipped to [0, num_unknown - 1] so
+    at least one unknown token is uncovered."""
     ratio = (step + 1.0) / num_steps
-    mask_len = jnp.floor(seq_len * MASK_SCHEDULES[schedule](ratio)).astype(jnp.int32)
+    mask_len = jnp.floor(seq_len * mask_ratio(ratio, schedule)).astype(jnp.int32)
     return jnp.maximum(jnp.minimum(mask_len, num_unknown - 1), 0)
 
 
@@ -62,6 +52,7 @@ def sample_maskgit(
     cfg_weight: float | jax.Array | None = None,
     cfg_max_samples: int = 128,
     image: jax.Array | None = None,
+    unconditional: bool = False,
     return_trace: bool = False,
 ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Samples token sequences [B, seq_len, out_dim] by MaskGIT decoding.
@@ -69,7 +60,9 @@ def sample_maskgit(
     ``labels`` [B] (or None with ``batch_size`` for unconditional models);
     ``image`` [B, H, W, 3] for encoder-decoder models. ``cfg_weight`` None or 0
     samples the conditional model exactly; otherwise DB-CFG against a pass with
-    the labels dropped. With ``return_trace`` also returns a dict with, per step,
+    the labels dropped. ``unconditional`` samples a class-conditional model with every
+    label dropped (the NOLABEL embedding label dropout trained). With ``return_trace``
+    also returns a dict with, per step,
     ``uncovered`` [S, B, L] (bool), ``inputs`` [S, B, L, D] (the inputs after
     the step; zeros where still masked), ``num_masked`` [S, B] and
     ``log_confidence`` [S, B, L] (log-density of each new sample before the choice
@@ -77,8 +70,7 @@ def sample_maskgit(
     """
     if model.style != "masked":
         raise ValueError("sample_maskgit needs a masked (style='masked') GIVT model")
-    if schedule not in MASK_SCHEDULES:
-        raise ValueError(f"unknown mask schedule {schedule!r}: one of {sorted(MASK_SCHEDULES)}")
+    check_schedule(schedule)
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     batch = labels.shape[0] if labels is not None else batch_size
@@ -87,9 +79,11 @@ def sample_maskgit(
     if model.has_encoder != (image is not None):
         raise ValueError("pass image= if and only if the model has an encoder")
     use_cfg = cfg_weight is not None and not _is_zero(cfg_weight)
-    if use_cfg and "nolabel" not in model.special_labels:
-        raise ValueError("CFG needs a model trained with label dropout "
-                         "(drop_labels_probability > 0)")
+    if unconditional and use_cfg:
+        raise ValueError("unconditional sampling drops every label: it has no guidance")
+    if (use_cfg or unconditional) and "nolabel" not in model.special_labels:
+        raise ValueError("CFG and unconditional sampling need a model trained with label "
+                         "dropout (drop_labels_probability > 0)")
     if use_cfg and model.head.kind == "full":
         raise ValueError("DB-CFG needs per-channel or diagonal Gaussians, not a full covariance")
     temps = dict(temperature=temperature, temperature_probs=temperature_probs)
@@ -97,15 +91,17 @@ def sample_maskgit(
         model, params, rng, labels, batch, image, temps, choice_temperature,
         cfg_weight if use_cfg else None, num_steps=num_steps,
         anneal=anneal_choice_temperature, schedule=schedule, use_cfg=use_cfg,
+        unconditional=unconditional,
         cfg_max_samples=cfg_max_samples, return_trace=return_trace)
     return (tokens, trace) if return_trace else tokens
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4), static_argnames=(
-    "num_steps", "anneal", "schedule", "use_cfg", "cfg_max_samples", "return_trace"))
+    "num_steps", "anneal", "schedule", "use_cfg", "unconditional", "cfg_max_samples",
+    "return_trace"))
 def _maskgit_jit(model, params, rng, labels, batch, image, temps, choice_temperature,
-                 cfg_weight, *, num_steps, anneal, schedule, use_cfg, cfg_max_samples,
-                 return_trace):
+                 cfg_weight, *, num_steps, anneal, schedule, use_cfg, unconditional,
+                 cfg_max_samples, return_trace):
     head, seq_len, dim = model.head, model.seq_len, model.out_dim
     variables = {"params": params}
     encoded = None
@@ -117,7 +113,8 @@ def _maskgit_jit(model, params, rng, labels, batch, image, temps, choice_tempera
         drop = jnp.concatenate([jnp.zeros((batch,), bool), jnp.ones((batch,), bool)])
         run_encoded = None if encoded is None else jnp.concatenate([encoded, encoded])
     else:
-        run_labels, drop, run_encoded = labels, None, encoded
+        drop = jnp.ones((batch,), bool) if unconditional else None
+        run_labels, run_encoded = labels, encoded
 
     def logits_of(inputs, masked):
         if use_cfg:

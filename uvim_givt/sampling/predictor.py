@@ -11,6 +11,12 @@
   ``givt.sampling.num_samples`` draws (optionally half of them on mirrored images);
 * ``sample_latents`` / ``decode_images`` / ``reconstruct``: generation in fixed-size
   chunks (one compiled shape per run).
+
+With an invertible adaptor (``givt.adaptor``) the GIVT models ``adapt(z)``, not the VAE's
+codes ``z``: ground-truth codes go through ``adapt`` before they reach the GIVT (teacher
+forcing) and every sampled or predicted sequence through ``unadapt`` before it is decoded,
+so ``sample_codes`` and ``sample_latents`` always return VAE codes. The samplers are
+unchanged: they work on the GIVT's side.
 """
 
 from __future__ import annotations
@@ -63,6 +69,14 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.vae = vae = builders.build_model("vae", cfg)
         self.model = builders.build_model("givt", cfg) if givt_params is not None else None
+        self.adaptor = builders.build_adaptor(cfg) if givt_params is not None else None
+        if self.adaptor is not None:
+            from uvim_givt.models.adaptor import PARAMS_KEY
+            adaptor, self._adaptor_params = self.adaptor, givt_params[PARAMS_KEY]
+            self._adapt = jax.jit(lambda p, z: adaptor.apply({"params": p}, z,
+                                                             method=adaptor.forward))
+            self._unadapt = jax.jit(lambda p, y: adaptor.apply({"params": p}, y,
+                                                               method=adaptor.inverse))
         self._decode = jax.jit(lambda p, z: vae.apply({"params": p}, z, method=vae.decode))
         self._encode = jax.jit(lambda p, x: vae.apply({"params": p}, x, method=vae.encode)[0])
 
@@ -79,9 +93,22 @@ class Predictor:
         return jax.tree_util.tree_map(np.asarray, self.decode(self.encode(x)))
 
     # ------------------------------------------------------------------ stage 2
+    def adapt(self, z: Any) -> jax.Array:
+        """VAE codes -> the sequence the GIVT models (the identity without an adaptor)."""
+        if self.adaptor is None:
+            return jnp.asarray(z)
+        return self._adapt(self._adaptor_params, jnp.asarray(z))
+
+    def unadapt(self, y: Any) -> jax.Array:
+        """The GIVT's sequence -> VAE codes (the adaptor's inverse; else the identity)."""
+        if self.adaptor is None:
+            return jnp.asarray(y)
+        return self._unadapt(self._adaptor_params, jnp.asarray(y))
+
     def sample_codes(self, seed: int, draw: int = 0, *, image: Any = None, labels: Any = None,
                      rng: jax.Array | None = None, **overrides: Any) -> jax.Array:
-        """Codes [B, seq_len, out_dim] by the sampler of the GIVT's style.
+        """VAE codes [B, seq_len, out_dim] by the sampler of the GIVT's style (through
+        the adaptor's inverse when the run has one).
 
         Settings come from ``givt.sampling``; ``overrides`` (temperature, cfg_weight,
         num_steps, ...) replace them where not None. ``draw`` > 0 picks an independent
@@ -99,18 +126,19 @@ class Predictor:
         # Guidance is for class-conditional models only: image-conditional configs have no
         # cfg_weight.
         cfg_weight = float(settings.get("cfg_weight") or 0.0)
-        return sample_by_style(
+        return self.unadapt(sample_by_style(
             self.model, self.givt_params, rng, settings, batch_size=batch,
             image=None if image is None else jnp.asarray(image),
             labels=None if labels is None else jnp.asarray(labels),
             temperature=float(settings["temperature"]),
             temperature_probs=float(settings["temperature_probs"]),
-            **({"cfg_weight": cfg_weight} if cfg_weight else {}))
+            **({"cfg_weight": cfg_weight} if cfg_weight else {})))
 
     def teacher_forced(self, images: np.ndarray | None, x: np.ndarray,
                        labels: np.ndarray | None = None) -> Any:
         """Decoded GMM means of the GIVT teacher-forced on the posterior means of ``x``
-        (its stage-1 input), conditioned on ``images`` or class ``labels``."""
+        (its stage-1 input), conditioned on ``images`` or class ``labels``. With an
+        adaptor the GIVT reads the adapted codes and its means go through the inverse."""
         if self.model is None:
             raise UserError("this run has no trained GIVT (train stage 2 first: --stage givt)")
         if self.model.style != "ar":
@@ -126,10 +154,11 @@ class Predictor:
                                      method=model.decode)
                 return model.head.mean(logits)
             self._tf_means = jax.jit(means)
-        z = self.encode(x)
+        z = self.adapt(self.encode(x))
         mu = self._tf_means(self.givt_params, z,
                             None if images is None else jnp.asarray(images),
                             None if labels is None else jnp.asarray(labels))
+        mu = self.unadapt(mu)
         return jax.tree_util.tree_map(np.asarray, self.decode(mu))
 
     def predict(self, images: np.ndarray, seed: int = 0, mirror_equivariant: bool = False
@@ -193,7 +222,7 @@ class Predictor:
     def random_latents(self, n: int, seed: int = 0) -> np.ndarray:
         """N(0, I) latents [n, code_len, codeword_dim] (the prior: a baseline)."""
         rng = np.random.default_rng(seed)
-        return rng.standard_normal((n, self.vae.code_len, self.vae.codeword_dim)).astype(
+        return rng.standard_normal((n, self.vae.code_len, self.vae.code_dim)).astype(
             np.float32)
 
     def decode_images(self, z: np.ndarray) -> np.ndarray:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from uvim_givt.models.adaptor import PARAMS_KEY as ADAPTOR_PARAMS_KEY
+from uvim_givt.models.adaptor import InvertibleAdaptor
 from uvim_givt.models.givt import GIVT, random_training_mask
 
 
 def givt_nll_loss(model: GIVT, params: Any, tokens: jax.Array, key: jax.Array, *,
                   labels: jax.Array | None = None, image: jax.Array | None = None,
-                  train: bool = True, input_noise: float = 0.0
+                  train: bool = True, input_noise: float = 0.0,
+                  adaptor: InvertibleAdaptor | None = None
                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean negative log-likelihood per token (nats) of ``tokens`` [B, L, D].
 
@@ -26,7 +30,22 @@ def givt_nll_loss(model: GIVT, params: Any, tokens: jax.Array, key: jax.Array, *
     condition; this narrows the gap between teacher forcing and free-running
     sampling (exposure bias). Off (0) in the published recipes.
 
+    ``adaptor`` (an ``InvertibleAdaptor``, its parameters under ``params["params_adaptor"]``,
+    trained jointly): the GIVT models ``y = adaptor(tokens)`` and the loss is the NLL of
+    ``tokens`` by the change of variables, ``NLL_GIVT(y) - log|det dy/dtokens|``, the
+    log-determinant spread over the L tokens of an example (per token, like the NLL). The
+    metrics add ``nll_adapted`` (the GIVT's NLL of y per token) and ``adaptor_logdet``
+    (per example). A masked model's loss covers its masked tokens only, an estimate of
+    the per-token NLL of y: the same per-token share of the log-determinant is subtracted.
+
     """
+    logdet = None
+    if adaptor is not None:
+        tokens, logdet = adaptor.apply({"params": params[ADAPTOR_PARAMS_KEY]}, tokens,
+                                       method=adaptor.forward_and_logdet)
+    elif isinstance(params, Mapping) and ADAPTOR_PARAMS_KEY in params:
+        raise ValueError("these GIVT parameters have an adaptor (params_adaptor): pass "
+                         "adaptor=builders.build_adaptor(cfg)")
     b, s, d = tokens.shape
     k_drop, k_mask, k_dropout, k_noise = jax.random.split(key, 4)
     drop = None
@@ -34,7 +53,8 @@ def givt_nll_loss(model: GIVT, params: Any, tokens: jax.Array, key: jax.Array, *
         drop = jax.random.uniform(k_drop, (b,)) < model.drop_labels_probability
     mask = None
     if model.style == "masked":
-        mask = random_training_mask(k_mask, b, s, model.min_masking_rate_training)
+        mask = random_training_mask(k_mask, b, s, model.min_masking_rate_training,
+                                    model.mask_schedule_train)
     inputs = tokens
     if train and input_noise > 0:
         inputs = tokens + input_noise * jax.random.normal(k_noise, tokens.shape, tokens.dtype)
@@ -46,10 +66,15 @@ def givt_nll_loss(model: GIVT, params: Any, tokens: jax.Array, key: jax.Array, *
         encoded = model.apply(variables, image, train, method=GIVT.encode, rngs=rngs)
     logits = model.apply(variables, inputs, labels, encoded, mask, drop, train,
                          method=GIVT.decode, rngs=rngs)
-    logp = model.head.log_prob(logits, tokens)  # [B, L]
+    # float32 whatever the model's compute dtype (the head casts too; explicit here).
+    logp = model.head.log_prob(logits.astype(jnp.float32), tokens.astype(jnp.float32))  # [B, L]
     if mask is None:
         nll = -jnp.mean(logp)
     else:
         w = mask.astype(logp.dtype)
         nll = -jnp.sum(logp * w) / jnp.maximum(jnp.sum(w), 1.0)
-    return nll, {"nll": nll, "nll_per_dim": nll / d}
+    if logdet is None:
+        return nll, {"nll": nll, "nll_per_dim": nll / d}
+    nll_y, nll = nll, nll - jnp.mean(logdet) / s
+    return nll, {"nll": nll, "nll_per_dim": nll / d, "nll_adapted": nll_y,
+                 "adaptor_logdet": jnp.mean(logdet)}

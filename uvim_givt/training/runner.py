@@ -10,7 +10,10 @@ Everything here is generic. What a task brings is its data (``load``, ``preproce
   stage 2 trains on and that decodes.
 * stage 2, ``givt.model``: any style (causal or MaskGIT), conditioned on the image (with an
   encoder) or on the class label (``num_labels``); it models codes of the frozen VAE's
-  posterior (a sample, or its mean with ``givt.posterior="mean"``).
+  posterior (a sample, or its mean with ``givt.posterior="mean"``). With
+  ``givt.adaptor.enabled`` an invertible adaptor (``models.adaptor``) maps the codes to the
+  sequence the GIVT models and is trained with it on the NLL (change of variables); its
+  parameters sit in the stage's tree under ``params_adaptor``, as in big_vision.
 
 Evaluation is injected (:class:`EvalHooks`): the runner calls it during and after each
 stage, and the ``eval`` command calls the same hooks on a loaded :class:`Run`.
@@ -18,6 +21,7 @@ stage, and the ``eval`` command calls the same hooks on a loaded :class:`Run`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -38,6 +42,7 @@ from uvim_givt.errors import CheckpointError, ConfigError, UserError
 from uvim_givt.models import builders, image_losses, vae_losses
 from uvim_givt.task import Task, get_task
 from uvim_givt.training import checkpoint as ckpt_lib
+from uvim_givt.training import sharding
 from uvim_givt.training.ema import ParamsEMA
 from uvim_givt.training.objectives import givt_nll_loss
 from uvim_givt.training.trainer import Stage, count_params, train
@@ -88,11 +93,13 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     if int(g.seq_len) != int(vae.code_len):
         problems.append(f"givt.model.seq_len={g.seq_len} but the VAE makes {vae.code_len} "
                         "codes")
-    if int(g.out_dim) != int(vae.codeword_dim):
-        problems.append(f"givt.model.out_dim={g.out_dim} != vae.model.codeword_dim="
-                        f"{vae.codeword_dim}")
+    if int(g.out_dim) != int(vae.code_dim):
+        problems.append(f"givt.model.out_dim={g.out_dim} but the VAE's codes have "
+                        f"{vae.code_dim} channels (vae.model.codeword_dim "
+                        f"{vae.codeword_dim} x the pixel-shuffle patch)")
     if problems:
         raise ConfigError("inconsistent config: " + "; ".join(problems))
+    builders.build_adaptor(cfg)  # its channels and grid fit the code sequence
 
 
 def check_saved_config(run_dir: str, cfg: ml_collections.ConfigDict) -> None:
@@ -128,7 +135,8 @@ def _batches(task: Task, cfg: ml_collections.ConfigDict, train_cfg: ml_collectio
     def batches(start: int) -> Iterator[dict[str, np.ndarray]]:
         return pipeline.train_batches(make_dataset, prep, int(train_cfg.batch_size),
                                       int(train_cfg.seed) + int(cfg.seed), start,
-                                      shuffle_buffer=int(cfg.data.shuffle_buffer))
+                                      shuffle_buffer=int(cfg.data.shuffle_buffer),
+                                      cache=bool(cfg.data.cache))
     return batches
 
 
@@ -236,6 +244,7 @@ def givt_stage(task: Task, cfg: ml_collections.ConfigDict, make_dataset: Callabl
                vae_params: Any, evaluate: Callable | None = None) -> Stage:
     """Stage 2: GIVT NLL of the frozen VAE's codes, given the image or the class label."""
     vae, model = builders.build_model("vae", cfg), builders.build_model("givt", cfg)
+    adaptor = builders.build_adaptor(cfg)  # None when off: the tree stays the GIVT's own
     sample_posterior = cfg.givt.posterior == "sample"
     input_noise = float(cfg.givt.input_noise)
 
@@ -246,7 +255,7 @@ def givt_stage(task: Task, cfg: ml_collections.ConfigDict, make_dataset: Callabl
         return givt_nll_loss(model, params, jax.lax.stop_gradient(z), k_loss,
                              image=batch["image"] if model.has_encoder else None,
                              labels=batch["label"] if model.num_labels is not None else None,
-                             train=True, input_noise=input_noise)
+                             train=True, input_noise=input_noise, adaptor=adaptor)
 
     warm_start = _init_from(cfg.givt.init, "givt")
     if cfg.givt.init_encoder:
@@ -262,7 +271,7 @@ def givt_stage(task: Task, cfg: ml_collections.ConfigDict, make_dataset: Callabl
             print(f"stage-2 image encoder initialised from {path}", flush=True)
             return params
 
-    return Stage(lambda key: builders.init_givt(model, key), loss_fn,
+    return Stage(lambda key: builders.init_givt_stage(model, adaptor, key), loss_fn,
                  _batches(task, cfg, cfg.givt.train, make_dataset), frozen=vae_params,
                  warm_start=warm_start, evaluate=evaluate)
 
@@ -344,6 +353,11 @@ def check_vae_run(src_run: str, cfg: ml_collections.ConfigDict) -> None:
                         + ", vae.".join(diff) + " differ")
 
 
+def _update_run_info(run_dir: str, **fields: Any) -> None:
+    if sharding.is_primary():
+        rundir.update_run_info(run_dir, **fields)
+
+
 def copy_vae(src_run: str, run_dir: str) -> None:
     """Stage 2 trained on another run's VAE: copy its checkpoints in (self-contained run)."""
     for stage in ("vae", EMA_STAGE):
@@ -390,8 +404,13 @@ def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: s
         path = cfg[stage_name].init.path
         if path and not os.path.exists(path):
             raise UserError(f"{stage_name}.init.path={path!r}: no such run directory or file")
-    with rundir.locked(run_dir):
-        rundir.start_run(run_dir, cfg)
+    # Several processes (jax.distributed) train one run: all of them check the config,
+    # process 0 alone holds the lock and writes the run's shared files.
+    sharding.maybe_initialize_distributed()
+    primary = sharding.is_primary()
+    with rundir.locked(run_dir) if primary else contextlib.nullcontext():
+        rundir.start_run(run_dir, cfg, write=primary)
+        sharding.sync_processes("start_run")
         stages = {"all": "stage 1 (VAE) and stage 2 (GIVT)", "vae": "stage 1 (VAE)",
                   "givt": "stage 2 (GIVT)"}[stage]
         log(f"training {task.name} {stages}, {cfg.size} config, data "
@@ -424,7 +443,7 @@ def _train_stages(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stag
         finally:
             if ema is not None:
                 ema.close()
-        rundir.update_run_info(run_dir, num_params={"vae": count_params(vae_part(cfg, res.params))},
+        _update_run_info(run_dir, num_params={"vae": count_params(vae_part(cfg, res.params))},
                                train_time_s={"vae": round(res.train_time_s, 1)})
         run.vae_params, run.vae_step, run.vae_is_ema = load_vae_params(run_dir, cfg)
         if hooks is not None:
@@ -432,13 +451,15 @@ def _train_stages(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stag
     if stage in ("givt", "all"):
         if vae_ckpt:
             check_vae_run(vae_ckpt, cfg)
-            copy_vae(vae_ckpt, run_dir)
+            if sharding.is_primary():
+                copy_vae(vae_ckpt, run_dir)
+            sharding.sync_processes("copy_vae")
         if run.vae_params is None:
             run.vae_params, run.vae_step, run.vae_is_ema = load_vae_params(run_dir, cfg)
         res = train(cfg.givt.train, run_dir, "givt", givt_stage(
             task, cfg, train_ds, run.vae_params, _periodic(hooks, "givt", run, False)),
             meta=meta)
-        rundir.update_run_info(run_dir, num_params={"givt": res.num_params},
+        _update_run_info(run_dir, num_params={"givt": res.num_params},
                                train_time_s={"givt": round(res.train_time_s, 1)})
         run.givt_params, run.givt_step = res.params, res.step
         if hooks is not None:

@@ -69,6 +69,13 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def sync_processes(name: str) -> None:
+    """A barrier across the processes of a multi-process run (nothing with one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
 def make_mesh() -> Mesh:
     """A 1-d mesh over all devices (all hosts)."""
     return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
