@@ -89,7 +89,7 @@ def plot_probe(results: dict[str, float], path: str, title: str = "") -> str:
     if layers:
         ax.set_xticks(layers)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
