@@ -60,7 +60,7 @@ from uvim_givt.errors import (
 )
 from uvim_givt.models.mask_schedule import check_schedule
 from uvim_givt.sampling.maskgit import sample_maskgit
-from uvim_givt.sampling.predictor import Predictor
+from uvim_givt.sampling.predictor import Predictor, sampling_settings
 from uvim_givt.training.runner import load_run
 
 _SPLIT_DIRS = {"train": ("train",), "validation": ("validation", "val")}
@@ -304,8 +304,7 @@ def run_sample(task: ImageNetTask, args: argparse.Namespace) -> str:
     overrides = dict(temperature=args.temp, cfg_max_samples=args.cfg_proposals,
                      cfg_weight=0.0 if args.unconditional else args.cfg,
                      unconditional=args.unconditional or None, **_style_args(run.cfg, args))
-    chosen = {**run.cfg.givt.sampling.to_dict(),
-              **{k: v for k, v in overrides.items() if v is not None}}
+    chosen = sampling_settings(run.cfg, overrides)
     if (int(chosen["beam_size"]) > 1 or int(chosen["fan_size"]) > 1) \
             and float(chosen["cfg_weight"] or 0) and run.cfg.givt.model.style == "ar":
         raise UserError(f"beam search and DB-CFG (weight {chosen['cfg_weight']:g}) do not "
@@ -330,7 +329,7 @@ def run_sample(task: ImageNetTask, args: argparse.Namespace) -> str:
 
 def _sample_title(cfg: ml_collections.ConfigDict, overrides: dict[str, Any]) -> str:
     """The decoding settings that made a grid, for its title."""
-    s = {**cfg.givt.sampling.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
+    s = sampling_settings(cfg, overrides)
     parts = [f"{cfg.givt.model.style} GIVT", f"temperature {s['temperature']:g}"]
     if cfg.givt.model.style == "masked":
         parts += [f"{s['num_steps']} steps", f"t_C {s['choice_temperature']:g}",
@@ -391,7 +390,7 @@ def write_trajectory(gen: Predictor, path: str, classes: np.ndarray, rows: list[
     if cfg.givt.model.style != "masked":
         raise UserError("--trajectory shows MaskGIT decoding steps: this run's GIVT is "
                         f"{cfg.givt.model.style!r} (causal)")
-    s = {**cfg.givt.sampling.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
+    s = sampling_settings(cfg, overrides)
     w = float(s["cfg_weight"] or 0.0)
     _, trace = sample_maskgit(
         gen.model, gen.givt_params, jax.random.PRNGKey(seed), labels=jnp.asarray(classes),

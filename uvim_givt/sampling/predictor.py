@@ -53,6 +53,13 @@ def sampling_options(cfg: ml_collections.ConfigDict, mirror_equivariant: bool
     return n, flip
 
 
+def sampling_settings(cfg: ml_collections.ConfigDict, overrides: dict[str, Any]
+                      ) -> dict[str, Any]:
+    """``givt.sampling`` with the ``overrides`` that are not None put over it."""
+    return {**cfg.givt.sampling.to_dict(),
+            **{k: v for k, v in overrides.items() if v is not None}}
+
+
 @jax.jit
 def _log_mean_softmax(logits: jax.Array) -> jax.Array:
     """log(mean_k softmax(logits[k])) over the leading axis, computed stably."""
@@ -116,8 +123,7 @@ class Predictor:
         given, replaces both."""
         if self.model is None:
             raise UserError("this run has no trained GIVT (train stage 2 first: --stage givt)")
-        settings = {**self.cfg.givt.sampling.to_dict(),
-                    **{k: v for k, v in overrides.items() if v is not None}}
+        settings = sampling_settings(self.cfg, overrides)
         if rng is None:
             rng = jax.random.PRNGKey(seed)
             if draw:
