@@ -325,8 +325,9 @@ class DepthTask:
             return tf.data.Dataset.from_generator(
                 lambda: read_nyu_folder(arg, split, skip_bad), output_signature=sig)
         if kind == "embedded":
+            from tasks.datasets.synthetic_depth import SyntheticDepth
             from uvim_givt.data.embedded import ensure_built
-            builder = ensure_built("synthetic_depth", data_dir=data_dir, **embedded_overrides(cfg))
+            builder = ensure_built(SyntheticDepth, data_dir=data_dir, **embedded_overrides(cfg))
             ds = builder.as_dataset(split=split, shuffle_files=False)
         else:
             import tensorflow_datasets as tfds

@@ -182,7 +182,7 @@ class ImageNetTask:
         """Names of the labels 0..n-1 (TFDS' label names, or the folder names)."""
         kind, arg = pipeline.parse_source(source)
         if kind == "embedded":
-            from uvim_givt.data.builders.digits import CLASS_NAMES
+            from tasks.datasets.digits import CLASS_NAMES
             return list(CLASS_NAMES)
         if kind == "tfds":
             return list(_tfds_builder(arg).info.features["label"].names)
@@ -192,9 +192,10 @@ class ImageNetTask:
         """Raw examples {image uint8 [H, W, 3], label int64} of a split, in a fixed order."""
         kind, arg = pipeline.parse_source(source)
         if kind == "embedded":
+            from tasks.datasets.digits import Digits
             from uvim_givt.data.embedded import ensure_built
             size = int(cfg.data.image_size)
-            builder = ensure_built("digits", **({} if size == 32 else {"image_size": size}))
+            builder = ensure_built(Digits, **({} if size == 32 else {"image_size": size}))
             if split not in builder.info.splits:
                 raise DataError(f"embedded digits have no split {split!r} "
                                          f"(splits: {sorted(builder.info.splits)})")

@@ -47,7 +47,7 @@ def categories_for(source: str) -> list[dict[str, Any]]:
     source (a folder's are in its JSON: ``PanopticTask.categories``)."""
     kind, _ = pipeline.parse_source(source)
     if kind == "embedded":
-        from uvim_givt.data.builders.synthetic_panoptic import CATEGORIES
+        from tasks.datasets.synthetic_panoptic import CATEGORIES
         return [dict(c) for c in CATEGORIES]
     with open(COCO_CATEGORIES_FILE) as f:
         return json.load(f)  # the 133 COCO panoptic categories, in id order as TFDS labels
@@ -566,8 +566,9 @@ class PanopticTask:
     def load(self, cfg, source: str, split: str) -> tf.data.Dataset:
         kind, arg = pipeline.parse_source(source)
         if kind == "embedded":
+            from tasks.datasets.synthetic_panoptic import SyntheticPanoptic
             from uvim_givt.data.embedded import ensure_built
-            builder = ensure_built("synthetic_panoptic", **embedded_overrides(cfg))
+            builder = ensure_built(SyntheticPanoptic, **embedded_overrides(cfg))
             ds = builder.as_dataset(split=split, shuffle_files=False)
         elif kind == "tfds":
             import tensorflow_datasets as tfds

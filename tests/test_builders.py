@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import uvim_givt.data.builders  # noqa: F401  (registers the builders)
-from uvim_givt.data.builders.common import example_rng
-from uvim_givt.data.builders.synthetic_depth import DEPTH_RANGE
-from uvim_givt.data.builders.synthetic_panoptic import (
+import tasks.datasets.digits  # noqa: F401  (importing registers the builders)
+import tasks.datasets.synthetic_depth  # noqa: F401
+import tasks.datasets.synthetic_panoptic  # noqa: F401
+from tasks.datasets.synthetic_depth import DEPTH_RANGE
+from tasks.datasets.synthetic_panoptic import (
     CATEGORIES,
     STUFF_LABELS,
     THING_LABELS,
@@ -26,6 +27,7 @@ from uvim_givt.data.builders.synthetic_panoptic import (
     rgb_to_ids,
 )
 from uvim_givt.data.embedded import embedded_name, ensure_built
+from uvim_givt.data.embedded_builder import example_rng
 
 TINY = {"num_train": 16, "num_validation": 8}
 

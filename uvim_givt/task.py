@@ -1,19 +1,25 @@
 """The Task protocol: what a task plugs into the runner and the evaluators, and the registry
 that finds a task by the name in a run's config.
 
-Examples flow as dicts of arrays::
+Examples flow as dicts of arrays, through one of three declared routes::
 
-    task.load(cfg, source, split)          raw examples, fixed order (as TFDS yields them)
-      -> task.preprocess(cfg, ex, train)   model inputs: {"image": float [S, S, 3] in [-1, 1],
-                                           "labels": int [S, S, C] (dense) | "label": int}
-      -> stage 1 / stage 2 models          (uvim_givt.training.runner)
-      -> task.postprocess(cfg, logits, ex) a prediction at the raw example's resolution
-      -> task.metric(cfg, kind)            an accumulator of the evaluator family ``kind``
+    catalog.load(task.readers, cfg, source, split)   raw examples, fixed order
+      -> task.preprocess(cfg, ex, mode, seed)         mode "train" | "eval" | "predict":
+           {"image": float [S, S, 3] in [-1, 1],      model inputs
+            "labels": int [S, S, C] (dense) | "label": int,
+            "meta": {...}}                            what postprocess needs (raw size,
+                                                      crop box, flip), fixed shapes
+      -> the stage's inputs (uvim_givt.training.stages: each stage kind names the keys
+         it reads) -> models
+      -> task.postprocess(cfg, logits, meta)          a prediction at the raw resolution
+      -> task.metric(cfg, kind).add(example, pred)    an accumulator of evaluator ``kind``
 
-The ViT VAE (``vae.kind = "vit"``) encodes ``labels``; the CNN VAE (``"cnn"``) encodes
-``image``. Stage 2 is conditioned on ``image`` when the GIVT has an encoder, on ``label``
-when it has ``num_labels``. Tasks register under the entry-point group
-``uvim_givt.tasks`` (pyproject.toml), or in-process with :func:`register_task`.
+``train`` augments (random crop and flip, seeded by ``seed``) and needs labels; ``eval``
+reads labelled examples deterministically (the protocol's crop when it has one); ``predict``
+reads an image alone (a folder of photos). The ViT VAE encodes ``labels``, the CNN VAE
+``image``; stage 2 is conditioned on ``image`` (an encoder) or ``label`` (``num_labels``).
+Tasks register under the entry-point group ``uvim_givt.tasks`` (pyproject.toml), or
+in-process with :func:`register_task`.
 
 Optional members: ``config_rules`` (the ranges and choices of the task's own config keys,
 see :mod:`uvim_givt.schema`), ``check_config(cfg)`` (checks across keys or against the
@@ -23,6 +29,7 @@ All checks run before a run directory is written.
 
 from __future__ import annotations
 
+import dataclasses
 from importlib import metadata
 from typing import Any, Protocol, runtime_checkable
 
@@ -31,20 +38,64 @@ import ml_collections
 from uvim_givt.errors import UserError
 
 ENTRY_POINT_GROUP = "uvim_givt.tasks"
+ROUTES = ("train", "eval", "predict")
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """A published value, with the data it was measured on (plots draw it only beside
+    runs on that data)."""
+
+    model: str
+    data: str
+    metric: str
+    value: float
+    prediction: str = "sampled"  # what it scores: "oracle" (stage 1) or "sampled"
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricFamily:
+    """What a task says about the metrics of one evaluator kind."""
+
+    order: tuple[str, ...]  # known metrics first, in this order
+    primary: str | None = None  # the headline metric (runs are ranked by it)
+    higher_is_better: bool = True
+    units: tuple[tuple[str, str], ...] = ()  # (metric, unit) pairs, for plot axes
+    references: tuple[Reference, ...] = ()
+
+    def as_record(self, family: str) -> dict[str, Any]:
+        """The ``metric_meta`` of an eval record (the leaderboard reads records only)."""
+        return {"family": family, "order": list(self.order), "primary": self.primary,
+                "higher_is_better": self.higher_is_better, "units": dict(self.units),
+                "references": [dataclasses.asdict(r) for r in self.references]}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskMetadata:
+    """A task's metrics (by evaluator kind) and the datasets its references were measured
+    on; evaluators copy it into every record."""
+
+    title: str
+    metrics: dict[str, MetricFamily]
+    #: data source kind or TFDS name -> the dataset it is, as references name it
+    datasets: tuple[tuple[str, str], ...] = ()
+
+    def family(self, kind: str) -> MetricFamily | None:
+        return self.metrics.get(kind)
 
 
 @runtime_checkable
 class Task(Protocol):
-    """Every task: reading and preprocessing its data."""
+    """Every task: where its data comes from, its routes and its metadata."""
 
     name: str
+    readers: Any  # uvim_givt.data.catalog.Readers
+    metadata: TaskMetadata
 
-    def load(self, cfg: ml_collections.ConfigDict, source: str, split: str) -> Any:
-        """Raw examples of a split (a ``tf.data.Dataset``), in a fixed order."""
-
-    def preprocess(self, cfg: ml_collections.ConfigDict, example: dict, train: bool,
+    def preprocess(self, cfg: ml_collections.ConfigDict, example: dict, mode: str,
                    seed: Any = None) -> dict:
-        """Raw example -> model inputs (tf ops); random augmentation only when ``train``."""
+        """Raw example -> model inputs and ``meta`` (tf ops) by the route ``mode``
+        (``ROUTES``); random augmentation only in ``train``."""
 
 
 @runtime_checkable
@@ -55,9 +106,9 @@ class DenseTask(Task, Protocol):
     mirror_equivariant: bool
 
     def postprocess(self, cfg: ml_collections.ConfigDict, logits: dict[str, Any],
-                    example: dict | None = None) -> Any:
-        """Per-channel logits [H, W, K] of ONE example -> a prediction at the resolution of
-        the raw ``example`` when given."""
+                    meta: dict[str, Any]) -> Any:
+        """Per-channel logits [H, W, K] of ONE example -> a prediction at the raw
+        resolution, as ``meta`` (from ``preprocess``) says."""
 
     def metric(self, cfg: ml_collections.ConfigDict, kind: str) -> Any:
         """A fresh accumulator (``add(example, prediction)``, ``result() -> dict``) of the

@@ -16,25 +16,36 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from uvim_givt.data.builders import BUILDERS, REAL_COUNTERPARTS
-from uvim_givt.data.builders.common import config_fields, make_config
+from uvim_givt.data.embedded_builder import EmbeddedBuilder, config_fields, make_config
 
-__all__ = ["EMBEDDED_DATASETS", "embedded_name", "ensure_built"]
-
-# Embedded dataset -> the real TFDS dataset whose features it mirrors.
-EMBEDDED_DATASETS: dict[str, str] = dict(REAL_COUNTERPARTS)
+__all__ = ["builder_class", "embedded_name", "ensure_built"]
 
 
-def embedded_name(name: str, **config: Any) -> str:
+def builder_class(dataset: str | type[EmbeddedBuilder]) -> type[EmbeddedBuilder]:
+    """The embedded builder class of ``dataset`` (a class, or the name of one whose module
+    was imported, which registers it with TFDS: the tasks' ``tasks/datasets/``)."""
+    if isinstance(dataset, type):
+        return dataset
+    try:
+        cls = tfds.builder_cls(dataset)
+    except Exception:  # noqa: BLE001 - TFDS raises several kinds for an unknown name
+        cls = None
+    if cls is None or not issubclass(cls, EmbeddedBuilder):
+        raise ValueError(f"Unknown embedded dataset {dataset!r} (the embedded datasets are "
+                         "the builders of tasks/datasets/, registered when imported)")
+    return cls
+
+
+def embedded_name(name: str | type[EmbeddedBuilder], **config: Any) -> str:
     """Full TFDS name (`dataset/config`) of an embedded dataset with config overrides.
 
     `name` is `dataset` or `dataset/config`; `config` overrides that config's fields
     (e.g. num_train=16, image_size=128, seed=1). Raises ValueError naming a bad name or field.
     """
+    if isinstance(name, type):
+        name = name.name
     dataset, _, base_name = name.partition("/")
-    if dataset not in BUILDERS:
-        raise ValueError(f"Unknown embedded dataset {dataset!r}; available: {sorted(BUILDERS)}")
-    cls = BUILDERS[dataset]
+    cls = builder_class(dataset)
     base_name = base_name or cls.DEFAULT_BUILDER_CONFIG_NAME
     base = cls.get_builder_config(base_name)
     root = cls.get_builder_config(base_name.split("-")[0])
@@ -52,7 +63,8 @@ def embedded_name(name: str, **config: Any) -> str:
     return f"{dataset}/{make_config(root, {**inherited, **config}).name}"
 
 
-def ensure_built(name: str, data_dir: str | None = None, **config: Any) -> tfds.core.DatasetBuilder:
+def ensure_built(name: str | type[EmbeddedBuilder], data_dir: str | None = None,
+                 **config: Any) -> tfds.core.DatasetBuilder:
     """Returns the prepared builder of an embedded dataset, generating it on first use.
 
     `data_dir` defaults to TFDS's usual (`$TFDS_DATA_DIR` or `~/tensorflow_datasets`).

@@ -1,11 +1,6 @@
 """tf.data input pipeline shared by every task.
 
-Data sources are named by one string (the ``--data`` flag):
-
-* ``embedded`` — the task's embedded default, built locally on first use;
-* ``tfds:NAME`` — any TFDS dataset (e.g. ``tfds:coco/2017_panoptic``), read
-  from the usual TFDS data dir (``TFDS_DATA_DIR``);
-* ``folder:PATH`` — a folder in the dataset's native format (task-specific).
+Where examples come from is :mod:`uvim_givt.data.catalog`; this module batches them.
 
 Training batches are deterministic functions of the step: a seeded shuffle of
 the repeated split, each example augmented with stateless random ops seeded by
@@ -32,6 +27,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
+from uvim_givt.data.catalog import parse_source  # noqa: F401 (re-exported)
 from uvim_givt.errors import DataError  # noqa: F401 (raised here; re-exported)
 
 Example = dict[str, Any]
@@ -39,18 +35,6 @@ Example = dict[str, Any]
 # TensorFlow is only the input pipeline: keep it off accelerators and quiet.
 tf.config.set_visible_devices([], "GPU")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def parse_source(spec: str | None) -> tuple[str, str]:
-    """``'embedded'`` / ``'tfds:NAME'`` / ``'folder:PATH'`` -> (kind, argument)."""
-    spec = spec or "embedded"
-    if spec == "embedded":
-        return "embedded", ""
-    kind, sep, arg = spec.partition(":")
-    if not sep or kind not in ("tfds", "folder") or not arg:
-        raise DataError(f"data.source (--data) {spec!r}: expected embedded, tfds:NAME or "
-                        "folder:PATH")
-    return kind, arg
 
 
 def deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from uvim_givt.data.builders.common import (
+from uvim_givt.data.embedded_builder import (
     EmbeddedBuilder,
     EmbeddedConfig,
     encode_png,

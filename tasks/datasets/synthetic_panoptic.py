@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from uvim_givt.data.builders.common import (
+from uvim_givt.data.embedded_builder import (
     SPLIT_CODES,
     EmbeddedBuilder,
     EmbeddedConfig,

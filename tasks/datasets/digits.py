@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
-from uvim_givt.data.builders.common import EmbeddedBuilder, encode_jpeg
+from uvim_givt.data.embedded_builder import EmbeddedBuilder, encode_jpeg
 
 _VERSION = tfds.core.Version("1.0.0")
 NUM_EXAMPLES = 1797
