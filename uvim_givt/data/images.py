@@ -95,3 +95,16 @@ def image_grid(images: np.ndarray, rows: int) -> np.ndarray:
     cols = n // rows
     return images[:rows * cols].reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(
         rows * h, cols * w, c)
+
+
+def resize_nearest(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of [H, W, ...] to ``shape`` with half-pixel centres, as
+    ``jax.image.resize(..., "nearest")`` (the published evaluators' resize) does."""
+    h_in, w_in = image.shape[:2]
+    h_out, w_out = int(shape[0]), int(shape[1])
+    if (h_in, w_in) == (h_out, w_out):
+        return image
+    # Integer arithmetic: floor((i + 0.5) * in / out) without float rounding surprises.
+    rows = np.minimum((2 * np.arange(h_out) + 1) * h_in // (2 * h_out), h_in - 1)
+    cols = np.minimum((2 * np.arange(w_out) + 1) * w_in // (2 * w_out), w_in - 1)
+    return image[rows[:, None], cols[None, :]]
