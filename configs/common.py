@@ -175,12 +175,28 @@ def published_givt_train(epochs: float, num_examples: int, warmup_steps: int = 0
     return t
 
 
-def decoding_options() -> dict:
-    """The decoding options every GIVT sampling config carries, at their published
-    defaults: stochastic beam selection (causal, with beam search: survivors drawn from
-    softmax(score / rand_top_k_temperature) instead of the best) and the MaskGIT mask
-    schedule (cosine, linear or pow:K)."""
-    return dict(rand_top_k=False, rand_top_k_temperature=1.0, schedule="cosine")
+def sampling_group(**values: object) -> dict:
+    """``givt.sampling``: every sampling setting (``uvim_givt.sampling.SamplingSettings``) at
+    its published default; a task's config passes the values it changes.
+
+    temperature / temperature_probs: of the mixture components' spread / of the mixture
+    weights. cfg_weight: DB-CFG guidance (0 = none; class-conditional models trained with
+    label dropout), cfg_max_samples its rejection-sampling proposals per token (published:
+    1000; a token whose proposals all fail is drawn from the conditional), unconditional:
+    every label dropped. num_samples: dense tasks' code samples per image, their per-pixel
+    class distributions averaged (1 = one sample, as published); test_time_flip: odd draws
+    sample the mirrored image, mirrored back before averaging. Causal (style "ar"):
+    beam_size / fan_size (1 / 1 = ancestral sampling), rand_top_k: beam survivors drawn from
+    softmax(score / rand_top_k_temperature) instead of the best. MaskGIT (style "masked"):
+    num_steps, choice_temperature (t_C), schedule (cosine, linear or pow:K)."""
+    group = dict(temperature=1.0, temperature_probs=1.0, cfg_weight=0.0, cfg_max_samples=1000,
+                 unconditional=False, num_samples=1, test_time_flip=False, beam_size=1,
+                 fan_size=1, rand_top_k=False, rand_top_k_temperature=1.0, num_steps=16,
+                 choice_temperature=1.0, schedule="cosine")
+    unknown = sorted(set(values) - set(group))
+    if unknown:
+        raise KeyError(f"givt.sampling has no key {unknown[0]!r}")
+    return {**group, **values}
 
 
 def init_group() -> dict:

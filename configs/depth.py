@@ -9,14 +9,15 @@ import ml_collections
 
 from configs.common import (
     NYU_TRAIN_EXAMPLES,
+    adaptor_group,
     check_size,
-    decoding_options,
     dense_evaluators,
     givt_encdec_model,
     givt_tiny_recipe,
     init_group,
     published_givt_train,
     published_vae_train,
+    sampling_group,
     train_group,
     vit_vae_model,
 )
@@ -119,18 +120,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # of the posterior-mean depth, what RMSE rewards); on one default run, stage-2 RMSE
         # 0.762 m against 0.788 with one sample at 0.5 (8 or 16 samples: 0.750, but 8 cost
         # 15 s of a run that must stay under 10 minutes).
-        sampling=dict(temperature={"tiny": 1.0, "base": 0.5, "paper": 0.9}[a.size],
-                      temperature_probs=1.0,
-                      beam_size=2, fan_size=8,  # causal (style "ar")
-                      num_steps=16, choice_temperature=1.0,  # MaskGIT (style "masked")
-                      # Code samples per image whose per-pixel class distributions are
-                      # averaged (1 = one sample, as published).
-                      num_samples=4 if a.size == "tiny" else 1,
-                      # Odd draws sample the mirrored image, their prediction mirrored back
-                      # before averaging (test-time flip; none with 1 sample). tiny: on
-                      # one checkpoint, 4 draws 0.774 -> 0.771 m, 8 draws 0.762 -> 0.755.
-                      test_time_flip=a.size == "tiny", **decoding_options()),
+        # tiny: 4 code samples per image, odd draws on the mirrored frame (on one
+        # checkpoint, 4 draws 0.774 -> 0.771 m, 8 draws 0.762 -> 0.755); else one, as published
+        sampling=sampling_group(temperature={"tiny": 1.0, "base": 0.5, "paper": 0.9}[a.size],
+                                beam_size=2, fan_size=8,
+                                num_samples=4 if a.size == "tiny" else 1,
+                                test_time_flip=a.size == "tiny"),
         init_encoder="",  # optional .npz of a pretrained ViT encoder (big_vision layout)
+        adaptor=adaptor_group(vae["codeword_dim"]),  # off, as published for UViM
     )
     # Stage-1 oracle, stage-2 samples, and the training-set mean depth as a baseline.
     # Paper: as givt_nyu_depth.py / vae_nyu_depth.py: held-out losses on validation every

@@ -28,10 +28,10 @@ import ml_collections
 
 from configs.common import (
     adaptor_group,
-    decoding_options,
     evaluator,
     init_group,
     model_precision,
+    sampling_group,
     train_group,
 )
 from uvim_givt.config import parse_arg
@@ -175,19 +175,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         train=train_group(a.size, steps=78_000 if paper else 1_500,
                           batch_size=8192 if paper else 32, lr=1e-3,
                           wd=(0.0 if masked else 1e-4) if paper else 1e-4),
-        sampling=dict(
+        sampling=sampling_group(
             temperature=1.0 if masked else 0.9 if shuffled else 0.95,
-            temperature_probs=1.0,
-            beam_size=1, fan_size=1,                       # causal: plain ancestral sampling
             cfg_weight=(0.1 if masked else 0.9 if shuffled else 0.4) if paper else 0.4,
-            num_steps=16,                                  # MaskGIT decoding steps
             # MaskGIT choice temperature t_C (published: 35; 140 at 512px)
             choice_temperature=(140.0 if masked and a.res == 512 else 35.0) if paper else 4.0,
-            # DB-CFG's rejection-sampling proposals per token (published: 1000; a token
-            # whose proposals all fail is drawn from the conditional instead)
-            cfg_max_samples=1000 if paper else 128,
-            unconditional=False,  # sample with every label dropped (no class, no guidance)
-            **decoding_options(),
+            cfg_max_samples=1000 if paper else 128,  # fewer DB-CFG proposals in tiny/base
         ),
     )
     if shuffled:

@@ -9,14 +9,15 @@ import ml_collections
 
 from configs.common import (
     COCO_TRAIN_EXAMPLES,
+    adaptor_group,
     check_size,
-    decoding_options,
     dense_evaluators,
     givt_encdec_model,
     givt_tiny_recipe,
     init_group,
     published_givt_train,
     published_vae_train,
+    sampling_group,
     train_group,
     vit_vae_model,
 )
@@ -99,16 +100,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         posterior="sample",  # stage-1 codes for training: sample of q(z|x) ("mean" = its mean)
         # Std of Gaussian noise on the teacher-forcing inputs (0 = the published recipe).
         input_noise=recipe["input_noise"],
-        sampling=dict(temperature=0.85 if paper else 0.5, temperature_probs=1.0,
-                      beam_size=4 if paper else 2, fan_size=8,  # causal (style "ar")
-                      num_steps=16, choice_temperature=1.0,  # MaskGIT (style "masked")
-                      # Code samples per image whose per-pixel class distributions are
-                      # averaged (1 = one sample, as published).
-                      num_samples=1,
-                      # Odd draws sample the mirrored image (test-time flip averaging);
-                      # not for panoptic: instance ids do not mirror.
-                      test_time_flip=False, **decoding_options()),
+        # beam search 4 x fan 8 as published (beam 2 in tiny/base); test-time flip does not
+        # apply: panoptic instance ids do not mirror
+        sampling=sampling_group(temperature=0.85 if paper else 0.5,
+                                beam_size=4 if paper else 2, fan_size=8),
         init_encoder="",  # optional .npz of a pretrained ViT encoder (big_vision layout)
+        adaptor=adaptor_group(vae["codeword_dim"]),  # off, as published for UViM
     )
     # Paper: as givt_coco_panoptic.py / vae_coco_panoptic.py: held-out losses on train[:4096]
     # (every 250 / 1,000 steps), PQ on validation, on the held-out images and on train[4096:

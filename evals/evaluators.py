@@ -38,15 +38,14 @@ from tqdm.auto import tqdm
 
 from uvim_givt import config as config_lib
 from uvim_givt import rundir, schema
-from uvim_givt.data import pipeline
+from uvim_givt.data import catalog, pipeline
 from uvim_givt.data.images import write_png_or_warn
 from uvim_givt.errors import ConfigError, UserError
-from uvim_givt.models import builders, vae_losses
 from uvim_givt.sampling.predictor import Predictor
 from uvim_givt.task import Task
+from uvim_givt.training import stages
 from uvim_givt.training.metrics import progress_interval
-from uvim_givt.training.objectives import givt_nll_loss
-from uvim_givt.training.runner import Run, load_givt_params, load_run, vae_input
+from uvim_givt.training.runner import Run, load_givt_params, load_run
 
 #: prediction -> the stage whose parameters it needs (and after which it runs)
 PREDICTION_STAGE = {"oracle": "vae", "sampled": "givt", "teacher_forced": "givt",
@@ -59,7 +58,7 @@ REQUIRED = ("kind", "prediction", "split", "num_examples", "every", "batch_size"
 _E = r"evals\.\w+\."
 #: The ranges of the evaluator keys (uvim_givt/schema.py), checked before a run starts.
 CONFIG_RULES: schema.Rules = (
-    (_E + "kind", schema.Text(r"[a-z_]+", "a metric family (panoptic, depth, generation, nll)",
+    (_E + "kind", schema.Text(r"[a-z_]+", "a metric family (panoptic, depth, generation, loss)",
                               bad="PQ!")),
     (_E + "prediction", schema.OneOf(tuple(PREDICTION_STAGE))),
     (_E + "split", schema.Text(r".+", "a split name", bad="")),
@@ -203,6 +202,9 @@ class Evaluators:
             "model": {"size": self.cfg.size, "num_params": num_params},
             "extra": dict(extra, periodic=periodic),
         }
+        family = self.task.metadata.family(spec.kind)
+        if family is not None:  # the leaderboard reads what a metric is from the records
+            record["metric_meta"] = family.as_record(spec.kind)
         if self.tag:
             record["tag"] = self.tag
             record["extra"]["settings"] = self.settings
@@ -229,7 +231,7 @@ def evaluate_run(run_dir: str, origin: str, *, stage: str | None = None,
     next to the default ones instead of replacing them.
     """
     if source is not None:
-        pipeline.parse_source(source)
+        catalog.parse_source(source)
     run = load_run(run_dir, task, need_givt=False)
     tag = ""
     if overrides:
@@ -270,10 +272,11 @@ def _progress(desc: str, periodic: bool) -> tqdm:
 def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
                max_examples: int | None, step: int, periodic: bool
                ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Predicts a split (oracle, sampled or the task's baseline) and scores it with the
-    task's metric of ``spec.kind``; overlays go to RUN/predictions/<evaluator>_NNN.png."""
+    """Predicts a split (oracle, sampled, teacher-forced or the task's baseline) through the
+    task's ``eval`` route and scores it with the task's metric of ``spec.kind``; overlays go
+    to RUN/predictions/<evaluator>_NNN.png."""
     cfg = run.cfg
-    ds = task.load(cfg, source, split)
+    ds = catalog.load(task.readers, cfg, source, split)
     if max_examples:
         ds = ds.take(max_examples)
     metric = task.metric(cfg, spec.kind)
@@ -290,34 +293,31 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
         metric.add(example, pred)
         if seen < n_overlays:
             write_png_or_warn(os.path.join(overlay_dir, f"{spec.name}_{seen:03d}.png"),
-                      task.draw(cfg, example, pred))
+                              task.draw(cfg, example, pred))
         seen += 1
         bar.update(1)
 
-    if spec.prediction == "baseline":
-        for example in ds.as_numpy_iterator():
-            add(example, predict_one(example))
-    else:
-        raw = ds.as_numpy_iterator()  # full-resolution examples, for postprocess and metrics
-        predictor = Predictor(cfg, run.vae_params,
-                              None if spec.prediction == "oracle" else run.givt_params)
-
-        def prep(ex):
-            out = task.preprocess(cfg, ex, train=False)
-            return {"image": out["image"], "labels": out["labels"]}
-
-        for batch in pipeline.eval_batches(ds, prep, spec.batch_size):
-            if spec.prediction == "oracle":
-                logits = predictor.oracle(batch["labels"])
-            elif spec.prediction == "teacher_forced":
-                logits = predictor.teacher_forced(batch["image"], batch["labels"])
+    raw = ds.as_numpy_iterator()  # full-resolution examples, for postprocess and metrics
+    predictor = None if spec.prediction == "baseline" else Predictor(
+        cfg, run.vae_params, None if spec.prediction == "oracle" else run.givt_params)
+    for batch in pipeline.eval_batches(ds, lambda ex: task.preprocess(cfg, ex, "eval"),
+                                       spec.batch_size):
+        if spec.prediction == "baseline":
+            logits = None
+        elif spec.prediction == "oracle":
+            logits = predictor.oracle(batch["labels"])
+        elif spec.prediction == "teacher_forced":
+            logits = predictor.teacher_forced(batch["image"], batch["labels"])
+        else:
+            logits = predictor.predict(batch["image"], seed=seen,
+                                       mirror_equivariant=task.mirror_equivariant)
+        for i in np.flatnonzero(batch["_valid"]):
+            example = next(raw)
+            meta = {k: v[i] for k, v in batch["meta"].items()}
+            if logits is None:
+                add(example, predict_one(example, meta))
             else:
-                logits = predictor.predict(batch["image"], seed=seen,
-                                           mirror_equivariant=task.mirror_equivariant)
-            for i in np.flatnonzero(batch["_valid"]):
-                example = next(raw)
-                add(example, task.postprocess(cfg, {k: v[i] for k, v in logits.items()},
-                                              example))
+                add(example, task.postprocess(cfg, {k: v[i] for k, v in logits.items()}, meta))
     bar.close()
     if seen == 0:
         raise UserError(f"split {split!r} of {source} has no examples")
@@ -326,79 +326,59 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
     return metric.result(), extra
 
 
-# Compiled loss functions by (config, prediction): periodic evaluations reuse them instead
-# of compiling a new closure each time.
-_LOSS_FNS: dict[tuple[str, str], Callable] = {}
+# Compiled held-out losses by stage definition: periodic evaluations reuse them.
+_HELDOUT: dict[int, Callable] = {}
+#: the posterior sample (stage 1) and mask (MaskGIT) of every held-out evaluation
+HELDOUT_KEY = 0
 
 
-def _loss_fn(cfg: ml_collections.ConfigDict, prediction: str) -> Callable:
-    """(vae_params, givt_params, batch) -> {metric: batch mean}, jitted, for ``loss_loop``."""
-    cache_key = (rundir.config_hash(cfg), prediction)
-    if cache_key in _LOSS_FNS:
-        return _LOSS_FNS[cache_key]
-    vae = builders.build_model("vae", cfg)
-    key = jax.random.PRNGKey(0)  # the same posterior sample at every evaluation
+def heldout_loss_fn(kind: Any) -> Callable:
+    """(stage params, batch, frozen) -> the stage's loss parts with ``train=False``, jitted:
+    the training loss of :mod:`uvim_givt.training.stages`, evaluated."""
+    if id(kind) not in _HELDOUT:
+        key = jax.random.PRNGKey(HELDOUT_KEY)
 
-    if prediction == "oracle":
-        beta = float(cfg.vae.beta)
-        label_vae = builders.vae_kind(cfg) == "vit"
-
-        @jax.jit
-        def batch_metrics(vae_params, _, batch):
-            x = vae_input(cfg, batch)
-            mu, logvar = vae.apply({"params": vae_params}, x, method=vae.encode)
-            z = vae_losses.reparametrize(mu, logvar, key)
-            out = vae.apply({"params": vae_params}, z, method=vae.decode)
-            if label_vae:
-                return vae_losses.label_vae_loss(
-                    out, x, mu, logvar, label_channels=builders.label_channels(cfg),
-                    beta=beta, ignore_zero=tuple(cfg.vae.ignore_zero))[1]
-            return vae_losses.vae_loss(out, x, mu, logvar, beta=beta)[1]
-    else:
-        model = builders.build_model("givt", cfg)
-        adaptor = builders.build_adaptor(cfg)  # None without one
-
-        @jax.jit
-        def batch_metrics(vae_params, givt_params, batch):
-            mu, _ = vae.apply({"params": vae_params}, vae_input(cfg, batch), method=vae.encode)
-            nll, _ = givt_nll_loss(model, givt_params, mu, key,
-                                   image=batch["image"] if model.has_encoder else None,
-                                   labels=batch["label"] if model.num_labels is not None
-                                   else None, train=False, adaptor=adaptor)
-            return {"nll_per_token": nll, "nll_per_dim": nll / mu.shape[-1]}
-
-    _LOSS_FNS[cache_key] = batch_metrics
-    return batch_metrics
+        def parts(params, batch, frozen):
+            loss, out = kind.loss(params, batch, key, False, frozen)
+            return dict(out, loss=loss)
+        _HELDOUT[id(kind)] = jax.jit(parts)
+    return _HELDOUT[id(kind)]
 
 
 def loss_loop(task: Task, run: Run, spec: Spec, *, source: str, split: str,
               max_examples: int | None, step: int, periodic: bool
               ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Held-out losses, averaged over the examples of a split.
+    """Held-out losses, averaged over the examples of a split: the stage's training loss
+    (``uvim_givt.training.stages``) with ``train=False``.
 
     ``oracle``: stage 1's objective (``vae.beta``-weighted): ``loss``, the reconstruction
     term (``xent`` [and ``xent/<channel>``] for label maps, ``rec`` for images) and ``kl``,
-    with a posterior sample drawn from a fixed key and no dropout.
-    ``teacher_forced``: stage 2's NLL of the frozen VAE's posterior means, in nats per token
-    (``nll_per_token``) and per code dimension (``nll_per_dim``).
+    of a posterior sample drawn from a fixed key, no dropout. ``teacher_forced``: stage 2's
+    NLL of the frozen VAE's posterior means, in nats per token (``nll_per_token``, also
+    ``loss``) and per code dimension (``nll_per_dim``).
     """
     cfg = run.cfg
-    batch_metrics = _loss_fn(cfg, spec.prediction)
+    stage1 = stages.stage_of(cfg, "vae")
+    if spec.prediction == "oracle":
+        kind, params, frozen = stage1, stage1.stage_params(run.vae_params), None
+    else:
+        kind, params, frozen = stages.stage_of(cfg, "givt"), run.givt_params, run.vae_params
+    batch_metrics = heldout_loss_fn(kind)
 
     def prep(ex):
-        out = task.preprocess(cfg, ex, train=False)
-        return {k: out[k] for k in ("image", "labels", "label") if k in out}
+        out = task.preprocess(cfg, ex, "eval")
+        return {k: out[k] for k in kind.inputs}
 
     sums: dict[str, float] = {}
     count = 0
     bar = _progress(f"eval {spec.name} {split}", periodic)
-    ds = task.load(cfg, source, split)
+    ds = catalog.load(task.readers, cfg, source, split)
     for batch in pipeline.eval_batches(ds, prep, spec.batch_size, max_examples):
         valid = batch.pop("_valid")
         n = int(valid.sum())
         if n < len(valid):  # the padded last batch: score only the real rows
             batch = {k: v[valid] for k, v in batch.items()}
-        for k, v in batch_metrics(run.vae_params, run.givt_params, batch).items():
+        for k, v in batch_metrics(params, batch, frozen).items():
             sums[k] = sums.get(k, 0.0) + float(v) * n
         count += n
         bar.update(n)

@@ -182,19 +182,47 @@ def to_dict(cfg: ConfigDict) -> dict[str, Any]:
     return json.loads(cfg.to_json_best_effort())
 
 
+#: The format of the run directories this version writes and reads. Older ones are refused
+#: with what changed (one policy: no silent defaults for keys an old run lacks).
+RUN_FORMAT = 2
+FORMAT_KEY = "uvim_givt_format"
+FORMAT_CHANGES = {
+    2: "givt.sampling holds every sampling setting (cfg_weight, cfg_max_samples, "
+       "unconditional, num_samples, test_time_flip, the causal and the MaskGIT options; "
+       "configs/common.py:sampling_group), the depth protocol keys are all in the config, "
+       "and eval records carry their metric metadata",
+}
+
+
 def save_config(cfg: ConfigDict, run_dir: str, name: str = "config.json") -> str:
-    """Writes the resolved config as JSON into the run directory."""
+    """Writes the resolved config as JSON into the run directory, with the run format."""
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, name)
     with open(path, "w") as f:
-        json.dump(to_dict(cfg), f, indent=1, sort_keys=True)
+        json.dump({**to_dict(cfg), FORMAT_KEY: RUN_FORMAT}, f, indent=1, sort_keys=True)
     return path
 
 
 def load_saved_config(run_dir: str, name: str = "config.json") -> ConfigDict:
-    """Reads the config a run directory was created with."""
+    """Reads the config a run directory was created with; a run written by an older
+    uvim_givt is refused with one message saying what changed since."""
     path = os.path.join(run_dir, name)
     if not os.path.isfile(path):
         raise ConfigError(f"{run_dir} is not a run directory: {name} is missing")
-    with open(path) as f:
-        return ConfigDict(json.load(f))
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: not a readable config ({e})") from None
+    version = saved.pop(FORMAT_KEY, 1) if isinstance(saved, dict) else None
+    if not isinstance(saved, dict) or not isinstance(version, int) or version > RUN_FORMAT:
+        raise ConfigError(f"{path}: not a config of this uvim_givt (format {version!r}; this "
+                          f"version reads format {RUN_FORMAT})")
+    if version < RUN_FORMAT:
+        changes = "; ".join(f"format {v}: {FORMAT_CHANGES[v]}"
+                            for v in range(version + 1, RUN_FORMAT + 1))
+        raise ConfigError(f"{run_dir} was written by an older uvim_givt (run format {version}, "
+                          f"this version reads {RUN_FORMAT}). What changed: {changes}. "
+                          "Retrain into a new --workdir (or use the older uvim_givt to "
+                          "evaluate it).")
+    return ConfigDict(saved)

@@ -71,8 +71,8 @@ def start_run(run_dir: str, cfg: ml_collections.ConfigDict, write: bool = True) 
     (``write=False``: only the check, for the processes of a run that are not process 0)."""
     path = os.path.join(run_dir, "config.json")
     if os.path.isfile(path):
-        with open(path) as f:
-            diff = config_diff(json.load(f), config_lib.to_dict(cfg))
+        saved = config_lib.load_saved_config(run_dir)  # refuses an older run format
+        diff = config_diff(config_lib.to_dict(saved), config_lib.to_dict(cfg))
         if diff:
             raise UserError(
                 f"{run_dir} was created with a different config ({', '.join(diff[:8])}"

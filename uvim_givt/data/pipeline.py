@@ -93,10 +93,11 @@ def eval_batches(
     ds = dataset if not max_examples else dataset.take(max_examples)
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     for batch in deterministic(ds.batch(batch_size).prefetch(2)).as_numpy_iterator():
-        n = len(next(iter(batch.values())))
+        n = len(jax.tree_util.tree_leaves(batch)[0])
         valid = np.arange(batch_size) < n
-        if n < batch_size:
-            batch = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)])
-                     for k, v in batch.items()}
+        if n < batch_size:  # nested dicts too (a route's "meta")
+            batch = jax.tree_util.tree_map(
+                lambda v, pad=batch_size - n: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]),
+                batch)
         batch["_valid"] = valid
         yield batch

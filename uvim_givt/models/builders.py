@@ -67,10 +67,8 @@ def build_model(stage: Stage, cfg: ml_collections.ConfigDict) -> Any:
 
 
 def adaptor_enabled(cfg: ml_collections.ConfigDict) -> bool:
-    """Whether the run has an invertible adaptor (``givt.adaptor.enabled``; configs and run
-    directories written before the adaptor existed have none)."""
-    group = cfg.givt.get("adaptor")
-    return bool(group is not None and group.get("enabled"))
+    """Whether the run has an invertible adaptor (``givt.adaptor.enabled``)."""
+    return bool(cfg.givt.adaptor.enabled)
 
 
 def build_adaptor(cfg: ml_collections.ConfigDict) -> Any:

@@ -30,34 +30,13 @@ import ml_collections
 import numpy as np
 
 from uvim_givt.errors import ConfigError, UserError
-from uvim_givt.models import builders
-from uvim_givt.sampling.by_style import sample_by_style
+from uvim_givt.sampling.settings import SamplingSettings
+from uvim_givt.training import stages
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """[-1, 1] floats -> uint8 0..255."""
     return np.clip(np.round((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def sampling_options(cfg: ml_collections.ConfigDict, mirror_equivariant: bool
-                     ) -> tuple[int, bool]:
-    """(num_samples, test_time_flip) of ``givt.sampling``, checked against the task."""
-    s = cfg.givt.sampling
-    n = int(s.num_samples)
-    if n < 1:
-        raise ConfigError(f"givt.sampling.num_samples={n}: must be >= 1")
-    flip = bool(s.test_time_flip)
-    if flip and not mirror_equivariant:
-        raise ConfigError(f"givt.sampling.test_time_flip=True: the {cfg.task} task's labels "
-                          "do not mirror with the image")
-    return n, flip
-
-
-def sampling_settings(cfg: ml_collections.ConfigDict, overrides: dict[str, Any]
-                      ) -> dict[str, Any]:
-    """``givt.sampling`` with the ``overrides`` that are not None put over it."""
-    return {**cfg.givt.sampling.to_dict(),
-            **{k: v for k, v in overrides.items() if v is not None}}
 
 
 @jax.jit
@@ -68,116 +47,97 @@ def _log_mean_softmax(logits: jax.Array) -> jax.Array:
 
 
 class Predictor:
-    """A run's VAE (and GIVT, when given) as jitted inference functions."""
+    """A run's VAE (and GIVT, when given) with one :class:`SamplingSettings`.
+
+    The models and their compiled functions come from the stage definitions
+    (:mod:`uvim_givt.training.stages`), built once per config: a new predictor of the same
+    run compiles nothing again. ``settings`` default to the config's ``givt.sampling``."""
 
     def __init__(self, cfg: ml_collections.ConfigDict, vae_params: Any, givt_params: Any = None,
-                 batch_size: int = 0):
+                 batch_size: int = 0, settings: SamplingSettings | None = None):
         self.cfg, self.vae_params, self.givt_params = cfg, vae_params, givt_params
         self.batch_size = int(batch_size)
-        self.vae = vae = builders.build_model("vae", cfg)
-        self.model = builders.build_model("givt", cfg) if givt_params is not None else None
-        self.adaptor = builders.build_adaptor(cfg) if givt_params is not None else None
-        if self.adaptor is not None:
-            from uvim_givt.models.adaptor import PARAMS_KEY
-            adaptor, self._adaptor_params = self.adaptor, givt_params[PARAMS_KEY]
-            self._adapt = jax.jit(lambda p, z: adaptor.apply({"params": p}, z,
-                                                             method=adaptor.forward))
-            self._unadapt = jax.jit(lambda p, y: adaptor.apply({"params": p}, y,
-                                                               method=adaptor.inverse))
-        self._decode = jax.jit(lambda p, z: vae.apply({"params": p}, z, method=vae.decode))
-        self._encode = jax.jit(lambda p, x: vae.apply({"params": p}, x, method=vae.encode)[0])
+        self.stage1 = stages.stage_of(cfg, "vae")
+        self.vae = self.stage1.model
+        self.stage2 = stages.stage_of(cfg, "givt") if givt_params is not None else None
+        self.model = self.stage2.model if self.stage2 is not None else None
+        self.settings = settings if settings is not None else (
+            SamplingSettings.from_config(cfg) if givt_params is not None else None)
+
+    def with_settings(self, settings: SamplingSettings) -> Predictor:
+        """The same run sampled with other settings."""
+        return Predictor(self.cfg, self.vae_params, self.givt_params, self.batch_size,
+                         settings)
 
     # ------------------------------------------------------------------ stage 1
     def encode(self, x: np.ndarray) -> jax.Array:
         """Posterior means of a batch of VAE inputs (label maps or images)."""
-        return self._encode(self.vae_params, jnp.asarray(x))
+        return self.stage1.encode(self.vae_params, jnp.asarray(x))[0]
 
     def decode(self, z: Any) -> Any:
-        return self._decode(self.vae_params, jnp.asarray(z))
+        return self.stage1.decode(self.vae_params, jnp.asarray(z))
 
     def oracle(self, x: np.ndarray) -> Any:
         """Stage-1 reconstruction: decode the posterior mean of the ground truth."""
         return jax.tree_util.tree_map(np.asarray, self.decode(self.encode(x)))
 
     # ------------------------------------------------------------------ stage 2
+    def _stage2(self) -> Any:
+        stages.require_givt(self.givt_params)
+        return self.stage2
+
     def adapt(self, z: Any) -> jax.Array:
         """VAE codes -> the sequence the GIVT models (the identity without an adaptor)."""
-        if self.adaptor is None:
-            return jnp.asarray(z)
-        return self._adapt(self._adaptor_params, jnp.asarray(z))
+        return self._stage2().adapt(self.givt_params, z)
 
     def unadapt(self, y: Any) -> jax.Array:
         """The GIVT's sequence -> VAE codes (the adaptor's inverse; else the identity)."""
-        if self.adaptor is None:
-            return jnp.asarray(y)
-        return self._unadapt(self._adaptor_params, jnp.asarray(y))
+        return self._stage2().unadapt(self.givt_params, y)
 
     def sample_codes(self, seed: int, draw: int = 0, *, image: Any = None, labels: Any = None,
-                     rng: jax.Array | None = None, **overrides: Any) -> jax.Array:
-        """VAE codes [B, seq_len, out_dim] by the sampler of the GIVT's style (through
-        the adaptor's inverse when the run has one).
-
-        Settings come from ``givt.sampling``; ``overrides`` (temperature, cfg_weight,
-        num_steps, ...) replace them where not None. ``draw`` > 0 picks an independent
-        sample for the same ``seed`` (draw 0 uses ``PRNGKey(seed)`` itself); ``rng``, when
-        given, replaces both."""
-        if self.model is None:
-            raise UserError("this run has no trained GIVT (train stage 2 first: --stage givt)")
-        settings = sampling_settings(self.cfg, overrides)
+                     rng: jax.Array | None = None, return_trace: bool = False) -> Any:
+        """VAE codes [B, seq_len, out_dim] by the sampler of the GIVT's style with this
+        predictor's settings. ``draw`` > 0 picks an independent sample for the same
+        ``seed`` (draw 0 uses ``PRNGKey(seed)`` itself); ``rng``, when given, replaces
+        both."""
+        stage2 = self._stage2()
         if rng is None:
             rng = jax.random.PRNGKey(seed)
             if draw:
                 rng = jax.random.fold_in(rng, draw)
-        batch = len(image) if image is not None else len(labels)
-        # Guidance is for class-conditional models only: image-conditional configs have no
-        # cfg_weight.
-        cfg_weight = float(settings.get("cfg_weight") or 0.0)
-        return self.unadapt(sample_by_style(
-            self.model, self.givt_params, rng, settings, batch_size=batch,
-            image=None if image is None else jnp.asarray(image),
-            labels=None if labels is None else jnp.asarray(labels),
-            temperature=float(settings["temperature"]),
-            temperature_probs=float(settings["temperature_probs"]),
-            **({"cfg_weight": cfg_weight} if cfg_weight else {})))
+        return stage2.sample(self.givt_params, rng, self.settings, image=image, labels=labels,
+                             return_trace=return_trace)
 
     def teacher_forced(self, images: np.ndarray | None, x: np.ndarray,
                        labels: np.ndarray | None = None) -> Any:
         """Decoded GMM means of the GIVT teacher-forced on the posterior means of ``x``
         (its stage-1 input), conditioned on ``images`` or class ``labels``. With an
         adaptor the GIVT reads the adapted codes and its means go through the inverse."""
-        if self.model is None:
-            raise UserError("this run has no trained GIVT (train stage 2 first: --stage givt)")
+        stage2 = self._stage2()
         if self.model.style != "ar":
             raise UserError("teacher_forced predictions need a causal GIVT "
                             f"(givt.model.style='ar', not {self.model.style!r})")
-        if not hasattr(self, "_tf_means"):
-            model = self.model
-
-            def means(params, z, image, labels):
-                encoded = None if image is None else model.apply(
-                    {"params": params}, image, False, method=model.encode)
-                logits = model.apply({"params": params}, z, labels, encoded, None, None, False,
-                                     method=model.decode)
-                return model.head.mean(logits)
-            self._tf_means = jax.jit(means)
-        z = self.adapt(self.encode(x))
-        mu = self._tf_means(self.givt_params, z,
-                            None if images is None else jnp.asarray(images),
-                            None if labels is None else jnp.asarray(labels))
-        mu = self.unadapt(mu)
-        return jax.tree_util.tree_map(np.asarray, self.decode(mu))
+        y = self.adapt(self.encode(x))
+        mu = stage2.teacher_forced_means(self.givt_params, y,
+                                         None if images is None else jnp.asarray(images),
+                                         None if labels is None else jnp.asarray(labels))
+        return jax.tree_util.tree_map(np.asarray, self.decode(self.unadapt(mu)))
 
     def predict(self, images: np.ndarray, seed: int = 0, mirror_equivariant: bool = False
                 ) -> dict[str, np.ndarray]:
         """Dense tasks: per-channel logits for ``images``.
 
-        With ``givt.sampling.num_samples`` = n > 1, n code samples are decoded and their
-        per-pixel class distributions averaged; the result is returned as log-probabilities
-        (log of the mean softmax), so argmax and expectation decoding read it as logits.
-        With ``givt.sampling.test_time_flip``, the odd draws sample from the horizontally
-        mirrored images and their decoded logits are mirrored back before averaging.
+        With ``num_samples`` = n > 1, n code samples are decoded and their per-pixel class
+        distributions averaged; the result is returned as log-probabilities (log of the
+        mean softmax), so argmax and expectation decoding read it as logits. With
+        ``test_time_flip``, the odd draws sample from the horizontally mirrored images and
+        their decoded logits are mirrored back before averaging.
         """
-        n, flip = sampling_options(self.cfg, mirror_equivariant)
+        self._stage2()
+        n, flip = self.settings.num_samples, self.settings.test_time_flip
+        if flip and not mirror_equivariant:
+            raise ConfigError(f"givt.sampling.test_time_flip=True: the {self.cfg.task} task's "
+                              "labels do not mirror with the image")
         views = [jnp.asarray(images)]  # one host-to-device copy for all draws
         if flip:
             views.append(views[0][:, :, ::-1])
@@ -199,15 +159,12 @@ class Predictor:
         for i, start in enumerate(range(0, n, bs)):
             yield i, start, min(start + bs, n), bs
 
-    def sample_latents(self, labels: Sequence[int] | np.ndarray, seed: int = 0,
-                       **overrides: Any) -> np.ndarray:
-        """Class-conditional codes [N, seq_len, out_dim]; ``cfg_weight`` 0 samples the
-        conditional model exactly (the unguided sampler, not guidance with w=0)."""
-        if self.model is None:
-            raise UserError("this run has no trained GIVT (train stage 2 first: --stage givt)")
-        w = overrides.get("cfg_weight")
-        w = float(self.cfg.givt.sampling.cfg_weight if w is None else w)
-        if w != 0 and "nolabel" not in self.model.special_labels:
+    def sample_latents(self, labels: Sequence[int] | np.ndarray, seed: int = 0) -> np.ndarray:
+        """Class-conditional codes [N, seq_len, out_dim] in chunks of ``batch_size``;
+        ``cfg_weight`` 0 samples the conditional model exactly (the unguided sampler, not
+        guidance with w=0)."""
+        self._stage2()
+        if self.settings.cfg_weight and "nolabel" not in self.model.special_labels:
             raise UserError("CFG needs a model trained with label dropout "
                             "(givt.model.drop_labels_probability > 0); use --cfg 0")
         labels = np.asarray(labels, np.int32).reshape(-1)
@@ -219,8 +176,7 @@ class Predictor:
             chunk = labels[start:stop]
             padded = np.concatenate([chunk, np.zeros(bs - len(chunk), np.int32)])
             key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
-            z = self.sample_codes(seed, labels=padded, rng=key, **dict(overrides, cfg_weight=w))
-            out.append(np.asarray(z)[:len(chunk)])
+            out.append(np.asarray(self.sample_codes(seed, labels=padded, rng=key))[:len(chunk)])
         if not out:
             return np.zeros((0, self.model.seq_len, self.model.out_dim), np.float32)
         return np.concatenate(out)

@@ -37,20 +37,17 @@ import numpy as np
 from uvim_givt import config as config_lib
 from uvim_givt import rundir, schema
 from uvim_givt.compat import big_vision
-from uvim_givt.data import pipeline
+from uvim_givt.data import catalog, pipeline
 from uvim_givt.errors import CheckpointError, ConfigError, UserError
-from uvim_givt.models import builders, image_losses, vae_losses
+from uvim_givt.models import builders
 from uvim_givt.task import Task, get_task
 from uvim_givt.training import checkpoint as ckpt_lib
-from uvim_givt.training import sharding
+from uvim_givt.training import sharding, stages
 from uvim_givt.training.ema import ParamsEMA
-from uvim_givt.training.objectives import givt_nll_loss
 from uvim_givt.training.trainer import Stage, count_params, train
 
 EMA_STAGE = "vae_ema"
 STAGES = ("vae", "givt", "all")
-#: keys of a run's config a current run needs; older run directories lack them
-REQUIRED_CONFIG_KEYS = ("vae.kind", "evals")
 
 
 @dataclasses.dataclass
@@ -102,35 +99,14 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     builders.build_adaptor(cfg)  # its channels and grid fit the code sequence
 
 
-def check_saved_config(run_dir: str, cfg: ml_collections.ConfigDict) -> None:
-    """Run directories written before the config named the VAE kind and the evaluators
-    fail here, with what changed, instead of deep inside a model builder."""
-    missing = [k for k in REQUIRED_CONFIG_KEYS if _get(cfg, k) is None]
-    if missing:
-        raise UserError(
-            f"{run_dir}/config.json was written by an older uvim_givt: it has no "
-            f"{', '.join(missing)} (the VAE kind and its label channels, vae.model."
-            "label_channels, and the evaluators, evals.*, are now named in the config). "
-            "Retrain into a new --workdir, or add those keys from the current "
-            f"configs/{cfg.get('task')}.py to its config.json.")
-
-
-def _get(cfg: ml_collections.ConfigDict, dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not hasattr(node, "get") or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 # ------------------------------------------------------------------------------- stages
 def _batches(task: Task, cfg: ml_collections.ConfigDict, train_cfg: ml_collections.ConfigDict,
-             make_dataset: Callable[[], Any]) -> Callable[[int], Iterator[dict]]:
-    """Stage.batches: deterministic, resumable batches of the model inputs."""
+             make_dataset: Callable[[], Any], inputs: tuple[str, ...]
+             ) -> Callable[[int], Iterator[dict]]:
+    """Stage.batches: deterministic, resumable batches of the inputs the stage reads."""
     def prep(ex, seed):
-        out = task.preprocess(cfg, ex, train=True, seed=seed)
-        return {k: out[k] for k in ("image", "labels", "label") if k in out}
+        out = task.preprocess(cfg, ex, "train", seed=seed)
+        return {k: out[k] for k in inputs}
 
     def batches(start: int) -> Iterator[dict[str, np.ndarray]]:
         return pipeline.train_batches(make_dataset, prep, int(train_cfg.batch_size),
@@ -140,88 +116,12 @@ def _batches(task: Task, cfg: ml_collections.ConfigDict, train_cfg: ml_collectio
     return batches
 
 
-def vae_input(cfg: ml_collections.ConfigDict, batch: dict) -> Any:
-    """What the stage-1 VAE encodes: the label map (ViT VAE) or the image (CNN VAE)."""
-    return batch["labels"] if builders.vae_kind(cfg) == "vit" else batch["image"]
-
-
-def _vit_vae_loss(cfg: ml_collections.ConfigDict, vae: Any) -> Callable:
-    channels = builders.label_channels(cfg)
-    beta, ignore = float(cfg.vae.beta), tuple(cfg.vae.ignore_zero)
-
-    def loss_fn(params, batch, key):
-        k_z, k_drop = jax.random.split(key)
-        labels = batch["labels"]
-        logits, aux = vae.apply({"params": params}, labels, train=True, rng=k_z,
-                                rngs={"dropout": k_drop})
-        return vae_losses.label_vae_loss(logits, labels, aux["mu"], aux["logvar"],
-                                         label_channels=channels, beta=beta,
-                                         ignore_zero=ignore)
-    return loss_fn
-
-
-def _cnn_vae_stage(cfg: ml_collections.ConfigDict, vae: Any) -> tuple[Callable, Callable]:
-    """(init, loss) of the CNN VAE stage: params {"vae"[, "disc"]}; L2 + beta KL + extras.
-
-    The discriminator is trained in the same step: each network gets only the gradient
-    of its own objective (``stop_gradient`` on the other's input)."""
-    vae_train = vae.clone(clip_output=False)  # keep gradients outside [-1, 1]
-    beta = float(cfg.vae.beta)
-    w_perc, w_adv = float(cfg.vae.perceptual.weight), float(cfg.vae.adversarial.weight)
-    vgg = image_losses.load_vgg16_weights(str(cfg.vae.perceptual.weights)) if w_perc > 0 \
-        else None
-    disc = (image_losses.PatchDiscriminator(int(cfg.vae.adversarial.filters),
-                                            int(cfg.vae.adversarial.num_layers))
-            if w_adv > 0 else None)
-
-    def init(key):
-        k_vae, k_disc = jax.random.split(key)
-        x = builders.vae_dummy_input(vae)
-        params = {"vae": vae.init(k_vae, x)["params"]}
-        if disc is not None:
-            params["disc"] = disc.init(k_disc, x)["params"]
-        return params
-
-    def loss_fn(params, batch, key):
-        x = batch["image"]
-        recon, aux = vae_train.apply({"params": params["vae"]}, x, train=True, rng=key)
-        extras = {}
-        if vgg is not None:
-            extras["perceptual"] = w_perc * jnp.mean(
-                image_losses.perceptual_distance(vgg, recon, x))
-        if disc is not None:  # generator step: the discriminator's params are constants
-            d_fake_g = disc.apply({"params": jax.lax.stop_gradient(params["disc"])}, recon)
-            extras["generator"] = w_adv * image_losses.hinge_g_loss(d_fake_g)
-        loss, metrics = vae_losses.vae_loss(recon, x, aux["mu"], aux["logvar"], beta=beta,
-                                            extra_losses=extras)
-        if disc is not None:  # discriminator step: the reconstructions are constants
-            d_real = disc.apply({"params": params["disc"]}, x)
-            d_fake = disc.apply({"params": params["disc"]}, jax.lax.stop_gradient(recon))
-            d_loss = image_losses.hinge_d_loss(d_real, d_fake)
-            loss = loss + d_loss
-            metrics.update(disc=d_loss, d_real=jnp.mean(d_real), d_fake=jnp.mean(d_fake))
-        metrics["mse"] = jnp.mean(jnp.square(jnp.clip(recon, -1, 1) - x))
-        return loss, metrics
-
-    return init, loss_fn
-
-
-def vae_part(cfg: ml_collections.ConfigDict, stage_params: Any) -> Any:
-    """The VAE inside stage-1 training parameters (the CNN stage also holds a critic)."""
-    return stage_params["vae"] if builders.vae_kind(cfg) == "cnn" else stage_params
-
-
 def vae_stage(task: Task, cfg: ml_collections.ConfigDict, make_dataset: Callable[[], Any],
               evaluate: Callable | None = None, after_step: Callable | None = None) -> Stage:
-    """Stage 1: the VAE of ``vae.kind`` on its input (labels or image)."""
-    vae = builders.build_model("vae", cfg)
-    if builders.vae_kind(cfg) == "cnn":
-        init, loss_fn = _cnn_vae_stage(cfg, vae)
-    else:
-        def init(key):
-            return builders.init_params("vae", vae, key)
-        loss_fn = _vit_vae_loss(cfg, vae)
-    return Stage(init, loss_fn, _batches(task, cfg, cfg.vae.train, make_dataset),
+    """Stage 1: the VAE of ``vae.kind`` (:mod:`uvim_givt.training.stages`) on its input."""
+    kind = stages.stage_of(cfg, "vae")
+    return Stage(kind.init, lambda p, b, k: kind.loss(p, b, k, True),
+                 _batches(task, cfg, cfg.vae.train, make_dataset, kind.inputs),
                  evaluate=evaluate, after_step=after_step,
                  warm_start=_init_from(cfg.vae.init, "vae"))
 
@@ -242,21 +142,8 @@ def _init_from(group: ml_collections.ConfigDict, stage: str) -> Callable | None:
 
 def givt_stage(task: Task, cfg: ml_collections.ConfigDict, make_dataset: Callable[[], Any],
                vae_params: Any, evaluate: Callable | None = None) -> Stage:
-    """Stage 2: GIVT NLL of the frozen VAE's codes, given the image or the class label."""
-    vae, model = builders.build_model("vae", cfg), builders.build_model("givt", cfg)
-    adaptor = builders.build_adaptor(cfg)  # None when off: the tree stays the GIVT's own
-    sample_posterior = cfg.givt.posterior == "sample"
-    input_noise = float(cfg.givt.input_noise)
-
-    def loss_fn(params, batch, key, frozen):
-        k_z, k_loss = jax.random.split(key)
-        mu, logvar = vae.apply({"params": frozen}, vae_input(cfg, batch), method=vae.encode)
-        z = vae_losses.reparametrize(mu, logvar, k_z) if sample_posterior else mu
-        return givt_nll_loss(model, params, jax.lax.stop_gradient(z), k_loss,
-                             image=batch["image"] if model.has_encoder else None,
-                             labels=batch["label"] if model.num_labels is not None else None,
-                             train=True, input_noise=input_noise, adaptor=adaptor)
-
+    """Stage 2: the GIVT of ``givt.model.style`` on the frozen VAE's codes."""
+    kind = stages.stage_of(cfg, "givt")
     warm_start = _init_from(cfg.givt.init, "givt")
     if cfg.givt.init_encoder:
         path, full_init = str(cfg.givt.init_encoder), warm_start
@@ -265,15 +152,15 @@ def givt_stage(task: Task, cfg: ml_collections.ConfigDict, make_dataset: Callabl
             if full_init is not None:
                 params = full_init(params)
             try:
-                params = big_vision.load_vit_encoder(path, params, model.encoder_grid)
+                params = big_vision.load_vit_encoder(path, params, kind.model.encoder_grid)
             except (CheckpointError, ValueError, OSError) as e:
                 raise UserError(f"givt.init_encoder={path!r}: {e}") from None
             print(f"stage-2 image encoder initialised from {path}", flush=True)
             return params
 
-    return Stage(lambda key: builders.init_givt_stage(model, adaptor, key), loss_fn,
-                 _batches(task, cfg, cfg.givt.train, make_dataset), frozen=vae_params,
-                 warm_start=warm_start, evaluate=evaluate)
+    return Stage(kind.init, lambda p, b, k, frozen: kind.loss(p, b, k, True, frozen),
+                 _batches(task, cfg, cfg.givt.train, make_dataset, kind.inputs),
+                 frozen=vae_params, warm_start=warm_start, evaluate=evaluate)
 
 
 # ------------------------------------------------------------------------ loading params
@@ -330,7 +217,6 @@ def load_run(run_dir: str, task: Task | None = None, need_givt: bool = True) -> 
     """A run directory's config and parameters; the task is found by its config's name
     when not given."""
     cfg = rundir.load_run_config(run_dir, task.name if task is not None else None)
-    check_saved_config(run_dir, cfg)
     task = task or get_task(str(cfg.task))
     vae, vae_step, is_ema = load_vae_params(run_dir, cfg)
     run = Run(run_dir, cfg, task, vae, vae_step, is_ema)
@@ -375,7 +261,8 @@ def _periodic(hooks: EvalHooks | None, stage: str, run: Run, vae_from_stage: boo
 
     def evaluate(params, step):
         if stage == "vae":
-            run.vae_params = vae_part(run.cfg, params) if vae_from_stage else params
+            run.vae_params = (stages.stage_of(run.cfg, "vae").vae_params(params)
+                              if vae_from_stage else params)
             run.vae_step = step
         else:
             run.givt_params, run.givt_step = params, step
@@ -395,7 +282,7 @@ def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: s
         raise ConfigError(f"task={cfg.task!r}: this config is for the {cfg.task} task, not "
                           f"{task.name} (use configs/{task.name}.py or tasks.{cfg.task})")
     check_config(cfg)
-    pipeline.parse_source(cfg.data.source)
+    catalog.parse_source(cfg.data.source)
     if getattr(task, "check_config", None):
         task.check_config(cfg)
     if cfg.givt.init_encoder and not os.path.isfile(cfg.givt.init_encoder):
@@ -427,7 +314,7 @@ def _train_stages(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stag
     t_start = time.time()
 
     def train_ds():
-        return task.load(cfg, source, cfg.data.train_split)
+        return catalog.load(task.readers, cfg, source, cfg.data.train_split)
 
     results: dict[str, dict[str, float]] = {}
     if stage in ("vae", "all") and not vae_ckpt:
@@ -436,14 +323,15 @@ def _train_stages(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stag
         if float(cfg.vae.ema_decay) > 0:
             ema = ParamsEMA(run_dir, EMA_STAGE, float(cfg.vae.ema_decay), int(t.ckpt_every),
                             int(t.total_steps), int(t.keep_ckpts),
-                            part=lambda p: vae_part(cfg, p))
+                            part=stages.stage_of(cfg, "vae").vae_params)
         try:
             res = train(t, run_dir, "vae", vae_stage(
                 task, cfg, train_ds, _periodic(hooks, "vae", run, True), ema), meta=meta)
         finally:
             if ema is not None:
                 ema.close()
-        _update_run_info(run_dir, num_params={"vae": count_params(vae_part(cfg, res.params))},
+        _update_run_info(run_dir, num_params={"vae": count_params(
+                             stages.stage_of(cfg, "vae").vae_params(res.params))},
                                train_time_s={"vae": round(res.train_time_s, 1)})
         run.vae_params, run.vae_step, run.vae_is_ema = load_vae_params(run_dir, cfg)
         if hooks is not None:

@@ -1,0 +1,122 @@
+"""One definition per stage kind: the held-out loss the evaluators report is the training
+loss of the stage, evaluated; the runner trains with the same definition."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from evals.evaluators import HELDOUT_KEY, heldout_loss_fn
+from uvim_givt import config as config_lib
+from uvim_givt.training import runner, stages
+
+# Everything random in training that the held-out loss leaves out is switched off, so the
+# two must agree to float tolerance at the same rng.
+DETERMINISTIC = {
+    "panoptic": ["givt.input_noise=0.0", "givt.posterior='mean'"],
+    "imagenet": ["givt.input_noise=0.0", "givt.posterior='mean'",
+                 "givt.model.dec_dropout_rate=0.0", "givt.model.drop_labels_probability=0.0"],
+}
+CASES = {  # stage kind -> (task config, overrides): image- and class-conditional GIVTs
+    "vit": ("panoptic", []),
+    "givt_ar": ("panoptic", []),
+    "cnn": ("imagenet", []),
+    "givt_masked": ("imagenet", ["givt.model.style='masked'", "givt.adaptor.enabled=True"]),
+}
+
+
+def _cfg(task: str, extra: list[str]):
+    return config_lib.load_config(f"configs/{task}.py", DETERMINISTIC[task] + extra)
+
+
+def _batch(cfg, kind, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    size = int(cfg.data.image_size)
+    out = {"image": rng.uniform(-1, 1, (2, size, size, 3)).astype(np.float32)}
+    if "labels" in kind.inputs:
+        classes = [n for _, n in sorted(stages.stage_of(cfg, "vae").channels.values())]
+        out["labels"] = np.stack([rng.integers(0, n, (2, size, size)) for n in classes],
+                                 -1).astype(np.int32)
+    if "label" in kind.inputs:
+        out["label"] = rng.integers(0, int(cfg.givt.model.num_labels), (2,)).astype(np.int32)
+    return out
+
+
+def _init(kind, seed: int):
+    """Initial parameters, perturbed: some heads start at zero, which would make the loss
+    independent of the posterior sample (and the test below vacuous)."""
+    params = kind.init(jax.random.PRNGKey(seed))
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed + 100), len(leaves))
+    return jax.tree_util.tree_unflatten(tree, [
+        x + 0.05 * jax.random.normal(k, x.shape, x.dtype)
+        for x, k in zip(leaves, keys, strict=True)])
+
+
+class _NoData:
+    name = "none"
+
+    def preprocess(self, *a, **k):  # the loss is called on arrays here
+        raise AssertionError("not used")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_heldout_loss_is_the_training_loss_at_the_same_rng(case):
+    cfg = _cfg(*CASES[case])
+    stage = "vae" if case in ("vit", "cnn") else "givt"
+    kind = stages.stage_of(cfg, stage)
+    assert stages.kind_name(cfg, stage) == case
+    rng = np.random.default_rng(0)
+    key = jax.random.PRNGKey(HELDOUT_KEY)
+    params = _init(kind, 1)
+    frozen = None
+    if stage == "givt":
+        frozen = stages.stage_of(cfg, "vae").vae_params(_init(stages.stage_of(cfg, "vae"), 2))
+    batch = _batch(cfg, kind, rng)
+    # What the trainer differentiates (runner's Stage.loss_fn), at the held-out key.
+    if stage == "vae":
+        trained = runner.vae_stage(_NoData(), cfg, lambda: None)
+        loss, parts = trained.loss_fn(params, batch, key)
+    else:
+        trained = runner.givt_stage(_NoData(), cfg, lambda: None, frozen)
+        loss, parts = trained.loss_fn(params, batch, key, frozen)
+    # What the held-out evaluator reports for the same batch (VAE parameters alone for
+    # stage 1: the view of a trained run).
+    held_params = params if stage == "givt" else kind.stage_params(kind.vae_params(params))
+    heldout = heldout_loss_fn(kind)(held_params, batch, frozen)
+    assert set(parts) <= set(heldout)
+    np.testing.assert_allclose(float(heldout["loss"]), float(loss), rtol=2e-5, atol=1e-6)
+    for name, value in parts.items():
+        np.testing.assert_allclose(float(heldout[name]), float(value), rtol=2e-5, atol=1e-6,
+                                   err_msg=name)
+    # The training loss is a real function of the rng (a posterior sample or a mask), so
+    # the equality above is not one of constants.
+    if stage == "vae" or "masked" in case:
+        other, _ = kind.loss(params, batch, jax.random.PRNGKey(7), True, frozen)
+        assert abs(float(other) - float(loss)) > 1e-7
+
+
+def test_training_randomness_is_left_out_of_the_heldout_loss():
+    """With input noise on (the tiny panoptic recipe), the training loss moves with the rng
+    and the held-out one does not see the noise."""
+    cfg = config_lib.load_config("configs/panoptic.py", ["givt.posterior='mean'"])
+    assert float(cfg.givt.input_noise) > 0
+    kind = stages.stage_of(cfg, "givt")
+    vae = stages.stage_of(cfg, "vae")
+    params, frozen = _init(kind, 1), _init(vae, 2)
+    batch = _batch(cfg, kind, np.random.default_rng(1))
+    a = float(kind.loss(params, batch, jax.random.PRNGKey(0), True, frozen)[0])
+    b = float(kind.loss(params, batch, jax.random.PRNGKey(5), True, frozen)[0])
+    h0 = float(kind.loss(params, batch, jax.random.PRNGKey(0), False, frozen)[0])
+    h5 = float(kind.loss(params, batch, jax.random.PRNGKey(5), False, frozen)[0])
+    assert a != b and h0 == h5 and h0 != a
+
+
+def test_definitions_are_built_once_per_config():
+    cfg = _cfg("panoptic", [])
+    assert stages.stage_of(cfg, "givt") is stages.stage_of(cfg, "givt")
+    same = config_lib.load_config("configs/panoptic.py", DETERMINISTIC["panoptic"]
+                                  + ["givt.sampling.temperature=0.9"])
+    assert stages.stage_of(same, "givt") is stages.stage_of(cfg, "givt")  # sampling only
+    other = _cfg("panoptic", ["givt.model.style='masked'"])
+    assert stages.stage_of(other, "givt") is not stages.stage_of(cfg, "givt")
