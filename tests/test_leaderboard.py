@@ -425,3 +425,132 @@ def test_symlinked_runs_are_found_and_skips_reported(tmp_path, monkeypatch, caps
     copies = _tables(capsys.readouterr().out)
     for task, table in _tables(md).items():
         assert [r[1:] for r in table] == [r[1:] for r in copies[task]], task
+
+
+# ----------------------------------------------------------------------------- metric_meta
+
+
+def _record(run_dir, task, kind, stage, step, metrics, meta=None, time=None, evaluator=None):
+    rec = {"task": task, "stage": stage, "split": "validation", "data": "embedded",
+           "step": step, "metrics": metrics, "kind": kind}
+    if evaluator:
+        rec["evaluator"] = evaluator
+    if meta is not None:
+        rec["metric_meta"] = meta
+    if time is not None:
+        rec["time"] = time
+    return write_eval_record(str(run_dir), rec)
+
+
+def test_unknown_task_takes_its_headline_from_its_records(tmp_path):
+    """A task the leaderboard has never heard of: order, ranking, units, direction and
+    published values all come from the newest record carrying metric_meta."""
+    toy_meta = {"family": "toy", "order": ["acc", "err"], "primary": "acc",
+                "higher_is_better": True, "units": {"acc": "%"},
+                "references": [{"model": "toy paper", "data": "toy set", "metric": "acc",
+                                "value": 91.5, "prediction": "sampled"}]}
+    stale = {**toy_meta, "order": ["err", "acc"], "primary": "err", "higher_is_better": False,
+             "references": []}
+    values = {"r1": 60.0, "r2": 80.0, "r3": 70.0}
+    for name, acc in values.items():
+        d = tmp_path / "runs" / name
+        (d / "eval").mkdir(parents=True)
+        _record(d, "toy", "toy", "givt", 10, {"err": 100.0 - acc, "zeta": 1.0, "acc": acc},
+                meta=toy_meta, time="2030-01-02T00:00:00Z", evaluator="sampled")
+    # an older record (of an earlier declaration) is not the one that counts
+    _record(tmp_path / "runs" / "r1", "toy", "toy", "vae", 5, {"err": 1.0}, meta=stale,
+            time="2020-01-01T00:00:00Z")
+    runs = L.gather_runs([], [str(tmp_path / "runs")], [])
+    meta = L.task_meta(r for run in runs for r in run.records)
+    assert meta.primary == "acc" and meta.higher_is_better
+
+    table = L.build_table("toy", runs)
+    assert table.columns[len(L.BASE_COLUMNS):] == ["acc", "err", "zeta"]
+    ranked = sorted(values, key=values.get, reverse=True)  # higher is better
+    toy_rows = [r for r in table.rows if r[1] == "givt [sampled]"]
+    assert [r[0] for r in toy_rows] == ranked
+    assert [r[len(L.BASE_COLUMNS)] for r in toy_rows] == [
+        L.format_metric(values[n]) for n in ranked]
+    assert table.rows[-1][:2] == ["r1", "vae"]  # no acc: ranked last
+    assert table.published == [[L.PUBLISHED_LABEL, "toy paper", "paper", "", "toy set", "",
+                                "", "91.5", "", ""]]
+
+    fig = L.figure_headline(runs, "toy")
+    ax = fig.axes[0]
+    by_name = sorted(values)
+    assert [p.get_height() for p in ax.patches] == pytest.approx([values[n] for n in by_name])
+    assert [float(line.get_ydata()[0]) for line in ax.get_lines()] == [91.5]
+    assert ax.get_ylabel() == "acc (%), higher is better"
+    curves = L.training_curves(runs, "toy")
+    assert [(c.stage, c.metric) for c in curves] == [("vae", "err"), ("givt", "acc")]
+    assert [stem for stem, _, _ in L.plot_task(runs, "toy")] == ["toy_training", "toy_acc"]
+
+
+def test_record_without_metric_meta_still_shows(tmp_path, capsys):
+    """Older records (no metric_meta): alphabetical metrics, rows unranked, no published
+    rows and no headline chart; next to a newer run, the newer run's metadata counts."""
+    old = {"a_old": 0.9, "b_old": 0.3}  # run name -> RMSE; "a" first though worse
+    for name, rmse in old.items():
+        d = tmp_path / "old" / name
+        (d / "eval").mkdir(parents=True)
+        _record(d, "depth", "depth", "givt", 7, {"RMSE": rmse, "AbsRel": rmse / 3,
+                                                 "delta1": 1 - rmse})
+    assert L.main(["--root", str(tmp_path / "old"), "--out", str(tmp_path / "o1"),
+                   "--format", "md"]) == 0
+    header, *rows = _tables(capsys.readouterr().out)["depth"]
+    assert header[7:] == ["AbsRel", "RMSE", "delta1"]  # sorted by name
+    assert [r[0] for r in rows] == sorted(old)  # not ranked: no primary metric declared
+    assert [r[header.index("RMSE")] for r in rows] == [L.format_metric(old[n]) for n in
+                                                       sorted(old)]
+    assert not (tmp_path / "o1" / "plots" / "depth_RMSE.png").exists()
+    assert (tmp_path / "o1" / "plots" / "depth_training.png").exists()
+
+    # a newer run whose records carry the metadata: the old rows stay, now ranked
+    new = tmp_path / "old" / "c_new"
+    (new / "eval").mkdir(parents=True)
+    _record(new, "depth", "depth", "givt", 9, {"RMSE": 0.5}, meta=metric_meta("depth"))
+    assert L.main(["--root", str(tmp_path / "old"), "--out", str(tmp_path / "o2"),
+                   "--format", "md"]) == 0
+    header, *rows = _tables(capsys.readouterr().out)["depth"]
+    assert header[7:10] == ["RMSE", "AbsRel", "delta1"]
+    everyone = {**old, "c_new": 0.5}
+    ours = [r for r in rows if r[0] != L.PUBLISHED_LABEL]
+    assert [r[0] for r in ours] == sorted(everyone, key=everyone.get)  # lower is better
+    assert {r[header.index("RMSE")] for r in rows if r[0] == L.PUBLISHED_LABEL} == \
+        published_values("depth", "RMSE")
+
+
+def test_unreadable_eval_record_keeps_the_rest_of_the_run(tmp_path, capsys):
+    d = tmp_path / "run"
+    (d / "eval").mkdir(parents=True)
+    good = _record(d, "depth", "depth", "givt", 30, {"RMSE": 0.42, "AbsRel": 0.1},
+                   meta=metric_meta("depth"), evaluator="sampled")
+    _record(d, "depth", "depth", "vae", 20, {"RMSE": 0.25}, meta=metric_meta("depth"),
+            evaluator="oracle")
+    bad = d / "eval" / "zz_half_written.json"
+    bad.write_text('{"task": "depth", "stage": "givt", "metr')
+    not_a_record = d / "eval" / "other.json"
+    not_a_record.write_text('{"task": "depth"}')
+    warnings: list[str] = []
+    (run,) = L.gather_runs([str(d)], [], warnings)
+    assert sorted(run.unreadable_records) == sorted([str(bad), str(not_a_record)])
+    assert len(run.records) == 2 and good in {r["_path"] for r in run.records}
+    assert len(warnings) == 2 and all("the run's other records are shown" in w
+                                      for w in warnings)
+
+    assert L.main([str(d), "--out", str(tmp_path / "o"), "--format", "md"]) == 0
+    printed = capsys.readouterr()
+    header, *rows = _tables(printed.out)["depth"]
+    ours = {r[1]: r[header.index("RMSE")] for r in rows if r[0] == "run"}
+    want = {}
+    for p in (d / "eval").iterdir():  # every readable record, read back from its file
+        if p not in (bad, not_a_record):
+            rec = json.loads(p.read_text())
+            want[f"{rec['stage']} [{rec['evaluator']}]"] = L.format_metric(
+                rec["metrics"]["RMSE"])
+    assert ours == want and len(ours) == 2
+    md = (tmp_path / "o" / "leaderboard.md").read_text()
+    warnings_section = md.split("## Warnings", 1)[1]
+    assert bad.name in warnings_section and not_a_record.name in warnings_section
+    assert f"eval record {bad} skipped: unreadable" in printed.err
+    assert "## Skipped folders" not in md  # the run itself is read, not skipped
