@@ -1,7 +1,12 @@
-"""Leaderboard over fake run directories: tables, published rows, self-contained HTML."""
+"""Leaderboard over fake run directories: tables, published rows, self-contained HTML.
+
+The leaderboard knows no task: what a task's metrics mean comes from the records'
+``metric_meta``, which :func:`metric_meta` below fills as the tasks declare it.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -12,11 +17,70 @@ import pytest
 from PIL import Image
 
 from evals import leaderboard as L
+from evals.leaderboard import report as report_module
 from uvim_givt.rundir import write_eval_record
+
+# The tasks' declared metric metadata, as the evaluators write it into each record.
+_PANOPTIC_DATA, _NYU, _IN256 = "COCO 2017 val", "NYU Depth v2 val", "ImageNet 256"
+METRIC_META = {
+    "panoptic": {
+        "family": "panoptic",
+        "order": ["PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"],
+        "primary": "PQ", "higher_is_better": True, "units": {"PQ": "%", "SQ": "%", "RQ": "%"},
+        "references": [
+            {"model": "VAE stage 1 (oracle: encode GT, decode)", "data": _PANOPTIC_DATA,
+             "metric": "PQ", "value": 71.0, "prediction": "oracle"},
+            {"model": "GIVT stage 2", "data": _PANOPTIC_DATA, "metric": "PQ", "value": 40.2,
+             "prediction": "sampled"},
+            {"model": "UViM (VQ-VAE, discrete)", "data": _PANOPTIC_DATA, "metric": "PQ",
+             "value": 45.8, "prediction": "sampled"},
+        ]},
+    "depth": {
+        "family": "depth",
+        "order": ["RMSE", "AbsRel", "log10", "delta1", "delta2", "delta3"],
+        "primary": "RMSE", "higher_is_better": False, "units": {"RMSE": "m"},
+        "references": [
+            {"model": "VAE stage 1 (oracle)", "data": _NYU, "metric": "RMSE", "value": 0.195,
+             "prediction": "oracle"},
+            {"model": "GIVT stage 2", "data": _NYU, "metric": "RMSE", "value": 0.474,
+             "prediction": "sampled"},
+            {"model": "UViM (VQ-VAE, discrete)", "data": _NYU, "metric": "RMSE",
+             "value": 0.467, "prediction": "sampled"},
+        ]},
+    "imagenet": {
+        "family": "generation",
+        "order": ["FID", "FID_recon", "IS", "IS_std", "class_accuracy"],
+        "primary": "FID", "higher_is_better": False, "units": {},
+        "references": [
+            {"model": "GIVT-Causal 256px, t=0.95, DB-CFG 0.4", "data": _IN256,
+             "metric": "FID", "value": 3.35, "prediction": "sampled"},
+            {"model": "GIVT-MaskGIT 256px, t_C=35, DB-CFG 0.1", "data": _IN256,
+             "metric": "FID", "value": 4.53, "prediction": "sampled"},
+            {"model": "GIVT-MaskGIT 512px, t_C=140", "data": "ImageNet 512", "metric": "FID",
+             "value": 4.86, "prediction": "sampled"},
+        ]},
+    "loss": {"family": "loss", "order": ["nll_per_token", "loss", "kl"], "primary": None,
+             "higher_is_better": False, "units": {}, "references": []},
+}
+
+
+def metric_meta(task_or_kind):
+    """The ``metric_meta`` a record of this task (or of held-out "loss" kind) carries."""
+    return copy.deepcopy(METRIC_META[task_or_kind])
+
+
+def kind_of(task):
+    return METRIC_META[task]["family"]
+
+
+def published_values(task, metric):
+    """The published values of ``task``'s ``metric`` as the tables print them."""
+    return {L.format_metric(r["value"]) for r in METRIC_META[task]["references"]
+            if r["metric"] == metric}
 
 
 def _make_run(root, name, task, stage, size, evals, losses, num_params=None, png=False,
-              extra_files=None):
+              extra_files=None, with_meta=True):
     d = root / name
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps(
@@ -28,8 +92,10 @@ def _make_run(root, name, task, stage, size, evals, losses, num_params=None, png
     if num_params:
         (d / "run_info.json").write_text(json.dumps({"num_params": num_params}))
     for step, metrics in evals:
+        meta = {"kind": kind_of(task), "metric_meta": metric_meta(task)} if with_meta else {}
         write_eval_record(str(d), {"task": task, "stage": stage, "split": "validation",
-                                   "data": "embedded", "step": step, "metrics": metrics})
+                                   "data": "embedded", "step": step, "metrics": metrics,
+                                   **meta})
     if png:
         (d / "samples").mkdir()
         img = np.random.default_rng(0).integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
@@ -54,6 +120,7 @@ def runs_root(tmp_path):
               [1.0, 0.5], extra_files={"metrics.jsonl": truncated_log})
     _make_run(root, "gen/digits", "imagenet", "givt", "tiny",
               [(300, {"FID": 12.5, "IS": 8.25, "class_accuracy": 0.97})], [3.0, 2.0, 1.0])
+    _make_run(root, "pan_training", "panoptic", "vae", "tiny", [], [1.0, 0.8])  # no evals yet
     return root
 
 
@@ -75,7 +142,7 @@ def test_markdown_tables(runs_root, tmp_path, capsys):
     tables = _tables(md)
     header, *rows = tables["depth"]
     assert header[:7] == list(L.BASE_COLUMNS)
-    assert header[7:] == ["RMSE", "AbsRel", "delta1"]
+    assert header[7:] == ["RMSE", "AbsRel", "delta1"]  # the order the records declare
     col = {c: i for i, c in enumerate(header)}
     # ranked by RMSE (best first), published rows last and marked
     assert [r[0] for r in rows[:2]] == ["depth_vae", "depth_tiny"]
@@ -87,19 +154,24 @@ def test_markdown_tables(runs_root, tmp_path, capsys):
     assert rows[0][col["steps"]] == "200/300" and rows[0][col["training time"]] == "30.0s"
     published = rows[2:]
     assert len(published) == 3 and all(r[0] == L.PUBLISHED_LABEL for r in published)
-    assert {r[col["RMSE"]] for r in published} == {"0.195", "0.474", "0.467"}
+    assert {r[col["RMSE"]] for r in published} == published_values("depth", "RMSE")
+    assert [r[1] for r in published] == [r["model"] for r in METRIC_META["depth"]["references"]]
     gen = tables["imagenet"]
+    assert gen[0][7:] == ["FID", "IS", "class_accuracy"]
     assert gen[1][0] == "gen/digits" and "12.5" in gen[1] and "0.97" in gen[1]
-    assert {r[gen[0].index("FID")] for r in gen[2:]} == {"3.35", "4.53", "4.86"}
-    pan = tables["panoptic"]
-    assert {r[pan[0].index("PQ")] for r in pan[1:]} == {"71.0", "40.2", "45.8"}
+    assert {r[gen[0].index("FID")] for r in gen[2:]} == published_values("imagenet", "FID")
+    # the tasks are the runs' own, by name: a task with a training log but no record yet
+    # has an empty table (no published rows: nothing declared them)
+    assert list(tables) == ["depth", "imagenet", "panoptic"]
+    assert tables["panoptic"] == [list(L.BASE_COLUMNS)]
     assert "No evaluated runs yet" in md
     # the truncated metrics.jsonl line is reported, not silently dropped
     assert "1 unreadable line(s)" in md
     # plots and thumbnails the markdown links to exist
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (out / link).is_file(), link
-    for name in ("depth_training", "depth_RMSE", "imagenet_training", "imagenet_FID"):
+    for name in ("depth_training", "depth_RMSE", "imagenet_training", "imagenet_FID",
+                 "panoptic_training"):
         assert (out / "plots" / f"{name}.png").is_file(), name
     assert not (out / "plots" / "panoptic_PQ.png").exists()  # no run scored PQ
     assert "wrote" in capsys.readouterr().out
@@ -115,7 +187,8 @@ def test_html_is_self_contained(runs_root, tmp_path):
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert not re.search(r'href="(?!#)', page) and "<link" not in page and "<script" not in page
     assert len(srcs) >= 4  # two plots + the two thumbnails of depth_tiny
-    assert page.count('class="published"') == 9 and L.PUBLISHED_LABEL in page
+    n_published = sum(len(METRIC_META[t]["references"]) for t in ("depth", "imagenet"))
+    assert page.count('class="published"') == n_published and L.PUBLISHED_LABEL in page
     assert "0.6123" in page and "gen/digits" not in page and "digits" in page
     assert "depth_vae" not in page  # only the named runs
 
@@ -182,23 +255,24 @@ def _two_stage_run(root, name, task="depth", seed=0, givt_nll_shift=0.0):
               "grad_norm": 0.3, "time": 40 + s} for s in range(10, 61, 10)]
     order = [rows[i] for i in (0, 4, 1, 5, 2, 6, 3, 7, 8, 9)]
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in order))
-    metric = L.PRIMARY_METRIC[task][0]
+    metric = METRIC_META[task]["primary"]
     for stage, ev, steps in (("vae", "oracle", (20, 40)), ("givt", "sampled", (30, 60))):
         for step in steps:
             common = {"task": task, "stage": stage, "split": "validation", "data": "embedded",
                       "step": step, "num_examples": 8,
                       "extra": {"periodic": step != steps[-1]}}
-            write_eval_record(str(d), {**common, "evaluator": ev, "kind": task,
-                                       "prediction": ev,
+            write_eval_record(str(d), {**common, "evaluator": ev, "kind": kind_of(task),
+                                       "metric_meta": metric_meta(task), "prediction": ev,
                                        "metrics": {metric: step / 100 + seed, "num_images": 8,
                                                    "num_images_without_valid_pixels": 0}})
             key = "loss" if stage == "vae" else "nll_per_token"
             write_eval_record(str(d), {**common, "evaluator": f"{stage}_loss", "kind": "loss",
-                                       "prediction": "oracle",
+                                       "metric_meta": metric_meta("loss"), "prediction": "oracle",
                                        "metrics": {key: 2.0 + givt_nll_shift * (stage == "givt"),
                                                    "kl": 3.0}})
     write_eval_record(str(d), {"task": task, "stage": "baseline", "evaluator": "baseline",
-                               "kind": task, "prediction": "baseline", "split": "validation",
+                               "kind": kind_of(task), "metric_meta": metric_meta(task),
+                               "prediction": "baseline", "split": "validation",
                                "data": "embedded", "step": 0,
                                "metrics": {metric: 5.0, "num_images": 8}})
     return d
@@ -254,14 +328,15 @@ def test_log_loss_scale(tmp_path, monkeypatch):
     assert axes[0].get_yscale() == "log" and axes[1].get_yscale() == "linear"
     assert "linear" in axes[1].get_title()
     seen = []  # the flag reaches the plots
-    monkeypatch.setattr(L, "plot_task", lambda runs, task, log_loss: seen.append(log_loss) or [])
+    monkeypatch.setattr(report_module, "plot_task",
+                        lambda runs, task, log_loss: seen.append(log_loss) or [])
     assert L.main([str(tmp_path / "pos"), "--out", str(tmp_path / "o"), "--log-loss"]) == 0
     assert seen and all(seen)
 
 
 def test_counters_are_not_metrics(tmp_path, capsys, monkeypatch):
     _two_stage_run(tmp_path, "run", task="panoptic")
-    monkeypatch.setattr(L, "plot_task", lambda *a, **k: [])  # the tables only
+    monkeypatch.setattr(report_module, "plot_task", lambda *a, **k: [])  # the tables only
     assert L.main([str(tmp_path / "run"), "--out", str(tmp_path / "o"), "--format", "md"]) == 0
     header, *rows = _tables(capsys.readouterr().out)["panoptic"]
     assert "PQ" in header and not [c for c in header if "num_" in c or c == "time"]
@@ -288,7 +363,8 @@ def test_headline_chart_against_records_and_published(tmp_path):
     assert [p.get_height() for p in ax.patches] == pytest.approx(want)
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ticks[:3] == ["a\nvae [oracle]", "a\ngivt [sampled]", "a\nbaseline"]
-    published = {v for t, _, _, m, v in L.PUBLISHED_RESULTS if t == "depth" and m == "RMSE"}
+    published = {r["value"] for r in METRIC_META["depth"]["references"]
+                 if r["metric"] == "RMSE"}
     lines = ax.get_lines()
     assert {float(line.get_ydata()[0]) for line in lines} == published
     assert all(len(set(line.get_ydata())) == 1 for line in lines)  # horizontal
@@ -336,7 +412,7 @@ def test_symlinked_runs_are_found_and_skips_reported(tmp_path, monkeypatch, caps
     assert len(skipped) == 6
 
     out = tmp_path / "report"
-    monkeypatch.setattr(L, "plot_task", lambda *a, **k: [])  # plots are tested above
+    monkeypatch.setattr(report_module, "plot_task", lambda *a, **k: [])  # plots are tested above
     assert L.main(["--root", str(linked), "--out", str(out), "--format", "md"]) == 0
     printed = capsys.readouterr()
     assert "3 run(s), 6 folder(s) skipped" in printed.err
@@ -349,3 +425,132 @@ def test_symlinked_runs_are_found_and_skips_reported(tmp_path, monkeypatch, caps
     copies = _tables(capsys.readouterr().out)
     for task, table in _tables(md).items():
         assert [r[1:] for r in table] == [r[1:] for r in copies[task]], task
+
+
+# ----------------------------------------------------------------------------- metric_meta
+
+
+def _record(run_dir, task, kind, stage, step, metrics, meta=None, time=None, evaluator=None):
+    rec = {"task": task, "stage": stage, "split": "validation", "data": "embedded",
+           "step": step, "metrics": metrics, "kind": kind}
+    if evaluator:
+        rec["evaluator"] = evaluator
+    if meta is not None:
+        rec["metric_meta"] = meta
+    if time is not None:
+        rec["time"] = time
+    return write_eval_record(str(run_dir), rec)
+
+
+def test_unknown_task_takes_its_headline_from_its_records(tmp_path):
+    """A task the leaderboard has never heard of: order, ranking, units, direction and
+    published values all come from the newest record carrying metric_meta."""
+    toy_meta = {"family": "toy", "order": ["acc", "err"], "primary": "acc",
+                "higher_is_better": True, "units": {"acc": "%"},
+                "references": [{"model": "toy paper", "data": "toy set", "metric": "acc",
+                                "value": 91.5, "prediction": "sampled"}]}
+    stale = {**toy_meta, "order": ["err", "acc"], "primary": "err", "higher_is_better": False,
+             "references": []}
+    values = {"r1": 60.0, "r2": 80.0, "r3": 70.0}
+    for name, acc in values.items():
+        d = tmp_path / "runs" / name
+        (d / "eval").mkdir(parents=True)
+        _record(d, "toy", "toy", "givt", 10, {"err": 100.0 - acc, "zeta": 1.0, "acc": acc},
+                meta=toy_meta, time="2030-01-02T00:00:00Z", evaluator="sampled")
+    # an older record (of an earlier declaration) is not the one that counts
+    _record(tmp_path / "runs" / "r1", "toy", "toy", "vae", 5, {"err": 1.0}, meta=stale,
+            time="2020-01-01T00:00:00Z")
+    runs = L.gather_runs([], [str(tmp_path / "runs")], [])
+    meta = L.task_meta(r for run in runs for r in run.records)
+    assert meta.primary == "acc" and meta.higher_is_better
+
+    table = L.build_table("toy", runs)
+    assert table.columns[len(L.BASE_COLUMNS):] == ["acc", "err", "zeta"]
+    ranked = sorted(values, key=values.get, reverse=True)  # higher is better
+    toy_rows = [r for r in table.rows if r[1] == "givt [sampled]"]
+    assert [r[0] for r in toy_rows] == ranked
+    assert [r[len(L.BASE_COLUMNS)] for r in toy_rows] == [
+        L.format_metric(values[n]) for n in ranked]
+    assert table.rows[-1][:2] == ["r1", "vae"]  # no acc: ranked last
+    assert table.published == [[L.PUBLISHED_LABEL, "toy paper", "paper", "", "toy set", "",
+                                "", "91.5", "", ""]]
+
+    fig = L.figure_headline(runs, "toy")
+    ax = fig.axes[0]
+    by_name = sorted(values)
+    assert [p.get_height() for p in ax.patches] == pytest.approx([values[n] for n in by_name])
+    assert [float(line.get_ydata()[0]) for line in ax.get_lines()] == [91.5]
+    assert ax.get_ylabel() == "acc (%), higher is better"
+    curves = L.training_curves(runs, "toy")
+    assert [(c.stage, c.metric) for c in curves] == [("vae", "err"), ("givt", "acc")]
+    assert [stem for stem, _, _ in L.plot_task(runs, "toy")] == ["toy_training", "toy_acc"]
+
+
+def test_record_without_metric_meta_still_shows(tmp_path, capsys):
+    """Older records (no metric_meta): alphabetical metrics, rows unranked, no published
+    rows and no headline chart; next to a newer run, the newer run's metadata counts."""
+    old = {"a_old": 0.9, "b_old": 0.3}  # run name -> RMSE; "a" first though worse
+    for name, rmse in old.items():
+        d = tmp_path / "old" / name
+        (d / "eval").mkdir(parents=True)
+        _record(d, "depth", "depth", "givt", 7, {"RMSE": rmse, "AbsRel": rmse / 3,
+                                                 "delta1": 1 - rmse})
+    assert L.main(["--root", str(tmp_path / "old"), "--out", str(tmp_path / "o1"),
+                   "--format", "md"]) == 0
+    header, *rows = _tables(capsys.readouterr().out)["depth"]
+    assert header[7:] == ["AbsRel", "RMSE", "delta1"]  # sorted by name
+    assert [r[0] for r in rows] == sorted(old)  # not ranked: no primary metric declared
+    assert [r[header.index("RMSE")] for r in rows] == [L.format_metric(old[n]) for n in
+                                                       sorted(old)]
+    assert not (tmp_path / "o1" / "plots" / "depth_RMSE.png").exists()
+    assert (tmp_path / "o1" / "plots" / "depth_training.png").exists()
+
+    # a newer run whose records carry the metadata: the old rows stay, now ranked
+    new = tmp_path / "old" / "c_new"
+    (new / "eval").mkdir(parents=True)
+    _record(new, "depth", "depth", "givt", 9, {"RMSE": 0.5}, meta=metric_meta("depth"))
+    assert L.main(["--root", str(tmp_path / "old"), "--out", str(tmp_path / "o2"),
+                   "--format", "md"]) == 0
+    header, *rows = _tables(capsys.readouterr().out)["depth"]
+    assert header[7:10] == ["RMSE", "AbsRel", "delta1"]
+    everyone = {**old, "c_new": 0.5}
+    ours = [r for r in rows if r[0] != L.PUBLISHED_LABEL]
+    assert [r[0] for r in ours] == sorted(everyone, key=everyone.get)  # lower is better
+    assert {r[header.index("RMSE")] for r in rows if r[0] == L.PUBLISHED_LABEL} == \
+        published_values("depth", "RMSE")
+
+
+def test_unreadable_eval_record_keeps_the_rest_of_the_run(tmp_path, capsys):
+    d = tmp_path / "run"
+    (d / "eval").mkdir(parents=True)
+    good = _record(d, "depth", "depth", "givt", 30, {"RMSE": 0.42, "AbsRel": 0.1},
+                   meta=metric_meta("depth"), evaluator="sampled")
+    _record(d, "depth", "depth", "vae", 20, {"RMSE": 0.25}, meta=metric_meta("depth"),
+            evaluator="oracle")
+    bad = d / "eval" / "zz_half_written.json"
+    bad.write_text('{"task": "depth", "stage": "givt", "metr')
+    not_a_record = d / "eval" / "other.json"
+    not_a_record.write_text('{"task": "depth"}')
+    warnings: list[str] = []
+    (run,) = L.gather_runs([str(d)], [], warnings)
+    assert sorted(run.unreadable_records) == sorted([str(bad), str(not_a_record)])
+    assert len(run.records) == 2 and good in {r["_path"] for r in run.records}
+    assert len(warnings) == 2 and all("the run's other records are shown" in w
+                                      for w in warnings)
+
+    assert L.main([str(d), "--out", str(tmp_path / "o"), "--format", "md"]) == 0
+    printed = capsys.readouterr()
+    header, *rows = _tables(printed.out)["depth"]
+    ours = {r[1]: r[header.index("RMSE")] for r in rows if r[0] == "run"}
+    want = {}
+    for p in (d / "eval").iterdir():  # every readable record, read back from its file
+        if p not in (bad, not_a_record):
+            rec = json.loads(p.read_text())
+            want[f"{rec['stage']} [{rec['evaluator']}]"] = L.format_metric(
+                rec["metrics"]["RMSE"])
+    assert ours == want and len(ours) == 2
+    md = (tmp_path / "o" / "leaderboard.md").read_text()
+    warnings_section = md.split("## Warnings", 1)[1]
+    assert bad.name in warnings_section and not_a_record.name in warnings_section
+    assert f"eval record {bad} skipped: unreadable" in printed.err
+    assert "## Skipped folders" not in md  # the run itself is read, not skipped
