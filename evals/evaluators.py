@@ -389,7 +389,7 @@ def loss_loop(task: Task, run: Run, spec: Spec, *, source: str, split: str,
 
 
 def _generation_loop(*args: Any, **kw: Any) -> tuple[dict[str, float], dict[str, Any]]:
-    from evals.generative import generation_loop  # pulls in the feature extractors
+    from evals.generation_loop import generation_loop  # pulls in the feature extractors
     return generation_loop(*args, **kw)
 
 

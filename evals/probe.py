@@ -108,7 +108,7 @@ def split_features(task: Any, gen: Any, source: str, split: str, batch_size: int
                    max_examples: int | None, layers: Sequence[int]) -> ProbeFeatures:
     """Probe features of a split's images: raw pixels, the VAE's posterior means and the
     GIVT's block outputs (label dropped where the model can drop it)."""
-    from evals.generative import eval_images
+    from evals.generation_loop import eval_images
     from uvim_givt.models.representations import block_means, unscanned
 
     model, params = unscanned(gen.model, gen.givt_params)

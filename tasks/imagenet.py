@@ -38,8 +38,8 @@ import numpy as np
 import tensorflow as tf
 
 from evals import probe
-from evals.generation import extractor_record
-from evals.generative import (
+from evals.features import extractor_record
+from evals.generation_loop import (
     eval_classes,
     make_extractor,
     reference_features,

@@ -1,4 +1,4 @@
-"""The FID Inception network (evals/fid_inception.py): weight files, preprocessing, errors,
+"""The FID Inception network (evals/features/): weight files, preprocessing, errors,
 and (with the optional ``[fid-check]`` extra: torch + pytorch-fid) the activations of
 pytorch-fid's own network on the same random weights."""
 
@@ -12,8 +12,13 @@ import cv2
 import numpy as np
 import pytest
 
-from evals import fid_inception as F
+from evals import features as X
+from evals import fid_inception as fid_cli
 from evals import generation as G
+from evals import generation_metrics as M
+from evals.features import fid_inception as F
+from evals.features import keras_inception as K
+from evals.features import torch_weights as TW
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -153,7 +158,7 @@ def test_reads_hand_made_torch_files(tmp_path, fmt):
         _write_zip_pth(path, pkl, {"0": _STORE0.tobytes(), "1": _STORE1.tobytes()})
     else:
         _write_legacy_pth(path, pkl, {"0": (12, _STORE0.tobytes()), "1": (1, _STORE1.tobytes())})
-    state = F.read_state_dict(str(path))
+    state = TW.read_state_dict(str(path))
     assert list(state) == list(_EXPECTED)  # order kept
     for k, want in _EXPECTED.items():
         assert state[k].dtype == want.dtype and state[k].shape == want.shape, k
@@ -166,24 +171,24 @@ def test_reader_unpickles_nothing_but_tensors(tmp_path):
     evil += b"R."
     path = tmp_path / "evil.pth"
     _write_zip_pth(path, evil, {})
-    with pytest.raises(F.FIDWeightsError) as e:
-        F.read_state_dict(str(path))
+    with pytest.raises(TW.FIDWeightsError) as e:
+        TW.read_state_dict(str(path))
     assert "evil.pth" in str(e.value) and "os.system" in str(e.value)
     assert not marker.exists()
 
 
 def test_weight_file_errors_name_the_file_and_key(tmp_path):
-    with pytest.raises(F.FIDWeightsError, match="Nothing is downloaded") as e:
+    with pytest.raises(TW.FIDWeightsError, match="Nothing is downloaded") as e:
         F.load_variables(str(tmp_path / "nope.pth"))
-    assert "nope.pth" in str(e.value) and F.WEIGHTS_FILE in str(e.value)
+    assert "nope.pth" in str(e.value) and TW.WEIGHTS_FILE in str(e.value)
 
     (tmp_path / "junk.pth").write_bytes(b"not a weights file at all")
-    with pytest.raises(F.FIDWeightsError, match="junk.pth"):
+    with pytest.raises(TW.FIDWeightsError, match="junk.pth"):
         F.load_variables(str(tmp_path / "junk.pth"))
 
     with zipfile.ZipFile(tmp_path / "other.zip", "w") as zf:
         zf.writestr("readme.txt", "hello")
-    with pytest.raises(F.FIDWeightsError, match="neither a torch file nor an .npz"):
+    with pytest.raises(TW.FIDWeightsError, match="neither a torch file nor an .npz"):
         F.load_variables(str(tmp_path / "other.zip"))
 
     # a state dict of the wrong network: each kind of mismatch is named (zero-cost arrays)
@@ -191,7 +196,7 @@ def test_weight_file_errors_name_the_file_and_key(tmp_path):
     del state["Mixed_6c.branch7x7_2.conv.weight"]
     state["Mixed_5b.branch_pool.bn.running_var"] = np.ones(31, np.float32)
     state["AuxLogits.fc.weight"] = np.zeros((1000, 768), np.float32)
-    with pytest.raises(F.FIDWeightsError) as e:
+    with pytest.raises(TW.FIDWeightsError) as e:
         F.params_from_state_dict(state, source="wrong.npz")
     msg = str(e.value)
     assert "wrong.npz" in msg and "1 missing key(s) (Mixed_6c.branch7x7_2.conv.weight)" in msg
@@ -233,8 +238,8 @@ def test_npz_weights_network_and_records(npz_extractor, tmp_path):
     for k in want:
         np.testing.assert_array_equal(got[k], want[k], err_msg=str(k))
 
-    ext = G.get_extractor(f"fid_inception:{path}", batch_size=2)
-    assert isinstance(ext, F.FIDInceptionExtractor) and isinstance(ext, G.FeatureExtractor)
+    ext = X.get_extractor(f"fid_inception:{path}", batch_size=2)
+    assert isinstance(ext, F.FIDInceptionExtractor) and isinstance(ext, X.FeatureExtractor)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(3, 40, 56, 3), dtype=np.uint8)
     feats, probs = ext.features_and_probs(images)  # 3 images, batches of 2: a padded tail
@@ -245,7 +250,7 @@ def test_npz_weights_network_and_records(npz_extractor, tmp_path):
     np.testing.assert_allclose(ext.features(images[1:]), feats[1:], rtol=1e-5, atol=1e-6)
 
     # records say which network made the FID; 1008 graph classes are not the dataset's
-    res = G.evaluate_generation(images, images[::-1], ext, sample_labels=np.array([1, 2, 3]),
+    res = M.evaluate_generation(images, images[::-1], ext, sample_labels=np.array([1, 2, 3]),
                                 is_splits=1)
     assert res["extractor"] == "fid_inception" and res["fid_comparable_to_published"] is True
     assert "class_accuracy" not in res["metrics"]
@@ -253,31 +258,31 @@ def test_npz_weights_network_and_records(npz_extractor, tmp_path):
 
 
 def test_extractor_specs_and_labels(tmp_path, capsys):
-    with pytest.raises(G.GenerationEvalError, match="fid_inception:PATH"):
-        G.get_extractor("fid_inception:")
-    with pytest.raises(G.GenerationEvalError, match="Nothing is downloaded") as e:
-        G.get_extractor(f"fid_inception:{tmp_path / 'w.pth'}")
-    assert F.WEIGHTS_FILE in str(e.value)
+    with pytest.raises(X.GenerationEvalError, match="fid_inception:PATH"):
+        X.get_extractor("fid_inception:")
+    with pytest.raises(X.GenerationEvalError, match="Nothing is downloaded") as e:
+        X.get_extractor(f"fid_inception:{tmp_path / 'w.pth'}")
+    assert TW.WEIGHTS_FILE in str(e.value)
     for spec in ("keras_inception:", "inception:"):  # Keras, under both names
-        with pytest.raises(G.GenerationEvalError, match="Nothing is downloaded") as e:
-            G.get_extractor(spec + str(tmp_path / "k.h5"))
-        assert G.INCEPTION_WEIGHTS_FILE in str(e.value)
-    with pytest.raises(G.GenerationEvalError, match="fid_inception:PATH or keras_inception"):
-        G.get_extractor("vgg")
-    assert G.InceptionV3Extractor.name == "keras_inception"
-    assert not G.InceptionV3Extractor.comparable_to_published
-    assert G.extractor_record(G.InceptionV3Extractor.__new__(G.InceptionV3Extractor),
+        with pytest.raises(X.GenerationEvalError, match="Nothing is downloaded") as e:
+            X.get_extractor(spec + str(tmp_path / "k.h5"))
+        assert K.INCEPTION_WEIGHTS_FILE in str(e.value)
+    with pytest.raises(X.GenerationEvalError, match="fid_inception:PATH or keras_inception"):
+        X.get_extractor("vgg")
+    assert K.InceptionV3Extractor.name == "keras_inception"
+    assert not K.InceptionV3Extractor.comparable_to_published
+    assert X.extractor_record(K.InceptionV3Extractor.__new__(K.InceptionV3Extractor),
                               "inception:k.h5") == {
         "extractor": "keras_inception", "fid_comparable_to_published": False,
         "extractor_spec": "inception:k.h5"}
-    assert F.main([str(tmp_path / "none.pth")]) == 2
+    assert fid_cli.main([str(tmp_path / "none.pth")]) == 2
     assert "none.pth" in capsys.readouterr().err
 
 
 def test_cli_checks_and_converts(npz_extractor, tmp_path, capsys):
     _, path = npz_extractor
     out = tmp_path / "copy.npz"
-    assert F.main([path, "--to-npz", str(out)]) == 0
+    assert fid_cli.main([path, "--to-npz", str(out)]) == 0
     assert "all 472 FID Inception arrays present" in capsys.readouterr().out
     with np.load(out) as a, np.load(path) as b:
         assert sorted(a.files) == sorted(b.files)
@@ -361,7 +366,7 @@ def test_matches_pytorch_fid_on_random_weights(pytorch_fid_model, tmp_path, fmt)
     torch.save(net.state_dict(), path, _use_new_zipfile_serialization=fmt == "zip")
 
     # the reader gives exactly what torch.load gives
-    ours = F.read_state_dict(str(path))
+    ours = TW.read_state_dict(str(path))
     theirs = torch.load(path, map_location="cpu", weights_only=True)
     assert list(ours) == list(theirs)
     for k, v in theirs.items():

@@ -26,7 +26,20 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from evals import generation as gen_eval
+from evals.features import (
+    EXTRACTOR_PREFIXES,
+    GenerationEvalError,
+    extractor_record,
+    features_and_probs,
+    get_extractor,
+)
+from evals.features.keras_inception import INCEPTION_WEIGHTS_FILE
+from evals.features.torch_weights import WEIGHTS_FILE
+from evals.generation_metrics import (
+    class_consistency_accuracy,
+    fid_from_features,
+    inception_score,
+)
 from uvim_givt.data import pipeline
 from uvim_givt.data.images import image_grid, write_png_or_warn
 from uvim_givt.errors import ConfigError, UserError
@@ -37,17 +50,15 @@ from uvim_givt.task import Task
 def make_extractor(spec: str) -> Any:
     """The feature extractor named by an evaluator's ``extractor``."""
     prefix, sep, path = spec.partition(":")
-    if sep and not path and prefix in gen_eval.EXTRACTOR_PREFIXES:
-        from evals.fid_inception import WEIGHTS_FILE
-
+    if sep and not path and prefix in EXTRACTOR_PREFIXES:
         raise ConfigError(
             f"FID needs Inception weights here: --set evals.<name>.extractor={prefix}:PATH "
             f"(fid_inception: pytorch-fid's {WEIGHTS_FILE}, FIDs comparable to published "
-            f"ones; keras_inception: Keras' {gen_eval.INCEPTION_WEIGHTS_FILE}, not "
+            f"ones; keras_inception: Keras' {INCEPTION_WEIGHTS_FILE}, not "
             "comparable; nothing is downloaded)")
     try:
-        return gen_eval.get_extractor(spec)
-    except gen_eval.GenerationEvalError as e:
+        return get_extractor(spec)
+    except GenerationEvalError as e:
         raise ConfigError(f"extractor: {e}") from None
 
 
@@ -77,11 +88,11 @@ def score_images(extractor: Any, images: np.ndarray, ref_feats: np.ndarray,
                  labels: np.ndarray | None, num_classes: int) -> dict[str, float]:
     """FID vs the reference, IS and (labels given, the extractor's classes being the
     dataset's) the class-consistency accuracy."""
-    feats, probs = gen_eval.features_and_probs(extractor, images)
-    out = {"FID": gen_eval.fid_from_features(feats, ref_feats)}
-    out["IS"] = gen_eval.inception_score(probs, splits=min(10, len(probs)))[0]
+    feats, probs = features_and_probs(extractor, images)
+    out = {"FID": fid_from_features(feats, ref_feats)}
+    out["IS"] = inception_score(probs, splits=min(10, len(probs)))[0]
     if labels is not None and probs.shape[1] == num_classes:
-        out["class_accuracy"] = gen_eval.class_consistency_accuracy(probs.argmax(1), labels)
+        out["class_accuracy"] = class_consistency_accuracy(probs.argmax(1), labels)
     return out
 
 
@@ -133,8 +144,8 @@ def _oracle(task, run, spec, source, split, max_examples, step, extractor):
     write_png_or_warn(os.path.join(sample_dir, "vae_random_latents.png"),
               image_grid(random_images[:32], 2))
     metrics = {"recon_mse": sq / count,
-               "FID_recon": gen_eval.fid_from_features(np.concatenate(recon_feats), ref),
-               "FID_random_latents": gen_eval.fid_from_features(
+               "FID_recon": fid_from_features(np.concatenate(recon_feats), ref),
+               "FID_random_latents": fid_from_features(
                    extractor.features(random_images), ref)}
     return metrics, {"num_examples": count, "ema": run.vae_is_ema}
 
@@ -172,7 +183,7 @@ def _sampled(task, run, spec, source, split, max_examples, step, extractor, seed
     else:
         metrics.update({f"{k}_no_cfg": v for k, v in guided.items()})
     random_images = gen.decode_images(gen.random_latents(len(labels), seed=seed + 1))
-    metrics["FID_random_latents"] = gen_eval.fid_from_features(
+    metrics["FID_random_latents"] = fid_from_features(
         extractor.features(random_images), ref)
     k = min(len(random_images), 100)
     pngs.append(write_png_or_warn(os.path.join(sample_dir, "random_latents.png"),
@@ -196,5 +207,4 @@ def generation_loop(task: Task, run: Any, spec: Any, *, source: str, split: str,
     metrics, extra = fn(task, run, spec, source, split, max_examples, step, extractor)
     # the label (fid_inception / keras_inception / digits) and whether the FIDs may be set
     # beside published ones, with the spec as given
-    return metrics, dict(extra, **gen_eval.extractor_record(extractor,
-                                                            str(spec.options.extractor)))
+    return metrics, dict(extra, **extractor_record(extractor, str(spec.options.extractor)))
