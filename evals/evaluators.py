@@ -103,9 +103,7 @@ def declared(cfg: ml_collections.ConfigDict) -> dict[str, Spec]:
         if prediction not in allowed:
             raise ConfigError(f"{where}.prediction={prediction!r}: a {kind!r} evaluator "
                               f"scores {', '.join(allowed)}")
-        for key in ("num_examples", "every", "batch_size"):
-            if int(group[key]) < (1 if key == "batch_size" else 0):
-                raise ConfigError(f"{where}.{key}={group[key]!r} is out of range")
+        schema.check(ml_collections.ConfigDict({"evals": {name: group}}), CONFIG_RULES)
         out[name] = Spec(name, kind, prediction, str(group.split), int(group.num_examples),
                          int(group.every), int(group.batch_size), group)
     return out

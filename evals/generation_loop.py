@@ -40,7 +40,7 @@ from evals.generation_metrics import (
     fid_from_features,
     inception_score,
 )
-from uvim_givt.data import pipeline
+from uvim_givt.data import catalog, pipeline
 from uvim_givt.data.images import image_grid, write_png_or_warn
 from uvim_givt.errors import ConfigError, UserError
 from uvim_givt.sampling.predictor import Predictor, to_uint8
@@ -66,8 +66,8 @@ def eval_images(task: Task, cfg: ml_collections.ConfigDict, source: str, split: 
                 batch_size: int, max_examples: int | None = None
                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(images float [n, S, S, 3] in [-1, 1], labels [n]) batches of a split, in order."""
-    ds = task.load(cfg, source, split)
-    for batch in pipeline.eval_batches(ds, lambda ex: task.preprocess(cfg, ex, train=False),
+    ds = catalog.load(task.readers, cfg, source, split)
+    for batch in pipeline.eval_batches(ds, lambda ex: task.preprocess(cfg, ex, "eval"),
                                        batch_size, max_examples):
         valid = batch["_valid"]
         yield batch["image"][valid], batch["label"][valid]
@@ -103,10 +103,9 @@ def eval_classes(cfg: ml_collections.ConfigDict, options: ml_collections.ConfigD
 
 
 def sample_and_score(gen: Predictor, extractor: Any, ref_feats: np.ndarray,
-                     labels: np.ndarray, seed: int, **sampling: Any
-                     ) -> tuple[dict[str, float], np.ndarray]:
-    """Samples one image per label (``sampling``: temperature, cfg_weight, ...), scores them."""
-    images = gen.decode_images(gen.sample_latents(labels, seed=seed, **sampling))
+                     labels: np.ndarray, seed: int) -> tuple[dict[str, float], np.ndarray]:
+    """Samples one image per label with the predictor's settings, scores them."""
+    images = gen.decode_images(gen.sample_latents(labels, seed=seed))
     return score_images(extractor, images, ref_feats, labels,
                         int(gen.cfg.data.num_classes)), images
 
@@ -153,15 +152,14 @@ def _oracle(task, run, spec, source, split, max_examples, step, extractor):
 def _sampled(task, run, spec, source, split, max_examples, step, extractor, seed=0):
     cfg, opts = run.cfg, spec.options
     gen = Predictor(cfg, run.vae_params, run.givt_params, batch_size=spec.batch_size)
-    s = cfg.givt.sampling
-    t, w = float(s.temperature), float(s.cfg_weight)
+    s = gen.settings
+    t, w = s.temperature, s.cfg_weight
     classes = eval_classes(cfg, opts)
     labels = np.repeat(classes, int(opts.samples_per_class)).astype(np.int32)
     ref = reference_features(task, cfg, extractor, source, split, spec.batch_size,
                              max_examples)
     t0 = time.time()
-    guided, images = sample_and_score(gen, extractor, ref, labels, seed, temperature=t,
-                                      cfg_weight=w)
+    guided, images = sample_and_score(gen, extractor, ref, labels, seed)
     sample_time = time.time() - t0
     metrics = dict(guided)
     sample_dir = os.path.join(run.run_dir, "samples")
@@ -173,8 +171,8 @@ def _sampled(task, run, spec, source, split, max_examples, step, extractor, seed
         pngs.append(write_png_or_warn(
             os.path.join(sample_dir, f"grid_step{step}_cfg{w:g}.png"), grid))
     if w != 0:
-        plain, images_u = sample_and_score(gen, extractor, ref, labels, seed, temperature=t,
-                                           cfg_weight=0.0)
+        plain, images_u = sample_and_score(gen.with_settings(s.replace(cfg_weight=0.0)),
+                                           extractor, ref, labels, seed)
         metrics.update({f"{k}_no_cfg": v for k, v in plain.items()})
         grid_u, _ = per_class_grids(images_u, labels, classes, per_class)
         if grid_u is not None:
@@ -194,7 +192,7 @@ def _sampled(task, run, spec, source, split, max_examples, step, extractor, seed
              "sampling_seconds": round(sample_time, 1),
              "pngs": [os.path.relpath(p, run.run_dir) for p in pngs if p]}
     if cfg.givt.model.style == "masked":
-        extra.update(num_steps=int(s.num_steps), choice_temperature=float(s.choice_temperature))
+        extra.update(num_steps=s.num_steps, choice_temperature=s.choice_temperature)
     return metrics, extra
 
 

@@ -44,8 +44,9 @@ def parse_source(spec: str | None) -> tuple[str, str]:
 class Readers:
     """How one task reads each kind of source.
 
-    embedded: the embedded builder's name (``tasks/datasets/``, registered when its module
-      is imported) or class.
+    embedded: the embedded default: a TFDS builder's class or name (``tasks/datasets/``,
+      registered when its module is imported), built on first use; or a function
+      (cfg, split) -> ``tf.data.Dataset`` for data made in memory (a toy task).
     embedded_config: cfg -> the builder-config overrides the config asks for (size,
       number of examples).
     folder: (cfg, path, split) -> a ``tf.data.Dataset`` of raw examples; None when the
@@ -55,7 +56,7 @@ class Readers:
     prepare_hint: how to prepare the real TFDS dataset, said when it is missing.
     """
 
-    embedded: str | type
+    embedded: str | type | Callable[[ml_collections.ConfigDict, str], tf.data.Dataset]
     embedded_config: Callable[[ml_collections.ConfigDict], dict[str, Any]] = lambda cfg: {}
     folder: Callable[[ml_collections.ConfigDict, str, str], tf.data.Dataset] | None = None
     fields: Callable[[tf.data.Dataset, str], tf.data.Dataset] | None = None
@@ -71,7 +72,10 @@ def load(readers: Readers, cfg: ml_collections.ConfigDict, source: str | None, s
          ) -> tf.data.Dataset:
     """The raw examples of ``split`` of ``source``, in a fixed order."""
     kind, arg = parse_source(source)
-    if kind == "embedded":
+    if kind == "embedded" and callable(readers.embedded) and not isinstance(
+            readers.embedded, type):
+        ds = readers.embedded(cfg, split)
+    elif kind == "embedded":
         from uvim_givt.data.embedded import ensure_built  # TFDS's builder machinery
 
         builder = ensure_built(readers.embedded, data_dir=data_dir(cfg),

@@ -18,9 +18,6 @@ import jax
 import ml_collections
 
 from uvim_givt.errors import ConfigError
-from uvim_givt.models.mask_schedule import check_schedule
-
-STYLES = ("ar", "masked")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,18 +69,16 @@ class SamplingSettings:
         return out
 
     def check(self) -> None:
-        """Combinations no sampler accepts, refused by the key that breaks them."""
-        if self.style not in STYLES:
-            raise ConfigError(f"givt.model.style={self.style!r}: one of {STYLES}")
-        for name in ("num_samples", "beam_size", "fan_size", "num_steps", "cfg_max_samples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"givt.sampling.{name}={getattr(self, name)}: must be >= 1")
-        for name in ("temperature", "temperature_probs", "choice_temperature",
-                     "rand_top_k_temperature"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"givt.sampling.{name}={getattr(self, name)}: must be > 0")
-        if self.cfg_weight < 0:
-            raise ConfigError(f"givt.sampling.cfg_weight={self.cfg_weight}: must be >= 0")
+        """Each value by its rule in :mod:`uvim_givt.schema` (the one place key ranges live:
+        a command's override is checked as the config's value would be), then the
+        combinations no sampler accepts, refused by the keys that break them."""
+        from uvim_givt import schema
+
+        group = {f"givt.sampling.{f.name}": getattr(self, f.name)
+                 for f in dataclasses.fields(self) if f.name != "style"}
+        schema.check(ml_collections.ConfigDict(
+            {"givt": {"sampling": {k.split(".")[-1]: v for k, v in group.items()},
+                      "model": {"style": self.style}}}), schema.LIBRARY_RULES)
         if self.unconditional and self.cfg_weight:
             raise ConfigError("givt.sampling.unconditional drops every label: it takes no "
                               f"guidance (cfg_weight={self.cfg_weight:g})")
@@ -92,10 +87,6 @@ class SamplingSettings:
             raise ConfigError(f"beam search (beam_size={self.beam_size}, fan_size="
                               f"{self.fan_size}) and DB-CFG (cfg_weight={self.cfg_weight:g}) "
                               "do not combine: set cfg_weight=0 or beam_size=fan_size=1")
-        try:
-            check_schedule(self.schedule)
-        except ValueError as e:
-            raise ConfigError(f"givt.sampling.schedule: {e}") from None
 
     def sampler_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of the sampler of this style."""
