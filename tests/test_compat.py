@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import jax
@@ -15,7 +16,11 @@ from flax import serialization, traverse_util
 
 from uvim_givt.compat import big_vision as bv
 from uvim_givt.config import load_config
+from uvim_givt.models import builders
+from uvim_givt.training import param_files as pf
 from uvim_givt.training.checkpoint import load_params
+from uvim_givt.training.trainer import count_params
+from uvim_givt.training.warm_start import warm_start_fn
 
 TREES = Path(__file__).parent / "data" / "big_vision_param_trees.json"
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -76,9 +81,9 @@ def _forward(kind: str, cfg):
     """A jitted params -> outputs function of the model ``cfg`` describes."""
     x = _inputs()
     if kind == "vae":
-        model = bv.build_model("vae", cfg)
+        model = builders.build_model("vae", cfg)
         return jax.jit(lambda p: model.apply({"params": p}, x["label_map"]))
-    model = bv.build_model("givt", cfg)
+    model = builders.build_model("givt", cfg)
     if kind == "encdec":
         return jax.jit(lambda p: model.apply({"params": p}, x["targets"], image=x["image"]))
     return jax.jit(lambda p: model.apply({"params": p}, x["targets"], x["labels"]))
@@ -110,10 +115,10 @@ def test_layout_conversion_keeps_outputs(case, tmp_path):
     forward = {scan: _forward(case, cfgs[scan]) for scan in (True, False)}
     stacked_key, axis = STACKED[case]
     for src_scan in (True, False):
-        src = random_params(bv.abstract_params(stage, cfgs[src_scan]), seed=int(src_scan))
-        flat = bv.load_npz(write_npz(tmp_path / f"{case}_{src_scan}.npz", src))
+        src = random_params(builders.abstract_params(stage, cfgs[src_scan]), seed=int(src_scan))
+        flat = pf.load_npz(write_npz(tmp_path / f"{case}_{src_scan}.npz", src))
         dst = bv.load_into(stage, cfgs[not src_scan], flat)
-        target = bv.abstract_params(stage, cfgs[not src_scan])
+        target = builders.abstract_params(stage, cfgs[not src_scan])
         assert jax.tree_util.tree_structure(dst) == jax.tree_util.tree_structure(target)
         # Layer i of the stacked parameter is the unrolled layer i.
         stacked_tree, unrolled_tree = (src, dst) if src_scan else (dst, src)
@@ -159,12 +164,12 @@ def test_reference_trees_map_onto_both_layouts(name):
     for scan in layouts:
         if scan is not None:
             group.scan = scan
-        target = bv.abstract_params(stage, cfg)
-        out = bv.convert_layout(source, target)
+        target = builders.abstract_params(stage, cfg)
+        out = pf.convert_layout(source, target)
         shapes = {k: v.shape for k, v in flat_of(out).items()}
         assert shapes == {k: v.shape for k, v in flat_of(target).items()}
         assert all(isinstance(v, SDS) for v in flat_of(out).values())
-        assert bv.count_params(out) == ref["num_params"]
+        assert count_params(out) == ref["num_params"]
         if scan is None or bool(scan) == any("EncDecBlock/" in k or "encoderblock/" in k
                                              for k in ref["params"]):
             assert {k: list(v) for k, v in shapes.items()} == ref["params"]  # same layout
@@ -201,7 +206,7 @@ def _source(**changes):
 
 def test_convert_layout_ok_and_dtype():
     src = _source(EmbedTargets__kernel=np.ones((2, 4), np.float64))
-    out = bv.convert_layout(src, _target())
+    out = pf.convert_layout(src, _target())
     assert out["EmbedTargets"]["kernel"].dtype == np.float32
     k = out["decoder"]["EncDecBlock"]["MLP"]["kernel"]
     assert k.shape == (4, 3, 5)
@@ -213,8 +218,8 @@ def test_mismatch_lists_missing_unexpected_and_shapes():
                   decoder__LayerNorm__scale=None, foo__bar=np.zeros(1),
                   decoder__EncDecBlock3__MLP__kernel=np.zeros((4, 5)),
                   decoder__EncDecBlock1__MLP__kernel=None)
-    with pytest.raises(bv.CheckpointMismatch) as e:
-        bv.convert_layout(src, _target(), context="unit")
+    with pytest.raises(pf.CheckpointMismatch) as e:
+        pf.convert_layout(src, _target(), context="unit")
     err = e.value
     assert err.missing == ["decoder/EncDecBlock1/MLP/kernel", "decoder/LayerNorm/scale"]
     assert err.unexpected == ["decoder/EncDecBlock3/MLP/kernel", "foo/bar"]
@@ -228,20 +233,20 @@ def test_mismatch_lists_missing_unexpected_and_shapes():
 
 def test_mismatch_per_layer_shape_and_layer_count():
     src = _source(decoder__EncDecBlock2__MLP__kernel=np.zeros((4, 6)))
-    with pytest.raises(bv.CheckpointMismatch, match=r"EncDecBlock2/MLP/kernel: checkpoint "
+    with pytest.raises(pf.CheckpointMismatch, match=r"EncDecBlock2/MLP/kernel: checkpoint "
                                                     r"\(4, 6\), model \(4, 5\)"):
-        bv.convert_layout(src, _target())
+        pf.convert_layout(src, _target())
     # A stacked checkpoint with 3 layers cannot fill a 2-layer unrolled model.
     target = {f"EncDecBlock{i}": {"k": SDS((4, 5), jnp.float32)} for i in range(2)}
-    with pytest.raises(bv.CheckpointMismatch, match=r"EncDecBlock/k: checkpoint \(4, 3, 5\), "
+    with pytest.raises(pf.CheckpointMismatch, match=r"EncDecBlock/k: checkpoint \(4, 3, 5\), "
                                                     r"model \(4, 2, 5\)"):
-        bv.convert_layout({"EncDecBlock/k": np.zeros((4, 3, 5))}, target)
+        pf.convert_layout({"EncDecBlock/k": np.zeros((4, 3, 5))}, target)
 
 
 def test_mismatch_message_is_capped():
     target = {f"p{i}": SDS((1,), jnp.float32) for i in range(25)}
-    with pytest.raises(bv.CheckpointMismatch) as e:
-        bv.convert_layout({}, target)
+    with pytest.raises(pf.CheckpointMismatch) as e:
+        pf.convert_layout({}, target)
     assert len(e.value.missing) == 25
     assert "missing from the checkpoint (25)" in str(e.value)
     assert "... and 15 more" in str(e.value)
@@ -249,25 +254,25 @@ def test_mismatch_message_is_capped():
 
 # ------------------------------------------------------------------------------ files
 def test_load_npz_errors_name_the_file(tmp_path):
-    with pytest.raises(bv.CheckpointFileError, match="nope.npz does not exist"):
-        bv.load_npz(str(tmp_path / "nope.npz"))
+    with pytest.raises(pf.CheckpointFileError, match="nope.npz does not exist"):
+        pf.load_npz(str(tmp_path / "nope.npz"))
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"\x00garbage that is no checkpoint")
-    with pytest.raises(bv.CheckpointFileError, match="bad.npz"):
-        bv.load_npz(str(bad))
+    with pytest.raises(pf.CheckpointFileError, match="bad.npz"):
+        pf.load_npz(str(bad))
     truncated = tmp_path / "trunc.npz"
     write_npz(truncated, {"a": np.zeros((100,))})
     truncated.write_bytes(truncated.read_bytes()[:60])
-    with pytest.raises(bv.CheckpointFileError, match="trunc.npz"):
-        bv.load_npz(str(truncated))
-    with pytest.raises(bv.CheckpointFileError, match="is a directory"):
-        bv.load_npz(str(tmp_path))
+    with pytest.raises(pf.CheckpointFileError, match="trunc.npz"):
+        pf.load_npz(str(truncated))
+    with pytest.raises(pf.CheckpointFileError, match="is a directory"):
+        pf.load_npz(str(tmp_path))
 
 
 def test_load_npz_drops_train_state_prefix(tmp_path):
     path = write_npz(tmp_path / "train.npz", {"params": {"a": {"b": np.ones(2)}},
                                               "opt": {"mu": np.zeros(2)}})
-    assert list(bv.load_npz(path)) == ["a/b"]
+    assert list(pf.load_npz(path)) == ["a/b"]
 
 
 def test_msgpack_cnn_vae(tmp_path):
@@ -275,35 +280,36 @@ def test_msgpack_cnn_vae(tmp_path):
     cfg = cfg_of(vae=dict(kind="cnn", model=dict(
         filters=32, num_res_blocks=1, channel_multipliers=(1, 2), codeword_dim=4,
         input_size=(16, 16))))
-    target = bv.abstract_params("vae", cfg)
+    target = builders.abstract_params("vae", cfg)
     ema, gen = random_params(target, 0), random_params(target, 1)
     strip = lambda p: {k[len("cnn_"):]: v for k, v in p.items()}
     state = {"ema_params": strip(ema), "g_params": strip(gen), "d_params": {"x": np.zeros(3)},
              "step": 7}
     path = tmp_path / "checkpoint_7"
     path.write_bytes(serialization.msgpack_serialize(state))
-    flat = bv.load_npz(str(path))
+    flat = pf.load_npz(str(path))
     assert all(k.startswith(("cnn_encoder/", "cnn_decoder/")) for k in flat)
     assert bv.infer_stage(list(flat)) == "vae"
     for choice, want in ((None, ema), ("g_params", gen)):
-        got = bv.load_into("vae", cfg, bv.load_npz(str(path), msgpack_params=choice))
+        got = bv.load_into("vae", cfg, pf.load_npz(str(path), msgpack_params=choice))
         for k, v in flat_of(want).items():
             np.testing.assert_array_equal(flat_of(got)[k], v)
     path.write_bytes(serialization.msgpack_serialize({"params": strip(ema)}))
-    with pytest.raises(bv.CheckpointFileError, match="without ema_params or g_params"):
-        bv.load_npz(str(path))
+    with pytest.raises(pf.CheckpointFileError, match="without ema_params or g_params"):
+        pf.load_npz(str(path))
 
 
 def test_vae_kind_and_label_channels_come_from_the_config():
     """The builders read the VAE kind and label channels from the config (no task import):
     the published depth and panoptic channels, and clear errors naming the key."""
-    assert bv.label_channels(load_config("configs/panoptic.py:size=paper")) == {
+    assert builders.label_channels(load_config("configs/panoptic.py:size=paper")) == {
         "semantics": (0, 134), "instances": (1, 100)}
-    assert bv.label_channels(load_config("configs/depth.py:size=paper")) == {"depth": (0, 256)}
+    assert builders.label_channels(load_config("configs/depth.py:size=paper")) == {
+        "depth": (0, 256)}
     with pytest.raises(ValueError, match="vae.model.label_channels"):
-        bv.label_channels(cfg_of(vae=dict(kind="vit", model={})))
+        builders.label_channels(cfg_of(vae=dict(kind="vit", model={})))
     with pytest.raises(ValueError, match="vae.kind='gan'"):
-        bv.build_model("vae", cfg_of(vae=dict(kind="gan", model={})))
+        builders.build_model("vae", cfg_of(vae=dict(kind="gan", model={})))
 
 
 # -------------------------------------------------------------------------------- CLI
@@ -311,8 +317,8 @@ def test_cli_end_to_end(tmp_path, capsys):
     """Tiny panoptic config: a scanned .npz goes into the (unrolled) tiny model's run dir."""
     spec = "configs/panoptic.py:size=tiny"
     scanned = load_config(spec, ["givt.model.scan=True", "vae.model.scan=True"])
-    givt_src = random_params(bv.abstract_params("givt", scanned), 0)
-    vae_src = random_params(bv.abstract_params("vae", scanned), 1)
+    givt_src = random_params(builders.abstract_params("givt", scanned), 0)
+    vae_src = random_params(builders.abstract_params("vae", scanned), 1)
     givt_npz = write_npz(tmp_path / "givt.npz", givt_src)
     vae_npz = write_npz(tmp_path / "vae.npz", vae_src)
     run = str(tmp_path / "run")
@@ -337,8 +343,8 @@ def test_cli_end_to_end(tmp_path, capsys):
         givt_params["encoder"]["encoderblock_2"]["MlpBlock_0"]["Dense_0"]["kernel"],
         givt_src["encoder"]["encoderblock"]["MlpBlock_0"]["Dense_0"]["kernel"][2])
     info = json.loads(Path(run, "run_info.json").read_text())
-    assert info["num_params"] == {"givt": bv.count_params(givt_src),
-                                  "vae": bv.count_params(vae_src)}
+    assert info["num_params"] == {"givt": count_params(givt_src),
+                                  "vae": count_params(vae_src)}
     assert info["source"] == f"big_vision npz: {vae_npz}"
     assert json.loads(Path(run, "config.json").read_text())["task"] == "panoptic"
 
@@ -353,7 +359,7 @@ def test_cli_end_to_end(tmp_path, capsys):
 def test_cli_errors_exit_2_without_traceback(tmp_path, capsys, args, expect):
     spec = "configs/panoptic.py:size=tiny"
     cfg = load_config(spec)
-    write_npz(tmp_path / "givt.npz", random_params(bv.abstract_params("givt", cfg)))
+    write_npz(tmp_path / "givt.npz", random_params(builders.abstract_params("givt", cfg)))
     if "{tmp}/run" in args:
         assert bv.main(["--npz", str(tmp_path / "givt.npz"), "--config", spec,
                         "--out", str(tmp_path / "run")]) == 0
@@ -391,19 +397,23 @@ def _fake_vit_npz(path, enc_params, side: int, width: int) -> dict[str, np.ndarr
     return out
 
 
-def test_init_encoder_loads_a_big_vision_vit(tmp_path):
-    from tasks.depth import TASK
+def _stage2_params(cfg):
+    model, adaptor = builders.build_model("givt", cfg), builders.build_adaptor(cfg)
+    return jax.jit(lambda k: builders.init_givt_stage(model, adaptor, k))(jax.random.PRNGKey(0))
+
+
+def test_init_encoder_loads_a_big_vision_vit(tmp_path, capsys):
     from uvim_givt.errors import UserError
-    from uvim_givt.training.runner import givt_stage
     cfg = load_config("configs/depth.py", ["givt.model.stem=()"])
     stage_cfg = ml_collections.ConfigDict(cfg.to_dict())
-    params = jax.jit(givt_stage(TASK, cfg, None, None).init_params)(jax.random.PRNGKey(0))
+    params = _stage2_params(cfg)
     npz = str(tmp_path / "vit.npz")
     src = _fake_vit_npz(npz, params["encoder"], side=4, width=96)
 
+    assert warm_start_fn(stage_cfg, "givt") is None and warm_start_fn(stage_cfg, "vae") is None
     stage_cfg.givt.init_encoder = npz
-    warm = givt_stage(TASK, stage_cfg, None, None).warm_start
-    out = warm(params)
+    out = warm_start_fn(stage_cfg, "givt")(params)
+    assert f"stage-2 image encoder initialised from {npz}" in capsys.readouterr().out
     np.testing.assert_allclose(out["EmbedPatches"]["kernel"], src["embedding/kernel"], rtol=1e-6)
     np.testing.assert_allclose(out["encoder"]["encoderblock_2"]["MlpBlock_0"]["Dense_0"]["kernel"],
                                src["Transformer/encoderblock/MlpBlock_0/Dense_0/kernel"][2],
@@ -416,13 +426,104 @@ def test_init_encoder_loads_a_big_vision_vit(tmp_path):
                                atol=1e-5)
     # The decoder and target embedding keep their initial values.
     np.testing.assert_array_equal(out["EmbedTargets"]["kernel"], params["EmbedTargets"]["kernel"])
+    # An explicit encoder grid is used as given (here the model's own).
+    out2 = warm_start_fn(stage_cfg, "givt", encoder_grid=(8, 8))(params)
+    np.testing.assert_array_equal(out2["pos_embedding_encoder"], out["pos_embedding_encoder"])
 
     # A ViT of another width: the error names the parameter and both shapes.
     bad = str(tmp_path / "vit64.npz")
     small = load_config("configs/depth.py", ["givt.model.stem=()", "givt.model.emb_dim=64",
                                              "givt.model.mlp_dim=128"])
-    p64 = jax.jit(givt_stage(TASK, small, None, None).init_params)(jax.random.PRNGKey(0))
-    _fake_vit_npz(bad, p64["encoder"], side=8, width=64)
+    _fake_vit_npz(bad, _stage2_params(small)["encoder"], side=8, width=64)
     stage_cfg.givt.init_encoder = bad
-    with pytest.raises(UserError, match=r"(?s)vit64\.npz.*shape differs.*EmbedPatches/kernel"):
-        givt_stage(TASK, stage_cfg, None, None).warm_start(params)
+    with pytest.raises(UserError, match=r"(?s)givt\.init_encoder='.*vit64\.npz'.*shape differs"
+                                        r".*EmbedPatches/kernel"):
+        warm_start_fn(stage_cfg, "givt")(params)
+
+
+def test_givt_init_then_init_encoder_in_that_order(tmp_path, capsys):
+    """``givt.init.path`` loads the whole tree first, then ``init_encoder`` the encoder."""
+    cfg = load_config("configs/depth.py", ["givt.model.stem=()"])
+    params = _stage2_params(cfg)
+    whole = jax.tree_util.tree_map(lambda x: np.asarray(x) + 1.0, params)
+    run_npz = pf.save_npz(str(tmp_path / "whole.npz"), whole)
+    vit = str(tmp_path / "vit.npz")
+    src = _fake_vit_npz(vit, params["encoder"], side=8, width=96)
+    cfg.givt.init.path, cfg.givt.init.dont_load = run_npz, ("EmbedTargets/bias",)
+    cfg.givt.init_encoder = vit
+    out = warm_start_fn(cfg, "givt")(params)
+    printed = capsys.readouterr().out
+    assert printed.index(f"givt: initialised from {run_npz} (not loaded: EmbedTargets/bias)") \
+        < printed.index("stage-2 image encoder initialised from")
+    np.testing.assert_array_equal(out["EmbedTargets"]["kernel"], whole["EmbedTargets"]["kernel"])
+    np.testing.assert_array_equal(out["EmbedTargets"]["bias"], params["EmbedTargets"]["bias"])
+    np.testing.assert_allclose(out["EmbedPatches"]["kernel"], src["embedding/kernel"], rtol=1e-6)
+
+
+# ------------------------------------------------------ non-finite or non-float values
+BAD_VALUES = {
+    "nan": (lambda x: np.where(np.arange(x.size).reshape(x.shape) == 1, np.nan, x)
+            .astype(np.float32), "non-finite values (NaN"),
+    "inf": (lambda x: np.where(np.arange(x.size).reshape(x.shape) == 0, -np.inf, x)
+            .astype(np.float32), "non-finite values (inf"),
+    "int32": (lambda x: np.round(x).astype(np.int32), "is int32, expected floats"),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_VALUES))
+def test_convert_refuses_bad_values_naming_file_and_key(tmp_path, capsys, bad):
+    spoil, expect = BAD_VALUES[bad]
+    spec = "configs/panoptic.py:size=tiny"
+    flat = flat_of(random_params(builders.abstract_params("givt", load_config(spec))))
+    key = "EmbedTargets/kernel"
+    flat[key] = spoil(flat[key])
+    npz = write_npz(tmp_path / "givt.npz", flat)
+    with pytest.raises(pf.CheckpointValueError) as e:
+        bv.load_into("givt", load_config(spec), pf.load_npz(npz), file=npz)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{npz}: parameter {key!r}") and expect in msg
+    assert isinstance(e.value, bv.CheckpointFileError)
+    # The command line: one error line, exit 2, nothing written.
+    assert bv.main(["--npz", npz, "--config", spec, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"parameter {key!r}" in err and expect in err
+    assert "Traceback" not in err and not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+@pytest.mark.parametrize("bad", list(BAD_VALUES))
+def test_layout_conversion_refuses_bad_values_in_stacked_and_sliced_layers(bad):
+    spoil, expect = BAD_VALUES[bad]
+    # unrolled checkpoint -> scanned model: the bad layer is named
+    src = _source(decoder__EncDecBlock1__MLP__kernel=spoil(np.ones((4, 5))))
+    with pytest.raises(pf.CheckpointValueError,
+                       match=rf"^ckpt\.npz: parameter 'decoder/EncDecBlock1/MLP/kernel' "
+                             rf".*{re.escape(expect)}"):
+        pf.convert_layout(src, _target(), file="ckpt.npz")
+    # a value with no float parameter to go to is not checked; a shape-only dry run is
+    pf.convert_layout(_source(), _target())
+    dry = {k: SDS(v.shape, spoil(np.ones(1)).dtype) for k, v in _source().items()}
+    if bad == "int32":
+        with pytest.raises(pf.CheckpointValueError, match="checkpoint: parameter"):
+            pf.convert_layout(dry, _target())
+    else:
+        pf.convert_layout(dry, _target())
+
+
+@pytest.mark.parametrize("bad", list(BAD_VALUES))
+def test_init_encoder_refuses_bad_values(tmp_path, bad):
+    from uvim_givt.errors import UserError
+    spoil, expect = BAD_VALUES[bad]
+    cfg = load_config("configs/depth.py", ["givt.model.stem=()"])
+    params = _stage2_params(cfg)
+    for key in ("embedding/kernel", "pos_embedding"):  # the latter is resampled (4x4 -> 8x8)
+        npz = str(tmp_path / "vit.npz")
+        src = _fake_vit_npz(npz, params["encoder"], side=4, width=96)
+        np.savez(npz, **{k: spoil(v) if k == key else np.asarray(v, np.float32)
+                         for k, v in src.items()})
+        with pytest.raises(pf.CheckpointValueError,
+                           match=rf"^{re.escape(npz)}: parameter '{key}' "):
+            bv.load_vit_encoder(npz, params, (8, 8))
+        cfg.givt.init_encoder = npz
+        with pytest.raises(UserError, match=rf"givt\.init_encoder=.*parameter '{key}'"
+                                            rf".*{re.escape(expect)}"):
+            warm_start_fn(cfg, "givt")(params)
