@@ -3,28 +3,31 @@
 1. Import rules, read from every module's AST (static and ``importlib`` imports): the
    library ``uvim_givt`` imports no ``tasks``, ``evals`` or ``configs``; ``evals`` imports
    no ``tasks``; ``configs`` imports neither.
-2. A toy dense task defined here (a file in ``tasks/`` would look the same) trains both
-   stages through the generic runner, is evaluated by its own metric declared in its
-   config, and is found by name for ``evals``-style checkpoint evaluation.
+2. docs/ARCHITECTURE.md's add-a-task recipe, followed literally: its code blocks become
+   ``tasks/toy_bands.py`` and ``configs/toy_bands.py``, and ``python -m tasks.toy_bands
+   train`` trains both stages through the generic runner, scores the task's own metric
+   declared in its config, and ``eval`` re-scores the run directory.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
-import ml_collections
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from configs.common import evaluator, givt_encdec_model, init_group, train_group
 from evals.evaluators import Evaluators, evaluate_run
+from uvim_givt import config as config_lib
 from uvim_givt.errors import UserError
 from uvim_givt.task import DenseTask, Task, get_task, register_task
-from uvim_givt.training.runner import load_run, train_run
+from uvim_givt.training.runner import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"uvim_givt": {"tasks", "evals", "configs"}, "evals": {"tasks"},
@@ -77,102 +80,54 @@ def test_the_import_check_sees_static_and_dynamic_imports(tmp_path):
                                     "evals/e.py:1 imports tasks"]
 
 
-# ------------------------------------------------------------------------- a toy task
-SIZE, CLASSES = 16, 3
+# ----------------------------------------------------- the add-a-task recipe, literally
+RECIPE = ROOT / "docs" / "ARCHITECTURE.md"
 
 
-def _toy_examples(n: int, seed: int) -> dict[str, np.ndarray]:
-    """Images whose rows are bands of colour k in {0, 1, 2}; the label map is k."""
-    rng = np.random.default_rng(seed)
-    bands = rng.integers(0, CLASSES, size=(n, 4))
-    labels = np.repeat(bands, SIZE // 4, axis=1)[:, :, None] * np.ones((1, 1, SIZE), np.int64)
-    palette = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
-    return {"image": palette[labels], "mask": labels.astype(np.int64)}
+def recipe_files() -> dict[str, str]:
+    """The recipe's code blocks, by the file each one names on its first line."""
+    blocks = re.findall(r"```python\n# (\S+)\n(.*?)```", RECIPE.read_text(), flags=re.S)
+    return {path: body for path, body in blocks}
 
 
-class PixelAccuracy:
-    """The toy task's own metric family: per-pixel accuracy."""
-
-    def __init__(self):
-        self.right = self.total = self.images = 0
-
-    def add(self, example, prediction):
-        self.right += int((prediction == example["mask"]).sum())
-        self.total += prediction.size
-        self.images += 1
-
-    def result(self):
-        return {"accuracy": self.right / self.total, "num_images": float(self.images)}
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    """The recipe's files written into a folder of their own (a second ``tasks/`` and
+    ``configs/`` on PYTHONPATH, as a task outside this repository would live)."""
+    root = tmp_path_factory.mktemp("recipe")
+    files = recipe_files()
+    assert sorted(files) == ["configs/toy_bands.py", "tasks/toy_bands.py"]
+    for path, body in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(body)
+    return root
 
 
-class Bands:
-    """A dense task in ~30 lines: data, preprocessing, decoding, a metric, a picture."""
-
-    name = "toy_bands"
-    mirror_equivariant = True
-
-    def load(self, cfg, source, split):
-        return tf.data.Dataset.from_tensor_slices(
-            _toy_examples(64 if split == "train" else 8, seed=split == "train"))
-
-    def preprocess(self, cfg, example, train, seed=None):
-        image = tf.cast(example["image"], tf.float32) / 127.5 - 1.0
-        return {"image": image, "labels": tf.cast(example["mask"][..., None], tf.int32)}
-
-    def postprocess(self, cfg, logits, example=None):
-        return np.argmax(logits["band"], axis=-1)
-
-    def metric(self, cfg, kind):
-        assert kind == "pixel_accuracy"
-        return PixelAccuracy()
-
-    def draw(self, cfg, example, prediction):
-        return np.concatenate([example["image"], (prediction[..., None] * 80).astype(
-            np.uint8).repeat(3, -1)], axis=1)
+def _run(recipe: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(recipe), str(ROOT)]))
+    return subprocess.run([sys.executable, "-m", "tasks.toy_bands", *args], cwd=recipe,
+                          env=env, capture_output=True, text=True, timeout=600)
 
 
-def toy_config() -> ml_collections.ConfigDict:
-    """The task's config, built from the shared helpers as configs/<task>.py would be."""
-    vae = dict(input_size=(SIZE, SIZE), patch_size=(8, 8), width=32, depth=1, decoder_depth=1,
-               mlp_dim=64, num_heads=2, code_len=4, codeword_dim=4, dropout=0.0,
-               code_dropout="none", scan=False, label_channels={"band": (0, CLASSES)})
-    givt = givt_encdec_model("tiny", out_dim=4, seq_len=4, input_size=(SIZE, SIZE))
-    givt.update(emb_dim=32, mlp_dim=64, num_heads=2, num_layers=1, patches=(8, 8), stem=())
-    c = ml_collections.ConfigDict()
-    c.task, c.size, c.seed = "toy_bands", "tiny", 0
-    c.data = dict(source="embedded", image_size=SIZE, train_split="train",
-                  val_split="validation", shuffle_buffer=64, cache=True)
-    c.vae = dict(kind="vit", model=vae, init=init_group(), ignore_zero=(), ema_decay=0.0,
-                 beta=1e-4,
-                 train=train_group("tiny", steps=4, batch_size=8, lr=1e-3, wd=0.0))
-    c.givt = dict(model=givt, init=init_group(), posterior="mean", input_noise=0.0,
-                  init_encoder="",
-                  train=train_group("tiny", steps=4, batch_size=8, lr=1e-3, wd=0.0),
-                  sampling=dict(temperature=1.0, temperature_probs=1.0, beam_size=1,
-                                fan_size=1, num_steps=4, choice_temperature=1.0,
-                                num_samples=1, test_time_flip=False))
-    c.evals = dict(
-        oracle=evaluator("pixel_accuracy", "oracle", batch_size=4, every=2, overlays=1),
-        sampled=evaluator("pixel_accuracy", "sampled", batch_size=4, overlays=1),
-        teacher_forced=evaluator("pixel_accuracy", "teacher_forced", batch_size=4),
-        vae_loss=evaluator("loss", "oracle", batch_size=4, every=2),
-        held_out_nll=evaluator("loss", "teacher_forced", batch_size=4))
-    return c
+def _toy_task(recipe: Path):
+    spec = importlib.util.spec_from_file_location("toy_bands_recipe",
+                                                  recipe / "tasks" / "toy_bands.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def givt_out_dim(cfg) -> int:
-    return int(cfg.givt.model.out_dim)
-
-
-def test_a_new_task_trains_and_evaluates_through_the_same_runner(tmp_path):
-    task = register_task(Bands())
-    assert isinstance(task, Task) and isinstance(task, DenseTask)
-    cfg, run_dir = toy_config(), str(tmp_path / "run")
-    lines = []
-    run = train_run(task, cfg, run_dir, hooks=Evaluators(task, cfg), log=lines.append)
-    assert run.vae_step == run.givt_step == 4
-    records = {r: json.load(open(os.path.join(run_dir, "eval", r)))
-               for r in sorted(os.listdir(os.path.join(run_dir, "eval")))}
+@pytest.mark.slow
+def test_the_recipe_trains_and_evaluates_from_the_command_line(recipe):
+    """docs/ARCHITECTURE.md's recipe, followed literally: its two files, then
+    ``python -m tasks.toy_bands train`` and ``eval``; the new task trains both stages
+    through the generic runner and is scored by its own metric declared in its config."""
+    done = _run(recipe, "train", "--workdir", "run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("training toy_bands stage 1 (VAE) and stage 2 (GIVT)")
+    run_dir = recipe / "run"
+    records = {r: json.loads((run_dir / "eval" / r).read_text())
+               for r in sorted(os.listdir(run_dir / "eval"))}
     assert sorted(records) == [
         "givt_held_out_nll_validation_embedded_step00000004_train.json",
         "givt_sampled_validation_embedded_step00000004_train.json",
@@ -184,35 +139,44 @@ def test_a_new_task_trains_and_evaluates_through_the_same_runner(tmp_path):
     for rec in records.values():
         assert rec["task"] == "toy_bands"
     sampled = records["givt_sampled_validation_embedded_step00000004_train.json"]
-    assert 0.0 <= sampled["metrics"]["accuracy"] <= 1.0 and sampled["metrics"]["num_images"] == 8
+    assert 0.0 <= sampled["metrics"]["accuracy"] <= 100.0
+    assert sampled["metrics"]["num_images"] == 8
+    # the task's declared metadata travels with its records (the leaderboard reads them)
+    assert sampled["metric_meta"]["primary"] == "accuracy"
+    assert sampled["metric_meta"]["units"] == {"accuracy": "%"}
     nll = records["givt_held_out_nll_validation_embedded_step00000004_train.json"]["metrics"]
-    assert np.isfinite(nll["nll_per_token"])
-    np.testing.assert_allclose(nll["nll_per_dim"], nll["nll_per_token"] / givt_out_dim(cfg))
+    assert np.isfinite(nll["nll_per_token"]) and nll["loss"] == nll["nll_per_token"]
+    np.testing.assert_allclose(nll["nll_per_dim"], nll["nll_per_token"] / 4, rtol=1e-6)
     vae_loss = records["vae_vae_loss_validation_embedded_step00000004_train.json"]["metrics"]
     np.testing.assert_allclose(vae_loss["loss"], vae_loss["xent"] + 1e-4 * vae_loss["kl"],
                                rtol=1e-5)
-    tf = records["givt_teacher_forced_validation_embedded_step00000004_train.json"]
-    assert 0.0 <= tf["metrics"]["accuracy"] <= 1.0 and tf["num_examples"] == 8
+    forced = records["givt_teacher_forced_validation_embedded_step00000004_train.json"]
+    assert forced["num_examples"] == 8
     # the exposure-bias gap, in the second record of the pair
-    assert tf["metrics"]["gap/accuracy"] == pytest.approx(
-        sampled["metrics"]["accuracy"] - tf["metrics"]["accuracy"])
-    assert any(line.startswith("  sampled: accuracy=") for line in lines)
+    assert forced["metrics"]["gap/accuracy"] == pytest.approx(
+        sampled["metrics"]["accuracy"] - forced["metrics"]["accuracy"])
 
-    # Evaluation from the run directory alone: the task is found by its config's name,
-    # and the same evaluator gives the same numbers.
+    # Evaluation from the run directory alone gives the same numbers, from the command
+    # line and (the task registered in-process, as an entry point would) by name.
+    again = _run(recipe, "eval", "--ckpt", "run")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout[again.stdout.index("{"):])["sampled"] == sampled["metrics"]
+    task = register_task(_toy_task(recipe).TASK)
+    assert isinstance(task, Task) and isinstance(task, DenseTask)
     assert get_task("toy_bands") is task
-    again = evaluate_run(run_dir, "cli", names=["sampled"])
-    assert again["sampled"] == sampled["metrics"]
-    assert load_run(run_dir).task is task
+    assert load_run(str(run_dir)).task is task
+    by_name = evaluate_run(str(run_dir), "cli", names=["sampled"])
+    assert by_name["sampled"] == sampled["metrics"]
 
 
-def test_bad_evaluator_declarations_name_the_key(tmp_path):
-    task = register_task(Bands())
-    cfg = toy_config()
+def test_bad_evaluator_declarations_name_the_key(recipe):
+    module = _toy_task(recipe)
+    task = register_task(module.TASK)
+    cfg = config_lib.load_config(str(recipe / "configs" / "toy_bands.py"))
     cfg.evals.sampled.prediction = "teacher_forcd"
     with pytest.raises(UserError, match="evals.sampled.prediction='teacher_forcd'"):
         Evaluators(task, cfg)
-    cfg = toy_config()
+    cfg = config_lib.load_config(str(recipe / "configs" / "toy_bands.py"))
     cfg.evals.oracle.every = -1
     with pytest.raises(UserError, match="evals.oracle.every=-1"):
         Evaluators(task, cfg)
@@ -220,12 +184,14 @@ def test_bad_evaluator_declarations_name_the_key(tmp_path):
         get_task("nope")
 
 
-def test_a_run_directory_of_the_old_layout_fails_with_what_changed(tmp_path):
-    """Run directories written before the config named the VAE kind and the evaluators."""
-    cfg = toy_config().to_dict()
-    del cfg["vae"]["kind"], cfg["evals"]
+def test_a_run_directory_of_an_older_format_fails_with_what_changed(tmp_path):
+    """One policy for runs written by older versions: refused, saying what changed."""
+    cfg = config_lib.load_config("configs/panoptic.py")
     os.makedirs(tmp_path / "old")
-    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
-    register_task(Bands())
-    with pytest.raises(UserError, match=r"older uvim_givt.*no vae\.kind, evals"):
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config_lib.to_dict(cfg)))
+    with pytest.raises(UserError, match=r"older uvim_givt \(run format 1, this version reads "
+                                        r"2\)\. What changed: format 2: givt\.sampling"):
         load_run(str(tmp_path / "old"))
+    config_lib.save_config(cfg, str(tmp_path / "new"))
+    assert config_lib.to_dict(config_lib.load_saved_config(str(tmp_path / "new"))) \
+        == config_lib.to_dict(cfg)

@@ -36,7 +36,6 @@ import numpy as np
 
 from uvim_givt import config as config_lib
 from uvim_givt import rundir, schema
-from uvim_givt.compat import big_vision
 from uvim_givt.data import catalog, pipeline
 from uvim_givt.errors import CheckpointError, ConfigError, UserError
 from uvim_givt.models import builders
@@ -45,6 +44,7 @@ from uvim_givt.training import checkpoint as ckpt_lib
 from uvim_givt.training import sharding, stages
 from uvim_givt.training.ema import ParamsEMA
 from uvim_givt.training.trainer import Stage, count_params, train
+from uvim_givt.training.warm_start import warm_start_fn
 
 EMA_STAGE = "vae_ema"
 STAGES = ("vae", "givt", "all")
@@ -123,41 +123,14 @@ def vae_stage(task: Task, cfg: ml_collections.ConfigDict, make_dataset: Callable
     return Stage(kind.init, lambda p, b, k: kind.loss(p, b, k, True),
                  _batches(task, cfg, cfg.vae.train, make_dataset, kind.inputs),
                  evaluate=evaluate, after_step=after_step,
-                 warm_start=_init_from(cfg.vae.init, "vae"))
-
-
-def _init_from(group: ml_collections.ConfigDict, stage: str) -> Callable | None:
-    """The warm start of ``<stage>.init`` (fine-tuning from a run or a released .npz)."""
-    if not group.path:
-        return None
-    path, dont_load = str(group.path), tuple(group.dont_load)
-
-    def warm_start(params):
-        params = big_vision.init_from(path, params, stage, dont_load)
-        print(f"{stage}: initialised from {path}"
-              + (f" (not loaded: {', '.join(dont_load)})" if dont_load else ""), flush=True)
-        return params
-    return warm_start
+                 warm_start=warm_start_fn(cfg, "vae"))
 
 
 def givt_stage(task: Task, cfg: ml_collections.ConfigDict, make_dataset: Callable[[], Any],
                vae_params: Any, evaluate: Callable | None = None) -> Stage:
     """Stage 2: the GIVT of ``givt.model.style`` on the frozen VAE's codes."""
     kind = stages.stage_of(cfg, "givt")
-    warm_start = _init_from(cfg.givt.init, "givt")
-    if cfg.givt.init_encoder:
-        path, full_init = str(cfg.givt.init_encoder), warm_start
-
-        def warm_start(params):
-            if full_init is not None:
-                params = full_init(params)
-            try:
-                params = big_vision.load_vit_encoder(path, params, kind.model.encoder_grid)
-            except (CheckpointError, ValueError, OSError) as e:
-                raise UserError(f"givt.init_encoder={path!r}: {e}") from None
-            print(f"stage-2 image encoder initialised from {path}", flush=True)
-            return params
-
+    warm_start = warm_start_fn(cfg, "givt", kind.model.encoder_grid)
     return Stage(kind.init, lambda p, b, k, frozen: kind.loss(p, b, k, True, frozen),
                  _batches(task, cfg, cfg.givt.train, make_dataset, kind.inputs),
                  frozen=vae_params, warm_start=warm_start, evaluate=evaluate)
