@@ -248,7 +248,7 @@ def pipeline(task: str, cores: int, numpy_encoding: bool = False) -> tuple[Any, 
 
     def prep(i, ex):
         return t.preprocess(cfg, decode(ex), train=True, seed=tf.stack([tf.constant(0, tf.int64),
-                                                                          i]), **extra)
+                                                                        i]), **extra)
 
     ds, what = _stored_dataset(task)
     ds = ds.enumerate().map(prep, num_parallel_calls=cores, deterministic=False)
@@ -297,7 +297,7 @@ def encoding_only(repeats: int) -> list[dict[str, Any]]:
     rows = []
     for name in ("published", "things"):
         times: dict[str, list[float]] = {"numpy": [], "graph": [], "numpy_cpu": [],
-                                          "graph_cpu": []}
+                                         "graph_cpu": []}
         for e in examples:
             png = cv2.imdecode(np.frombuffer(e["png"], np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
             ids = png[..., 0].astype(np.int32) + 256 * png[..., 1] + 65536 * png[..., 2]

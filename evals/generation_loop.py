@@ -134,14 +134,14 @@ def _oracle(task, run, spec, source, split, max_examples, step, extractor):
         recon_feats.append(extractor.features(to_uint8(recon)))
         if count == len(images):
             write_png_or_warn(os.path.join(sample_dir, "vae_reconstructions.png"),
-                      np.concatenate([image_grid(to_uint8(images[:16]), 1),
-                                      image_grid(to_uint8(recon[:16]), 1)], axis=0))
+                              np.concatenate([image_grid(to_uint8(images[:16]), 1),
+                                              image_grid(to_uint8(recon[:16]), 1)], axis=0))
     if not count:
         raise UserError(f"split {split!r} of {source} has no examples")
     ref = np.concatenate(ref_feats)
     random_images = gen.decode_images(gen.random_latents(max(len(ref), 2), seed=1))
     write_png_or_warn(os.path.join(sample_dir, "vae_random_latents.png"),
-              image_grid(random_images[:32], 2))
+                      image_grid(random_images[:32], 2))
     metrics = {"recon_mse": sq / count,
                "FID_recon": fid_from_features(np.concatenate(recon_feats), ref),
                "FID_random_latents": fid_from_features(
@@ -177,7 +177,7 @@ def _sampled(task, run, spec, source, split, max_examples, step, extractor, seed
         grid_u, _ = per_class_grids(images_u, labels, classes, per_class)
         if grid_u is not None:
             pngs.append(write_png_or_warn(os.path.join(sample_dir, f"grid_step{step}_cfg0.png"),
-                                  grid_u))
+                                          grid_u))
     else:
         metrics.update({f"{k}_no_cfg": v for k, v in guided.items()})
     random_images = gen.decode_images(gen.random_latents(len(labels), seed=seed + 1))
@@ -185,7 +185,7 @@ def _sampled(task, run, spec, source, split, max_examples, step, extractor, seed
         extractor.features(random_images), ref)
     k = min(len(random_images), 100)
     pngs.append(write_png_or_warn(os.path.join(sample_dir, "random_latents.png"),
-                          image_grid(random_images[:k], max(1, k // 10))))
+                                  image_grid(random_images[:k], max(1, k // 10))))
     extra = {"temperature": t, "cfg_weight": w, "style": cfg.givt.model.style,
              "samples_per_class": int(opts.samples_per_class), "num_classes": len(classes),
              "num_reference": len(ref), "num_examples": len(labels),

@@ -115,7 +115,7 @@ def test_givt_encdec_fused_equals_reference(encdec, scan):
                   "encoder": {"encoderblock": stack("encoder", 0),
                               "encoder_norm": params["encoder"]["encoder_norm"]}}
     out = {a: _jit_apply(GIVT(**ENCDEC, scan=scan, attention=a))({"params": params}, tokens,
-                                                                  image=image)
+                                                                 image=image)
            for a in ("fused", "reference")}
     assert float(jnp.abs(out["reference"]).max()) > 0.1
     np.testing.assert_allclose(out["fused"], out["reference"], **TOL)

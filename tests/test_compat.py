@@ -64,7 +64,7 @@ def _givt_cfg(model: dict, scan: bool):
 
 def _vae_cfg(scan: bool):
     return cfg_of(vae=dict(kind="vit", model=dict(TINY_VIT_VAE, scan=scan,
-                                                 label_channels=TINY_CHANNELS)))
+                                                  label_channels=TINY_CHANNELS)))
 
 
 def _inputs():

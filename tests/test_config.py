@@ -9,7 +9,7 @@ from uvim_givt import config as C
 
 def test_preset_and_override(tmp_path):
     cfg = C.load_config("configs/panoptic.py:size=paper", ["givt.sampling.beam_size=4",
-                                                            "vae.beta=0.001"])
+                                                           "vae.beta=0.001"])
     assert cfg.size == "paper" and cfg.data.image_size == 512
     assert cfg.givt.sampling.beam_size == 4 and cfg.vae.beta == 0.001
     path = C.save_config(cfg, str(tmp_path))

@@ -295,7 +295,7 @@ def test_training_curves_one_series_per_run_and_stage(tmp_path):
             want = sorted((r["step"], r["loss"]) for r in rows if r["stage"] == stage)
             assert c.train_loss[run.name] == want
             assert c.heldout_loss[run.name] == [(s, 2.0) for s in ((20, 40) if stage == "vae"
-                                                                  else (30, 60))]
+                                                                   else (30, 60))]
     assert curves["vae"].metric == curves["givt"].metric == "RMSE"
     assert curves["vae"].evals[("a", "oracle")] == [(20, 0.2), (40, 0.4)]
     assert curves["givt"].evals[("b", "sampled")] == [(30, 1.3), (60, 1.6)]

@@ -96,7 +96,7 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
         for tag in cell.metadata.get("tags", []):
             if tag in PICTURES:
                 assert _pictures(cell) == PICTURES[tag], (tag, [o.output_type for o in
-                                                               cell.outputs])
+                                                                cell.outputs])
     trained = sorted(p.name for p in runs.iterdir())
     assert [re.sub(r"_smoke_\d+steps$", "", n) for n in trained] == [
         "depth", "imagenet", "panoptic"], trained

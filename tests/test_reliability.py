@@ -79,7 +79,7 @@ def test_a_missing_config_path_is_an_error_not_a_fallback(tmp_path, monkeypatch)
     ("givt.posterior=sampel", "givt.posterior='sampel': one of ('sample', 'mean')"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys, setting,
-                                                              message):
+                                                             message):
     run = tmp_path / "run"
     assert P.main(["train", "--workdir", str(run), "--set", setting]) == 2
     err = capsys.readouterr().err

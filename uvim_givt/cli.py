@@ -107,7 +107,7 @@ def main(task: Task, commands: Sequence[Command], argv: Sequence[str] | None = N
          description: str = "") -> int:
     """Parses ``argv`` and runs the chosen command; returns the exit status."""
     p = ArgumentParser(prog=f"python -m tasks.{task.name}",
-                                description=description or f"UViM + GIVT: {task.name}.")
+                       description=description or f"UViM + GIVT: {task.name}.")
     sub = p.add_subparsers(dest="command")
     by_name = {}
     for c in commands:

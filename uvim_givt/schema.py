@@ -251,7 +251,7 @@ LIBRARY_RULES: Rules = (
     (r"(vae|givt)\.train\.(fsdp|progress)", Flag()),
     (r"(vae|givt)\.train\.seed", COUNT),
     (r"(vae|givt)\.train\.optim\.optimizer", OneOf(("adam", "adafactor",
-                                                     "big_vision_adafactor"))),
+                                                    "big_vision_adafactor"))),
     (r"(vae|givt)\.train\.optim\.schedule", OneOf(("cosine", "linear", "constant"))),
     (r"(vae|givt)\.train\.optim\.wd_mode", OneOf(("lr_scaled", "schedule_scaled"))),
     (r"(vae|givt)\.train\.optim\.lr", POSITIVE),

@@ -70,8 +70,8 @@ def _main(args: argparse.Namespace) -> int:
     for path, why in report.skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
     summary = f"{len(runs)} run(s)" + (f", {len(report.skipped)} folder(s) skipped or not "
-                                      "in the tables (listed in the report)"
-                                      if report.skipped else "")
+                                       "in the tables (listed in the report)"
+                                       if report.skipped else "")
     if args.format == "md":
         print(render_markdown(report, asset_prefix=None))
         print(f"{summary}; wrote " + ", ".join(written), file=sys.stderr)

@@ -20,7 +20,6 @@ the stage-1 model of a new stage-2 run.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -90,8 +89,8 @@ def infer_stage(keys: Sequence[str]) -> Stage:
         return "vae"
     raise CheckpointFileError(
         "cannot tell whether the checkpoint is a GIVT (EmbedTargets/...) or a "
-                     f"VAE (encoder_head/..., cnn_encoder/...); top-level keys: "
-                     f"{sorted(tops)[:12]}; pass --stage")
+        f"VAE (encoder_head/..., cnn_encoder/...); top-level keys: "
+        f"{sorted(tops)[:12]}; pass --stage")
 
 
 # ---------------------------------------------------------------------- run directories
@@ -132,12 +131,12 @@ def _check_same_config(run_dir: str, cfg: ml_collections.ConfigDict) -> None:
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         return
-    with open(path) as f:
-        diff = rundir.config_diff(json.load(f), config_lib.to_dict(cfg))
+    saved = config_lib.load_saved_config(run_dir)  # refuses an older run format
+    diff = rundir.config_diff(config_lib.to_dict(saved), config_lib.to_dict(cfg))
     if diff:
-        raise CheckpointFileError(f"{run_dir} already holds a run with a different config.json "
-                         f"({', '.join(diff[:8])} differ); convert into a new --out (or use "
-                         "the same config)")
+        raise CheckpointFileError(
+            f"{run_dir} already holds a run with a different config.json "
+            f"({', '.join(diff[:8])} differ); convert into a new --out (or use the same config)")
 
 
 def convert(npz: str, config: str, out: str, overrides: Sequence[str] = (),

@@ -94,7 +94,7 @@ def check_param_value(key: str, value: Any, file: str | None = None) -> None:
     if not finite.all():
         bad = x[~finite]
         kinds = [name for name, hit in (("NaN", np.isnan(bad).any()),
-                                         ("inf", np.isinf(bad).any())) if hit]
+                                        ("inf", np.isinf(bad).any())) if hit]
         raise CheckpointValueError(f"{where}: parameter {key!r} holds non-finite values "
                                    f"({' and '.join(kinds)}: {bad.size} of {x.size}); a "
                                    "corrupt or diverged checkpoint")
@@ -154,7 +154,7 @@ def load_npz(path: str, msgpack_params: str | None = None) -> dict[str, np.ndarr
     """
     if msgpack_params is not None and msgpack_params not in MSGPACK_PARAM_GROUPS:
         raise CheckpointFileError(f"msgpack_params must be one of {MSGPACK_PARAM_GROUPS}, "
-                         f"got {msgpack_params!r}")
+                                  f"got {msgpack_params!r}")
     if not os.path.exists(path):
         raise CheckpointFileError(f"checkpoint file {path} does not exist")
     if os.path.isdir(path):

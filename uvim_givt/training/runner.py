@@ -305,7 +305,7 @@ def _train_stages(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stag
                 ema.close()
         _update_run_info(run_dir, num_params={"vae": count_params(
                              stages.stage_of(cfg, "vae").vae_params(res.params))},
-                               train_time_s={"vae": round(res.train_time_s, 1)})
+                         train_time_s={"vae": round(res.train_time_s, 1)})
         run.vae_params, run.vae_step, run.vae_is_ema = load_vae_params(run_dir, cfg)
         if hooks is not None:
             results.update(hooks.final("vae", run))
@@ -321,7 +321,7 @@ def _train_stages(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stag
             task, cfg, train_ds, run.vae_params, _periodic(hooks, "givt", run, False)),
             meta=meta)
         _update_run_info(run_dir, num_params={"givt": res.num_params},
-                               train_time_s={"givt": round(res.train_time_s, 1)})
+                         train_time_s={"givt": round(res.train_time_s, 1)})
         run.givt_params, run.givt_step = res.params, res.step
         if hooks is not None:
             results.update(hooks.final("givt", run))
