@@ -141,8 +141,11 @@ def predict_image_folder(task: Any, cfg: ml_collections.ConfigDict, predictor: P
     files = tf.data.Dataset.from_generator(read, output_signature={
         "index": tf.TensorSpec((), tf.int64), "image": tf.TensorSpec((None, None, 3), tf.uint8)})
 
-    def prepare(ex: dict[str, tf.Tensor]) -> dict[str, Any]:
-        return {**task.preprocess(cfg, {"image": ex["image"]}, "predict"), "index": ex["index"]}
+    def prepare(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        inputs = task.preprocess(cfg, {"image": ex["image"]}, "predict")
+        # eval_batches pads flat dicts of arrays: the meta travels as "meta/<key>"
+        return {"image": inputs["image"], "index": ex["index"],
+                **{f"meta/{k}": v for k, v in inputs["meta"].items()}}
 
     for batch in pipeline.eval_batches(files, prepare, batch_size):
         start = int(batch["index"][0])  # the first file's position: the same seed as before
@@ -150,7 +153,8 @@ def predict_image_folder(task: Any, cfg: ml_collections.ConfigDict, predictor: P
                                    mirror_equivariant=task.mirror_equivariant)
         for i in np.flatnonzero(batch["_valid"]):
             index = int(batch["index"][i])
-            meta = {k: v[i] for k, v in batch["meta"].items()}
+            meta = {k.removeprefix("meta/"): v[i] for k, v in batch.items()
+                    if k.startswith("meta/")}
             yield (names[index], {"image": raws.pop(index)},
                    task.postprocess(cfg, {k: v[i] for k, v in logits.items()}, meta))
     if failed:

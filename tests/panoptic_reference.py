@@ -5,18 +5,40 @@ encoders of ``tasks/panoptic_encoding.py``, which must give the same int32 maps 
 
 ``NumpyEncodedPanoptic``: the panoptic task with the labels encoded by this reference in
 ``tf.numpy_function`` (the former pipeline, for the comparisons and the benchmark).
+``coco_sample``: the real COCO annotations of ../shared/data/coco_panoptic_sample (two val2017
+images with stuff, things and crowd segments; CI clones without that folder: ``needs_sample``).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import pytest
 import tensorflow as tf
 
+from evals.panoptic_io import rgb_to_id
 from tasks.panoptic import PanopticTask
 from tasks.panoptic_encoding import check_crowd, check_fields
 from uvim_givt.models import builders
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_panoptic_sample"
+needs_sample = pytest.mark.skipif(
+    not (SAMPLE / "sample_data").is_dir(),
+    reason="needs ../shared/data/coco_panoptic_sample (real COCO annotations; not in CI)")
+
+
+def coco_sample() -> tuple[list[tuple[np.ndarray, list[dict], str]], list[dict]]:
+    """[(image id map, segments_info, file name)] and the 133 categories of the sample."""
+    doc = json.loads((SAMPLE / "sample_data" / "panoptic_examples.json").read_text())
+    out = []
+    for ann in doc["annotations"]:
+        bgr = cv2.imread(str(SAMPLE / "sample_data" / "panoptic_examples" / ann["file_name"]))
+        out.append((rgb_to_id(bgr[..., ::-1]), ann["segments_info"], ann["file_name"]))
+    return out, doc["categories"]
 
 
 def _segment_index(ids_map: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
