@@ -109,7 +109,6 @@ class PanopticTask:
         datasets=(("embedded", "synthetic shapes (tasks/datasets/synthetic_panoptic.py)"),
                   ("coco/2017_panoptic", COCO_VAL)))
 
-
     def check_config(self, cfg) -> None:
         """The data's categories must fit the semantics channel (categories + void), checked
         before a run directory is written (a mismatch used to surface as a NaN loss)."""
