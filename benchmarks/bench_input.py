@@ -2,7 +2,7 @@
 at paper resolution, on real-size inputs, against the rate one GPU would consume.
 
 What is timed, per task, is the whole per-example work of a training batch: decoding the
-stored files (as TFDS does), then ``task.preprocess(cfg, ex, train=True, seed)`` of the
+stored files (as TFDS does), then ``task.preprocess(cfg, ex, "train", seed)`` of the
 ``paper`` config (random crop, flip, resize to the model input, label encoding), in a
 tf.data pipeline whose private thread pool has ``--cores`` threads (1 by default: the rate
 of one core) and one intra-op thread:
@@ -10,7 +10,8 @@ of one core) and one intra-op thread:
 * panoptic: the two COCO val2017 samples of ../shared/data/coco_panoptic_sample (640x480
   JPEG + panoptic PNG + segments), repeated; 512 px; the label encoding in graph ops
   (``encode_panoptic_tf``, now) and, in the same run, in ``tf.numpy_function`` with the
-  numpy reference (``numpy_encoding=True``, before). Without the sample: synthetic
+  NumPy reference (``tests/panoptic_reference.py``: ``NumpyEncodedPanoptic``, before).
+  Without the sample: synthetic
   640x480 frames (smooth noise JPEG, 30 block segments).
 * depth: NYU-size frames, 480x640 RGB PNG (a COCO photo resized: real texture, the PNG
   decode cost depends on it) + float16 depth as raw bytes (TFDS nyu_depth_v2's features);
@@ -63,6 +64,9 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# this checkout's code, and its test helpers (the panoptic NumPy reference; tests/ is not
+# installed)
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 import _machine  # noqa: E402
 
 from uvim_givt import errors  # noqa: E402
@@ -242,13 +246,16 @@ def pipeline(task: str, cores: int, numpy_encoding: bool = False) -> tuple[Any, 
     from uvim_givt.config import load_config
 
     cfg = load_config(f"{TASK_STAGES[task][0]}:size=paper")
-    t = _task(task)
+    if numpy_encoding:  # the panoptic labels encoded by the NumPy reference, as before
+        from tests.panoptic_reference import NumpyEncodedPanoptic
+        t = NumpyEncodedPanoptic()
+    else:
+        t = _task(task)
     decode = _decode(task)
-    extra = {"numpy_encoding": True} if numpy_encoding else {}
 
     def prep(i, ex):
-        return t.preprocess(cfg, decode(ex), train=True, seed=tf.stack([tf.constant(0, tf.int64),
-                                                                        i]), **extra)
+        return t.preprocess(cfg, decode(ex), "train", seed=tf.stack([tf.constant(0, tf.int64),
+                                                                     i]))
 
     ds, what = _stored_dataset(task)
     ds = ds.enumerate().map(prep, num_parallel_calls=cores, deterministic=False)
@@ -280,19 +287,22 @@ def encoding_only(repeats: int) -> list[dict[str, Any]]:
     against the graph ops, ms per example (wall and CPU, one intra-op thread)."""
     import tensorflow as tf
 
-    from tasks import panoptic as P
+    from tasks import panoptic_encoding as E
+    from tasks.panoptic_coco import categories_for
+    from tests import panoptic_reference as R
+    from uvim_givt.data.images import resize_nearest
 
     examples = _coco_sample() or _synthetic_panoptic()
-    cats = P.categories_for("tfds:coco/2017_panoptic")
+    cats = categories_for("tfds:coco/2017_panoptic")
     isthing = np.array([c["isthing"] == 1 for c in cats])
     graph = {
-        "published": tf.function(lambda i, o, lab, c: P.encode_panoptic_tf(i, o, lab, 100, 133)),
-        "things": tf.function(lambda i, o, lab, c: P.encode_things_tf(i, o, lab, c, isthing,
+        "published": tf.function(lambda i, o, lab, c: E.encode_panoptic_tf(i, o, lab, 100, 133)),
+        "things": tf.function(lambda i, o, lab, c: E.encode_things_tf(i, o, lab, c, isthing,
                                                                       100)),
     }
     reference = {
-        "published": lambda i, o, lab, c: P.encode_panoptic(i, o, lab, 100, 133),
-        "things": lambda i, o, lab, c: P.encode_things(i, o, lab, c, isthing, 100),
+        "published": lambda i, o, lab, c: R.encode_panoptic(i, o, lab, 100, 133),
+        "things": lambda i, o, lab, c: R.encode_things(i, o, lab, c, isthing, 100),
     }
     rows = []
     for name in ("published", "things"):
@@ -301,7 +311,7 @@ def encoding_only(repeats: int) -> list[dict[str, Any]]:
         for e in examples:
             png = cv2.imdecode(np.frombuffer(e["png"], np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
             ids = png[..., 0].astype(np.int32) + 256 * png[..., 1] + 65536 * png[..., 2]
-            ids = P.resize_nearest(ids, (512, 512))
+            ids = resize_nearest(ids, (512, 512))
             args = (ids, e["id"], e["label"], e["is_crowd"])
             want = reference[name](*args)
             if not np.array_equal(graph[name](*args).numpy(), want):

@@ -1,5 +1,7 @@
 """What tasks share: the standard commands wired to the declared evaluators, and, for
-the dense tasks, the training view and prediction over an image folder."""
+the dense tasks, the routes' views of a frame (the training crop and flip, the model's image,
+the ``meta`` saying where the input lies in the raw frame, a prediction put back there) and
+prediction over an image folder."""
 
 from __future__ import annotations
 
@@ -11,42 +13,87 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import cv2
 import ml_collections
 import numpy as np
 import tensorflow as tf
 
 from evals.evaluators import Evaluators, evaluate_run
 from uvim_givt import cli, rundir
-from uvim_givt.data.images import IMAGE_SUFFIXES, read_rgb
+from uvim_givt.data import pipeline
+from uvim_givt.data.images import IMAGE_SUFFIXES, read_rgb, resize_nearest
 from uvim_givt.errors import ConfigError, DataError, UserError, positive_int
 from uvim_givt.sampling.predictor import Predictor
 from uvim_givt.training.runner import load_run
 
 
-def random_train_view(cfg: ml_collections.ConfigDict, seed: tf.Tensor, image: tf.Tensor,
-                      *labels: tf.Tensor) -> list[tf.Tensor]:
-    """The dense tasks' training view of ``image`` [H, W, C] and its label maps [H, W, ...].
+def train_view(cfg: ml_collections.ConfigDict, seed: tf.Tensor, image: tf.Tensor,
+               *labels: tf.Tensor) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+    """The dense tasks' training view of ``image`` [H, W, C] and its label maps [H, W, ...]:
+    ([image, *labels], meta).
 
     An inception-style crop (area fraction in [``data.crop_area_min``, 1], aspect 3/4 to
     4/3; 1 = no crop) and, with ``data.flip``, a random horizontal mirror, the same for the
-    image and every label map. Returns [image, *labels].
+    image and every label map. ``meta`` (``frame_meta``'s keys) says the crop's box and
+    whether the view is mirrored.
     """
     s_crop, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     area_min = float(cfg.data.crop_area_min)
     if not 0.0 < area_min <= 1.0:
         raise ConfigError(f"data.crop_area_min={area_min}: must be in (0, 1]")
     maps = [image, *labels]
+    meta = frame_meta(image)
     if area_min < 1.0:
         begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
             tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=s_crop,
             area_range=(area_min, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
             use_image_if_no_bounding_boxes=True)
         maps = [m[begin[0]:begin[0] + crop[0], begin[1]:begin[1] + crop[1]] for m in maps]
+        meta["box"] = tf.cast(tf.stack([begin[0], begin[0] + crop[0], begin[1],
+                                        begin[1] + crop[1]]), tf.int32)
     if cfg.data.flip:
         flip = tf.random.stateless_uniform([], s_flip) < 0.5
         maps = [tf.cond(flip, lambda m=m: m[:, ::-1], lambda m=m: m) for m in maps]
-    return maps
+        meta["flip"] = flip
+    return maps, meta
+
+
+def random_train_view(cfg: ml_collections.ConfigDict, seed: tf.Tensor, image: tf.Tensor,
+                      *labels: tf.Tensor) -> list[tf.Tensor]:
+    """[image, *labels] of ``train_view``, without its meta."""
+    return train_view(cfg, seed, image, *labels)[0]
+
+
+def frame_meta(image: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The ``meta`` of a model input that covers the whole raw frame ``image`` [H, W, C]:
+    ``size`` int32 (H, W), ``box`` int32 (r0, r1, c0, c1) = (0, H, 0, W), ``flip`` False."""
+    size = tf.shape(image, out_type=tf.int32)[:2]
+    return {"size": size, "box": tf.stack([0, size[0], 0, size[1]]),
+            "flip": tf.constant(False)}
+
+
+def model_image(image: tf.Tensor, size: int) -> tf.Tensor:
+    """uint8 [H, W, 3] -> the model's float32 [size, size, 3] in [-1, 1] (bilinear)."""
+    image = tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear")
+    return image / 127.5 - 1.0
+
+
+def place_in_box(prediction: np.ndarray, meta: dict[str, Any], fill: Any,
+                 resize: Callable[[np.ndarray, tuple[int, int]], np.ndarray] = resize_nearest
+                 ) -> np.ndarray:
+    """A map [h, w, ...] at the model's resolution -> [H, W, ...] at ``meta["size"]``:
+    mirrored back when ``meta["flip"]``, resized (nearest by default) to ``meta["box"]``
+    and placed there; ``fill`` elsewhere."""
+    height, width = (int(v) for v in np.asarray(meta["size"]))
+    r0, r1, c0, c1 = (int(v) for v in np.asarray(meta["box"]))
+    if bool(np.asarray(meta.get("flip", False))):
+        prediction = prediction[:, ::-1]
+    prediction = resize(prediction, (r1 - r0, c1 - c0))
+    if (r0, r1, c0, c1) == (0, height, 0, width):
+        return prediction
+    out = np.full((height, width, *prediction.shape[2:]), fill,
+                  np.result_type(prediction.dtype, np.asarray(fill).dtype))
+    out[r0:r1, c0:c1] = prediction
+    return out
 
 
 def list_images(images: str) -> list[str]:
@@ -67,32 +114,51 @@ def predict_image_folder(task: Any, cfg: ml_collections.ConfigDict, predictor: P
     """(file name, raw example {"image"}, prediction) for each image in folder ``images``,
     sorted by name: the ``predict`` command of every dense task.
 
-    An unreadable or truncated image raises :class:`DataError` naming it, unless
+    Each image goes through the task's ``predict`` route (``task.preprocess(cfg, {"image":
+    raw}, "predict")``) and its prediction through ``task.postprocess`` with that example's
+    meta, so it comes back at the image's raw size. An unreadable or truncated image raises
+    :class:`DataError` naming it (after the images before it are yielded), unless
     ``skipped`` is a list: then (file name, reason) is appended to it and the image skipped.
     """
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be >= 1")
     names = list_images(images)
-    size = int(cfg.data.image_size)
-    for start in range(0, len(names), batch_size):
-        chunk, raw = [], []
-        for n in names[start:start + batch_size]:
+    raws: dict[int, np.ndarray] = {}  # read, not yet yielded
+    failed: list[DataError] = []  # raised here, after the batches read before it
+
+    def read() -> Iterator[dict[str, Any]]:
+        for index, n in enumerate(names):
             try:
-                raw.append(read_rgb(os.path.join(images, n)))
-                chunk.append(n)
+                raws[index] = read_rgb(os.path.join(images, n))
             except DataError as e:
                 if skipped is None:
-                    raise DataError(f"{e} (predict --skip-bad skips such files)") from None
+                    failed.append(DataError(f"{e} (predict --skip-bad skips such files)"))
+                    return
                 skipped.append((n, str(e)))
-        if not chunk:
-            continue
-        batch = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR)
-                          for im in raw]).astype(np.float32) / 127.5 - 1.0
-        logits = predictor.predict(batch, seed=start,
+                continue
+            yield {"index": np.int64(index), "image": raws[index]}
+
+    files = tf.data.Dataset.from_generator(read, output_signature={
+        "index": tf.TensorSpec((), tf.int64), "image": tf.TensorSpec((None, None, 3), tf.uint8)})
+
+    def prepare(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        inputs = task.preprocess(cfg, {"image": ex["image"]}, "predict")
+        # eval_batches pads flat dicts of arrays: the meta travels as "meta/<key>"
+        return {"image": inputs["image"], "index": ex["index"],
+                **{f"meta/{k}": v for k, v in inputs["meta"].items()}}
+
+    for batch in pipeline.eval_batches(files, prepare, batch_size):
+        start = int(batch["index"][0])  # the first file's position: the same seed as before
+        logits = predictor.predict(batch["image"], seed=start,
                                    mirror_equivariant=task.mirror_equivariant)
-        for i, n in enumerate(chunk):
-            ex = {"image": raw[i]}
-            yield n, ex, task.postprocess(cfg, {k: v[i] for k, v in logits.items()}, ex)
+        for i in np.flatnonzero(batch["_valid"]):
+            index = int(batch["index"][i])
+            meta = {k.removeprefix("meta/"): v[i] for k, v in batch.items()
+                    if k.startswith("meta/")}
+            yield (names[index], {"image": raws.pop(index)},
+                   task.postprocess(cfg, {k: v[i] for k, v in logits.items()}, meta))
+    if failed:
+        raise failed[0]
 
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:

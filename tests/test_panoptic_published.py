@@ -6,6 +6,8 @@ centre of mass (key ``cx + H * cy``) over the segments present after the crop; u
 pixels are (0, 0). Decoding (``panoptic_predictions_from_logits`` + panopticapi's 2-channel
 converter): argmax instances, one class per instance from its summed semantic logits, an
 optional minimum area fraction, then one COCO segment per thing instance and per stuff class.
+The encoding is checked on its NumPy reference (tests/panoptic_reference.py), which the
+task's graph encoders equal bit for bit (tests/test_panoptic_task.py).
 
 Most tests read the real COCO annotations in ../shared/data/coco_panoptic_sample (two val2017
 images with stuff, things and crowd segments); CI clones without that folder and skips them.
@@ -13,36 +15,21 @@ images with stuff, things and crowd segments); CI clones without that folder and
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 
-from evals.panoptic_io import rgb_to_id
 from evals.pq import PQAccumulator
 from tasks import panoptic as P
-
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_panoptic_sample"
-needs_sample = pytest.mark.skipif(
-    not (SAMPLE / "sample_data").is_dir(),
-    reason="needs ../shared/data/coco_panoptic_sample (real COCO annotations; not in CI)")
-
-
-def _sample():
-    """[(image id map, segments_info, file name)] and the 133 categories of the sample."""
-    doc = json.loads((SAMPLE / "sample_data" / "panoptic_examples.json").read_text())
-    out = []
-    for ann in doc["annotations"]:
-        bgr = cv2.imread(str(SAMPLE / "sample_data" / "panoptic_examples" / ann["file_name"]))
-        out.append((rgb_to_id(bgr[..., ::-1]), ann["segments_info"], ann["file_name"]))
-    return out, doc["categories"]
+from tasks import panoptic_decoding as D
+from tests import panoptic_reference as R
+from uvim_givt.data.images import resize_nearest
+from uvim_givt.errors import DataError
 
 
 def _encode(ids, segs, cats, num_instances=100):
     label_of = {c["id"]: i for i, c in enumerate(cats)}
-    return P.encode_panoptic(ids, np.array([s["id"] for s in segs]),
+    return R.encode_panoptic(ids, np.array([s["id"] for s in segs]),
                              np.array([label_of[s["category_id"]] for s in segs]),
                              num_instances, len(cats))
 
@@ -72,10 +59,10 @@ def _pq(ids, segs, cats, pred_ids, pred_segs):
 
 
 # ------------------------------------------------------------------------------- encoding
-@needs_sample
+@R.needs_sample
 def test_every_segment_kind_is_encoded():
     """Stuff, things and crowd all keep their class and get their own instance id."""
-    (examples, cats) = _sample()
+    (examples, cats) = R.coco_sample()
     label_of = {c["id"]: i for i, c in enumerate(cats)}
     kinds = set()
     for ids, segs, _ in examples:
@@ -95,9 +82,9 @@ def test_every_segment_kind_is_encoded():
     assert kinds == {"stuff", "thing", "crowd"}  # the sample has every kind
 
 
-@needs_sample
+@R.needs_sample
 def test_canonical_order_is_centre_of_mass_as_published():
-    (examples, cats) = _sample()
+    (examples, cats) = R.coco_sample()
     for ids, segs, _ in examples:
         labels = _encode(ids, segs, cats)
         ranks = _brute_force_ranks(ids, [s["id"] for s in segs])
@@ -115,15 +102,15 @@ def test_canonical_key_is_rows_first_within_a_one_pixel_band():
     ids[2, 6:8] = 1  # centre (2.0, 6.5): key 6.5 + 16 = 22.5
     ids[2:4, 0] = 2  # centre (2.5, 0.0): key 0 + 20 = 20
     ids[6, 0] = 3  # centre (6, 0): key 48
-    labels = P.encode_panoptic(ids, np.array([1, 2, 3]), np.array([0, 0, 0]), 10)
+    labels = R.encode_panoptic(ids, np.array([1, 2, 3]), np.array([0, 0, 0]), 10)
     assert [labels[ids == k, 1][0] for k in (1, 2, 3)] == [2, 1, 3]
 
 
-@needs_sample
+@R.needs_sample
 def test_crop_then_encode_numbers_only_the_segments_left():
     """The published pipeline crops (and resizes) before make_canonical: the ids are the
     ranks among the segments present in the crop, 1..n without gaps."""
-    (examples, cats) = _sample()
+    (examples, cats) = R.coco_sample()
     ids, segs, _ = examples[1]
     crop = ids[60:260, 300:560]
     labels = _encode(crop, segs, cats)
@@ -137,9 +124,9 @@ def test_crop_then_encode_numbers_only_the_segments_left():
     assert not np.array_equal(labels, _encode(ids, segs, cats)[60:260, 300:560])
 
 
-@needs_sample
+@R.needs_sample
 def test_ids_beyond_the_instance_channel_become_zero_keeping_semantics():
-    (examples, cats) = _sample()
+    (examples, cats) = R.coco_sample()
     ids, segs, _ = examples[0]  # 18 segments
     full = _encode(ids, segs, cats, num_instances=100)
     capped = _encode(ids, segs, cats, num_instances=8)
@@ -149,14 +136,14 @@ def test_ids_beyond_the_instance_channel_become_zero_keeping_semantics():
 
 def test_encoding_refuses_inconsistent_segments():
     ids = np.ones((2, 2), np.int64)
-    with pytest.raises(P.DataError, match="disagree in length"):
-        P.encode_panoptic(ids, np.array([1, 2]), np.array([0]), 4)
-    with pytest.raises(P.DataError, match="twice"):
-        P.encode_panoptic(ids, np.array([1, 1]), np.array([0, 0]), 4)
-    with pytest.raises(P.DataError, match=r"label 5 is not a category index \(0..3 - 1\)"):
-        P.encode_panoptic(ids, np.array([1]), np.array([5]), 4, num_categories=3)
-    with pytest.raises(P.DataError, match="label -1 is not a category index"):
-        P.encode_panoptic(ids, np.array([1, 2]), np.array([0, -1]), 4)
+    with pytest.raises(DataError, match="disagree in length"):
+        R.encode_panoptic(ids, np.array([1, 2]), np.array([0]), 4)
+    with pytest.raises(DataError, match="twice"):
+        R.encode_panoptic(ids, np.array([1, 1]), np.array([0, 0]), 4)
+    with pytest.raises(DataError, match=r"label 5 is not a category index \(0..3 - 1\)"):
+        R.encode_panoptic(ids, np.array([1]), np.array([5]), 4, num_categories=3)
+    with pytest.raises(DataError, match="label -1 is not a category index"):
+        R.encode_panoptic(ids, np.array([1, 2]), np.array([0, -1]), 4)
 
 
 # ------------------------------------------------------------------------------- decoding
@@ -171,25 +158,25 @@ def _logits(sem, inst, n_sem=4, n_inst=4):
 
 def test_each_instance_takes_one_class_by_summed_logits():
     # Instance 1: three pixels say class 1, one says class 2 -> all four are class 1.
-    out = P.vote_instances(**_logits([[1, 1, 1, 2]], [[1, 1, 1, 1]]))
+    out = D.vote_instances(**_logits([[1, 1, 1, 2]], [[1, 1, 1, 1]]))
     assert out[..., 0].tolist() == [[1, 1, 1, 1]] and out[..., 1].tolist() == [[1, 1, 1, 1]]
     # The vote sums logits (published), not per-pixel argmaxes: one confident pixel wins.
     sem = _logits([[1, 1, 1, 2]], [[1, 1, 1, 1]])["semantics"]
     sem[0, 3, 2] = 10.0
-    out = P.vote_instances(sem, _one_hot(np.ones((1, 4), int), 4))
+    out = D.vote_instances(sem, _one_hot(np.ones((1, 4), int), 4))
     assert out[..., 0].tolist() == [[2, 2, 2, 2]]
     # Integer maps are read as one-hot logits: a majority vote.
-    out = P.vote_instances(np.array([[1, 2, 2, 3]]), np.array([[1, 1, 1, 2]]))
+    out = D.vote_instances(np.array([[1, 2, 2, 3]]), np.array([[1, 1, 1, 2]]))
     assert out[..., 0].tolist() == [[2, 2, 2, 3]]
 
 
 def test_min_area_fraction_drops_small_instances_to_void():
     sem = [[1, 1, 1, 1], [1, 1, 2, 2]]
     inst = [[1, 1, 1, 1], [1, 1, 2, 3]]  # instance 2 and 3: 1/8 of the pixels each
-    kept = P.vote_instances(**_logits(sem, inst), min_area_fraction=0.1)
+    kept = D.vote_instances(**_logits(sem, inst), min_area_fraction=0.1)
     assert kept[..., 1].tolist() == [[1, 1, 1, 1], [1, 1, 2, 3]]
     # Published keeps fraction > threshold: exactly 1/8 is dropped, both channels to 0.
-    dropped = P.vote_instances(**_logits(sem, inst), min_area_fraction=0.125)
+    dropped = D.vote_instances(**_logits(sem, inst), min_area_fraction=0.125)
     assert dropped[..., 0].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     assert dropped[..., 1].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
 
@@ -199,7 +186,7 @@ def test_conversion_to_coco_segments():
     its instance; instance 0 is an ordinary instance."""
     sem = np.array([[1, 1, 1, 1, 3, 3, 0, 2]])
     ins = np.array([[0, 0, 1, 1, 2, 3, 4, 5]])
-    ids, segs = P.two_channels_to_coco(np.stack([sem, ins], -1), CATS)
+    ids, segs = D.two_channels_to_coco(np.stack([sem, ins], -1), CATS)
     cat_of = {s["id"]: s["category_id"] for s in segs}
     assert [cat_of.get(int(i), 0) for i in ids[0]] == [1, 1, 1, 1, 20, 20, 0, 7]
     assert len({*ids[0, :2]}) == 1 and ids[0, 0] != ids[0, 2]  # two "a" instances
@@ -215,26 +202,27 @@ def test_conversion_to_coco_segments():
 
 
 def test_resize_is_nearest_with_half_pixel_centres_like_jax():
+    """The resize postprocess puts the decoded map back with (the library's) is jax's."""
     import jax
     x = np.random.RandomState(0).randint(0, 50, (13, 17, 2)).astype(np.int32)
     for size in ((31, 40), (5, 7), (13, 17)):
         want = np.asarray(jax.image.resize(x, size + (2,), "nearest"))
-        np.testing.assert_array_equal(P.resize_nearest(x, size), want)
+        np.testing.assert_array_equal(resize_nearest(x, size), want)
 
 
-@needs_sample
+@R.needs_sample
 def test_converter_matches_panopticapis_own_two_channel_samples():
     """panopticapi ships the same two images in 2-channel format (stuff instance 0, crowd
     255): converting them gives exactly the COCO segments."""
-    (examples, cats) = _sample()
+    (examples, cats) = R.coco_sample()
     label_of = {c["id"]: i for i, c in enumerate(cats)}
     remap = np.zeros(256, np.int64)
     for cid, i in label_of.items():
         remap[cid] = i + 1
     for ids, segs, name in examples:
-        two = cv2.imread(str(SAMPLE / "sample_data" / "panoptic_examples_2ch_format" / name),
+        two = cv2.imread(str(R.SAMPLE / "sample_data" / "panoptic_examples_2ch_format" / name),
                          cv2.IMREAD_UNCHANGED)[..., ::-1]
-        pred, pred_segs = P.two_channels_to_coco(
+        pred, pred_segs = D.two_channels_to_coco(
             np.stack([remap[two[..., 0]], two[..., 1].astype(np.int64)], -1), cats)
         acc = _pq(ids, segs, cats, pred, pred_segs)
         r = acc.result()
@@ -242,35 +230,35 @@ def test_converter_matches_panopticapis_own_two_channel_samples():
 
 
 # ----------------------------------------------------------------------------- round trip
-@needs_sample
+@R.needs_sample
 def test_round_trip_of_real_ground_truth_is_pq_100():
     """GT -> encode -> one-hot logits -> decode -> PQ against the GT: 100 (All, Things,
     Stuff). Nothing is lost: ids fit 100 channels, each instance has one class, the crowd
     segment comes back as a prediction of its own category on the crowd region, which PQ
     neither matches nor counts as a false positive."""
-    (examples, cats) = _sample()
+    (examples, cats) = R.coco_sample()
     for ids, segs, _ in examples:
         labels = _encode(ids, segs, cats)
         logits = {"semantics": _one_hot(labels[..., 0], len(cats) + 1),
                   "instances": _one_hot(labels[..., 1], 100)}
-        pred, pred_segs = P.decode_panoptic(logits, cats, 0.0)
+        pred, pred_segs = D.decode_panoptic(logits, cats, 0.0)
         r = _pq(ids, segs, cats, pred, pred_segs).result()
         for group in ("All", "Things", "Stuff"):
             assert r[group]["pq"] == pytest.approx(1.0)
         assert len(pred_segs) == len(segs)  # crowd included
 
 
-@needs_sample
+@R.needs_sample
 def test_round_trip_with_a_small_instance_channel_loses_the_late_segments():
     """With 8 instance channels, segments ranked 8.. are instance 0: instance 0 (void plus
     those segments) takes one class by the vote, so they are lost (FN) and PQ < 100, while
     the segments ranked 1..7 come back pixel for pixel."""
-    (examples, cats) = _sample()
+    (examples, cats) = R.coco_sample()
     ids, segs, _ = examples[0]
     labels = _encode(ids, segs, cats, num_instances=8)
     logits = {"semantics": _one_hot(labels[..., 0], len(cats) + 1),
               "instances": _one_hot(labels[..., 1], 8)}
-    pred, pred_segs = P.decode_panoptic(logits, cats, 0.0)
+    pred, pred_segs = D.decode_panoptic(logits, cats, 0.0)
     ranks = _brute_force_ranks(ids, [s["id"] for s in segs])
     for sid, rank in ranks.items():
         if rank < 8:
@@ -281,7 +269,7 @@ def test_round_trip_with_a_small_instance_channel_loses_the_late_segments():
     assert r["All"]["pq"] < 1.0
 
 
-@needs_sample
+@R.needs_sample
 def test_task_preprocess_and_postprocess_round_trip():
     """PanopticTask end to end on a real example (paper config at 512 px): preprocess ->
     one-hot logits -> postprocess at the raw size. Every segment is found again (RQ 100);
@@ -289,7 +277,7 @@ def test_task_preprocess_and_postprocess_round_trip():
     from uvim_givt.config import load_config
 
     cfg = load_config("configs/panoptic.py:size=paper")
-    (examples, cats) = _sample()
+    (examples, cats) = R.coco_sample()
     task = P.PanopticTask()
     assert [c["id"] for c in task.categories(cfg)] == [c["id"] for c in cats]
     label_of = {c["id"]: i for i, c in enumerate(cats)}
@@ -301,13 +289,16 @@ def test_task_preprocess_and_postprocess_round_trip():
                   "id": np.array([s["id"] for s in segs], np.int64),
                   "label": np.array([label_of[s["category_id"]] for s in segs], np.int64),
                   "is_crowd": np.array([bool(s["iscrowd"]) for s in segs])}}
-        labels = np.asarray(task.preprocess(cfg, ex, train=False)["labels"])
+        inputs = task.preprocess(cfg, ex, "eval")
+        labels = np.asarray(inputs["labels"])
         assert labels.shape == (512, 512, 2)
         n_sem, n_inst = cfg.vae.model.label_channels["semantics"][1], \
             cfg.vae.model.label_channels["instances"][1]
         logits = {"semantics": _one_hot(labels[..., 0], n_sem),
                   "instances": _one_hot(labels[..., 1], n_inst)}
-        pred = task.postprocess(cfg, logits, ex)
+        meta = {k: np.asarray(v) for k, v in inputs["meta"].items()}
+        assert meta["size"].tolist() == list(ids.shape) and not meta["flip"]
+        pred = task.postprocess(cfg, logits, meta)
         assert pred["ids"].shape == ids.shape
         metric.add(ex, pred)
     r = metric.result()

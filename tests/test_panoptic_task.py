@@ -1,16 +1,28 @@
 """Panoptic task: label coding round trips (the published coding on real COCO annotations is
-in test_panoptic_published.py), the COCO folder reader, a tiny two-stage run."""
+in test_panoptic_published.py), the graph encoders against their NumPy reference, the
+routes (meta, postprocess into the box, predict over a folder), the COCO folder reader, a
+tiny two-stage run."""
 
 import json
 import os
+from unittest import mock
 
 import cv2
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from evals.panoptic_io import id_to_rgb, rgb_to_id
 from tasks import panoptic as P
-from uvim_givt.data.pipeline import DataError
+from tasks import panoptic_encoding as E
+from tasks.panoptic_coco import read_coco_folder
+from tasks.panoptic_decoding import decode_panoptic, decode_things
+from tests import panoptic_reference as R
+from tests.panoptic_reference import encode_panoptic, encode_things
+from uvim_givt import errors
+from uvim_givt.data import catalog
+from uvim_givt.data.images import resize_nearest
+from uvim_givt.errors import DataError
 
 CATS = [{"id": 1, "isthing": 1, "name": "a", "color": [255, 0, 0]},
         {"id": 7, "isthing": 1, "name": "b", "color": [0, 255, 0]},
@@ -53,8 +65,8 @@ def test_encode_decode_round_trip(seed):
     ids, segs = _random_scene(rs)
     oid = np.array([s[0] for s in segs])
     lab = np.array([s[1] for s in segs])
-    labels = P.encode_panoptic(ids, oid, lab, num_instances=16)
-    out_ids, out_segs = P.decode_panoptic(labels, CATS, min_area_fraction=0.0)
+    labels = encode_panoptic(ids, oid, lab, num_instances=16)
+    out_ids, out_segs = decode_panoptic(labels, CATS, min_area_fraction=0.0)
     gt_cat = {int(i): CATS[int(la)]["id"] for i, la in zip(oid, lab, strict=True)}
     pred_cat = {s["id"]: s["category_id"] for s in out_segs}
     assert _partition(out_ids, pred_cat) == _partition(ids, gt_cat)
@@ -67,7 +79,7 @@ def test_instances_are_canonical_by_centre_of_mass():
     ids, segs = _random_scene(rs, 60, 60)
     oid = np.array([s[0] for s in segs])
     lab = np.array([s[1] for s in segs])
-    labels = P.encode_panoptic(ids, oid, lab, 16)
+    labels = encode_panoptic(ids, oid, lab, 16)
     inst = labels[..., 1]
     # brute force: every segment (stuff too) sorted by the published key cx + H * cy
     centres = sorted((np.argwhere(ids == s[0]).mean(0) @ [60, 1], s[0]) for s in segs)
@@ -77,13 +89,13 @@ def test_instances_are_canonical_by_centre_of_mass():
     # a permutation of the segment ids gives the same labels (stable ordering)
     perm = {s[0]: 900 + i for i, s in enumerate(segs[::-1])}
     ids2 = np.vectorize(lambda v: perm.get(v, 0))(ids)
-    labels2 = P.encode_panoptic(ids2, np.array([perm[s[0]] for s in segs]), lab, 16)
+    labels2 = encode_panoptic(ids2, np.array([perm[s[0]] for s in segs]), lab, 16)
     np.testing.assert_array_equal(labels, labels2)
 
 
 def test_crowd_keeps_its_class_and_instances_beyond_capacity_drop():
     ids = np.array([[1, 1, 2, 2], [3, 3, 4, 4]])
-    labels = P.encode_panoptic(ids, np.array([1, 2, 3, 4]), np.array([0, 0, 0, 1]),
+    labels = encode_panoptic(ids, np.array([1, 2, 3, 4]), np.array([0, 0, 0, 1]),
                                num_instances=3)
     # Segment 2 is crowd in COCO: published, it is labelled like any other segment.
     assert labels[..., 0].tolist() == [[1, 1, 1, 1], [1, 1, 2, 2]]
@@ -92,9 +104,9 @@ def test_crowd_keeps_its_class_and_instances_beyond_capacity_drop():
 
 def test_min_area_fraction_drops_to_void():
     labels = np.stack([np.array([[3, 3, 3], [3, 3, 1]]), np.array([[1, 1, 1], [1, 1, 2]])], -1)
-    ids, segs = P.decode_panoptic(labels, CATS, min_area_fraction=1 / 6)
+    ids, segs = decode_panoptic(labels, CATS, min_area_fraction=1 / 6)
     assert [s["category_id"] for s in segs] == [20] and ids[1, 2] == 0
-    ids, segs = P.decode_panoptic(labels, CATS, min_area_fraction=0.0)
+    ids, segs = decode_panoptic(labels, CATS, min_area_fraction=0.0)
     assert sorted(s["category_id"] for s in segs) == [1, 20]
 
 
@@ -102,7 +114,7 @@ def test_things_encoding_numbers_only_non_crowd_things():
     """``data.panoptic_encoding = "things"`` (tiny): stuff instance 0, crowd void, things
     ranked by (row, column) of their centre."""
     ids = np.array([[1, 1, 2, 2, 5], [3, 3, 4, 4, 5]])
-    labels = P.encode_things(ids, np.array([1, 2, 3, 4, 5]), np.array([0, 0, 1, 2, 0]),
+    labels = encode_things(ids, np.array([1, 2, 3, 4, 5]), np.array([0, 0, 1, 2, 0]),
                              np.array([False, True, False, False, False]),
                              np.array([c["isthing"] == 1 for c in CATS]), num_instances=3)
     assert labels[..., 0].tolist() == [[1, 1, 0, 0, 1], [2, 2, 3, 3, 1]]
@@ -113,12 +125,12 @@ def test_things_encoding_numbers_only_non_crowd_things():
 def test_things_decoding_is_per_pixel():
     sem = _one_hot(np.array([[1, 1, 2, 3, 3, 3]]), 5)
     ins = _one_hot(np.array([[1, 1, 1, 0, 1, 2]]), 4)
-    ids, segs = P.decode_things({"semantics": sem, "instances": ins}, CATS, 0.0)
+    ids, segs = decode_things({"semantics": sem, "instances": ins}, CATS, 0.0)
     cat_of = {s["id"]: s["category_id"] for s in segs}
     # pixel 2 is its own (class b, instance 1) segment; stuff ignores the instance
     assert [cat_of.get(int(i), 0) for i in ids[0]] == [1, 1, 7, 20, 20, 20]
     assert len(set(ids[0, 3:])) == 1
-    ids, segs = P.decode_things({"semantics": sem, "instances": ins}, CATS, 1 / 6)
+    ids, segs = decode_things({"semantics": sem, "instances": ins}, CATS, 1 / 6)
     assert sorted(s["category_id"] for s in segs) == [1, 20] and ids[0, 2] == 0
 
 
@@ -152,6 +164,317 @@ def test_png_id_encoding_round_trip(tmp_path):
     np.testing.assert_array_equal(back, ids)
 
 
+# ------------------------------------------------ graph encoders against the NumPy reference
+def _noise_scene(rng: np.random.RandomState) -> tuple:
+    """A small id map (pixel noise or blocks, some ids unlisted, 0 = void) and its fields."""
+    h, w = rng.randint(1, 33, 2)
+    n = rng.randint(0, 14)
+    listed = rng.choice(np.arange(1, 300), n, replace=False)
+    pool = np.concatenate([listed, [0, 301, 302]])  # 0 and 30x: never listed
+    kind = rng.randint(3)
+    if kind == 0:
+        ids = rng.choice(pool, (h, w))
+    elif kind == 1:  # blocks
+        b = rng.randint(1, 6)
+        ids = np.kron(rng.choice(pool, (h // b + 1, w // b + 1)), np.ones((b, b), int))[:h, :w]
+    else:  # symmetric about both axes: every centre is the middle, all keys tie
+        ids = rng.choice(pool, (h, w))
+        ids = np.maximum(ids, ids[::-1])
+        ids = np.maximum(ids, ids[:, ::-1])
+    labels = rng.randint(0, 12, n)
+    crowd = rng.rand(n) < 0.25
+    isthing = rng.rand(12) < 0.6
+    return ids.astype(np.int32), listed, labels, crowd, isthing, int(rng.randint(1, 10))
+
+
+def _both(ids, oid, lab, crowd, isthing, num_instances, num_categories=12):
+    """[(NumPy reference, graph encoder)] of both encodings."""
+    return [(encode_panoptic(ids, oid, lab, num_instances, num_categories),
+             E.encode_panoptic_tf(ids, oid, lab, num_instances, num_categories).numpy()),
+            (encode_things(ids, oid, lab, crowd, isthing, num_instances),
+             E.encode_things_tf(ids, oid, lab, crowd, isthing, num_instances).numpy())]
+
+
+def test_graph_encodings_equal_numpy_on_random_scenes():
+    rng = np.random.RandomState(0)
+    ties = 0
+    for _ in range(120):
+        scene = _noise_scene(rng)
+        for want, got in _both(*scene):
+            assert got.dtype == want.dtype == np.int32 and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+        # Count scenes whose canonical keys tie, so the tie-break is really exercised.
+        ids, oid = scene[:2]
+        keys = [np.argwhere(ids == s).mean(0) @ [ids.shape[0], 1] for s in oid if (ids == s).any()]
+        ties += len(keys) != len(set(keys))
+    assert ties >= 10
+
+
+def test_ties_keep_the_row_major_first_appearance():
+    """A ring and the blob at its centre share a centre of mass: the one met first in a
+    row-major scan (the ring) is ranked first, in both orders."""
+    ids = np.zeros((7, 7), np.int32)
+    ids[1:6, 1:6] = 5  # ring: rows 1..5, columns 1..5, centre (3, 3)
+    ids[2:5, 2:5] = 0
+    ids[3, 3] = 9  # blob: centre (3, 3)
+    oid, lab = np.array([9, 5]), np.array([1, 1])
+    for want, got in _both(ids, oid, lab, np.zeros(2, bool), np.ones(12, bool), 10):
+        np.testing.assert_array_equal(got, want)
+        assert got[1, 1, 1] == 1 and got[3, 3, 1] == 2
+
+
+def test_empty_lists_and_capped_instance_channels():
+    ids = np.arange(12, dtype=np.int32).reshape(3, 4)
+    none = np.zeros(0, np.int64)
+    for want, got in _both(ids, none, none, np.zeros(0, bool), np.ones(12, bool), 5):
+        np.testing.assert_array_equal(got, want)
+        assert not got.any()
+    oid = np.arange(12)
+    for want, got in _both(ids, oid, oid % 12, oid % 3 == 0, np.ones(12, bool), 4):
+        np.testing.assert_array_equal(got, want)
+        assert got[..., 1].max() == 3  # ranks 4.. do not fit 4 instance channels
+
+
+@R.needs_sample
+def test_graph_encodings_equal_numpy_on_real_coco():
+    """Whole frames, the paper's 512 px, crops (fewer segments) and a short instance
+    channel, on both COCO samples (stuff, things and crowd)."""
+    examples, cats = R.coco_sample()
+    label_of = {c["id"]: i for i, c in enumerate(cats)}
+    isthing = np.array([c["isthing"] == 1 for c in cats])
+    for ids, segs, _ in examples:
+        ids = ids.astype(np.int32)
+        oid = np.array([s["id"] for s in segs])
+        lab = np.array([label_of[s["category_id"]] for s in segs])
+        crowd = np.array([bool(s["iscrowd"]) for s in segs])
+        views = [ids, resize_nearest(ids, (512, 512)), ids[60:260, 300:560],
+                 resize_nearest(ids[100:400, 50:300], (512, 512))]
+        for view in views:
+            for n_inst in (100, 8):
+                for want, got in _both(view, oid, lab, crowd, isthing, n_inst, len(cats)):
+                    np.testing.assert_array_equal(got, want)
+
+
+def _bad_fields_message(fields: dict, encoding: str) -> str | None:
+    """The one-line message a bad example gives through a tf.data pipeline."""
+    ids = tf.constant([[1, 2], [2, 0]], tf.int32)
+    isthing = np.ones(3, bool)
+
+    def encode(f):
+        if encoding == "published":
+            return E.encode_panoptic_tf(ids, f["id"], f["label"], 4, 3)
+        return E.encode_things_tf(ids, f["id"], f["label"], f["is_crowd"], isthing, 4)
+
+    ds = tf.data.Dataset.from_tensors(fields).map(encode)
+    with pytest.raises(tf.errors.OpError) as e:
+        list(ds.as_numpy_iterator())
+    return errors.user_error_message(e.value)
+
+
+@pytest.mark.parametrize("encoding", ["published", "things"])
+def test_bad_fields_give_the_reference_message(encoding):
+    cases = [
+        ({"id": [1, 2], "label": [0], "is_crowd": [False, False]}, "disagree in length"),
+        ({"id": [1, 1], "label": [0, 0], "is_crowd": [False, False]}, "twice"),
+        ({"id": [1, 2], "label": [0, 5], "is_crowd": [False, False]},
+         r"label 5 is not a category index \(0..3 - 1\)"),
+        ({"id": [1, 2], "label": [-1, 0], "is_crowd": [False, False]}, "label -1 is not"),
+    ]
+    if encoding == "things":
+        cases.append(({"id": [1, 2], "label": [0, 1], "is_crowd": [False]}, "is_crowd 1"))
+    for fields, match in cases:
+        fields = {"id": np.array(fields["id"], np.int64),
+                  "label": np.array(fields["label"], np.int64),
+                  "is_crowd": np.array(fields["is_crowd"], bool)}
+        with pytest.raises(DataError, match=match) as want:
+            if encoding == "published":
+                encode_panoptic(np.zeros((2, 2)), fields["id"], fields["label"], 4, 3)
+            else:
+                encode_things(np.zeros((2, 2)), fields["id"], fields["label"],
+                              fields["is_crowd"], np.ones(3, bool), 4)
+        assert _bad_fields_message(fields, encoding) == str(want.value)
+
+
+def _raw_example(rng, ids, oid, lab, crowd):
+    return {"image": rng.randint(0, 256, ids.shape + (3,)).astype(np.uint8),
+            "panoptic_image": np.stack([ids % 256, ids // 256 % 256, ids // 65536],
+                                       -1).astype(np.uint8),
+            "panoptic_objects": {"id": oid.astype(np.int64), "label": lab.astype(np.int64),
+                                 "is_crowd": crowd}}
+
+
+def _tiny_cfg(**data):
+    from uvim_givt.config import load_config
+    cfg = load_config("configs/panoptic.py:size=tiny")
+    for k, v in data.items():
+        cfg.data[k] = v
+    return cfg
+
+
+@pytest.mark.parametrize("encoding", ["published", "things"])
+def test_task_preprocess_equals_the_numpy_pipeline(encoding):
+    """``PanopticTask.preprocess`` (training views: crop, flip, resize; and the eval view)
+    gives the same image, labels and meta as the former numpy-encoded pipeline."""
+    cfg = _tiny_cfg(panoptic_encoding=encoding, crop_area_min=0.3)
+    task, reference = P.PanopticTask(), R.NumpyEncodedPanoptic()
+    rng = np.random.RandomState(1)
+    for i in range(6):
+        ids, oid, lab, crowd, _, _ = _noise_scene(rng)
+        ids = np.kron(ids, np.ones((3, 3), np.int32))  # bigger than the 64 px input
+        ex = _raw_example(rng, ids, oid, lab % 10, crowd)
+        seed = tf.constant([7, i], tf.int64)
+        for mode in ("train", "eval"):
+            got = task.preprocess(cfg, ex, mode, seed=seed)
+            want = reference.preprocess(cfg, ex, mode, seed=seed)
+            for key in ("image", "labels"):
+                np.testing.assert_array_equal(got[key].numpy(), want[key].numpy())
+            for key in ("size", "box", "flip"):
+                np.testing.assert_array_equal(got["meta"][key].numpy(), want["meta"][key].numpy())
+
+
+# ---------------------------------------------------------------------------------- routes
+def test_route_meta_says_where_the_input_lies_in_the_frame():
+    """eval and predict: the whole frame, no flip, the same image; train: the box and flip
+    of meta rebuild the training view's image from the raw frame bit for bit."""
+    from tasks import common
+
+    cfg = _tiny_cfg(crop_area_min=0.3, flip=True)
+    rng = np.random.RandomState(2)
+    ids = np.kron(rng.randint(1, 4, (9, 13)), np.ones((5, 5), int))[:43, :61]
+    ex = _raw_example(rng, ids, np.array([1, 2, 3]), np.array([0, 1, 2]), np.zeros(3, bool))
+    ev = P.TASK.preprocess(cfg, ex, "eval")
+    pr = P.TASK.preprocess(cfg, {"image": ex["image"]}, "predict")
+    assert set(pr) == {"image", "meta"} and set(ev) == {"image", "labels", "meta"}
+    for out in (ev, pr):
+        assert out["meta"]["size"].numpy().tolist() == [43, 61]
+        assert out["meta"]["box"].numpy().tolist() == [0, 43, 0, 61]
+        assert not out["meta"]["flip"].numpy()
+    np.testing.assert_array_equal(pr["image"].numpy(), ev["image"].numpy())
+    flips, boxes = set(), set()
+    for i in range(8):
+        tr = P.TASK.preprocess(cfg, ex, "train", seed=tf.constant([3, i], tf.int64))
+        r0, r1, c0, c1 = tr["meta"]["box"].numpy().tolist()
+        flip = bool(tr["meta"]["flip"].numpy())
+        assert 0 <= r0 < r1 <= 43 and 0 <= c0 < c1 <= 61
+        view = ex["image"][r0:r1, c0:c1]
+        view = view[:, ::-1] if flip else view
+        np.testing.assert_array_equal(tr["image"].numpy(),
+                                      common.model_image(view, 64).numpy())
+        flips.add(flip)
+        boxes.add((r0, r1, c0, c1))
+    assert flips == {False, True} and len(boxes) > 1  # the seeds really vary both
+
+
+def _brute_force_placement(two, size, box, flip):
+    """The two-channel map [S, S, 2] on the raw frame, pixel by pixel: each pixel of the
+    box takes the model pixel whose (half-pixel) centre is nearest; void elsewhere."""
+    s = two.shape[0]
+    r0, r1, c0, c1 = box
+    out = np.zeros(size + (2,), two.dtype)
+    for r in range(r0, r1):
+        for c in range(c0, c1):
+            i = int((r - r0 + 0.5) * s / (r1 - r0))
+            j = int((c - c0 + 0.5) * s / (c1 - c0))
+            out[r, c] = two[i, s - 1 - j if flip else j]
+    return out
+
+
+@pytest.mark.parametrize("box,flip", [((0, 50, 0, 70), False), ((5, 45, 10, 61), False),
+                                      ((3, 50, 0, 33), True)])
+def test_postprocess_places_the_prediction_into_the_box(box, flip):
+    """postprocess decodes at the model's 64 px and puts the segments into meta's box at
+    meta's size (mirrored back when flipped, void outside): the same COCO map and segments
+    as converting the brute-force placement of the two-channel map."""
+    from tasks.panoptic_decoding import two_channels_to_coco
+
+    cfg = _tiny_cfg(panoptic_encoding="published", min_area_fraction=0.0)
+    cats = P.TASK.categories(cfg)
+    n_sem = len(cats) + 1
+    rng = np.random.RandomState(4)
+    inst = np.kron(rng.randint(0, 6, (8, 8)), np.ones((8, 8), int))  # blocks of 8 px
+    sem_of = rng.randint(0, n_sem, 6)  # one class per instance: the vote keeps it
+    two = np.stack([sem_of[inst], inst], -1)
+    logits = {"semantics": _one_hot(two[..., 0], n_sem), "instances": _one_hot(inst, 16)}
+    meta = {"size": np.array([50, 70], np.int32), "box": np.array(box, np.int32),
+            "flip": np.array(flip)}
+    pred = P.TASK.postprocess(cfg, logits, meta)
+    want_ids, want_segs = two_channels_to_coco(
+        _brute_force_placement(two, (50, 70), box, flip), cats)
+    assert pred["ids"].shape == (50, 70)
+    np.testing.assert_array_equal(pred["ids"], want_ids)
+    assert pred["segments_info"] == want_segs
+    outside = np.ones((50, 70), bool)
+    outside[box[0]:box[1], box[2]:box[3]] = False
+    assert not pred["ids"][outside].any() and pred["ids"][~outside].any()
+
+
+class _LeftHalfPredictor:
+    """A stand-in for the sampler: class 1 on the left half of the model's input, void on
+    the right; it keeps the images it was given."""
+
+    def __init__(self, n_sem):
+        self.n_sem, self.images, self.seeds = n_sem, [], []
+
+    def predict(self, images, seed, mirror_equivariant):
+        self.images.append(np.array(images))
+        self.seeds.append(seed)
+        b, s = images.shape[:2]
+        sem = np.zeros((b, s, s), int)
+        sem[:, :, : s // 2] = 1
+        return {"semantics": _one_hot(sem, self.n_sem),
+                "instances": _one_hot(np.ones((b, s, s), int), 4)}
+
+
+def test_predict_over_a_folder_goes_through_the_predict_route(tmp_path):
+    """Each image's model input is its predict-route input (the eval route's image, bit for
+    bit), and its segments come back at its raw size, placed as meta says."""
+    from tasks import common
+
+    cfg = _tiny_cfg()
+    sizes = {"a.png": (30, 40), "b.png": (17, 23), "c.png": (64, 50)}
+    raws = {}
+    for k, (n, hw) in enumerate(sizes.items()):
+        raws[n] = np.random.RandomState(k).randint(0, 256, hw + (3,)).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / n), raws[n][..., ::-1])
+    predictor = _LeftHalfPredictor(len(P.TASK.categories(cfg)) + 1)
+    out = list(common.predict_image_folder(P.TASK, cfg, predictor, str(tmp_path), 2))
+    assert [n for n, _, _ in out] == sorted(sizes)
+    assert [len(b) for b in predictor.images] == [2, 2] and predictor.seeds == [0, 2]
+    given = np.concatenate(predictor.images)[:3]
+    for k, (name, ex, pred) in enumerate(out):
+        np.testing.assert_array_equal(ex["image"], raws[name])
+        unlabelled = {"panoptic_image": np.zeros(sizes[name] + (3,), np.uint8),
+                      "panoptic_objects": {"id": np.zeros(0, np.int64),
+                                           "label": np.zeros(0, np.int64),
+                                           "is_crowd": np.zeros(0, bool)}}
+        eval_in = P.TASK.preprocess(cfg, {"image": raws[name], **unlabelled}, "eval")
+        np.testing.assert_array_equal(given[k], eval_in["image"].numpy())
+        h, w = sizes[name]
+        assert pred["ids"].shape == (h, w)
+        left = (np.arange(w) + 0.5) * 64 / w < 32  # columns whose nearest model pixel is left
+        assert (pred["ids"][:, left] > 0).all() and not pred["ids"][:, ~left].any()
+
+
+def test_predict_over_a_folder_with_a_broken_image(tmp_path):
+    """A truncated file: named in a DataError after the images before it, or skipped."""
+    from tasks import common
+
+    cfg = _tiny_cfg()
+    for n in ("a.jpg", "b.jpg", "c.jpg"):
+        cv2.imwrite(str(tmp_path / n), np.full((20, 24, 3), 90, np.uint8))
+    data = (tmp_path / "b.jpg").read_bytes()
+    (tmp_path / "b.jpg").write_bytes(data[:60])
+    predictor = _LeftHalfPredictor(len(P.TASK.categories(cfg)) + 1)
+    done = []
+    with pytest.raises(DataError, match=r"b\.jpg.*--skip-bad"):
+        for name, _, _ in common.predict_image_folder(P.TASK, cfg, predictor, str(tmp_path), 1):
+            done.append(name)
+    assert done == ["a.jpg"]
+    skipped = []
+    out = list(common.predict_image_folder(P.TASK, cfg, predictor, str(tmp_path), 1, skipped))
+    assert [n for n, _, _ in out] == ["a.jpg", "c.jpg"] and [n for n, _ in skipped] == ["b.jpg"]
+
+
 # ----------------------------------------------------------------------- the folder reader
 def _write_folder(root, split="validation", break_with=None):
     os.makedirs(root / "annotations" / f"panoptic_{split}", exist_ok=True)
@@ -183,7 +506,7 @@ def _write_folder(root, split="validation", break_with=None):
 
 def test_folder_reader_reads_examples(tmp_path):
     _write_folder(tmp_path)
-    cats, examples = P.read_coco_folder(str(tmp_path), "validation")
+    cats, examples = read_coco_folder(str(tmp_path), "validation")
     examples = list(examples)
     assert cats == CATS and len(examples) == 2
     assert examples[0]["panoptic_objects"]["label"].tolist() == [2, 0]
@@ -198,8 +521,8 @@ def test_folder_reader_reads_examples(tmp_path):
 def test_folder_reader_bad_input(tmp_path, problem, words):
     _write_folder(tmp_path, break_with=problem)
     with pytest.raises(DataError, match=words.replace("[", r"\[").replace("]", r"\]")):
-        list(P.read_coco_folder(str(tmp_path), "validation")[1])
-    _, kept = P.read_coco_folder(str(tmp_path), "validation", skip_bad=True)
+        list(read_coco_folder(str(tmp_path), "validation")[1])
+    _, kept = read_coco_folder(str(tmp_path), "validation", skip_bad=True)
     assert len(list(kept)) == 1
 
 
@@ -311,15 +634,19 @@ def test_real_tfds_builder_path_with_mock_data():
     from uvim_givt.config import load_config
 
     cfg = load_config("configs/panoptic.py:size=paper", ["data.image_size=32"])
-    with tfds.testing.mock_data(num_examples=2):
-        ex = next(P.TASK.load(cfg, "tfds:coco/2017_panoptic", "validation").as_numpy_iterator())
+    # mock_data fakes the examples, not the prepared files the catalog asks for first
+    with tfds.testing.mock_data(num_examples=2), mock.patch.object(
+            tfds.core.DatasetBuilder, "is_prepared", return_value=True):
+        ds = catalog.load(P.TASK.readers, cfg, "tfds:coco/2017_panoptic", "validation")
+        ex = next(ds.as_numpy_iterator())
     assert ex["image"].dtype == np.uint8 and ex["panoptic_image"].shape[-1] == 3
     objs = ex["panoptic_objects"]
     n = min(len(v) for v in objs.values())  # mock data draws each field's length separately
     ids = rgb_to_id(ex["panoptic_image"])
     objs = {"id": np.unique(ids)[:n], "label": objs["label"][:n] % 133,
             "is_crowd": objs["is_crowd"][:n]}
-    out = P.TASK.preprocess(cfg, dict(ex, panoptic_objects=objs), train=True,
+    out = P.TASK.preprocess(cfg, dict(ex, panoptic_objects=objs), "train",
                             seed=np.array([0, 1]))
     assert out["image"].shape == (32, 32, 3) and out["labels"].shape == (32, 32, 2)
+    assert out["meta"]["size"].numpy().tolist() == list(ex["image"].shape[:2])
     assert float(np.abs(out["image"]).max()) <= 1.0
