@@ -43,8 +43,10 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 
+from uvim_givt.data.images import read_image, resize_nearest
 from uvim_givt.errors import (
     ArgumentParser,
     DataError,
@@ -105,18 +107,6 @@ def scale_crop(box: Sequence[int], frame: Sequence[int], shape: Sequence[int]) -
 
 class DepthEvalError(EvalError):
     """A depth input (file, array, argument) that cannot be evaluated as given."""
-
-
-def resize_nearest(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a 2-d map to ``shape`` (half-pixel centres)."""
-    h_in, w_in = image.shape[:2]
-    h_out, w_out = shape
-    if (h_in, w_in) == (h_out, w_out):
-        return image
-    # Integer arithmetic: floor((i + 0.5) * in / out) without rounding surprises.
-    rows = np.minimum((2 * np.arange(h_out) + 1) * h_in // (2 * h_out), h_in - 1)
-    cols = np.minimum((2 * np.arange(w_out) + 1) * w_in // (2 * w_out), w_in - 1)
-    return image[rows[:, None], cols[None, :]]
 
 
 def _as_map(x: np.ndarray, what: str) -> np.ndarray:
@@ -266,10 +256,6 @@ def read_depth_file(path: str) -> np.ndarray:
             raise DepthEvalError(f"depth file {path} holds {arr.dtype}, not numbers")
         return _as_map_named(arr, path).astype(np.float64)
     if suffix == ".png":
-        import cv2  # imported here: only files mode needs it
-
-        from uvim_givt.data.images import read_image
-
         try:
             arr = read_image(path, cv2.IMREAD_UNCHANGED)
         except DataError as e:

@@ -33,31 +33,34 @@ configs, ``nyu_eval_crop`` op and ``nyu_depth`` evaluators, in ``base`` and ``pa
 
 1. the evaluation crop ``data.eval_crop`` (rows 54:480, columns 41:601 of a 480x640 frame:
    ``evals.depth.NYU_CROP``) is cut from the image and the ground truth *before* the
-   prediction (``data.eval_crop_before_predict``): ``preprocess(train=False)`` hands the
-   model the crop, resized to the square input;
+   prediction (``data.eval_crop_before_predict``): the ``eval`` route hands the model the
+   crop, resized to the square input, and says so in its ``meta["box"]``;
 2. the model's depth bins are decoded (``data.decode``: argmax centre);
 3. the decoded map is resized to the crop's size at the frame's resolution with
    ``data.eval_resize`` (``"nearest"``, as jax.image.resize samples it) and placed into the
-   frame: ``postprocess`` returns a frame-sized map, NaN outside the crop (never scored);
+   frame: ``postprocess`` returns a map of ``meta["size"]``, NaN outside ``meta["box"]``
+   (never scored);
 4. the metric scores the crop's pixels with ``min < gt < max`` (evals.depth).
 
 The crop box is given in pixels of a ``data.eval_crop_frame`` (480x640) frame and scaled to
 frames of another size (the embedded 60x80 frames: rows 7:60, columns 5:75), so it means
 the same part of the view on every data source; ``()`` scores whole frames. With
 ``eval_crop_before_predict=False`` the whole frame is predicted, resized to the frame and
-then cropped for scoring. ``postprocess`` knows a crop was predicted from the example: one
-with ground truth (``depth``) came through ``preprocess(train=False)``, which cut it; the
-``predict`` command's images (no ``depth``) are predicted and returned whole. The tiny
-preset's protocol and its measurement are in configs/depth.py and README "Deviations".
+then cropped for scoring. ``postprocess`` reads where the input lay from the route's
+``meta`` (the ``predict`` route's images are predicted and returned whole). The tiny
+preset's protocol and its measurement are in configs/depth.py and README "Deviations";
+configs/depth.py sets every ``data.eval_*`` key.
 
 Frames (NYU: 480x640, 3:4; the crop 426x560) are resized to the square model input
 (``image_size``, 512 in the paper) without keeping the aspect ratio, image bilinear and
-depth nearest, as the published recipe does.
+depth nearest, as the published recipe does, by every route (``train``, ``eval``,
+``predict``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -69,28 +72,27 @@ import numpy as np
 import tensorflow as tf
 
 from evals.depth import (
+    METRIC_NAMES,
     NYU_CROP_SPEC,
-    NYU_FRAME_SHAPE,
     Crop,
     CropSpec,
     DepthAccumulator,
     DepthEvalError,
-    resize_nearest,
     scale_crop,
 )
 from tasks import common
+from tasks.datasets.synthetic_depth import SyntheticDepth
 from uvim_givt import schema
-from uvim_givt.data import pipeline
-from uvim_givt.data.images import write_png
+from uvim_givt.data import catalog
+from uvim_givt.data.images import resize_nearest, write_png
 from uvim_givt.errors import ConfigError, DataError, UserError
 from uvim_givt.models import builders
+from uvim_givt.task import ROUTES, MetricFamily, Reference, TaskMetadata
 
 DECODE_MODES = ("expectation", "argmax")
 RESIZE_MODES = ("nearest", "bilinear")
-#: A run saved before the data.eval_* keys existed is evaluated as the code then did: the
-#: whole frame predicted, resized bilinearly, the NYU crop on 480x640 frames only.
-LEGACY_PROTOCOL = {"eval_crop": "auto", "eval_crop_before_predict": False,
-                   "eval_resize": "bilinear"}
+LOSS_METRICS = ("loss", "xent", "rec", "kl", "nll_per_token", "nll_per_dim")
+NYU_VAL = "NYU Depth v2 val"
 H5_SUFFIXES = (".h5", ".hdf5")
 # Indoor depth beyond this is a unit mistake (NYU's Kinect reaches ~10 m; in millimetres
 # the same scenes read 500-10,000).
@@ -139,7 +141,7 @@ def bins_to_depth(logits: np.ndarray, min_depth: float, max_depth: float,
 class EvalProtocol:
     """How a depth prediction is evaluated (the ``data.eval_*`` keys; see module doc)."""
 
-    crop: Crop  # CropSpec, None (whole frames) or "auto" (legacy runs only)
+    crop: CropSpec | None  # None: whole frames
     crop_before_predict: bool
     resize: str  # "nearest" | "bilinear": decoded map -> frame (or crop) size
 
@@ -147,19 +149,16 @@ class EvalProtocol:
 def eval_protocol(cfg: ml_collections.ConfigDict) -> EvalProtocol:
     """The evaluation protocol of a config, checked (``ConfigError`` naming the key)."""
     data = cfg.data
-    get = lambda k: data[k] if k in data else LEGACY_PROTOCOL[k]  # noqa: E731
-    resize = str(get("eval_resize"))
+    resize = str(data.eval_resize)
     if resize not in RESIZE_MODES:
         raise ConfigError(f"data.eval_resize={resize!r}: use one of {RESIZE_MODES}")
-    before = get("eval_crop_before_predict")
+    before = data.eval_crop_before_predict
     if not isinstance(before, bool):
         raise ConfigError(f"data.eval_crop_before_predict={before!r}: use True or False")
-    box = get("eval_crop")
-    if isinstance(box, str):  # legacy "auto"
-        return EvalProtocol(box, before, resize)
+    box = data.eval_crop
     if len(box) == 0:
         return EvalProtocol(None, before, resize)
-    frame = tuple(int(x) for x in data.get("eval_crop_frame", NYU_FRAME_SHAPE))
+    frame = tuple(int(x) for x in data.eval_crop_frame)
     if len(box) != 4 or len(frame) != 2:
         raise ConfigError(f"data.eval_crop={tuple(box)!r}, data.eval_crop_frame={frame!r}: "
                           "need (row0, row1, col0, col1) of a (height, width) frame, or ()")
@@ -171,9 +170,10 @@ def eval_protocol(cfg: ml_collections.ConfigDict) -> EvalProtocol:
     return EvalProtocol(spec, before, resize)
 
 
-def crop_tf(spec: CropSpec, *maps: tf.Tensor) -> list[tf.Tensor]:
-    """Cuts ``spec`` (scaled to the frame, as evals.depth.scale_crop) from maps [H, W, ...]."""
-    shape = tf.shape(maps[0])
+def crop_tf(spec: CropSpec, *maps: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
+    """Cuts ``spec`` (scaled to the frame, as evals.depth.scale_crop) from maps [H, W, ...];
+    returns (the cut maps, the box int32 (r0, r1, c0, c1) it cut, for the route's meta)."""
+    shape = tf.shape(maps[0], out_type=tf.int32)
     (fh, fw), (h, w) = spec.frame, (shape[0], shape[1])
 
     def edge(e: int, ref: int, size: tf.Tensor) -> tf.Tensor:  # evals.depth.scale_edge
@@ -183,7 +183,7 @@ def crop_tf(spec: CropSpec, *maps: tf.Tensor) -> list[tf.Tensor]:
     c0, c1 = edge(spec.box[2], fw, w), edge(spec.box[3], fw, w)
     with tf.control_dependencies([tf.debugging.assert_less(
             [r0, c0], [r1, c1], message=f"data.eval_crop {spec.box} is empty on this frame")]):
-        return [tf.identity(m[r0:r1, c0:c1]) for m in maps]
+        return [tf.identity(m[r0:r1, c0:c1]) for m in maps], tf.stack([r0, r1, c0, c1])
 
 
 def resize_depth(depth: np.ndarray, shape: tuple[int, int], method: str) -> np.ndarray:
@@ -193,7 +193,8 @@ def resize_depth(depth: np.ndarray, shape: tuple[int, int], method: str) -> np.n
         return depth
     if method == "nearest":
         return resize_nearest(depth, shape)
-    return cv2.resize(depth, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(np.ascontiguousarray(depth), (shape[1], shape[0]),
+                      interpolation=cv2.INTER_LINEAR)
 
 
 # --------------------------------------------------------------------------- HDF5 folders
@@ -282,6 +283,43 @@ def read_nyu_folder(root: str, split: str, skip_bad: bool = False
         yield dict(read_h5_frame(path), name=name)
 
 
+# ------------------------------------------------------------------------------- readers
+def embedded_overrides(cfg: ml_collections.ConfigDict) -> dict[str, int]:
+    """Builder-config overrides of synthetic_depth asked for by the config."""
+    h, w = (int(x) for x in cfg.data.embedded_frame_size)
+    out = {"height": h, "width": w}  # the default config's 60x80 names no override
+    for key in ("num_train", "num_validation"):
+        if int(cfg.data[f"embedded_{key}"]):
+            out[key] = int(cfg.data[f"embedded_{key}"])
+    return out
+
+
+def read_folder(cfg: ml_collections.ConfigDict, root: str, split: str) -> tf.data.Dataset:
+    """``folder:ROOT``: the NYU HDF5 frames of a split, validated first (a bad frame raises
+    here, in Python, naming the file, unless ``data.skip_bad``)."""
+    skip_bad = bool(cfg.data.skip_bad)
+    scan_nyu_folder(root, split, skip_bad)
+    sig = {"image": tf.TensorSpec((None, None, 3), tf.uint8),
+           "depth": tf.TensorSpec((None, None), tf.float16),
+           "name": tf.TensorSpec((), tf.string)}
+    return tf.data.Dataset.from_generator(lambda: read_nyu_folder(root, split, skip_bad),
+                                          output_signature=sig)
+
+
+def raw_fields(ds: tf.data.Dataset, split: str) -> tf.data.Dataset:
+    """{image, depth, name} of any source: a folder's frames are named by their files, the
+    others ``<split>_<index>``."""
+    if "name" in ds.element_spec:
+        return ds.map(lambda ex: {"image": ex["image"], "depth": ex["depth"],
+                                  "name": ex["name"]})
+
+    def keep(i, ex):
+        name = tf.strings.join([split, tf.strings.as_string(i, width=6, fill="0")], "_")
+        return {"image": ex["image"], "depth": ex["depth"], "name": name}
+
+    return ds.enumerate().map(keep)
+
+
 # -------------------------------------------------------------------------------- the task
 def num_bins(cfg: ml_collections.ConfigDict) -> int:
     """The number of depth classes (class 0 = invalid): the VAE's ``depth`` channel."""
@@ -289,7 +327,8 @@ def num_bins(cfg: ml_collections.ConfigDict) -> int:
 
 
 class DepthTask:
-    """NYU depth: reading (TFDS, HDF5 folders), binning, decoding, depth metrics."""
+    """NYU depth: its readers (embedded, TFDS, HDF5 folders), routes, binning, decoding,
+    depth metrics and drawings."""
 
     #: The ranges and choices of the depth keys (uvim_givt/schema.py).
     config_rules: schema.Rules = (
@@ -304,6 +343,23 @@ class DepthTask:
 
     name = "depth"
     mirror_equivariant = True  # a mirrored frame's depth is the mirrored depth
+    readers = catalog.Readers(
+        embedded=SyntheticDepth, embedded_config=embedded_overrides, folder=read_folder,
+        fields=raw_fields, prepare_hint="`tfds build NAME` (downloads NYU Depth v2)")
+    metadata = TaskMetadata(
+        title="NYU Depth v2 monocular depth",
+        metrics={
+            "depth": MetricFamily(
+                order=METRIC_NAMES, primary="RMSE", higher_is_better=False,
+                units=(("RMSE", "m"),),
+                references=(
+                    Reference("VAE stage 1 (oracle)", NYU_VAL, "RMSE", 0.195, "oracle"),
+                    Reference("GIVT stage 2", NYU_VAL, "RMSE", 0.474),
+                    Reference("UViM (VQ-VAE, discrete)", NYU_VAL, "RMSE", 0.467))),
+            "loss": MetricFamily(order=LOSS_METRICS, primary=None),
+        },
+        datasets=(("embedded", "synthetic indoor scenes (tasks/datasets/synthetic_depth.py)"),
+                  ("nyu_depth_v2", NYU_VAL)))
 
     def check_config(self, cfg: ml_collections.ConfigDict) -> None:
         """Depth settings across keys (each key's own range: ``config_rules``), checked
@@ -313,78 +369,42 @@ class DepthTask:
             raise ConfigError(f"data.min_depth={lo}, data.max_depth={hi}: need 0 <= min < max")
         eval_protocol(cfg)
 
-    def load(self, cfg: ml_collections.ConfigDict, source: str, split: str) -> tf.data.Dataset:
-        kind, arg = pipeline.parse_source(source)
-        data_dir = cfg.data.data_dir or None
-        if kind == "folder":
-            skip_bad = bool(cfg.data.skip_bad)
-            scan_nyu_folder(arg, split, skip_bad)  # raises here, in Python, naming the file
-            sig = {"image": tf.TensorSpec((None, None, 3), tf.uint8),
-                   "depth": tf.TensorSpec((None, None), tf.float16),
-                   "name": tf.TensorSpec((), tf.string)}
-            return tf.data.Dataset.from_generator(
-                lambda: read_nyu_folder(arg, split, skip_bad), output_signature=sig)
-        if kind == "embedded":
-            from tasks.datasets.synthetic_depth import SyntheticDepth
-            from uvim_givt.data.embedded import ensure_built
-            builder = ensure_built(SyntheticDepth, data_dir=data_dir, **embedded_overrides(cfg))
-            ds = builder.as_dataset(split=split, shuffle_files=False)
-        else:
-            import tensorflow_datasets as tfds
-            try:
-                ds = tfds.load(arg, split=split, shuffle_files=False, download=False,
-                               data_dir=data_dir)
-            except Exception as e:  # noqa: BLE001 - TFDS raises many kinds
-                raise DataError(
-                    f"tfds:{arg} split {split!r} is not available ({e}). Prepare it first "
-                    f"(e.g. `tfds build {arg}`, which downloads NYU Depth v2)") from None
-
-        def keep(i, ex):
-            name = tf.strings.join([split, tf.strings.as_string(i, width=6, fill="0")], "_")
-            return {"image": ex["image"], "depth": ex["depth"], "name": name}
-
-        return ds.enumerate().map(keep)
-
-    def preprocess(self, cfg: ml_collections.ConfigDict, example: dict, train: bool,
+    def preprocess(self, cfg: ml_collections.ConfigDict, example: dict, mode: str,
                    seed: tf.Tensor | None = None) -> dict:
-        """Model inputs; for evaluation (``train=False``) the frame is first cut to the
-        evaluation crop when ``data.eval_crop_before_predict`` (the published protocol)."""
+        """Model inputs {image, labels (not in ``predict``), meta} by the route ``mode``:
+        ``train`` crops and flips (``seed``); ``eval`` first cuts the frame to the
+        evaluation crop when ``data.eval_crop_before_predict`` (the published protocol);
+        ``predict`` takes the image alone, whole. ``meta``: ``size`` (the raw frame),
+        ``box`` (the part of it the input covers), ``flip``."""
+        if mode not in ROUTES:
+            raise ValueError(f"mode {mode!r}: one of {ROUTES}")
         size = int(cfg.data.image_size)
         image = example["image"]
+        if mode == "predict":
+            return {"image": common.model_image(image, size), "meta": common.frame_meta(image)}
         depth = tf.cast(example["depth"], tf.float32)[..., None]
-        if train:  # whole frames in the tiny preset: a crop zooms, its depths stay
-            image, depth = common.random_train_view(cfg, seed, image, depth)
+        if mode == "train":  # whole frames in the tiny preset: a crop zooms, its depths stay
+            (view, depth), meta = common.train_view(cfg, seed, image, depth)
         else:
+            view, meta = image, common.frame_meta(image)
             protocol = eval_protocol(cfg)
-            if protocol.crop_before_predict and isinstance(protocol.crop, CropSpec):
-                image, depth = crop_tf(protocol.crop, image, depth)
-        image = tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear")
+            if protocol.crop_before_predict and protocol.crop is not None:
+                (view, depth), meta["box"] = crop_tf(protocol.crop, image, depth)
         depth = tf.image.resize(depth, (size, size), method="nearest")
         labels = depth_to_bins(depth, float(cfg.data.min_depth), float(cfg.data.max_depth),
                                num_bins(cfg))
-        return {"image": image / 127.5 - 1.0, "labels": tf.ensure_shape(labels, (size, size, 1))}
+        return {"image": common.model_image(view, size),
+                "labels": tf.ensure_shape(labels, (size, size, 1)), "meta": meta}
 
     def postprocess(self, cfg: ml_collections.ConfigDict, logits: dict[str, np.ndarray],
-                    example: dict | None = None) -> np.ndarray:
-        """Logits [S, S, N] -> depth in metres, at the frame size of ``example`` when given.
-
-        An evaluation example (one with ``depth``) whose crop the model saw (see
-        ``preprocess``) gets the decoded crop resized into the crop's box and NaN around
-        it; any other example gets the whole decoded map resized to the frame."""
-        protocol = eval_protocol(cfg)
+                    meta: dict[str, Any]) -> np.ndarray:
+        """Logits [S, S, N] of one example -> depth in metres [H, W] at ``meta["size"]``:
+        the decoded map resized (``data.eval_resize``) into ``meta["box"]``, NaN around
+        it (mirrored back first when ``meta["flip"]``)."""
         depth = bins_to_depth(logits["depth"], float(cfg.data.min_depth),
                               float(cfg.data.max_depth), str(cfg.data.decode))
-        if example is None:
-            return depth.astype(np.float32)
-        ref = example["depth"] if "depth" in example else example["image"]
-        h, w = ref.shape[:2]
-        if ("depth" in example and protocol.crop_before_predict
-                and isinstance(protocol.crop, CropSpec)):
-            r0, r1, c0, c1 = protocol.crop.for_shape((h, w))
-            out = np.full((h, w), np.nan, np.float32)
-            out[r0:r1, c0:c1] = resize_depth(depth, (r1 - r0, c1 - c0), protocol.resize)
-            return out
-        return resize_depth(depth, (h, w), protocol.resize).astype(np.float32)
+        resize = functools.partial(resize_depth, method=eval_protocol(cfg).resize)
+        return common.place_in_box(depth, meta, np.nan, resize).astype(np.float32)
 
     def metric(self, cfg: ml_collections.ConfigDict, kind: str) -> DepthMetric:
         if kind != "depth":
@@ -395,11 +415,18 @@ class DepthTask:
     def baseline(self, cfg: ml_collections.ConfigDict, source: str
                  ) -> tuple[Callable[[dict], np.ndarray], dict[str, Any]]:
         """The global training-set mean depth (one number: the mean over every valid pixel
-        of the training split) predicted everywhere."""
+        of the training split) predicted everywhere: (predict(meta) -> depth [H, W], what
+        to record)."""
         mean = mean_training_depth(self, cfg, source)
         print(f"  mean-depth baseline: training-set mean {mean:.3f} m", flush=True)
-        return (lambda ex: np.full(ex["depth"].shape, mean, np.float32)), \
-            {"mean_depth_m": mean, "baseline": "global training-set mean depth"}
+        constant = np.full((1, 1), mean, np.float32)
+
+        def predict(meta: dict[str, Any]) -> np.ndarray:
+            """The mean over the part of the frame an input covers (``meta`` of the
+            ``eval`` route), NaN elsewhere: placed as ``postprocess`` places a prediction."""
+            return common.place_in_box(constant, meta, np.nan).astype(np.float32)
+
+        return predict, {"mean_depth_m": mean, "baseline": "global training-set mean depth"}
 
     def draw(self, cfg: ml_collections.ConfigDict, example: dict, prediction: np.ndarray
              ) -> np.ndarray:
@@ -416,16 +443,6 @@ class DepthTask:
         values = np.concatenate([d[v] for d, v in maps])
         scale = (float(values.min()), float(values.max())) if values.size else (lo, hi)
         return np.concatenate([image] + [colorize_depth(d, v, scale) for d, v in maps], axis=1)
-
-
-def embedded_overrides(cfg: ml_collections.ConfigDict) -> dict[str, int]:
-    """Builder-config overrides of synthetic_depth asked for by the config."""
-    h, w = (int(x) for x in cfg.data.embedded_frame_size)
-    out = {"height": h, "width": w}  # the default config's 60x80 names no override
-    for key in ("num_train", "num_validation"):
-        if int(cfg.data[f"embedded_{key}"]):
-            out[key] = int(cfg.data[f"embedded_{key}"])
-    return out
 
 
 def colorize_depth(depth: np.ndarray, valid: np.ndarray, scale: tuple[float, float]
@@ -466,7 +483,8 @@ def mean_training_depth(task: DepthTask, cfg: ml_collections.ConfigDict, source:
     """The mean over every valid pixel of the training split, in metres."""
     lo, hi = float(cfg.data.min_depth), float(cfg.data.max_depth)
     total, count = 0.0, 0
-    for ex in task.load(cfg, source, cfg.data.train_split).as_numpy_iterator():
+    ds = catalog.load(task.readers, cfg, source, cfg.data.train_split)
+    for ex in ds.as_numpy_iterator():
         d = ex["depth"].astype(np.float64)
         valid = (d > lo) & (d <= hi)
         total += float(d[valid].sum())

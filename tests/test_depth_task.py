@@ -16,6 +16,7 @@ from scipy.special import softmax
 from evals import depth as depth_eval
 from tasks import depth as D
 from uvim_givt.config import load_config
+from uvim_givt.data import catalog
 from uvim_givt.data.pipeline import DataError
 from uvim_givt.errors import UserError
 from uvim_givt.models import builders
@@ -40,8 +41,8 @@ def _views(area_min, seeds):
     sets = [] if area_min is None else [f"data.crop_area_min={area_min}"]
     cfg = load_config("configs/depth.py", sets)  # tiny preset
     ex = _frame()
-    plain = D.TASK.preprocess(cfg, ex, train=False)
-    train = [D.TASK.preprocess(cfg, ex, train=True, seed=tf.constant([s, 7], tf.int64))
+    plain = D.TASK.preprocess(cfg, ex, "eval")
+    train = [D.TASK.preprocess(cfg, ex, "train", seed=tf.constant([s, 7], tf.int64))
              for s in seeds]
     as_np = lambda v: (np.asarray(v["image"]), np.asarray(v["labels"]))  # noqa: E731
     return as_np(plain), [as_np(v) for v in train]
@@ -146,7 +147,7 @@ def test_folder_reader_reads_nyu_frames(tmp_path):
         np.testing.assert_array_equal(g["depth"], depth.astype(np.float16))
     # the same through the task's tf.data source
     cfg = load_config("configs/depth.py")
-    ds = D.TASK.load(cfg, f"folder:{tmp_path}", "validation")
+    ds = catalog.load(D.TASK.readers, cfg, f"folder:{tmp_path}", "validation")
     ex = list(ds.as_numpy_iterator())
     assert [e["name"].decode() for e in ex] == [f[0] for f in frames]
     np.testing.assert_array_equal(ex[2]["image"], frames[2][1].transpose(1, 2, 0))
@@ -430,9 +431,10 @@ def test_crop_tf_cuts_the_box_evals_scales():
     spec = depth_eval.NYU_CROP_SPEC
     for h, w in [(480, 640), (60, 80), (120, 160), (6, 8), (37, 53)]:
         frame = np.arange(h * w, dtype=np.float32).reshape(h, w, 1)
-        (got,) = D.crop_tf(spec, tf.constant(frame))
+        (got,), box = D.crop_tf(spec, tf.constant(frame))
         r0, r1, c0, c1 = spec.for_shape((h, w))
         np.testing.assert_array_equal(got.numpy(), frame[r0:r1, c0:c1])
+        assert box.numpy().tolist() == [r0, r1, c0, c1]
 
 
 def _nyu_frame(seed):
@@ -453,62 +455,31 @@ def _bins_pattern(size, n, shift=0):
     return 1 + (7 * u + 13 * v + shift) % (n - 1)
 
 
-class _FakePredictor:
-    """Stands in for the stage-2 sampler: records the images it is given and returns logits
-    peaked on ``_bins_pattern`` (shifted per example by its first input pixel)."""
-
-    seen: list[np.ndarray] = []
-
-    def __init__(self, cfg, vae_params, givt_params):
-        self.n = D.num_bins(cfg)
-
-    def predict(self, images, seed=0, mirror_equivariant=True):
-        images = np.asarray(images)
-        _FakePredictor.seen.append(images.copy())
-        b, s = images.shape[:2]
-        logits = np.zeros((b, s, s, self.n), np.float32)
-        for i in range(b):
-            bins = _bins_pattern(s, self.n, shift=i)
-            logits[i] = np.eye(self.n, dtype=np.float32)[bins] * 5.0
-        return {"depth": logits}
+def _as_np(meta):
+    return {k: np.asarray(v) for k, v in meta.items()}
 
 
-class _FramesTask(D.DepthTask):
-    """The depth task on in-memory frames; its metric records what it is handed."""
-
-    def __init__(self, frames):
-        self.frames, self.added = frames, []
-
-    def load(self, cfg, source, split):
-        import tensorflow as tf
-        keys = ("image", "depth", "name")
-        return tf.data.Dataset.from_tensor_slices(
-            {k: np.stack([f[k] for f in self.frames]) for k in keys})
-
-    def metric(self, cfg, kind):
-        inner, added = super().metric(cfg, kind), self.added
-
-        class Recording:
-            def add(self, example, prediction):
-                added.append((example, prediction))
-                inner.add(example, prediction)
-
-            def result(self):
-                return inner.result()
-        return Recording()
+def _peaked(size, n, shift):
+    """Logits [size, size, n] whose argmax is ``_bins_pattern`` (shifted)."""
+    return np.eye(n, dtype=np.float32)[_bins_pattern(size, n, shift)] * 5.0
 
 
-def _dense_eval(monkeypatch, tmp_path, cfg, frames):
-    """The shared evaluation loop (evals.evaluators.dense_loop) with the fake predictor."""
-    from evals import evaluators as E
-    from uvim_givt.training.runner import Run
-    monkeypatch.setattr(E, "Predictor", _FakePredictor)
-    _FakePredictor.seen = []
-    task = _FramesTask(frames)
-    spec = E.declared(cfg)["sampled"]
-    metrics, _ = E.dense_loop(task, Run(str(tmp_path), cfg, task), spec, source="embedded",
-                              split="validation", max_examples=None, step=0, periodic=True)
-    return metrics, np.concatenate(_FakePredictor.seen)[:len(frames)], task.added
+def _protocol_eval(cfg, frames):
+    """The evaluation route as the evaluators run it: ``eval`` preprocessing, logits
+    peaked on ``_bins_pattern`` (shifted per example) for the model, ``postprocess`` with
+    the example's meta, the depth metric on the raw example. Returns (metrics, the model's
+    inputs, (example, prediction) pairs)."""
+    metric = D.TASK.metric(cfg, "depth")
+    size, n = int(cfg.data.image_size), D.num_bins(cfg)
+    seen, added = [], []
+    for k, frame in enumerate(frames):
+        inputs = D.TASK.preprocess(cfg, frame, "eval")
+        seen.append(np.asarray(inputs["image"]))
+        pred = D.TASK.postprocess(cfg, {"depth": _peaked(size, n, k)},
+                                  _as_np(inputs["meta"]))
+        metric.add(frame, pred)
+        added.append((frame, pred))
+    return metric.result(), np.stack(seen), added
 
 
 def _brute_force(frame, box, size, n, shift):
@@ -534,14 +505,14 @@ def _metrics_brute_force(pred, gt, box):
             **{f"delta{k}": np.mean(r < 1.25**k) for k in (1, 2, 3)}}
 
 
-def test_published_order_crop_predict_resize_score_on_nyu_frames(monkeypatch, tmp_path):
-    """480x640 frames through the shared evaluation loop: the model sees the crop (no pixel
+def test_published_order_crop_predict_resize_score_on_nyu_frames():
+    """480x640 frames through the evaluation route: the model sees the crop (no pixel
     of the band above it), its argmax bins' centres are resized to the crop with nearest
     neighbour, and the crop's pixels with min < gt < max are scored: all recomputed here."""
     import tensorflow as tf
     cfg = _cfg()
     frames = [_nyu_frame(0), _nyu_frame(1)]
-    metrics, seen, added = _dense_eval(monkeypatch, tmp_path, cfg, frames)
+    metrics, seen, added = _protocol_eval(cfg, frames)
     size, n, box = int(cfg.data.image_size), D.num_bins(cfg), depth_eval.NYU_CROP
 
     for k, frame in enumerate(frames):  # 1. the model's input is the resized crop
@@ -563,7 +534,7 @@ def test_published_order_crop_predict_resize_score_on_nyu_frames(monkeypatch, tm
 
     # Another order (predict the whole frame, then crop) is a different evaluation.
     cfg_full = _cfg(eval_crop_before_predict=False)
-    metrics_full, seen_full, added_full = _dense_eval(monkeypatch, tmp_path, cfg_full, frames)
+    metrics_full, seen_full, added_full = _protocol_eval(cfg_full, frames)
     assert seen_full[0].max() == pytest.approx(1.0)  # the band is in the model's input
     assert not np.isnan(added_full[0][1]).any()
     assert not np.allclose(added_full[0][1][54:480, 41:601], added[0][1][54:480, 41:601])
@@ -576,10 +547,11 @@ def test_argmax_decoding_gives_the_centre_of_the_most_likely_bin():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(8, 8, n)).astype(np.float32)
     logits[..., 0] = 50.0  # class 0 (invalid) is never decoded
-    got = D.TASK.postprocess(cfg, {"depth": logits})
+    meta = {"size": np.int32([8, 8]), "box": np.int32([0, 8, 0, 8]), "flip": np.bool_(False)}
+    got = D.TASK.postprocess(cfg, {"depth": logits}, meta)
     centres = D.bin_centres(LO, HI, n)
     np.testing.assert_array_equal(got, centres[1 + np.argmax(logits[..., 1:], axis=-1)])
-    expectation = D.TASK.postprocess(_cfg(decode="expectation"), {"depth": logits})
+    expectation = D.TASK.postprocess(_cfg(decode="expectation"), {"depth": logits}, meta)
     assert not np.allclose(expectation, got)
 
 
@@ -591,26 +563,18 @@ def test_nearest_resize_keeps_only_bin_centres(resize, only_centres):
     size, n = int(cfg.data.image_size), D.num_bins(cfg)
     logits = np.eye(n, dtype=np.float32)[_bins_pattern(size, n)] * 5.0
     frame = _nyu_frame(2)
-    pred = D.TASK.postprocess(cfg, {"depth": logits}, frame)
+    pred = D.TASK.postprocess(cfg, {"depth": logits},
+                              _as_np(D.TASK.preprocess(cfg, frame, "eval")["meta"]))
     assert pred.shape == (480, 640)
     values = pred[np.isfinite(pred)]
     assert values.size == 426 * 560  # the crop's box, NaN around it
     is_centre = np.isin(values, D.bin_centres(LO, HI, n))
     assert is_centre.all() == only_centres
     # predict's images (no ground truth) were predicted whole: the whole frame, no NaN
-    whole = D.TASK.postprocess(cfg, {"depth": logits}, {"image": frame["image"]})
+    predict_meta = D.TASK.preprocess(cfg, {"image": frame["image"]}, "predict")["meta"]
+    whole = D.TASK.postprocess(cfg, {"depth": logits}, _as_np(predict_meta))
     assert np.isfinite(whole).all() and np.isin(whole, D.bin_centres(LO, HI, n)).all() \
         == only_centres
-
-
-def test_protocol_of_a_run_saved_before_the_keys_is_the_old_one():
-    cfg = load_config("configs/depth.py")
-    with cfg.unlocked():
-        for key in ("eval_crop", "eval_crop_frame", "eval_crop_before_predict",
-                    "eval_resize"):
-            del cfg.data[key]
-    protocol = D.eval_protocol(cfg)
-    assert protocol == D.EvalProtocol("auto", False, "bilinear")
 
 
 @pytest.mark.parametrize("key,value,words", [
@@ -625,3 +589,130 @@ def test_bad_protocol_keys_are_config_errors(key, value, words):
         cfg.data[key] = value
     with pytest.raises(UserError, match=words):
         D.TASK.check_config(cfg)
+
+
+# ------------------------------------------------------------------------ routes and meta
+@pytest.mark.parametrize("box,flip", [((7, 60, 5, 75), False), ((0, 60, 0, 80), False),
+                                      ((3, 41, 10, 33), True)])
+@pytest.mark.parametrize("resize", ["nearest", "bilinear"])
+def test_postprocess_places_the_decoded_map_into_the_box(box, flip, resize):
+    """The decoded map, mirrored back when flipped, resized to the box (pixel (i, j) of a
+    nearest resize takes model pixel floor((i + 0.5) * S / box_h)) and put at the box of a
+    meta["size"] map; NaN elsewhere: recomputed pixel by pixel."""
+    cfg = _cfg(eval_resize=resize, decode="argmax")
+    size, n = int(cfg.data.image_size), D.num_bins(cfg)
+    h, w = 60, 80
+    meta = {"size": np.int32([h, w]), "box": np.int32(box), "flip": np.bool_(flip)}
+    pred = D.TASK.postprocess(cfg, {"depth": _peaked(size, n, 3)}, meta)
+    assert pred.shape == (h, w) and pred.dtype == np.float32
+    r0, r1, c0, c1 = box
+    decoded = D.bin_centres(LO, HI, n)[_bins_pattern(size, n, 3)]
+    if flip:
+        decoded = decoded[:, ::-1]
+    inside = np.zeros((h, w), bool)
+    inside[r0:r1, c0:c1] = True
+    assert np.isnan(pred[~inside]).all() and np.isfinite(pred[inside]).all()
+    if resize == "nearest":
+        want = np.full((h, w), np.nan, np.float32)
+        for i in range(r0, r1):
+            for j in range(c0, c1):
+                u = int(np.floor((i - r0 + 0.5) * size / (r1 - r0)))
+                v = int(np.floor((j - c0 + 0.5) * size / (c1 - c0)))
+                want[i, j] = decoded[u, v]
+        np.testing.assert_array_equal(pred, want)
+    else:  # bilinear (half-pixel centres, cv2) of the decoded map, into the box
+        want = cv2.resize(np.ascontiguousarray(decoded), (c1 - c0, r1 - r0),
+                          interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_allclose(pred[r0:r1, c0:c1], want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("protocol", [{"eval_crop": "()"},
+                                      {"eval_crop_before_predict": "False"}])
+def test_predict_route_sees_what_the_eval_route_sees_without_a_crop(protocol):
+    """No crop before the prediction: the image alone (predict) and the labelled frame
+    (eval) give the model the same input and the same meta (the whole frame)."""
+    cfg = _cfg(**protocol)
+    frame = _nyu_frame(4)
+    ev = D.TASK.preprocess(cfg, frame, "eval")
+    pr = D.TASK.preprocess(cfg, {"image": frame["image"]}, "predict")
+    assert "labels" not in pr and ev["labels"].shape == (64, 64, 1)
+    np.testing.assert_array_equal(pr["image"].numpy(), ev["image"].numpy())
+    for key in ("size", "box", "flip"):
+        np.testing.assert_array_equal(pr["meta"][key].numpy(), ev["meta"][key].numpy())
+    assert pr["meta"]["box"].numpy().tolist() == [0, 480, 0, 640]
+    assert not pr["meta"]["flip"].numpy()
+
+
+def test_eval_route_meta_names_the_crop_the_model_saw():
+    import tensorflow as tf
+    cfg = _cfg()
+    frame = _nyu_frame(5)
+    ev = D.TASK.preprocess(cfg, frame, "eval")
+    meta = _as_np(ev["meta"])
+    assert meta["size"].tolist() == [480, 640] and not meta["flip"]
+    assert meta["box"].tolist() == list(depth_eval.NYU_CROP)
+    r0, r1, c0, c1 = meta["box"]
+    want = tf.image.resize(frame["image"][r0:r1, c0:c1].astype(np.float32), (64, 64),
+                           method="bilinear").numpy() / 127.5 - 1.0
+    np.testing.assert_allclose(ev["image"].numpy(), want, atol=1e-5)
+    # the labels: the crop's depth, resized nearest, binned
+    depth = tf.image.resize(frame["depth"][r0:r1, c0:c1, None], (64, 64), method="nearest")
+    np.testing.assert_array_equal(
+        ev["labels"].numpy(), D.depth_to_bins(depth, LO, HI, D.num_bins(cfg)).numpy())
+    with pytest.raises(ValueError, match="mode 'test'"):
+        D.TASK.preprocess(cfg, frame, "test")
+
+
+def test_train_route_meta_rebuilds_the_training_view():
+    """The train route's meta says which part of the frame it took and whether it is
+    mirrored: cutting that box from the raw frame (and mirroring) gives its input."""
+    import tensorflow as tf
+    cfg = load_config("configs/depth.py", ["data.crop_area_min=0.3"])
+    frame = _frame(3)
+    flips = set()
+    for s in range(8):
+        view = D.TASK.preprocess(cfg, frame, "train", seed=tf.constant([s, 1], tf.int64))
+        meta = _as_np(view["meta"])
+        r0, r1, c0, c1 = meta["box"]
+        assert meta["size"].tolist() == [60, 80] and 0 <= r0 < r1 <= 60 and 0 <= c0 < c1 <= 80
+        raw = frame["image"][r0:r1, c0:c1]
+        raw = raw[:, ::-1] if meta["flip"] else raw
+        want = tf.image.resize(raw.astype(np.float32), (64, 64), method="bilinear").numpy()
+        np.testing.assert_allclose(view["image"].numpy(), want / 127.5 - 1.0, atol=1e-5)
+        flips.add(bool(meta["flip"]))
+    assert flips == {True, False}
+
+
+def test_raw_fields_name_the_examples():
+    import tensorflow as tf
+    ds = tf.data.Dataset.from_tensor_slices({
+        "image": np.zeros((2, 4, 6, 3), np.uint8), "depth": np.ones((2, 4, 6), np.float16),
+        "accel": np.zeros((2, 3), np.float32)})  # TFDS carries more than the task reads
+    got = list(D.raw_fields(ds, "validation").as_numpy_iterator())
+    assert [g["name"] for g in got] == [b"validation_000000", b"validation_000001"]
+    assert set(got[0]) == {"image", "depth", "name"}
+
+
+def test_baseline_predicts_the_mean_in_the_box(monkeypatch):
+    monkeypatch.setattr(D, "mean_training_depth", lambda task, cfg, source: 2.5)
+    cfg = _cfg()
+    predict, extra = D.TASK.baseline(cfg, "embedded")
+    assert extra["mean_depth_m"] == 2.5
+    meta = _as_np(D.TASK.preprocess(cfg, _nyu_frame(6), "eval")["meta"])
+    pred = predict(meta)
+    r0, r1, c0, c1 = depth_eval.NYU_CROP
+    assert pred.shape == (480, 640)
+    assert (pred[r0:r1, c0:c1] == 2.5).all()
+    assert np.isnan(pred).sum() == 480 * 640 - (r1 - r0) * (c1 - c0)
+
+
+def test_metadata_declares_the_published_references():
+    family = D.TASK.metadata.family("depth")
+    assert family.order == depth_eval.METRIC_NAMES and family.primary == "RMSE"
+    assert not family.higher_is_better and dict(family.units) == {"RMSE": "m"}
+    refs = {(r.model, r.prediction): r.value for r in family.references}
+    assert refs == {("VAE stage 1 (oracle)", "oracle"): 0.195,
+                    ("GIVT stage 2", "sampled"): 0.474,
+                    ("UViM (VQ-VAE, discrete)", "sampled"): 0.467}
+    assert {r.data for r in family.references} == {"NYU Depth v2 val"}
+    assert D.TASK.metadata.family("loss").primary is None

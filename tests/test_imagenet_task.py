@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from tasks import imagenet as I  # noqa: E741
+from tasks import imagenet_commands
 from uvim_givt.config import load_config
+from uvim_givt.data import catalog
 from uvim_givt.errors import UserError
 from uvim_givt.models.builders import abstract_params
 from uvim_givt.sampling import sample_autoregressive, sample_maskgit
@@ -161,7 +163,8 @@ def test_sample_command_writes_labelled_grid_and_latents(runs, tmp_path, capsys)
 def test_labelled_grid_has_its_row_labels_left_of_the_pixels(tmp_path):
     """The class names are drawn in a margin left of an unchanged image grid."""
     images = np.full((4, 32, 32, 3), (40, 160, 220), np.uint8)  # 2 rows x 2 columns
-    out = I.write_labelled_grid(str(tmp_path / "g.png"), images, ["0: zero", "1: one"])
+    out = imagenet_commands.write_labelled_grid(str(tmp_path / "g.png"), images,
+                                                ["0: zero", "1: one"])
     png = cv2.cvtColor(cv2.imread(out), cv2.COLOR_BGR2RGB)
     is_cell = np.all(np.abs(png.astype(int) - (40, 160, 220)) <= 2, axis=-1)
     ys, xs = np.nonzero(is_cell)
@@ -224,3 +227,89 @@ def test_probe_command_reports_layers_and_baselines(runs, tmp_path, capsys):
     assert I.main(["probe", "--ckpt", runs["ar"], "--layer", "5", "--out",
                    str(tmp_path / "bad")]) == 2
     assert "--layer 5: the GIVT decoder has blocks 1..1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- readers and routes
+def _class_folder(root, sizes=((40, 60), (50, 50), (70, 30))):
+    rng = np.random.default_rng(0)
+    for k, (h, w) in enumerate(sizes):
+        d = root / ("cat" if k % 2 else "ant")
+        d.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(d / f"{k}.png"), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def test_class_folder_reads_through_the_catalog(tmp_path):
+    _class_folder(tmp_path)
+    cfg = load_config("configs/imagenet.py")
+    ds = catalog.load(I.TASK.readers, cfg, f"folder:{tmp_path}", "train")
+    got = list(ds.as_numpy_iterator())
+    assert [int(g["label"]) for g in got] == [0, 0, 1]  # sorted folder names: ant, cat
+    assert [g["image"].shape[:2] for g in got] == [(40, 60), (70, 30), (50, 50)]
+    assert set(got[0]) == {"image", "label"}
+    assert I.TASK.class_names(cfg, f"folder:{tmp_path}") == ["ant", "cat"]
+    with pytest.raises(Exception, match="no class sub-folders"):
+        catalog.load(I.TASK.readers, cfg, f"folder:{tmp_path / 'ant'}", "train")
+
+
+def test_routes_resize_the_short_side_and_cut_a_square():
+    import tensorflow as tf
+    cfg = load_config("configs/imagenet.py")  # 32 px, no random crop or flip (digits)
+    rng = np.random.default_rng(1)
+    example = {"image": rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
+               "label": np.int64(7)}
+    ev = I.TASK.preprocess(cfg, example, "eval")
+    pr = I.TASK.preprocess(cfg, {"image": example["image"]}, "predict")
+    tr = I.TASK.preprocess(cfg, example, "train", seed=tf.constant([0, 1], tf.int64))
+    resized = tf.image.resize(example["image"].astype(np.float32), (32, 43), "bilinear",
+                              antialias=True).numpy()
+    want = resized[:, 5:37] / 127.5 - 1.0  # the central square
+    for out in (ev, pr, tr):
+        np.testing.assert_allclose(out["image"].numpy(), want, atol=1e-5)
+        assert out["meta"]["size"].numpy().tolist() == [48, 64]
+    assert int(ev["label"]) == 7 and int(tr["label"]) == 7 and "label" not in pr
+    with cfg.unlocked():
+        cfg.data.random_crop, cfg.data.flip = True, True
+    views = {I.TASK.preprocess(cfg, example, "train",
+                               seed=tf.constant([s, 1], tf.int64))["image"].numpy().tobytes()
+             for s in range(6)}
+    assert len(views) > 1  # random crops and flips, seeded
+    np.testing.assert_allclose(I.TASK.preprocess(cfg, example, "eval")["image"].numpy(), want,
+                               atol=1e-5)  # eval stays central and unflipped
+    with pytest.raises(ValueError, match="mode 'test'"):
+        I.TASK.preprocess(cfg, example, "test")
+
+
+def test_metadata_declares_the_published_fids():
+    family = I.TASK.metadata.family("generation")
+    assert family.order == ("FID", "FID_recon", "IS", "IS_std", "class_accuracy")
+    assert family.primary == "FID" and not family.higher_is_better
+    assert {(r.model, r.data, r.value) for r in family.references} == {
+        ("GIVT-Causal 256px, t=0.95, DB-CFG 0.4", "ImageNet 256", 3.35),
+        ("GIVT-MaskGIT 256px, t_C=35, DB-CFG 0.1", "ImageNet 256", 4.53),
+        ("GIVT-MaskGIT 512px, t_C=140", "ImageNet 512", 4.86)}
+    loss = I.TASK.metadata.family("loss")
+    assert loss.primary is None and loss.order[0] == "loss"
+
+
+@pytest.mark.parametrize("command,flag", [("sample", "--rand-top-k-temp"),
+                                          ("sweep", "--num-per-class"),
+                                          ("probe", "--max-train")])
+def test_commands_keep_their_flags(command, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        I.main([command, "--help"])
+    assert e.value.code == 0 and flag in capsys.readouterr().out
+
+
+def test_entry_point_resolves_to_the_task():
+    from importlib import metadata
+    (ep,) = [e for e in metadata.entry_points(group="uvim_givt.tasks") if e.name == "imagenet"]
+    assert ep.value == "tasks.imagenet:TASK" and ep.load() is I.TASK
+
+
+def test_embedded_digits_read_through_the_catalog():
+    cfg = load_config("configs/imagenet.py")
+    ds = catalog.load(I.TASK.readers, cfg, "embedded", "validation")
+    got = list(ds.take(20).as_numpy_iterator())
+    assert set(got[0]) == {"image", "label"}
+    assert all(g["image"].shape == (32, 32, 3) and 0 <= g["label"] < 10 for g in got)
+    assert I.TASK.num_classes(cfg, "embedded") == 10
