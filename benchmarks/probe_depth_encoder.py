@@ -28,7 +28,7 @@ import optax
 
 from tasks.depth import TASK, bin_centres, num_bins
 from uvim_givt import config as config_lib
-from uvim_givt.data import pipeline
+from uvim_givt.data import catalog, pipeline
 from uvim_givt.models.builders import build_model
 
 
@@ -65,14 +65,15 @@ def main(argv: list[str] | None = None) -> None:
     src = cfg.data.source
 
     def prep(ex, seed):
-        return TASK.preprocess(cfg, ex, True, seed)
+        out = TASK.preprocess(cfg, ex, "train", seed)
+        return {"image": out["image"], "labels": out["labels"]}
 
     def depth(labels):
         k = labels[..., 0]
         return centres[k], k > 0
 
-    it = pipeline.train_batches(lambda: TASK.load(cfg, src, "train"), prep, batch, 0, 0,
-                                int(cfg.data.shuffle_buffer))
+    it = pipeline.train_batches(lambda: catalog.load(TASK.readers, cfg, src, "train"), prep,
+                                batch, 0, 0, int(cfg.data.shuffle_buffer))
     first = next(it)
     params = model.init(jax.random.PRNGKey(0), jnp.asarray(first["image"]))["params"]
     opt = optax.adamw(optax.warmup_cosine_decay_schedule(0, args.lr, min(100, steps // 2), steps),
@@ -99,8 +100,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"step {i}: train RMSE {float(value) ** 0.5:.3f} m ({time.time() - t0:.0f} s)",
                   flush=True)
     se = n = 0.0
-    for b in pipeline.eval_batches(TASK.load(cfg, src, cfg.data.val_split),
-                                   lambda ex: TASK.preprocess(cfg, ex, False), 50):
+    for b in pipeline.eval_batches(catalog.load(TASK.readers, cfg, src, cfg.data.val_split),
+                                   lambda ex: TASK.preprocess(cfg, ex, "eval"), 50):
         d, valid = depth(jnp.asarray(b["labels"]))
         valid = valid & jnp.asarray(b["_valid"])[:, None, None]
         pred = model.apply({"params": params}, jnp.asarray(b["image"]))

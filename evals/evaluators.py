@@ -313,7 +313,7 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
             example = next(raw)
             meta = {k: v[i] for k, v in batch["meta"].items()}
             if logits is None:
-                add(example, predict_one(example, meta))
+                add(example, predict_one(meta))
             else:
                 add(example, task.postprocess(cfg, {k: v[i] for k, v in logits.items()}, meta))
     bar.close()

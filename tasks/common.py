@@ -57,12 +57,6 @@ def train_view(cfg: ml_collections.ConfigDict, seed: tf.Tensor, image: tf.Tensor
     return maps, meta
 
 
-def random_train_view(cfg: ml_collections.ConfigDict, seed: tf.Tensor, image: tf.Tensor,
-                      *labels: tf.Tensor) -> list[tf.Tensor]:
-    """[image, *labels] of ``train_view``, without its meta."""
-    return train_view(cfg, seed, image, *labels)[0]
-
-
 def frame_meta(image: tf.Tensor) -> dict[str, tf.Tensor]:
     """The ``meta`` of a model input that covers the whole raw frame ``image`` [H, W, C]:
     ``size`` int32 (H, W), ``box`` int32 (r0, r1, c0, c1) = (0, H, 0, W), ``flip`` False."""
@@ -143,9 +137,7 @@ def predict_image_folder(task: Any, cfg: ml_collections.ConfigDict, predictor: P
 
     def prepare(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         inputs = task.preprocess(cfg, {"image": ex["image"]}, "predict")
-        # eval_batches pads flat dicts of arrays: the meta travels as "meta/<key>"
-        return {"image": inputs["image"], "index": ex["index"],
-                **{f"meta/{k}": v for k, v in inputs["meta"].items()}}
+        return {"image": inputs["image"], "index": ex["index"], "meta": inputs["meta"]}
 
     for batch in pipeline.eval_batches(files, prepare, batch_size):
         start = int(batch["index"][0])  # the first file's position: the same seed as before
@@ -153,8 +145,7 @@ def predict_image_folder(task: Any, cfg: ml_collections.ConfigDict, predictor: P
                                    mirror_equivariant=task.mirror_equivariant)
         for i in np.flatnonzero(batch["_valid"]):
             index = int(batch["index"][i])
-            meta = {k.removeprefix("meta/"): v[i] for k, v in batch.items()
-                    if k.startswith("meta/")}
+            meta = {k: v[i] for k, v in batch["meta"].items()}
             yield (names[index], {"image": raws.pop(index)},
                    task.postprocess(cfg, {k: v[i] for k, v in logits.items()}, meta))
     if failed:

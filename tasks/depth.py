@@ -91,7 +91,6 @@ from uvim_givt.task import ROUTES, MetricFamily, Reference, TaskMetadata
 
 DECODE_MODES = ("expectation", "argmax")
 RESIZE_MODES = ("nearest", "bilinear")
-LOSS_METRICS = ("loss", "xent", "rec", "kl", "nll_per_token", "nll_per_dim")
 NYU_VAL = "NYU Depth v2 val"
 H5_SUFFIXES = (".h5", ".hdf5")
 # Indoor depth beyond this is a unit mistake (NYU's Kinect reaches ~10 m; in millimetres
@@ -356,7 +355,6 @@ class DepthTask:
                     Reference("VAE stage 1 (oracle)", NYU_VAL, "RMSE", 0.195, "oracle"),
                     Reference("GIVT stage 2", NYU_VAL, "RMSE", 0.474),
                     Reference("UViM (VQ-VAE, discrete)", NYU_VAL, "RMSE", 0.467))),
-            "loss": MetricFamily(order=LOSS_METRICS, primary=None),
         },
         datasets=(("embedded", "synthetic indoor scenes (tasks/datasets/synthetic_depth.py)"),
                   ("nyu_depth_v2", NYU_VAL)))

@@ -44,7 +44,6 @@ from uvim_givt.errors import ConfigError, DataError
 from uvim_givt.task import ROUTES, MetricFamily, Reference, TaskMetadata
 
 GENERATION_METRICS = ("FID", "FID_recon", "IS", "IS_std", "class_accuracy")
-LOSS_METRICS = ("loss", "xent", "rec", "kl", "nll_per_token", "nll_per_dim")
 _SPLIT_DIRS = {"train": ("train",), "validation": ("validation", "val")}
 
 
@@ -164,7 +163,6 @@ class ImageNetTask:
                     Reference("GIVT-MaskGIT 256px, t_C=35, DB-CFG 0.1", "ImageNet 256",
                               "FID", 4.53),
                     Reference("GIVT-MaskGIT 512px, t_C=140", "ImageNet 512", "FID", 4.86))),
-            "loss": MetricFamily(order=LOSS_METRICS, primary=None),
         },
         datasets=(("embedded", "scikit-learn digits (tasks/datasets/digits.py)"),
                   ("imagenet2012", "ImageNet 256")))

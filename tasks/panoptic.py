@@ -48,7 +48,6 @@ from uvim_givt.models import builders
 from uvim_givt.task import ROUTES, MetricFamily, Reference, TaskMetadata
 
 PQ_METRICS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
-LOSS_METRICS = ("loss", "xent", "rec", "kl", "nll_per_token", "nll_per_dim")
 COCO_VAL = "COCO 2017 val"
 
 
@@ -104,7 +103,6 @@ class PanopticTask:
                               "oracle"),
                     Reference("GIVT stage 2", COCO_VAL, "PQ", 40.2),
                     Reference("UViM (VQ-VAE, discrete)", COCO_VAL, "PQ", 45.8))),
-            "loss": MetricFamily(order=LOSS_METRICS, primary=None),
         },
         datasets=(("embedded", "synthetic shapes (tasks/datasets/synthetic_panoptic.py)"),
                   ("coco/2017_panoptic", COCO_VAL)))

@@ -14,6 +14,7 @@ from flax import traverse_util
 from tasks import imagenet as I  # noqa: E741
 from uvim_givt.compat import big_vision as bv
 from uvim_givt.config import load_config
+from uvim_givt.data import catalog
 from uvim_givt.errors import ConfigError
 from uvim_givt.models import builders
 from uvim_givt.models.adaptor import PARAMS_KEY, InvertibleAdaptor, grid_shape
@@ -253,9 +254,10 @@ def test_run_trains_the_adaptor_and_samples_through_its_inverse(tiny_run):
         jax.tree_util.tree_leaves(init[PARAMS_KEY]), strict=True)]
     assert max(moved) > 0  # trained with the GIVT
     gen = Predictor(cfg, run.vae_params, run.givt_params, batch_size=4)
+    gen = gen.with_settings(gen.settings.replace(temperature=0.9, cfg_weight=0.0))
     labels = jnp.asarray([0, 3, 3, 9], jnp.int32)
     key = jax.random.PRNGKey(11)
-    z = gen.sample_codes(0, labels=labels, rng=key, temperature=0.9, cfg_weight=0.0)
+    z = gen.sample_codes(0, labels=labels, rng=key)
     # independently: the plain sampler on the GIVT's side, then the adaptor's inverse
     y, _ = sample_autoregressive(gen.model, run.givt_params, key, labels=labels,
                                  temperature=0.9, temperature_probs=1.0)
@@ -284,7 +286,8 @@ def test_rerun_and_interrupted_run_resume_with_the_adaptor(tiny_run, tmp_path):
     other = str(tmp_path / "resumed")
     copy_vae(run_dir, other)
     vae_params = load_run(run_dir, need_givt=False).vae_params
-    stage = givt_stage(I.TASK, cfg, lambda: I.TASK.load(cfg, cfg.data.source, "train"),
+    stage = givt_stage(I.TASK, cfg,
+                       lambda: catalog.load(I.TASK.readers, cfg, cfg.data.source, "train"),
                        vae_params)
     half = cfg.givt.train.copy_and_resolve_references()
     half.total_steps = 2

@@ -19,9 +19,12 @@ from tests.test_sampling_ar import (
     random_params,
     teacher_forced,
 )
+from uvim_givt import config as config_lib
+from uvim_givt.errors import ConfigError
 from uvim_givt.models.givt import GIVT, random_training_mask
 from uvim_givt.models.mask_schedule import check_schedule, mask_ratio
 from uvim_givt.sampling import (
+    SamplingSettings,
     num_masked_after_step,
     sample_autoregressive,
     sample_by_style,
@@ -221,28 +224,50 @@ def test_unconditional_sampling_uses_the_nolabel_embedding(which, request):
 
 
 # ---------------------------------------------------------------- settings plumbing
+def _settings(style: str, **values) -> SamplingSettings:
+    """Sampling settings of a tiny config, with ``values`` over them."""
+    cfg = config_lib.load_config("configs/imagenet.py", [f"givt.model.style='{style}'"])
+    return SamplingSettings.from_config(cfg, values)
+
+
 def test_sampling_settings_reach_the_samplers(ar, masked):
-    """sample_by_style reads every option from a sampling config (givt.sampling)."""
+    """sample_by_style passes every setting of its style to the sampler."""
     model, params = ar
     labels, rng = _labels(), jax.random.PRNGKey(3)
-    settings = dict(beam_size=1, fan_size=1, rand_top_k=False, rand_top_k_temperature=1.0,
-                    cfg_max_samples=1, unconditional=False)
-    got = sample_by_style(model, params, rng, settings, labels=labels, cfg_weight=2.0, **TEMPS)
+    settings = _settings("ar", cfg_weight=2.0, cfg_max_samples=1, **TEMPS)
+    got = sample_by_style(model, params, rng, settings, labels=labels)
     want, _ = sample_autoregressive(model, params, rng, labels=labels, cfg_weight=2.0,
                                     cfg_max_samples=1, **TEMPS)
     np.testing.assert_array_equal(got, want)
     more, _ = sample_autoregressive(model, params, rng, labels=labels, cfg_weight=2.0,
                                     cfg_max_samples=512, **TEMPS)
     assert np.abs(np.asarray(more - want)).max() > 1e-3  # a single proposal often fails
-    beam = dict(settings, beam_size=2, fan_size=2, rand_top_k=True,
-                rand_top_k_temperature=1e-6)
-    got = sample_by_style(model, params, rng, beam, labels=labels, **TEMPS)
+    beam = settings.replace(cfg_weight=0.0).replace(beam_size=2, fan_size=2, rand_top_k=True,
+                                                    rand_top_k_temperature=1e-6)
+    got = sample_by_style(model, params, rng, beam, labels=labels)
     want, _ = sample_autoregressive(model, params, rng, labels=labels, beam_size=2, fan_size=2,
                                     **TEMPS)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     model, params = masked
-    settings = dict(num_steps=3, choice_temperature=1.0, schedule="pow:2", unconditional=True)
-    got = sample_by_style(model, params, rng, settings, labels=labels, **TEMPS)
+    settings = _settings("masked", num_steps=3, choice_temperature=1.0, schedule="pow:2",
+                         unconditional=True, cfg_weight=0.0, **TEMPS)
+    got = sample_by_style(model, params, rng, settings, labels=labels)
     want = sample_maskgit(model, params, rng, labels=labels, num_steps=3, schedule="pow:2",
                           choice_temperature=1.0, unconditional=True, **TEMPS)
     np.testing.assert_array_equal(got, want)
+
+
+def test_sampling_settings_are_checked_once_by_key():
+    """Ranges come from the schema (a command's override is checked like the config's
+    value); combinations no sampler takes are refused naming their keys."""
+    with pytest.raises(ConfigError, match=r"givt\.sampling\.temperature=0"):
+        _settings("ar", temperature=0.0)
+    with pytest.raises(ConfigError, match=r"givt\.sampling\.schedule='pow:0'"):
+        _settings("masked", schedule="pow:0")
+    with pytest.raises(ConfigError, match="beam search .* and DB-CFG"):
+        _settings("ar", beam_size=2)  # the tiny imagenet config guides with 0.4
+    with pytest.raises(ConfigError, match="unconditional drops every label"):
+        _settings("ar", unconditional=True)
+    with pytest.raises(ConfigError, match="no sampling setting 'temprature'"):
+        _settings("ar", temprature=1.0)
+    assert _settings("ar", temperature=None).temperature == 0.95  # None keeps the config's

@@ -293,7 +293,7 @@ def test_num_samples_averages_the_decoded_class_distributions(tiny_run):
     predictor = Predictor(cfg, vae, givt)
     averaged = predictor.predict(images, seed=3, mirror_equivariant=True)
 
-    draws = [predictor._decode(vae, predictor.sample_codes(3, k, image=images))
+    draws = [predictor.decode(predictor.sample_codes(3, k, image=images))
              for k in range(3)]
     assert not np.allclose(draws[0]["depth"], draws[1]["depth"])  # the draws differ
     for name, logp in averaged.items():
@@ -325,8 +325,8 @@ def test_test_time_flip_mirrors_odd_draws_back(tiny_run):
     predictor = Predictor(cfg, vae, givt)
     averaged = predictor.predict(images, seed=4, mirror_equivariant=True)
 
-    plain = predictor._decode(vae, predictor.sample_codes(4, 0, image=images))
-    mirror = predictor._decode(vae, predictor.sample_codes(4, 1, image=np.flip(images, axis=2)))
+    plain = predictor.decode(predictor.sample_codes(4, 0, image=images))
+    mirror = predictor.decode(predictor.sample_codes(4, 1, image=np.flip(images, axis=2)))
     for name, logp in averaged.items():
         back = np.flip(np.asarray(mirror[name], np.float64), axis=2)
         mean = (softmax(np.asarray(plain[name], np.float64), axis=-1)
@@ -336,9 +336,9 @@ def test_test_time_flip_mirrors_odd_draws_back(tiny_run):
         wrong = (softmax(np.asarray(plain[name], np.float64), axis=-1)
                  + softmax(np.asarray(mirror[name], np.float64), axis=-1)) / 2
         assert not np.allclose(np.exp(logp), wrong, atol=1e-4)
-    with cfg.unlocked():
-        cfg.givt.sampling.num_samples = 1  # no odd draw: the plain one-sample prediction
-    for name, logits in predictor.predict(images, seed=4, mirror_equivariant=True).items():
+    # no odd draw: the plain one-sample prediction
+    one = predictor.with_settings(predictor.settings.replace(num_samples=1))
+    for name, logits in one.predict(images, seed=4, mirror_equivariant=True).items():
         np.testing.assert_array_equal(logits, np.asarray(plain[name]))
 
 

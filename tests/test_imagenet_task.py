@@ -90,7 +90,8 @@ def test_sampled_shapes_and_labels_checked(runs, style):
     run = load_run(runs[style])
     cfg, vae, givt = run.cfg, run.vae_params, run.givt_params
     gen = Predictor(cfg, vae, givt, batch_size=cfg.evals.sampled.batch_size)
-    z = gen.sample_latents([3, 7, 7], seed=1, cfg_weight=0.4)
+    assert gen.settings.cfg_weight == 0.4  # the tiny config's guidance
+    z = gen.sample_latents([3, 7, 7], seed=1)
     assert z.shape == (3, 64, 4) and np.all(np.isfinite(z))
     images = gen.decode_images(z)
     assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
@@ -154,10 +155,12 @@ def test_sample_command_writes_labelled_grid_and_latents(runs, tmp_path, capsys)
     assert "takes no --cfg" in capsys.readouterr().err
     assert I.main(["sample", "--ckpt", runs["ar"], "--classes", "1", "--beam", "2",
                    "--out", str(tmp_path / "t.png")]) == 2
-    assert "give --cfg 0 with --beam" in capsys.readouterr().err
+    assert "beam search (beam_size=2, fan_size=1) and DB-CFG (cfg_weight=0.4) do not combine" \
+        in capsys.readouterr().err
     assert I.main(["sample", "--ckpt", runs["masked"], "--classes", "1", "--schedule",
                    "square", "--out", str(tmp_path / "t.png")]) == 2
-    assert "--schedule: unknown mask schedule 'square'" in capsys.readouterr().err
+    assert "givt.sampling.schedule='square': expected cosine, linear or pow:K" \
+        in capsys.readouterr().err
 
 
 def test_labelled_grid_has_its_row_labels_left_of_the_pixels(tmp_path):

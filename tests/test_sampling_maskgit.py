@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -10,9 +11,11 @@ import numpy as np
 import pytest
 
 from tests.test_sampling_ar import TINY_AR, random_params
+from uvim_givt import config as config_lib
 from uvim_givt.errors import ConfigError
 from uvim_givt.models.givt import GIVT
 from uvim_givt.sampling import (
+    SamplingSettings,
     num_masked_after_step,
     sample_autoregressive,
     sample_by_style,
@@ -168,16 +171,17 @@ def test_errors():
 
 
 def test_sample_by_style_picks_the_sampler_and_its_settings():
-    """Each style gets its own sampler with the settings it reads from the config
-    (others ignored, missing ones refused); an unknown style is refused."""
-    settings = {"num_steps": 3, "choice_temperature": 2.0, "schedule": "cosine",
-                "beam_size": 2, "fan_size": 3, "rand_top_k": False,
-                "rand_top_k_temperature": 1.0, "unrelated": "ignored"}
+    """Each style gets its own sampler with the settings of that style (the other style's
+    are not passed); settings of another style than the model's are refused."""
+    cfg = config_lib.load_config("configs/imagenet.py", ["givt.model.style='masked'"])
+    settings = SamplingSettings.from_config(cfg, dict(num_steps=3, choice_temperature=2.0,
+                                                      beam_size=2, fan_size=3,
+                                                      cfg_weight=0.0, **TEMPS))
     key = jax.random.PRNGKey(3)
     model, params, _ = _model("replace")
-    got = sample_by_style(model, params, key, settings, labels=LABELS, **TEMPS)
+    got = sample_by_style(model, params, key, settings, labels=LABELS)
     want = sample_maskgit(model, params, key, labels=LABELS, num_steps=3,
-                          choice_temperature=2.0, **TEMPS)
+                          choice_temperature=2.0, cfg_max_samples=128, **TEMPS)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     other = sample_maskgit(model, params, key, labels=LABELS, num_steps=5,
                            choice_temperature=2.0, **TEMPS)
@@ -186,12 +190,12 @@ def test_sample_by_style_picks_the_sampler_and_its_settings():
     ar = GIVT(**TINY_AR)
     ar_params = random_params(ar, seed=1)
     labels = jnp.array([0, 1], jnp.int32)
-    got = sample_by_style(ar, ar_params, key, settings, labels=labels, **TEMPS)
+    ar_settings = dataclasses.replace(settings, style="ar")
+    got = sample_by_style(ar, ar_params, key, ar_settings, labels=labels)
     want, _ = sample_autoregressive(ar, ar_params, key, labels=labels, beam_size=2,
                                     fan_size=3, **TEMPS)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    with pytest.raises(ConfigError, match="fan_size"):
-        sample_by_style(ar, ar_params, key, {"beam_size": 1}, labels=labels, **TEMPS)
-
-    with pytest.raises(ValueError, match="style 'bogus'"):
-        sample_by_style(ar.clone(style="bogus"), ar_params, key, {}, labels=labels)
+    with pytest.raises(ValueError, match="settings for a 'masked' GIVT, the model is 'ar'"):
+        sample_by_style(ar, ar_params, key, settings, labels=labels)
+    with pytest.raises(ConfigError, match=r"givt\.model\.style='bogus'"):
+        dataclasses.replace(settings, style="bogus").check()

@@ -70,6 +70,11 @@ class MetricFamily:
                 "references": [dataclasses.asdict(r) for r in self.references]}
 
 
+#: The held-out losses (evaluator kind "loss") are the stages' own, the same for every task.
+HELDOUT_LOSSES = MetricFamily(order=("loss", "xent", "rec", "kl", "nll_per_token",
+                                     "nll_per_dim"))
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskMetadata:
     """A task's metrics (by evaluator kind) and the datasets its references were measured
@@ -81,7 +86,8 @@ class TaskMetadata:
     datasets: tuple[tuple[str, str], ...] = ()
 
     def family(self, kind: str) -> MetricFamily | None:
-        return self.metrics.get(kind)
+        """The task's metrics of evaluator ``kind`` (the held-out losses are the library's)."""
+        return self.metrics.get(kind, HELDOUT_LOSSES if kind == "loss" else None)
 
 
 @runtime_checkable
