@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from evals.panoptic_io import PanopticEvalError
-from evals.pq import _evaluate_files, _results_json, format_table
+from evals.pq import evaluate_files, format_table, results_json
 from uvim_givt.errors import ArgumentParser, add_verbose_argument, positive_int, run_command
 from uvim_givt.rundir import write_json
 
@@ -111,10 +111,10 @@ def _main(args: argparse.Namespace) -> int:
         print(f"{int(next(iter(results.values()))['num_images'])} images in "
               f"{time.perf_counter() - start:.2f} s")
         return 0
-    results, acc = _evaluate_files(args.gt_json, args.gt_dir, args.pred_json, args.pred_dir,
-                                   args.categories, args.workers)
+    results, acc = evaluate_files(args.gt_json, args.gt_dir, args.pred_json, args.pred_dir,
+                                  args.categories, args.workers)
     if args.out:
-        _write_out(args.out, _results_json(results, acc))
+        _write_out(args.out, results_json(results, acc))
     print(format_table(results))
     print(f"{acc.num_images} images in {time.perf_counter() - start:.2f} s")
     return 0

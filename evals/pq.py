@@ -354,7 +354,7 @@ class PQAccumulator:
         return out
 
 
-def _evaluate_files(
+def evaluate_files(
     gt_json: Any,
     gt_dir: str | os.PathLike | None,
     pred_json: Any,
@@ -523,7 +523,7 @@ def panoptic_quality(
     ground truth's. Returns ``{"All"|"Things"|"Stuff": {pq, sq, rq, n}, "per_class": {...}}``
     with fractions. Bad input raises ``PanopticEvalError`` naming the file/image/segment.
     """
-    return _evaluate_files(gt_json, gt_dir, pred_json, pred_dir, categories, workers)[0]
+    return evaluate_files(gt_json, gt_dir, pred_json, pred_dir, categories, workers)[0]
 
 
 def format_table(results: Mapping[str, Any]) -> str:
@@ -542,8 +542,9 @@ def format_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _flat_metrics(results: Mapping[str, Any]) -> dict[str, float]:
-    """The leaderboard's names, x100."""
+def flat_metrics(results: Mapping[str, Any]) -> dict[str, float]:
+    """PQ / SQ / RQ of All, Things, Stuff under the records' names (PQ, PQ_th, PQ_st, ...),
+    x100."""
     out = {}
     for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
         for k in ("pq", "sq", "rq"):
@@ -551,7 +552,7 @@ def _flat_metrics(results: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def _results_json(results: Mapping[str, Any], acc: PQAccumulator) -> dict[str, Any]:
+def results_json(results: Mapping[str, Any], acc: PQAccumulator) -> dict[str, Any]:
     per_class = {
         str(cid): {
             **r,

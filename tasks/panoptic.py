@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from evals.panoptic_io import rgb_to_id
-from evals.pq import PQAccumulator
+from evals.pq import PQAccumulator, flat_metrics
 from tasks import common
 from tasks.datasets.synthetic_panoptic import SyntheticPanoptic
 from tasks.panoptic_coco import categories_for, folder_dataset, write_coco_prediction
@@ -228,13 +228,7 @@ class PanopticMetric:
                      image=int(example.get("image/id", self.acc.num_images)))
 
     def result(self) -> dict[str, float]:
-        r = self.acc.result()
-        out = {}
-        for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
-            for k in ("pq", "sq", "rq"):
-                out[k.upper() + suffix] = 100.0 * float(r[group][k])
-        out["num_images"] = float(self.acc.num_images)
-        return out
+        return {**flat_metrics(self.acc.result()), "num_images": float(self.acc.num_images)}
 
     def details(self) -> dict[str, Any]:
         """Per-class PQ/SQ/RQ (x100) and TP/FP/FN, for the eval record."""
