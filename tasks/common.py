@@ -21,7 +21,7 @@ from evals.evaluators import Evaluators, evaluate_run
 from uvim_givt import cli, rundir
 from uvim_givt.data import pipeline
 from uvim_givt.data.images import IMAGE_SUFFIXES, read_rgb, resize_nearest
-from uvim_givt.errors import ConfigError, DataError, UserError, positive_int
+from uvim_givt.errors import DataError, UserError, positive_int
 from uvim_givt.sampling.predictor import Predictor
 from uvim_givt.training.runner import load_run
 
@@ -37,9 +37,7 @@ def train_view(cfg: ml_collections.ConfigDict, seed: tf.Tensor, image: tf.Tensor
     whether the view is mirrored.
     """
     s_crop, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    area_min = float(cfg.data.crop_area_min)
-    if not 0.0 < area_min <= 1.0:
-        raise ConfigError(f"data.crop_area_min={area_min}: must be in (0, 1]")
+    area_min = float(cfg.data.crop_area_min)  # in (0, 1]: schema.LIBRARY_RULES
     maps = [image, *labels]
     meta = frame_meta(image)
     if area_min < 1.0:

@@ -122,9 +122,8 @@ def depth_to_bins(depth: Any, min_depth: float, max_depth: float, num_bins: int)
 
 def bins_to_depth(logits: np.ndarray, min_depth: float, max_depth: float,
                   decode: str = "expectation") -> np.ndarray:
-    """Logits [..., N] -> depth in metres [...], from the valid classes 1..N-1 only."""
-    if decode not in DECODE_MODES:
-        raise ConfigError(f"data.decode={decode!r}: use one of {DECODE_MODES}")
+    """Logits [..., N] -> depth in metres [...], from the valid classes 1..N-1 only
+    (``decode`` is checked with the config: ``config_rules``)."""
     num_bins = logits.shape[-1]
     centres = bin_centres(min_depth, max_depth, num_bins)[1:]
     valid_logits = np.asarray(logits[..., 1:], np.float32)
@@ -146,21 +145,15 @@ class EvalProtocol:
 
 
 def eval_protocol(cfg: ml_collections.ConfigDict) -> EvalProtocol:
-    """The evaluation protocol of a config, checked (``ConfigError`` naming the key)."""
+    """The evaluation protocol of a config; each key's own choices are ``config_rules``'
+    (checked with the config), the crop against its frame here (``ConfigError`` naming the
+    keys)."""
     data = cfg.data
-    resize = str(data.eval_resize)
-    if resize not in RESIZE_MODES:
-        raise ConfigError(f"data.eval_resize={resize!r}: use one of {RESIZE_MODES}")
-    before = data.eval_crop_before_predict
-    if not isinstance(before, bool):
-        raise ConfigError(f"data.eval_crop_before_predict={before!r}: use True or False")
+    resize, before = str(data.eval_resize), bool(data.eval_crop_before_predict)
     box = data.eval_crop
     if len(box) == 0:
         return EvalProtocol(None, before, resize)
     frame = tuple(int(x) for x in data.eval_crop_frame)
-    if len(box) != 4 or len(frame) != 2:
-        raise ConfigError(f"data.eval_crop={tuple(box)!r}, data.eval_crop_frame={frame!r}: "
-                          "need (row0, row1, col0, col1) of a (height, width) frame, or ()")
     spec = CropSpec(tuple(int(b) for b in box), frame)  # type: ignore[arg-type]
     try:
         scale_crop(spec.box, frame, frame)

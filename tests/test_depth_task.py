@@ -15,6 +15,7 @@ from scipy.special import softmax
 
 from evals import depth as depth_eval
 from tasks import depth as D
+from uvim_givt import schema
 from uvim_givt.config import load_config
 from uvim_givt.data import catalog
 from uvim_givt.data.pipeline import DataError
@@ -579,15 +580,18 @@ def test_nearest_resize_keeps_only_bin_centres(resize, only_centres):
 
 @pytest.mark.parametrize("key,value,words", [
     ("eval_resize", "cubic", "data.eval_resize='cubic'"),
-    ("eval_crop", (54, 480, 41), "data.eval_crop=.*need"),
+    ("eval_crop", (54, 480, 41), r"data.eval_crop=\(54, 480, 41\): 4 numbers are required"),
     ("eval_crop", (54, 500, 41, 601), "data.eval_crop: .*outside"),
     ("eval_crop_before_predict", 1, "eval_crop_before_predict=1"),
 ])
 def test_bad_protocol_keys_are_config_errors(key, value, words):
+    """Each key by its rule (the task's config_rules), the crop against its frame by
+    check_config: both run before a run directory is written."""
     cfg = _cfg()
     with cfg.unlocked(), cfg.ignore_type():
         cfg.data[key] = value
     with pytest.raises(UserError, match=words):
+        schema.check(cfg, schema.rules_of(D.TASK))
         D.TASK.check_config(cfg)
 
 
