@@ -58,8 +58,11 @@ TINY_VIT_VAE = dict(input_size=(16, 16), patch_size=(8, 8), width=32, depth=2, d
 TINY_CHANNELS = {"semantics": (0, 5), "instances": (1, 3)}
 
 
+NO_ADAPTOR = dict(enabled=False)  # every config names its adaptor group (configs/common.py)
+
+
 def _givt_cfg(model: dict, scan: bool):
-    return cfg_of(givt=dict(model=dict(model, scan=scan)))
+    return cfg_of(givt=dict(model=dict(model, scan=scan), adaptor=NO_ADAPTOR))
 
 
 def _vae_cfg(scan: bool):
@@ -147,8 +150,10 @@ def _paper_cfgs() -> dict[str, tuple[str, ml_collections.ConfigDict]]:
         "vae_uvim_panoptic_stage1": ("vae", pan),
         "givt_uvim_depth_stage2": ("givt", depth),
         "vae_uvim_depth_stage1": ("vae", depth),
-        "givt_imagenet256_causal": ("givt", cfg_of(givt=dict(model=imagenet))),
-        "givt_imagenet256_maskgit": ("givt", cfg_of(givt=dict(model=maskgit))),
+        "givt_imagenet256_causal": ("givt", cfg_of(givt=dict(model=imagenet,
+                                                             adaptor=NO_ADAPTOR))),
+        "givt_imagenet256_maskgit": ("givt", cfg_of(givt=dict(model=maskgit,
+                                                              adaptor=NO_ADAPTOR))),
         "vae_imagenet256_cnn": ("vae", cfg_of(vae=dict(kind="cnn", model={}))),
     }
 
