@@ -13,7 +13,8 @@ The API is small and stable (other scripts import it; only additions, never chan
   (2 n^3 / median time): the "peak" that train-step FLOP/s are reported against.
 * :func:`format_table` / :func:`print_table` -> a plain or markdown table of row dicts.
 * :func:`write_json` -> writes ``{"machine": ..., **table}`` (creating folders) and returns
-  the path; :func:`default_json_path` -> ``benchmarks/results/<script>.json``.
+  the path; :func:`default_json_path` -> ``benchmarks/results/<script>.json``;
+  :func:`finish` -> a script's last step: writes the JSON, says where, returns its content.
 """
 
 from __future__ import annotations
@@ -195,6 +196,13 @@ def write_json(path: str, table: Mapping[str, Any],
         json.dump(out, f, indent=1, default=_json_default)
         f.write("\n")
     return path
+
+
+def finish(path: str, table: Mapping[str, Any], machine: Mapping[str, Any]) -> dict[str, Any]:
+    """A script's last step: :func:`write_json`, a ``wrote PATH`` line, and the written
+    ``{"machine": machine, **table}`` returned (what a script's ``run`` returns)."""
+    print(f"wrote {write_json(path, table, machine)}")
+    return {"machine": machine, **table}
 
 
 def _json_default(value: Any) -> Any:

@@ -45,7 +45,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _machine  # noqa: E402
-from bench_train_step import _benchmark_safe, _csv, apply_matching_overrides  # noqa: E402
+from bench_train_step import (  # noqa: E402
+    _benchmark_safe,
+    _csv,
+    apply_matching_overrides,
+    run_settings,
+)
 
 from uvim_givt import config as config_lib  # noqa: E402
 from uvim_givt import errors  # noqa: E402
@@ -166,18 +171,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  {row['sample_s']:.3g} s/call, {row['tokens_per_s']:.4g} tokens/s", flush=True)
     _machine.print_table(rows, COLUMNS, title="\nsampling (random weights; GIVT only, the "
                          "VAE decoder not timed)", markdown=args.markdown)
-    table = {"settings": {"sizes": sizes, "modes": list(args.modes), "quick": bool(args.quick),
-                          "dense_config": args.dense_config,
-                          "overrides": list(args.overrides)},
-             "rows": rows}
-    path = _machine.write_json(args.json, table, machine)
-    print(f"wrote {path}")
-    return {"machine": machine, **table}
+    table = {"settings": run_settings(args, sizes, modes=args.modes), "rows": rows}
+    return _machine.finish(args.json, table, machine)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    return errors.run_command(lambda: run(args) and 0, verbose=args.verbose)
+    return errors.run_cli(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,16 @@ def apply_matching_overrides(cfgs: Sequence[ml_collections.ConfigDict],
             config_lib.apply_overrides(cfgs[0], [item])  # raises, naming the valid keys
 
 
+def run_settings(args: argparse.Namespace, sizes: Sequence[str],
+                 **chosen: Sequence[str]) -> dict[str, Any]:
+    """The JSON's ``settings`` of a script over sizes and dense configs (this one and
+    bench_sampling): the sizes, what was chosen to run (stages, modes), ``--quick``,
+    ``--dense-config`` and the ``--set`` overrides."""
+    return {"sizes": sizes, **{k: list(v) for k, v in chosen.items()},
+            "quick": bool(args.quick), "dense_config": args.dense_config,
+            "overrides": list(args.overrides)}
+
+
 def load_stage_config(stage: str, size: str, dense_config: str) -> ml_collections.ConfigDict:
     path, arg, _ = STAGES[stage]
     path = dense_config if path == "DENSE" else path
@@ -311,19 +321,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _machine.print_table(rows, COLUMNS, title="\ntrain step (fp32 unless --set says "
                          "otherwise; random weights, synthetic batches)",
                          markdown=args.markdown)
-    table = {"peak": peak, "settings": {"sizes": sizes, "stages": list(args.stages),
-                                        "quick": bool(args.quick),
-                                        "dense_config": args.dense_config,
-                                        "overrides": list(args.overrides)},
+    table = {"peak": peak, "settings": run_settings(args, sizes, stages=args.stages),
              "rows": rows}
-    path = _machine.write_json(args.json, table, machine)
-    print(f"wrote {path}")
-    return {"machine": machine, **table}
+    return _machine.finish(args.json, table, machine)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    return errors.run_command(lambda: run(args) and 0, verbose=args.verbose)
+    return errors.run_cli(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -168,14 +168,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         table["sampling"].append(row)
         print(f"\nsampling, beam 4 fan 8 ({size}, batch {sample_batch}):")
         _machine.print_table([row], bench_sampling.COLUMNS)
-        save()
-    print(f"wrote {args.json}")
-    return {"machine": machine, **table}
+    return _machine.finish(args.json, table, machine)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    return errors.run_command(lambda: run(args) and 0, verbose=args.verbose)
+    return errors.run_cli(parse_args, run, argv)
 
 
 if __name__ == "__main__":
