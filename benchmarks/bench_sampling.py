@@ -48,6 +48,7 @@ import _machine  # noqa: E402
 from bench_train_step import (  # noqa: E402
     _benchmark_safe,
     _csv,
+    add_config_arguments,
     apply_matching_overrides,
     run_settings,
 )
@@ -140,17 +141,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help=f"images sampled per call (default {DEFAULT_BATCH})")
     p.add_argument("--repeats", type=errors.positive_int, default=None,
                    help="timed calls after the compiling one (default 3; 1 for paper)")
-    p.add_argument("--dense-config", default="configs/panoptic.py",
-                   help="config of uvim_beam4_fan8 (panoptic or depth)")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KEY=VALUE", help="config override, applied to every mode's "
-                   "config that has KEY (repeatable)")
+    add_config_arguments(p, "uvim_beam4_fan8", "mode")
     p.add_argument("--quick", action="store_true",
                    help="tiny only, batch 2, 1 repeat (CI smoke run)")
-    p.add_argument("--markdown", action="store_true", help="print a markdown table")
-    p.add_argument("--json", default=_machine.default_json_path(__file__),
-                   help="where to write the results (default benchmarks/results/)")
-    errors.add_verbose_argument(p)
+    _machine.add_output_arguments(p, __file__)
     return p.parse_args(argv)
 
 

@@ -256,6 +256,18 @@ def _csv(choices: Sequence[str]) -> Callable[[str], list[str]]:
     return parse
 
 
+def add_config_arguments(p: argparse.ArgumentParser, dense_use: str, unit: str,
+                         example: str = "") -> None:
+    """``--dense-config`` (the dense task's config, for ``dense_use``) and ``--set`` (overrides
+    applied to every ``unit``'s config that has the key: :func:`apply_matching_overrides`);
+    this script's and bench_sampling's."""
+    p.add_argument("--dense-config", default="configs/panoptic.py",
+                   help=f"config of {dense_use} (panoptic or depth)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help=f"config override, applied to every {unit}'s "
+                   "config that has KEY (repeatable)" + (f", e.g. {example}" if example else ""))
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stages", type=_csv(tuple(STAGES)), default=list(STAGES),
@@ -267,21 +279,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help=f"examples per step for every size (default {DEFAULT_BATCH})")
     p.add_argument("--repeats", type=errors.positive_int, default=None,
                    help="timed steps after the warm-up (default 5; 2 for paper)")
-    p.add_argument("--dense-config", default="configs/panoptic.py",
-                   help="config of the vit_vae and encdec stages (panoptic or depth)")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KEY=VALUE", help="config override, applied to every stage's "
-                   "config that has KEY (repeatable), e.g. givt.model.dtype=bfloat16")
+    add_config_arguments(p, "the vit_vae and encdec stages", "stage",
+                         example="givt.model.dtype=bfloat16")
     p.add_argument("--peak-n", type=errors.positive_int, default=2048,
                    help="size of the square fp32 matmul whose FLOP/s is the peak")
     p.add_argument("--quick", action="store_true",
                    help="tiny only, batch 4, 1 repeat, a small peak matmul (CI smoke run)")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="also write a jax.profiler trace of one step per row into DIR")
-    p.add_argument("--markdown", action="store_true", help="print a markdown table")
-    p.add_argument("--json", default=_machine.default_json_path(__file__),
-                   help="where to write the results (default benchmarks/results/)")
-    errors.add_verbose_argument(p)
+    _machine.add_output_arguments(p, __file__)
     return p.parse_args(argv)
 
 

@@ -106,9 +106,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="extra config override of every variant "
                    "(repeatable), e.g. givt.model.remat=True")
-    p.add_argument("--json", default=_machine.default_json_path(__file__),
-                   help="where to write the results (default benchmarks/results/)")
-    errors.add_verbose_argument(p)
+    _machine.add_output_arguments(p, __file__, markdown=False)
     return p.parse_args(argv)
 
 
