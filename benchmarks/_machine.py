@@ -13,7 +13,9 @@ The API is small and stable (other scripts import it; only additions, never chan
   (2 n^3 / median time): the "peak" that train-step FLOP/s are reported against.
 * :func:`format_table` / :func:`print_table` -> a plain or markdown table of row dicts.
 * :func:`write_json` -> writes ``{"machine": ..., **table}`` (creating folders) and returns
-  the path; :func:`default_json_path` -> ``benchmarks/results/<script>.json``.
+  the path; :func:`default_json_path` -> ``benchmarks/results/<script>.json``;
+  :func:`add_output_arguments` -> a script's ``--markdown``, ``--json`` and ``--verbose``;
+  :func:`finish` -> a script's last step: writes the JSON, says where, returns its content.
 """
 
 from __future__ import annotations
@@ -195,6 +197,26 @@ def write_json(path: str, table: Mapping[str, Any],
         json.dump(out, f, indent=1, default=_json_default)
         f.write("\n")
     return path
+
+
+def add_output_arguments(p: Any, script: str, markdown: bool = True) -> None:
+    """A script's output flags on its argparse parser ``p``: ``--markdown`` (a markdown
+    table; unless ``markdown=False``), ``--json`` (default :func:`default_json_path` of
+    ``script``) and ``--verbose`` (tracebacks)."""
+    from uvim_givt import errors
+
+    if markdown:
+        p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    p.add_argument("--json", default=default_json_path(script),
+                   help="where to write the results (default benchmarks/results/)")
+    errors.add_verbose_argument(p)
+
+
+def finish(path: str, table: Mapping[str, Any], machine: Mapping[str, Any]) -> dict[str, Any]:
+    """A script's last step: :func:`write_json`, a ``wrote PATH`` line, and the written
+    ``{"machine": machine, **table}`` returned (what a script's ``run`` returns)."""
+    print(f"wrote {write_json(path, table, machine)}")
+    return {"machine": machine, **table}
 
 
 def _json_default(value: Any) -> Any:

@@ -45,7 +45,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _machine  # noqa: E402
-from bench_train_step import _benchmark_safe, _csv, apply_matching_overrides  # noqa: E402
+from bench_train_step import (  # noqa: E402
+    _benchmark_safe,
+    _csv,
+    add_config_arguments,
+    apply_matching_overrides,
+    run_settings,
+)
 
 from uvim_givt import config as config_lib  # noqa: E402
 from uvim_givt import errors  # noqa: E402
@@ -135,17 +141,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help=f"images sampled per call (default {DEFAULT_BATCH})")
     p.add_argument("--repeats", type=errors.positive_int, default=None,
                    help="timed calls after the compiling one (default 3; 1 for paper)")
-    p.add_argument("--dense-config", default="configs/panoptic.py",
-                   help="config of uvim_beam4_fan8 (panoptic or depth)")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KEY=VALUE", help="config override, applied to every mode's "
-                   "config that has KEY (repeatable)")
+    add_config_arguments(p, "uvim_beam4_fan8", "mode")
     p.add_argument("--quick", action="store_true",
                    help="tiny only, batch 2, 1 repeat (CI smoke run)")
-    p.add_argument("--markdown", action="store_true", help="print a markdown table")
-    p.add_argument("--json", default=_machine.default_json_path(__file__),
-                   help="where to write the results (default benchmarks/results/)")
-    errors.add_verbose_argument(p)
+    _machine.add_output_arguments(p, __file__)
     return p.parse_args(argv)
 
 
@@ -166,18 +165,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  {row['sample_s']:.3g} s/call, {row['tokens_per_s']:.4g} tokens/s", flush=True)
     _machine.print_table(rows, COLUMNS, title="\nsampling (random weights; GIVT only, the "
                          "VAE decoder not timed)", markdown=args.markdown)
-    table = {"settings": {"sizes": sizes, "modes": list(args.modes), "quick": bool(args.quick),
-                          "dense_config": args.dense_config,
-                          "overrides": list(args.overrides)},
-             "rows": rows}
-    path = _machine.write_json(args.json, table, machine)
-    print(f"wrote {path}")
-    return {"machine": machine, **table}
+    table = {"settings": run_settings(args, sizes, modes=args.modes), "rows": rows}
+    return _machine.finish(args.json, table, machine)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    return errors.run_command(lambda: run(args) and 0, verbose=args.verbose)
+    return errors.run_cli(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,16 @@ def apply_matching_overrides(cfgs: Sequence[ml_collections.ConfigDict],
             config_lib.apply_overrides(cfgs[0], [item])  # raises, naming the valid keys
 
 
+def run_settings(args: argparse.Namespace, sizes: Sequence[str],
+                 **chosen: Sequence[str]) -> dict[str, Any]:
+    """The JSON's ``settings`` of a script over sizes and dense configs (this one and
+    bench_sampling): the sizes, what was chosen to run (stages, modes), ``--quick``,
+    ``--dense-config`` and the ``--set`` overrides."""
+    return {"sizes": sizes, **{k: list(v) for k, v in chosen.items()},
+            "quick": bool(args.quick), "dense_config": args.dense_config,
+            "overrides": list(args.overrides)}
+
+
 def load_stage_config(stage: str, size: str, dense_config: str) -> ml_collections.ConfigDict:
     path, arg, _ = STAGES[stage]
     path = dense_config if path == "DENSE" else path
@@ -246,6 +256,18 @@ def _csv(choices: Sequence[str]) -> Callable[[str], list[str]]:
     return parse
 
 
+def add_config_arguments(p: argparse.ArgumentParser, dense_use: str, unit: str,
+                         example: str = "") -> None:
+    """``--dense-config`` (the dense task's config, for ``dense_use``) and ``--set`` (overrides
+    applied to every ``unit``'s config that has the key: :func:`apply_matching_overrides`);
+    this script's and bench_sampling's."""
+    p.add_argument("--dense-config", default="configs/panoptic.py",
+                   help=f"config of {dense_use} (panoptic or depth)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help=f"config override, applied to every {unit}'s "
+                   "config that has KEY (repeatable)" + (f", e.g. {example}" if example else ""))
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stages", type=_csv(tuple(STAGES)), default=list(STAGES),
@@ -257,21 +279,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help=f"examples per step for every size (default {DEFAULT_BATCH})")
     p.add_argument("--repeats", type=errors.positive_int, default=None,
                    help="timed steps after the warm-up (default 5; 2 for paper)")
-    p.add_argument("--dense-config", default="configs/panoptic.py",
-                   help="config of the vit_vae and encdec stages (panoptic or depth)")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KEY=VALUE", help="config override, applied to every stage's "
-                   "config that has KEY (repeatable), e.g. givt.model.dtype=bfloat16")
+    add_config_arguments(p, "the vit_vae and encdec stages", "stage",
+                         example="givt.model.dtype=bfloat16")
     p.add_argument("--peak-n", type=errors.positive_int, default=2048,
                    help="size of the square fp32 matmul whose FLOP/s is the peak")
     p.add_argument("--quick", action="store_true",
                    help="tiny only, batch 4, 1 repeat, a small peak matmul (CI smoke run)")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="also write a jax.profiler trace of one step per row into DIR")
-    p.add_argument("--markdown", action="store_true", help="print a markdown table")
-    p.add_argument("--json", default=_machine.default_json_path(__file__),
-                   help="where to write the results (default benchmarks/results/)")
-    errors.add_verbose_argument(p)
+    _machine.add_output_arguments(p, __file__)
     return p.parse_args(argv)
 
 
@@ -311,19 +327,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _machine.print_table(rows, COLUMNS, title="\ntrain step (fp32 unless --set says "
                          "otherwise; random weights, synthetic batches)",
                          markdown=args.markdown)
-    table = {"peak": peak, "settings": {"sizes": sizes, "stages": list(args.stages),
-                                        "quick": bool(args.quick),
-                                        "dense_config": args.dense_config,
-                                        "overrides": list(args.overrides)},
+    table = {"peak": peak, "settings": run_settings(args, sizes, stages=args.stages),
              "rows": rows}
-    path = _machine.write_json(args.json, table, machine)
-    print(f"wrote {path}")
-    return {"machine": machine, **table}
+    return _machine.finish(args.json, table, machine)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    return errors.run_command(lambda: run(args) and 0, verbose=args.verbose)
+    return errors.run_cli(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -106,9 +106,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="extra config override of every variant "
                    "(repeatable), e.g. givt.model.remat=True")
-    p.add_argument("--json", default=_machine.default_json_path(__file__),
-                   help="where to write the results (default benchmarks/results/)")
-    errors.add_verbose_argument(p)
+    _machine.add_output_arguments(p, __file__, markdown=False)
     return p.parse_args(argv)
 
 
@@ -168,14 +166,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         table["sampling"].append(row)
         print(f"\nsampling, beam 4 fan 8 ({size}, batch {sample_batch}):")
         _machine.print_table([row], bench_sampling.COLUMNS)
-        save()
-    print(f"wrote {args.json}")
-    return {"machine": machine, **table}
+    return _machine.finish(args.json, table, machine)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    return errors.run_command(lambda: run(args) and 0, verbose=args.verbose)
+    return errors.run_cli(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from uvim_givt.config import parse_arg
 from uvim_givt.errors import ConfigError
 from uvim_givt.training.trainer import default_train_config
 
@@ -21,6 +22,19 @@ ENCODER_LR_MULT = (("^(encoder|EmbedPatches|pos_embedding_encoder)/", 0.1),)
 def check_size(size: str) -> None:
     if size not in SIZES:
         raise ConfigError(f"unknown size preset {size!r}: one of {SIZES}")
+
+
+def dense_config(task: str, arg: str | None) -> tuple[ml_collections.ConfigDict,
+                                                      ml_collections.ConfigDict]:
+    """The start of a dense task's config (panoptic, depth): its argument (``size``, default
+    tiny, checked) and the config with ``task``, ``size`` and ``seed`` set."""
+    a = parse_arg(arg, size="tiny")
+    check_size(a.size)
+    c = ml_collections.ConfigDict()
+    c.task = task
+    c.size = a.size
+    c.seed = 0
+    return a, c
 
 
 def vit_vae_model(size: str, codeword_dim: int, label_channels: dict) -> dict:
@@ -225,3 +239,46 @@ def train_group(size: str, steps: int, batch_size: int, lr: float, wd: float,
     t.optim.lr, t.optim.wd = lr, wd
     t.optim.lr_mults = list(lr_mults)
     return t
+
+
+# ------------------------------------------------------- the dense tasks' two stages
+def dense_train(size: str, tiny_steps: int, lr: float) -> ml_collections.ConfigDict:
+    """A dense task's stage trained at tiny or base size: ``tiny_steps`` (tiny) or 20,000
+    (base) steps at batch 32 / 128, weight decay 1e-4 (paper: the published recipes,
+    :func:`published_vae_train` / :func:`published_givt_train`)."""
+    return train_group(size, steps={"tiny": tiny_steps, "base": 20_000}[size],
+                       batch_size={"tiny": 32, "base": 128}[size], lr=lr, wd=1e-4)
+
+
+def dense_vae_group(model: dict, ignore_zero: tuple[str, ...], beta: float,
+                    train: ml_collections.ConfigDict) -> dict:
+    """``vae``: a dense task's stage-1 ViT VAE (``model``: :func:`vit_vae_model`), trained
+    from scratch. ``ignore_zero``: label channels whose class 0 is "unknown" (not in the
+    loss)."""
+    return dict(
+        init=init_group(),
+        kind="vit",
+        model=model,
+        ema_decay=0.0,  # EMA of the VAE for stage 2 and decoding (0 = off, as published)
+        ignore_zero=ignore_zero,
+        beta=beta,
+        train=train,
+    )
+
+
+def dense_givt_group(size: str, vae: dict, train: ml_collections.ConfigDict,
+                     input_noise: float, sampling: dict) -> dict:
+    """``givt``: a dense task's stage-2 encoder-decoder GIVT predicting the codes of the
+    stage-1 VAE ``vae`` (its model group) from the image. ``input_noise``: the std of
+    Gaussian noise on the teacher-forcing inputs (0 = the published recipe)."""
+    return dict(
+        init=init_group(),
+        model=givt_encdec_model(size, out_dim=vae["codeword_dim"], seq_len=vae["code_len"],
+                                input_size=vae["input_size"]),
+        train=train,
+        posterior="sample",  # stage-1 codes for training: sample of q(z|x) ("mean" = its mean)
+        input_noise=input_noise,
+        sampling=sampling,
+        init_encoder="",  # optional .npz of a pretrained ViT encoder (big_vision layout)
+        adaptor=adaptor_group(vae["codeword_dim"]),  # off, as published for UViM
+    )

@@ -9,29 +9,22 @@ import ml_collections
 
 from configs.common import (
     NYU_TRAIN_EXAMPLES,
-    adaptor_group,
-    check_size,
+    dense_config,
     dense_evaluators,
-    givt_encdec_model,
+    dense_givt_group,
+    dense_train,
+    dense_vae_group,
     givt_tiny_recipe,
-    init_group,
     published_givt_train,
     published_vae_train,
     sampling_group,
-    train_group,
     vit_vae_model,
 )
-from uvim_givt.config import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, size="tiny")
-    check_size(a.size)
+    a, c = dense_config("depth", arg)
     paper = a.size == "paper"
-    c = ml_collections.ConfigDict()
-    c.task = "depth"
-    c.size = a.size
-    c.seed = 0
     # tiny: 8-dim codewords (the same oracle RMSE as 16, 0.225 m, and codes the small
     # stage 2 predicts better: 0.89 against 0.93 m). base/paper: 16 as published.
     # One label channel: depth binned over [data.min_depth, data.max_depth] m; class 0 =
@@ -85,36 +78,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         cache=a.size == "tiny",
         skip_bad=False,  # folder source: skip (and count) bad frames instead of failing
     )
-    c.vae = dict(
-        init=init_group(),
-        kind="vit",
-        model=vae,
-        ema_decay=0.0,  # EMA of the VAE for stage 2 and decoding (0 = off, as published)
-        ignore_zero=("depth",),  # class 0 = invalid depth: not in the loss
+    c.vae = dense_vae_group(
+        vae,
+        ignore_zero=("depth",),  # class 0 = invalid depth
         beta=2e-4,
         # tiny: lr 2e-3 reaches a lower loss than 1e-3 (oracle RMSE 0.21 against 0.25 m at
         # 1,500 steps); 1,000 steps keep the oracle at 0.23 m and give stage 2 the time
         # (full run: stage-2 RMSE 0.79 m against 0.83 with 1,200 / 1,500 steps).
         # Paper: vae_nyu_depth.py, 200 epochs at batch 1024.
         train=published_vae_train(200, NYU_TRAIN_EXAMPLES) if paper else
-        train_group(a.size, steps={"tiny": 1000, "base": 20_000}[a.size],
-                    batch_size={"tiny": 32, "base": 128}[a.size],
-                    lr=2e-3 if a.size == "tiny" else 1e-3, wd=1e-4),
+        dense_train(a.size, tiny_steps=1000, lr=2e-3 if a.size == "tiny" else 1e-3),
     )
     recipe = givt_tiny_recipe(a.size)
-    c.givt = dict(
-        init=init_group(),
-        model=givt_encdec_model(a.size, out_dim=vae["codeword_dim"], seq_len=vae["code_len"],
-                                input_size=vae["input_size"]),
+    c.givt = dense_givt_group(
+        a.size, vae,
         # Paper: givt_nyu_depth.py, 50 epochs at batch 512, 10% warm-up.
         train=published_givt_train(50, NYU_TRAIN_EXAMPLES, warmup_fraction=0.1) if paper
-        else train_group(a.size, steps={"tiny": 1500, "base": 20_000}[a.size],
-                         batch_size={"tiny": 32, "base": 128}[a.size], lr=recipe["lr"],
-                         wd=1e-4),
-        posterior="sample",  # stage-1 codes for training: sample of q(z|x) ("mean" = its mean)
-        # Std of Gaussian noise on the teacher-forcing inputs (0 = the published recipe).
-        # tiny: 1 (with encoder_skip and 8-dim codes, stage 2 alone: RMSE 0.83 m at 1.0,
-        # 0.86 at 0.5, 0.89 at 2.0; without the skip 2 was best).
+        else dense_train(a.size, tiny_steps=1500, lr=recipe["lr"]),
+        # tiny: input noise 1 (with encoder_skip and 8-dim codes, stage 2 alone: RMSE 0.83 m
+        # at 1.0, 0.86 at 0.5, 0.89 at 2.0; without the skip 2 was best).
         input_noise=recipe["input_noise"],
         # tiny: 4 samples at temperature 1, their bin distributions averaged (an estimate
         # of the posterior-mean depth, what RMSE rewards); on one default run, stage-2 RMSE
@@ -126,8 +108,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                 beam_size=2, fan_size=8,
                                 num_samples=4 if a.size == "tiny" else 1,
                                 test_time_flip=a.size == "tiny"),
-        init_encoder="",  # optional .npz of a pretrained ViT encoder (big_vision layout)
-        adaptor=adaptor_group(vae["codeword_dim"]),  # off, as published for UViM
     )
     # Stage-1 oracle, stage-2 samples, and the training-set mean depth as a baseline.
     # Paper: as givt_nyu_depth.py / vae_nyu_depth.py: held-out losses on validation every

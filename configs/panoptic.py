@@ -9,29 +9,22 @@ import ml_collections
 
 from configs.common import (
     COCO_TRAIN_EXAMPLES,
-    adaptor_group,
-    check_size,
+    dense_config,
     dense_evaluators,
-    givt_encdec_model,
+    dense_givt_group,
+    dense_train,
+    dense_vae_group,
     givt_tiny_recipe,
-    init_group,
     published_givt_train,
     published_vae_train,
     sampling_group,
-    train_group,
     vit_vae_model,
 )
-from uvim_givt.config import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, size="tiny")
-    check_size(a.size)
+    a, c = dense_config("panoptic", arg)
     paper = a.size == "paper"
-    c = ml_collections.ConfigDict()
-    c.task = "panoptic"
-    c.size = a.size
-    c.seed = 0
     tiny = a.size == "tiny"
     # tiny: 16-dim codewords, beta 1e-4 and lr 5e-3 (see c.vae): stage-1 oracle PQ 80.5
     # against 75.6 with 8 / 2.5e-4 / 3e-3, and stage 2 still learns the codes (default run:
@@ -70,42 +63,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         embedded_num_validation=0,
         skip_bad=False,  # folder source: skip (and count) bad examples instead of failing
     )
-    c.vae = dict(
-        init=init_group(),
-        kind="vit",
-        model=vae,
-        ema_decay=0.0,  # EMA of the VAE for stage 2 and decoding (0 = off, as published)
-        ignore_zero=(),  # label channels whose class 0 is "unknown" (not in the loss)
+    c.vae = dense_vae_group(
+        vae,
+        ignore_zero=(),
         beta=1e-4 if tiny else 2.5e-4,
         # Paper: vae_coco_panoptic.py, 500 epochs of train[4096:] at batch 1024.
         train=published_vae_train(500, COCO_TRAIN_EXAMPLES) if paper else
-        train_group(a.size, steps={"tiny": 1500, "base": 20_000}[a.size],
-                    batch_size={"tiny": 32, "base": 128}[a.size],
-                    lr=5e-3 if tiny else 3e-3, wd=1e-4),
+        dense_train(a.size, tiny_steps=1500, lr=5e-3 if tiny else 3e-3),
     )
     recipe = givt_tiny_recipe(a.size)
     # Paper: encoder learning rate x0.1, as published (the encoder starts from a pretrained
     # ViT there). tiny/base train the encoder from scratch at the full learning rate.
-    c.givt = dict(
-        init=init_group(),
-        model=givt_encdec_model(a.size, out_dim=vae["codeword_dim"], seq_len=vae["code_len"],
-                                input_size=vae["input_size"]),
+    c.givt = dense_givt_group(
+        a.size, vae,
         # tiny: 1,300 steps keep the default run under 10 minutes on a noisy 2-core
         # machine (1,500: PQ 43.0, but one fresh-clone run took 10:04).
         # Paper: givt_coco_panoptic.py, 200 epochs at batch 512, 4,000 warm-up steps.
         train=published_givt_train(200, COCO_TRAIN_EXAMPLES, warmup_steps=4000) if paper
-        else train_group(a.size, steps={"tiny": 1300, "base": 20_000}[a.size],
-                         batch_size={"tiny": 32, "base": 128}[a.size], lr=recipe["lr"],
-                         wd=1e-4),
-        posterior="sample",  # stage-1 codes for training: sample of q(z|x) ("mean" = its mean)
-        # Std of Gaussian noise on the teacher-forcing inputs (0 = the published recipe).
+        else dense_train(a.size, tiny_steps=1300, lr=recipe["lr"]),
         input_noise=recipe["input_noise"],
         # beam search 4 x fan 8 as published (beam 2 in tiny/base); test-time flip does not
         # apply: panoptic instance ids do not mirror
         sampling=sampling_group(temperature=0.85 if paper else 0.5,
                                 beam_size=4 if paper else 2, fan_size=8),
-        init_encoder="",  # optional .npz of a pretrained ViT encoder (big_vision layout)
-        adaptor=adaptor_group(vae["codeword_dim"]),  # off, as published for UViM
     )
     # Paper: as givt_coco_panoptic.py / vae_coco_panoptic.py: held-out losses on train[:4096]
     # (every 250 / 1,000 steps), PQ on validation, on the held-out images and on train[4096:

@@ -22,7 +22,7 @@ import numpy as np
 
 from evals.features.fid_inception import params_from_state_dict, variable_shapes
 from evals.features.torch_weights import WEIGHTS_FILE, read_state_dict, write_npz
-from uvim_givt.errors import ArgumentParser, add_verbose_argument, run_command
+from uvim_givt.errors import ArgumentParser, add_verbose_argument, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    return run_command(lambda: _main(args), args.verbose)
+    return run_cli(build_parser().parse_args, _main, argv)
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ from uvim_givt.errors import (
     DataError,
     add_verbose_argument,
     positive_int,
-    run_command,
+    run_cli,
 )
 from uvim_givt.rundir import write_json
 
@@ -129,8 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    return run_command(lambda: _main(args), args.verbose)
+    return run_cli(build_parser().parse_args, _main, argv)
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 from evals.panoptic_io import PanopticEvalError
 from evals.pq import evaluate_files, format_table, results_json
-from uvim_givt.errors import ArgumentParser, add_verbose_argument, positive_int, run_command
+from uvim_givt.errors import ArgumentParser, add_verbose_argument, positive_int, run_cli
 from uvim_givt.rundir import write_json
 
 # --------------------------------------------------------------------------------------------
@@ -97,8 +97,7 @@ def _write_out(path: str, obj: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code (2 for bad input, with the message, no traceback)."""
-    args = parse_args(argv)
-    return run_command(lambda: _main(args), args.verbose)
+    return run_cli(parse_args, _main, argv)
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -23,7 +23,17 @@ from uvim_givt.data import pipeline
 from uvim_givt.data.images import IMAGE_SUFFIXES, read_rgb, resize_nearest
 from uvim_givt.errors import DataError, UserError, positive_int
 from uvim_givt.sampling.predictor import Predictor
+from uvim_givt.task import Reference
 from uvim_givt.training.runner import load_run
+
+
+def uvim_givt_references(data: str, metric: str, oracle: float, givt: float, uvim: float,
+                         oracle_model: str = "VAE stage 1 (oracle)") -> tuple[Reference, ...]:
+    """A dense task's published values of ``metric`` on ``data`` (the UViM-GIVT paper): its
+    stage-1 VAE's oracle, the GIVT's samples, and UViM's discrete VQ-VAE for comparison."""
+    return (Reference(oracle_model, data, metric, oracle, "oracle"),
+            Reference("GIVT stage 2", data, metric, givt),
+            Reference("UViM (VQ-VAE, discrete)", data, metric, uvim))
 
 
 def train_view(cfg: ml_collections.ConfigDict, seed: tf.Tensor, image: tf.Tensor,

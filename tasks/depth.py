@@ -87,7 +87,7 @@ from uvim_givt.data import catalog
 from uvim_givt.data.images import resize_nearest, write_png
 from uvim_givt.errors import ConfigError, DataError, UserError
 from uvim_givt.models import builders
-from uvim_givt.task import ROUTES, MetricFamily, Reference, TaskMetadata
+from uvim_givt.task import ROUTES, MetricFamily, TaskMetadata
 
 DECODE_MODES = ("expectation", "argmax")
 RESIZE_MODES = ("nearest", "bilinear")
@@ -344,10 +344,8 @@ class DepthTask:
             "depth": MetricFamily(
                 order=METRIC_NAMES, primary="RMSE", higher_is_better=False,
                 units=(("RMSE", "m"),),
-                references=(
-                    Reference("VAE stage 1 (oracle)", NYU_VAL, "RMSE", 0.195, "oracle"),
-                    Reference("GIVT stage 2", NYU_VAL, "RMSE", 0.474),
-                    Reference("UViM (VQ-VAE, discrete)", NYU_VAL, "RMSE", 0.467))),
+                references=common.uvim_givt_references(NYU_VAL, "RMSE", oracle=0.195,
+                                                       givt=0.474, uvim=0.467)),
         },
         datasets=(("embedded", "synthetic indoor scenes (tasks/datasets/synthetic_depth.py)"),
                   ("nyu_depth_v2", NYU_VAL)))

@@ -45,7 +45,7 @@ from uvim_givt.data import catalog
 from uvim_givt.data.images import write_png
 from uvim_givt.errors import ConfigError
 from uvim_givt.models import builders
-from uvim_givt.task import ROUTES, MetricFamily, Reference, TaskMetadata
+from uvim_givt.task import ROUTES, MetricFamily, TaskMetadata
 
 PQ_METRICS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
 COCO_VAL = "COCO 2017 val"
@@ -98,11 +98,9 @@ class PanopticTask:
             "panoptic": MetricFamily(
                 order=PQ_METRICS, primary="PQ", higher_is_better=True,
                 units=tuple((m, "%") for m in PQ_METRICS),
-                references=(
-                    Reference("VAE stage 1 (oracle: encode GT, decode)", COCO_VAL, "PQ", 71.0,
-                              "oracle"),
-                    Reference("GIVT stage 2", COCO_VAL, "PQ", 40.2),
-                    Reference("UViM (VQ-VAE, discrete)", COCO_VAL, "PQ", 45.8))),
+                references=common.uvim_givt_references(
+                    COCO_VAL, "PQ", oracle=71.0, givt=40.2, uvim=45.8,
+                    oracle_model="VAE stage 1 (oracle: encode GT, decode)")),
         },
         datasets=(("embedded", "synthetic shapes (tasks/datasets/synthetic_panoptic.py)"),
                   ("coco/2017_panoptic", COCO_VAL)))

@@ -16,12 +16,12 @@ from tests.test_sampling_ar import (
     SEQ,
     TEMPS,
     TINY_AR,
-    random_params,
     teacher_forced,
+    tiny_givt,
 )
 from uvim_givt import config as config_lib
 from uvim_givt.errors import ConfigError
-from uvim_givt.models.givt import GIVT, random_training_mask
+from uvim_givt.models.givt import random_training_mask
 from uvim_givt.models.mask_schedule import check_schedule, mask_ratio
 from uvim_givt.sampling import (
     SamplingSettings,
@@ -36,21 +36,18 @@ K = 3  # given prefix length
 
 @pytest.fixture(scope="module")
 def ar():
-    model = GIVT(**TINY_AR)
-    return model, random_params(model)
+    return tiny_givt(TINY_AR)
 
 
 @pytest.fixture(scope="module")
 def single_gaussian():
     """One Gaussian per channel: at a vanishing temperature a sample is the mean."""
-    model = GIVT(**{**TINY_AR, "head_kind": "per_channel", "num_mixtures": 1})
-    return model, random_params(model, seed=3)
+    return tiny_givt(TINY_AR, seed=3, head_kind="per_channel", num_mixtures=1)
 
 
 @pytest.fixture(scope="module")
 def masked():
-    model = GIVT(**{**TINY_AR, "style": "masked", "mask_style": "concat"})
-    return model, random_params(model, seed=5)
+    return tiny_givt(TINY_AR, seed=5, style="masked", mask_style="concat")
 
 
 def _labels(seed: int = 0) -> jax.Array:
@@ -131,24 +128,26 @@ def test_keep_gt_with_beam_search(ar):
 
 
 # ---------------------------------------------------------------- rand_top_k
-def test_rand_top_k_at_vanishing_temperature_is_beam_search(ar):
-    model, params = ar
-    labels, rng = _labels(), jax.random.PRNGKey(7)
+def _beam_and_rand_top_k(model, params, labels, temperature):
+    """(tokens, log-probs) of beam search (beam 3, fan 4) and of the same search with
+    rand_top_k at ``temperature``, from one key."""
+    rng = jax.random.PRNGKey(7)
     beam = dict(labels=labels, beam_size=3, fan_size=4, **TEMPS)
-    tok, logp = sample_autoregressive(model, params, rng, **beam)
-    tok_r, logp_r = sample_autoregressive(model, params, rng, rand_top_k=True,
-                                          rand_top_k_temperature=1e-6, **beam)
+    return (sample_autoregressive(model, params, rng, **beam),
+            sample_autoregressive(model, params, rng, rand_top_k=True,
+                                  rand_top_k_temperature=temperature, **beam))
+
+
+def test_rand_top_k_at_vanishing_temperature_is_beam_search(ar):
+    (tok, logp), (tok_r, logp_r) = _beam_and_rand_top_k(*ar, _labels(), 1e-6)
     np.testing.assert_allclose(tok_r, tok, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(logp_r, logp, rtol=1e-6, atol=1e-6)
 
 
 def test_rand_top_k_draws_other_beams_and_scores_them_right(ar):
     model, params = ar
-    labels, rng = _labels(), jax.random.PRNGKey(7)
-    beam = dict(labels=labels, beam_size=3, fan_size=4, **TEMPS)
-    tok, logp = sample_autoregressive(model, params, rng, **beam)
-    tok_r, logp_r = sample_autoregressive(model, params, rng, rand_top_k=True,
-                                          rand_top_k_temperature=100.0, **beam)
+    labels = _labels()
+    (tok, logp), (tok_r, logp_r) = _beam_and_rand_top_k(model, params, labels, 100.0)
     assert np.abs(np.asarray(tok_r - tok)).max() > 1e-3
     per_pos, _ = _tf_logp_per_position(model, params, tok_r, labels)
     np.testing.assert_allclose(logp_r, per_pos.sum(-1), rtol=1e-4, atol=1e-3)

@@ -80,6 +80,19 @@ def check(root: Path, gt: list, pred: list, categories: list = CATS) -> dict:
     return ours
 
 
+def random_case(rng: np.random.Generator, cats: list, num_images: int, h: int, w: int,
+                num_segments: tuple[int, int], strength: float = 1.0) -> tuple[list, list]:
+    """(gts, preds) of images 1..num_images: synthetic ground truths and their perturbed
+    predictions, drawn from ``rng`` image by image."""
+    gts, preds = [], []
+    for image_id in range(1, num_images + 1):
+        gt, gt_segs = synth.make_ground_truth(rng, cats, h, w, num_segments=num_segments)
+        pred, pred_segs = synth.perturb_prediction(rng, gt, gt_segs, cats, strength=strength)
+        gts.append((image_id, gt, gt_segs))
+        preds.append((image_id, pred, pred_segs))
+    return gts, preds
+
+
 def background() -> tuple[np.ndarray, np.ndarray]:
     """gt and pred maps with a perfectly predicted sky band in rows 15.. (stuff, so that
     pq_compute never averages over an empty Stuff set)."""
@@ -231,12 +244,7 @@ def test_ground_truth_json_area_is_used(tmp_path: Path) -> None:
 def test_random_blobs(tmp_path: Path, seed: int) -> None:
     rng = np.random.default_rng(seed)
     cats = synth.synthetic_categories(num_things=6, num_stuff=4)
-    gts, preds = [], []
-    for image_id in range(1, 6):
-        gt, gt_segs = synth.make_ground_truth(rng, cats, 60, 90, num_segments=(4, 14))
-        pred, pred_segs = synth.perturb_prediction(rng, gt, gt_segs, cats, strength=1.5)
-        gts.append((image_id, gt, gt_segs))
-        preds.append((image_id, pred, pred_segs))
+    gts, preds = random_case(rng, cats, 5, 60, 90, num_segments=(4, 14), strength=1.5)
     ours = check(tmp_path, gts, preds, cats)
     assert 0 < ours["All"]["pq"] < 1
 
@@ -245,12 +253,8 @@ def test_in_memory_accumulator_equals_files_mode(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     cats = synth.synthetic_categories(num_things=5, num_stuff=3)
     acc = PQAccumulator(cats)
-    gts, preds = [], []
-    for image_id in range(1, 5):
-        gt, gt_segs = synth.make_ground_truth(rng, cats, 50, 70, num_segments=(4, 10))
-        pred, pred_segs = synth.perturb_prediction(rng, gt, gt_segs, cats)
-        gts.append((image_id, gt, gt_segs))
-        preds.append((image_id, pred, pred_segs))
+    gts, preds = random_case(rng, cats, 4, 50, 70, num_segments=(4, 10))
+    for (image_id, gt, gt_segs), (_, pred, pred_segs) in zip(gts, preds, strict=True):
         # Without areas in the JSON the pixel counts are used: same numbers here.
         bare = [{k: v for k, v in s.items() if k != "area"} for s in gt_segs]
         acc.add(gt.astype(np.int32), bare, pred, pred_segs, image=image_id)
@@ -513,12 +517,7 @@ def _pool_case(root: str) -> None:
     image's error still reaches the caller, named."""
     rng = np.random.default_rng(11)
     cats = synth.synthetic_categories(num_things=5, num_stuff=3)
-    gts, preds = [], []
-    for image_id in range(1, 10):
-        gt, gt_segs = synth.make_ground_truth(rng, cats, 40, 50, num_segments=(4, 9))
-        pred, pred_segs = synth.perturb_prediction(rng, gt, gt_segs, cats)
-        gts.append((image_id, gt, gt_segs))
-        preds.append((image_id, pred, pred_segs))
+    gts, preds = random_case(rng, cats, 9, 40, 50, num_segments=(4, 9))
     files = write_case(Path(root), gts, preds, cats)
     assert_same(panoptic_quality(*files, workers=1), panoptic_quality(*files, workers=3))
     Path(files[3], "000000000006.png").write_bytes(b"not a png")

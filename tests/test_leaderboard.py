@@ -20,33 +20,31 @@ from evals import leaderboard as L
 from evals.leaderboard import report as report_module
 from uvim_givt.rundir import write_eval_record
 
-# The tasks' declared metric metadata, as the evaluators write it into each record.
 _PANOPTIC_DATA, _NYU, _IN256 = "COCO 2017 val", "NYU Depth v2 val", "ImageNet 256"
+
+
+def _dense_references(data, metric, values, oracle="VAE stage 1 (oracle)"):
+    """A dense task's published rows: its VAE's oracle, GIVT and UViM (these ``values``)."""
+    models = ((oracle, "oracle"), ("GIVT stage 2", "sampled"),
+              ("UViM (VQ-VAE, discrete)", "sampled"))
+    return [{"model": model, "data": data, "metric": metric, "value": value,
+             "prediction": prediction}
+            for (model, prediction), value in zip(models, values, strict=True)]
+
+
+# The tasks' declared metric metadata, as the evaluators write it into each record.
 METRIC_META = {
     "panoptic": {
         "family": "panoptic",
         "order": ["PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"],
         "primary": "PQ", "higher_is_better": True, "units": {"PQ": "%", "SQ": "%", "RQ": "%"},
-        "references": [
-            {"model": "VAE stage 1 (oracle: encode GT, decode)", "data": _PANOPTIC_DATA,
-             "metric": "PQ", "value": 71.0, "prediction": "oracle"},
-            {"model": "GIVT stage 2", "data": _PANOPTIC_DATA, "metric": "PQ", "value": 40.2,
-             "prediction": "sampled"},
-            {"model": "UViM (VQ-VAE, discrete)", "data": _PANOPTIC_DATA, "metric": "PQ",
-             "value": 45.8, "prediction": "sampled"},
-        ]},
+        "references": _dense_references(_PANOPTIC_DATA, "PQ", (71.0, 40.2, 45.8),
+                                        oracle="VAE stage 1 (oracle: encode GT, decode)")},
     "depth": {
         "family": "depth",
         "order": ["RMSE", "AbsRel", "log10", "delta1", "delta2", "delta3"],
         "primary": "RMSE", "higher_is_better": False, "units": {"RMSE": "m"},
-        "references": [
-            {"model": "VAE stage 1 (oracle)", "data": _NYU, "metric": "RMSE", "value": 0.195,
-             "prediction": "oracle"},
-            {"model": "GIVT stage 2", "data": _NYU, "metric": "RMSE", "value": 0.474,
-             "prediction": "sampled"},
-            {"model": "UViM (VQ-VAE, discrete)", "data": _NYU, "metric": "RMSE",
-             "value": 0.467, "prediction": "sampled"},
-        ]},
+        "references": _dense_references(_NYU, "RMSE", (0.195, 0.474, 0.467))},
     "imagenet": {
         "family": "generation",
         "order": ["FID", "FID_recon", "IS", "IS_std", "class_accuracy"],

@@ -70,22 +70,26 @@ def cached_logits(model, params, tokens, labels, image):
     return jnp.concatenate([first[:, None], jnp.swapaxes(rest, 0, 1)], axis=1)
 
 
+def tiny_givt(shape: dict, seed: int = 0, **changes) -> tuple[GIVT, dict]:
+    """A GIVT of ``shape`` (TINY_AR, TINY_ENCDEC) with ``changes``, and random parameters
+    drawn with ``seed``."""
+    model = GIVT(**{**shape, **changes})
+    return model, random_params(model, seed=seed)
+
+
 @pytest.fixture(scope="module")
 def ar_model():
-    model = GIVT(**TINY_AR)
-    return model, random_params(model)
+    return tiny_givt(TINY_AR)
 
 
 @pytest.fixture(scope="module")
 def ar_model_scanned():
-    model = GIVT(**{**TINY_AR, "num_decoder_layers": 2}, scan=True)
-    return model, random_params(model, seed=1)
+    return tiny_givt(TINY_AR, seed=1, num_decoder_layers=2, scan=True)
 
 
 @pytest.fixture(scope="module")
 def encdec_model():
-    model = GIVT(**TINY_ENCDEC)
-    return model, random_params(model, seed=2)
+    return tiny_givt(TINY_ENCDEC, seed=2)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import errno
 import re
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -140,3 +140,13 @@ def run_command(fn: Callable[[], Any], verbose: bool = False) -> int:
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
+
+def run_cli(parse: Callable[[Sequence[str] | None], argparse.Namespace],
+            command: Callable[[argparse.Namespace], Any],
+            argv: Sequence[str] | None = None) -> int:
+    """A command line's ``main``: parses ``argv`` with ``parse`` (e.g. a parser's
+    ``parse_args``) and runs ``command(args)`` through :func:`run_command`, with the
+    traceback when the arguments ask ``--verbose``; returns the exit status."""
+    args = parse(argv)
+    return run_command(lambda: command(args), getattr(args, "verbose", False))

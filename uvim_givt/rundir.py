@@ -30,7 +30,7 @@ import json
 import os
 import re
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import ml_collections
@@ -174,8 +174,11 @@ def write_eval_record(run_dir: str, record: Mapping[str, Any]) -> str:
     return path
 
 
-def read_eval_records(run_dir: str) -> list[dict[str, Any]]:
-    """All records of a run, by stage then step. Unreadable files raise naming the file."""
+def read_eval_records(run_dir: str, on_error: Callable[[str, str], None] | None = None
+                      ) -> list[dict[str, Any]]:
+    """All records of a run, by stage then step, each with its file as ``"_path"``. A file
+    that is unreadable or not an eval record raises naming the file; with ``on_error``,
+    ``on_error(path, why)`` is called instead and that file left out."""
     out_dir = os.path.join(run_dir, "eval")
     if not os.path.isdir(out_dir):
         return []
@@ -187,13 +190,19 @@ def read_eval_records(run_dir: str) -> list[dict[str, Any]]:
         try:
             with open(path) as f:
                 rec = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"unreadable eval record {path}: {e}") from e
-        if not isinstance(rec, dict) or any(k not in rec for k in REQUIRED_KEYS):
-            raise ValueError(f"{path} is not an eval record (needs keys {REQUIRED_KEYS})")
-        rec["_path"] = path
-        records.append(rec)
-    records.sort(key=lambda r: (r["stage"], r["step"]))
+        except (OSError, ValueError) as e:
+            why, error, cause = f"unreadable ({e})", f"unreadable eval record {path}: {e}", e
+        else:
+            if isinstance(rec, dict) and all(k in rec for k in REQUIRED_KEYS):
+                rec["_path"] = path
+                records.append(rec)
+                continue
+            why = f"not an eval record (needs keys {', '.join(REQUIRED_KEYS)})"
+            error, cause = f"{path} is not an eval record (needs keys {REQUIRED_KEYS})", None
+        if on_error is None:
+            raise ValueError(error) from cause
+        on_error(path, why)
+    records.sort(key=lambda r: (str(r["stage"]), r["step"]))
     return records
 
 

@@ -15,7 +15,7 @@ from evals.leaderboard.report import (
     write_markdown_assets,
 )
 from evals.leaderboard.runs import gather_runs
-from uvim_givt.errors import ArgumentParser, add_verbose_argument, run_command
+from uvim_givt.errors import ArgumentParser, add_verbose_argument, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    return run_command(lambda: _main(args), args.verbose)
+    return run_cli(build_parser().parse_args, _main, argv)
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from uvim_givt.errors import UserError
-from uvim_givt.rundir import REQUIRED_KEYS
+from uvim_givt.rundir import read_eval_records
 
 RUN_FILES = ("config.json", "metrics.jsonl", "run_info.json", "eval")
 # Stages a run trains, in this order (each counts its own steps); other stages follow.
@@ -186,30 +186,14 @@ def read_records(run_dir: str, warnings: list[str]) -> tuple[list[dict[str, Any]
     """The run's eval records by stage then step (as :func:`uvim_givt.rundir.read_eval_records`
     reads them), and the paths of the unreadable ones: each is left out with a warning
     naming its file; the others are kept."""
-    eval_dir = os.path.join(run_dir, "eval")
-    if not os.path.isdir(eval_dir):
-        return [], []
-    records, broken = [], []
-    for name in sorted(os.listdir(eval_dir)):
-        if not name.endswith(".json"):
-            continue
-        path = os.path.join(eval_dir, name)
-        try:
-            with open(path) as f:
-                rec = json.load(f)
-        except (OSError, ValueError) as e:
-            why = f"unreadable ({e})"
-        else:
-            if isinstance(rec, dict) and all(k in rec for k in REQUIRED_KEYS):
-                rec["_path"] = path
-                records.append(rec)
-                continue
-            why = f"not an eval record (needs keys {', '.join(REQUIRED_KEYS)})"
+    broken: list[str] = []
+
+    def skip(path: str, why: str) -> None:
         broken.append(path)
         warnings.append(f"eval record {path} skipped: {why}; the run's other records are "
                         "shown")
-    records.sort(key=lambda r: (str(r["stage"]), r["step"]))
-    return records, broken
+
+    return read_eval_records(run_dir, on_error=skip), broken
 
 
 def load_run(path: str, name: str, warnings: list[str]) -> Run:

@@ -87,8 +87,10 @@ class ResBlock(nn.Module):
         return y + residual
 
 
-class CNNEncoder(nn.Module):
-    """Images [B, H, W, 3] -> [B, H / 2^(L-1), W / 2^(L-1), out_dim]."""
+class _CNNStack(nn.Module):
+    """What the encoder and the decoder are made of: L levels of ``num_res_blocks``
+    ResBlocks at ``filters * channel_multipliers[i]`` channels, ``out_dim`` output
+    channels, and the ResBlocks' options."""
 
     filters: int
     num_res_blocks: int
@@ -98,47 +100,47 @@ class CNNEncoder(nn.Module):
     activation: str = "swish"
     dtype: Any = jnp.float32
 
+    def _res_block(self, filters: int) -> ResBlock:
+        return ResBlock(filters, num_groups=self.num_groups, activation=self.activation,
+                        dtype=self.dtype)
+
+
+class CNNEncoder(_CNNStack):
+    """Images [B, H, W, 3] -> [B, H / 2^(L-1), W / 2^(L-1), out_dim]."""
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(num_groups=self.num_groups, activation=self.activation, dtype=self.dtype)
         x = nn.Conv(self.filters, (3, 3), use_bias=False, dtype=self.dtype)(x)
         levels = len(self.channel_multipliers)
         filters = self.filters
         for i, mult in enumerate(self.channel_multipliers):
             filters = self.filters * mult
             for _ in range(self.num_res_blocks):
-                x = ResBlock(filters, **kw)(x)
+                x = self._res_block(filters)(x)
             if i < levels - 1:
                 x = avg_pool_2x2(x)
         for _ in range(self.num_res_blocks):
-            x = ResBlock(filters, **kw)(x)
+            x = self._res_block(filters)(x)
         x = _activation(self.activation)(_group_norm(self.num_groups, jnp.float32)(x))
         # float32: (mu, logvar) feed the KL, the sampling of z and stage 2's targets.
         return nn.Conv(self.out_dim, (1, 1), dtype=jnp.float32)(x)
 
 
-class CNNDecoder(nn.Module):
+class CNNDecoder(_CNNStack):
     """Latents [B, h, w, D] -> images [B, h * 2^(L-1), w * 2^(L-1), out_dim]."""
 
-    filters: int
-    num_res_blocks: int
-    channel_multipliers: Sequence[int]
     out_dim: int = 3
-    num_groups: int = 32
-    activation: str = "swish"
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(num_groups=self.num_groups, activation=self.activation, dtype=self.dtype)
         filters = self.filters * self.channel_multipliers[-1]
         x = nn.Conv(filters, (3, 3), dtype=self.dtype)(x)
         for _ in range(self.num_res_blocks):
-            x = ResBlock(filters, **kw)(x)
+            x = self._res_block(filters)(x)
         for i in reversed(range(len(self.channel_multipliers))):
             filters = self.filters * self.channel_multipliers[i]
             for _ in range(self.num_res_blocks):
-                x = ResBlock(filters, **kw)(x)
+                x = self._res_block(filters)(x)
             if i > 0:
                 x = nn.Conv(filters, (3, 3), dtype=self.dtype)(upsample_nearest_2x(x))
         x = _activation(self.activation)(_group_norm(self.num_groups, self.dtype)(x))
@@ -273,11 +275,5 @@ class CNNVAE(nn.Module):
         (images in [-1, 1], {"mu", "logvar", "z"}); ``z`` is after code dropout.
         """
         mu, logvar = self.encode(images, train)
-        z = mu
-        if train:
-            if rng is None:
-                rng = self.make_rng("dropout")
-            rng_z, rng_drop = jax.random.split(rng)
-            z = vae_losses.reparametrize(mu, logvar, rng_z)
-            z = vae_losses.apply_code_dropout(z, rng_drop, self.code_dropout)
+        z = vae_losses.posterior_code(mu, logvar, train, rng, self.make_rng, self.code_dropout)
         return self.decode(z, train), {"mu": mu, "logvar": logvar, "z": z}

@@ -14,7 +14,7 @@ dims); label maps are int ``[B, H, W, C]``; logits are ``[B, H, W, classes]``.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Literal
 
 import jax
@@ -59,6 +59,21 @@ def apply_code_dropout(z: jax.Array, rng: jax.Array, mode: CodeDropout) -> jax.A
         return z
     keep = code_dropout_mask(rng, z.shape[0], z.shape[1], mode)
     return z * keep[:, :, None].astype(z.dtype)
+
+
+def posterior_code(mu: jax.Array, logvar: jax.Array, train: bool, rng: jax.Array | None,
+                   make_rng: Callable[[str], jax.Array], code_dropout: CodeDropout) -> jax.Array:
+    """The z a VAE decodes: the mean ``mu`` unless training; when training a posterior
+    sample (:func:`reparametrize`) after code dropout (:func:`apply_code_dropout`), both
+    drawn from ``rng`` split in two (sample, dropout) or, if None, from
+    ``make_rng("dropout")`` (the VAE module's ``make_rng``)."""
+    if not train:
+        return mu
+    if rng is None:
+        rng = make_rng("dropout")
+    rng_z, rng_drop = jax.random.split(rng)
+    z = reparametrize(mu, logvar, rng_z)
+    return apply_code_dropout(z, rng_drop, code_dropout)
 
 
 def gaussian_kl(mu: jax.Array, logvar: jax.Array,

@@ -195,11 +195,5 @@ class ViTVAE(nn.Module):
         (logits dict, {"mu", "logvar", "z"}); ``z`` is after code dropout.
         """
         mu, logvar = self.encode(labels, train)
-        z = mu
-        if train:
-            if rng is None:
-                rng = self.make_rng("dropout")
-            rng_z, rng_drop = jax.random.split(rng)
-            z = vae_losses.reparametrize(mu, logvar, rng_z)
-            z = vae_losses.apply_code_dropout(z, rng_drop, self.code_dropout)
+        z = vae_losses.posterior_code(mu, logvar, train, rng, self.make_rng, self.code_dropout)
         return self.decode(z, train), {"mu": mu, "logvar": logvar, "z": z}
