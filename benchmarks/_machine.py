@@ -219,6 +219,17 @@ def finish(path: str, table: Mapping[str, Any], machine: Mapping[str, Any]) -> d
     return {"machine": machine, **table}
 
 
+def row_plan(args: Any, name: str, size: str, default_batch: Mapping[str, int],
+             quick_batch: int, repeats: tuple[int, int]) -> tuple[int, int]:
+    """(batch, repeats) of one benchmark row: ``--quick`` (one repeat of ``quick_batch``),
+    else ``--batch`` / ``--repeats`` or the defaults (``repeats`` = (paper, other sizes)),
+    announced on stdout."""
+    batch = quick_batch if args.quick else args.batch or default_batch[size]
+    n = 1 if args.quick else args.repeats or (repeats[0] if size == "paper" else repeats[1])
+    print(f"{name} {size}: batch {batch}, {n} repeats ...", flush=True)
+    return batch, n
+
+
 def _json_default(value: Any) -> Any:
     """numpy scalars and arrays, and anything else as its string."""
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:

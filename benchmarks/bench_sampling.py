@@ -157,9 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     apply_matching_overrides([c for _, _, c in plan], args.overrides)
     rows = []
     for mode, size, cfg in plan:
-        batch = 2 if args.quick else args.batch or DEFAULT_BATCH[size]
-        repeats = 1 if args.quick else args.repeats or (1 if size == "paper" else 3)
-        print(f"{mode} {size}: batch {batch}, {repeats} repeats ...", flush=True)
+        batch, repeats = _machine.row_plan(args, mode, size, DEFAULT_BATCH, 2, (1, 3))
         row = measure(mode, size, cfg, batch, repeats, args.overrides)
         rows.append(row)
         print(f"  {row['sample_s']:.3g} s/call, {row['tokens_per_s']:.4g} tokens/s", flush=True)

@@ -315,9 +315,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     rows = []
     for stage, size, cfg in plan:
-        batch = 4 if args.quick else args.batch or DEFAULT_BATCH[size]
-        repeats = 1 if args.quick else args.repeats or (2 if size == "paper" else 5)
-        print(f"{stage} {size}: batch {batch}, {repeats} repeats ...", flush=True)
+        batch, repeats = _machine.row_plan(args, stage, size, DEFAULT_BATCH, 4, (2, 5))
         row = measure(stage, size, cfg, batch, repeats, args.overrides, args.profile)
         if row["achieved_flops_per_s"]:
             row["fraction_of_peak"] = row["achieved_flops_per_s"] / peak["flops_per_s"]

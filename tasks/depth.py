@@ -199,7 +199,7 @@ def folder_split_dir(root: str, split: str) -> str:
         if os.path.isdir(path):
             return path
     raise DataError(f"folder:{root}: no split folder for {split!r} "
-                             f"(looked for {', '.join(names)})")
+                    f"(looked for {', '.join(names)})")
 
 
 def read_h5_frame(path: str) -> dict[str, np.ndarray]:
@@ -211,16 +211,16 @@ def read_h5_frame(path: str) -> dict[str, np.ndarray]:
             missing = [k for k in ("rgb", "depth") if k not in f]
             if missing:
                 raise DataError(f"{path}: no {' or '.join(repr(k) for k in missing)} "
-                                         f"dataset (has {sorted(f.keys())})")
+                                f"dataset (has {sorted(f.keys())})")
             rgb, depth = np.asarray(f["rgb"]), np.asarray(f["depth"])
     except OSError as e:
         raise DataError(f"{path}: unreadable HDF5 file ({e})") from None
     if rgb.ndim != 3 or rgb.shape[0] != 3 or depth.shape != rgb.shape[1:]:
         raise DataError(f"{path}: expected rgb [3, H, W] and depth [H, W]; got "
-                                 f"{list(rgb.shape)} and {list(depth.shape)}")
+                        f"{list(rgb.shape)} and {list(depth.shape)}")
     if rgb.dtype != np.uint8 or depth.dtype.kind not in "fiu":
         raise DataError(f"{path}: rgb must be uint8 and depth numeric; got "
-                                 f"{rgb.dtype} and {depth.dtype}")
+                        f"{rgb.dtype} and {depth.dtype}")
     bad = int(depth.size - np.count_nonzero(np.isfinite(depth)))
     if bad:
         raise DataError(f"{path}: {bad} NaN/inf depth values")

@@ -59,7 +59,7 @@ def _folder_split_dir(root: str, split: str) -> str:
     known = {n for ns in _SPLIT_DIRS.values() for n in ns}
     if any(os.path.isdir(os.path.join(root, n)) for n in known):
         raise DataError(f"folder:{root} has split sub-folders but none for split "
-                                 f"{split!r} (looked for {', '.join(names)})")
+                        f"{split!r} (looked for {', '.join(names)})")
     return root  # class folders directly in PATH: the same images serve every split
 
 
@@ -80,7 +80,7 @@ def folder_files(root: str, split: str) -> list[tuple[str, int]]:
     unknown = sorted(set(present) - set(classes))
     if unknown:
         raise DataError(f"folder:{root}: split {split!r} has classes the training "
-                                 f"split lacks: {unknown[:10]}")
+                        f"split lacks: {unknown[:10]}")
     files = []
     for label, name in enumerate(classes):
         cdir = os.path.join(d, name)
@@ -90,7 +90,7 @@ def folder_files(root: str, split: str) -> list[tuple[str, int]]:
                   if f.lower().endswith(IMAGE_SUFFIXES)]
     if not files:
         raise DataError(f"folder:{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in "
-                                 f"the class folders of {d}")
+                        f"the class folders of {d}")
     return files
 
 

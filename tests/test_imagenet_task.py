@@ -183,7 +183,7 @@ def test_sweep_writes_json_and_plot(runs, tmp_path, capsys):
                    "--num-per-class", "2", "--max-eval", "30", "--out", str(tmp_path)]) == 0
     res = json.load(open(tmp_path / "sweep.json"))
     assert [(r["temperature"], r["cfg_weight"]) for r in res["results"]] == [(1.0, 0.0),
-                                                                              (1.0, 1.0)]
+                                                                             (1.0, 1.0)]
     assert all(np.isfinite(r["FID"]) for r in res["results"])
     assert cv2.imread(str(tmp_path / "sweep.png")) is not None
 

@@ -153,7 +153,7 @@ CATS = [{"id": 1, "isthing": 1, "name": "a"}, {"id": 7, "isthing": 1, "name": "b
 
 def _logits(sem, inst, n_sem=4, n_inst=4):
     return {"semantics": _one_hot(np.array(sem), n_sem), "instances": _one_hot(np.array(inst),
-                                                                                n_inst)}
+                                                                               n_inst)}
 
 
 def test_each_instance_takes_one_class_by_summed_logits():

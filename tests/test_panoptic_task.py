@@ -96,7 +96,7 @@ def test_instances_are_canonical_by_centre_of_mass():
 def test_crowd_keeps_its_class_and_instances_beyond_capacity_drop():
     ids = np.array([[1, 1, 2, 2], [3, 3, 4, 4]])
     labels = encode_panoptic(ids, np.array([1, 2, 3, 4]), np.array([0, 0, 0, 1]),
-                               num_instances=3)
+                             num_instances=3)
     # Segment 2 is crowd in COCO: published, it is labelled like any other segment.
     assert labels[..., 0].tolist() == [[1, 1, 1, 1], [1, 1, 2, 2]]
     assert labels[..., 1].tolist() == [[1, 1, 2, 2], [0, 0, 0, 0]]  # ids 3, 4 do not fit
@@ -115,8 +115,8 @@ def test_things_encoding_numbers_only_non_crowd_things():
     ranked by (row, column) of their centre."""
     ids = np.array([[1, 1, 2, 2, 5], [3, 3, 4, 4, 5]])
     labels = encode_things(ids, np.array([1, 2, 3, 4, 5]), np.array([0, 0, 1, 2, 0]),
-                             np.array([False, True, False, False, False]),
-                             np.array([c["isthing"] == 1 for c in CATS]), num_instances=3)
+                           np.array([False, True, False, False, False]),
+                           np.array([c["isthing"] == 1 for c in CATS]), num_instances=3)
     assert labels[..., 0].tolist() == [[1, 1, 0, 0, 1], [2, 2, 3, 3, 1]]
     # things 1 (centre row 0), 5 (row 0.5), 3 (row 1): id 3 does not fit 3 channels
     assert labels[..., 1].tolist() == [[1, 1, 0, 0, 2], [0, 0, 0, 0, 2]]
@@ -485,7 +485,7 @@ def _write_folder(root, split="validation", break_with=None):
         ids[:8] = 5
         ids[8:] = 9
         segs = [{"id": 5, "category_id": 20, "iscrowd": 0}, {"id": 9, "category_id": 1,
-                                                           "iscrowd": 0}]
+                                                             "iscrowd": 0}]
         if break_with == "json_only" and k == 1:
             segs.append({"id": 77, "category_id": 1, "iscrowd": 0})
         if break_with == "png_only" and k == 1:
