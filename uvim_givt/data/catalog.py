@@ -81,18 +81,15 @@ def load(readers: Readers, cfg: ml_collections.ConfigDict, source: str | None, s
         builder = ensure_built(readers.embedded, data_dir=data_dir(cfg),
                                **readers.embedded_config(cfg))
         ds = _split_of(builder, split, "embedded")
-    elif kind == "tfds":
+    elif kind == "tfds":  # as_dataset, not is_prepared, decides (tfds.testing.mock_data)
         import tensorflow_datasets as tfds
 
         try:
             builder = tfds.builder(arg, data_dir=data_dir(cfg))
         except Exception as e:  # noqa: BLE001 - TFDS raises many kinds
             raise DataError(f"data.source tfds:{arg}: no such TFDS dataset ({e})") from None
-        if not builder.is_prepared():
-            raise DataError(f"data.source tfds:{arg}: not prepared in {builder.data_dir}. "
-                            "Prepare it first: "
-                            + readers.prepare_hint.replace("NAME", arg))
-        ds = _split_of(builder, split, f"tfds:{arg}")
+        ds = _split_of(builder, split, f"tfds:{arg}",
+                       "Prepare it first: " + readers.prepare_hint.replace("NAME", arg))
     else:
         if readers.folder is None:
             raise DataError(f"data.source folder:{arg}: this task reads no folders")
@@ -100,10 +97,13 @@ def load(readers: Readers, cfg: ml_collections.ConfigDict, source: str | None, s
     return readers.fields(ds, split) if readers.fields is not None else ds
 
 
-def _split_of(builder: Any, split: str, what: str) -> tf.data.Dataset:
+def _split_of(builder: Any, split: str, what: str, hint: str = "") -> tf.data.Dataset:
     try:  # TFDS split syntax included: "train[4096:]", "validation[:10%]"
         return builder.as_dataset(split=split, shuffle_files=False)
     except Exception as e:  # noqa: BLE001 - TFDS raises many kinds
+        if hint and not builder.is_prepared():
+            raise DataError(f"data.source {what}: not prepared in {builder.data_dir}. "
+                            f"{hint}") from None
         splits = ", ".join(sorted(builder.info.splits.keys()))
         raise DataError(f"{what}: cannot read split {split!r} (its splits: {splits}; "
                         f"{type(e).__name__}: {e})") from None
