@@ -215,7 +215,7 @@ def _stored_dataset(task: str) -> tuple[Any, str]:
 
 
 def _decode(task: str) -> Callable[[dict], dict]:
-    """Stored example -> what ``task.load`` yields (TFDS's decoding)."""
+    """Stored example -> what ``catalog.load`` yields (TFDS's decoding)."""
     import tensorflow as tf
 
     def panoptic(ex):

@@ -69,7 +69,7 @@ def _vit_vae_shape(size: str, codeword_dim: int) -> dict:
 
 
 def evaluator(kind: str, prediction: str, *, split: str = "validation", num_examples: int = 0,
-              every: int = 0, batch_size: int = 50, **extra) -> dict:
+              every: int = 0, batch_size: int = 50, overlays: int = 0, **extra) -> dict:
     """One evaluator declaration (``cfg.evals.<name>``), run by the runner and ``eval``.
 
     kind: the metric family (evals/): panoptic | depth | generation | loss.
@@ -78,10 +78,11 @@ def evaluator(kind: str, prediction: str, *, split: str = "validation", num_exam
       its decoded means for a task metric, its NLL for kind "loss") or
       baseline (a task's reference predictor, e.g. the training-set mean depth).
     num_examples: cap on the split (0 = all of it). every: also run every N steps of the
-      evaluated stage's training (0 = only after it).
+      evaluated stage's training (0 = only after it). overlays: pictures of the first N
+      predictions of a dense evaluator (RUN/predictions/).
     """
     return dict(kind=kind, prediction=prediction, split=split, num_examples=num_examples,
-                every=every, batch_size=batch_size, **extra)
+                every=every, batch_size=batch_size, overlays=overlays, **extra)
 
 
 def dense_evaluators(kind: str, size: str, baseline: bool = False,
@@ -190,8 +191,9 @@ def published_givt_train(epochs: float, num_examples: int, warmup_steps: int = 0
 
 
 def sampling_group(**values: object) -> dict:
-    """``givt.sampling``: every sampling setting (``uvim_givt.sampling.SamplingSettings``) at
-    its published default; a task's config passes the values it changes.
+    """``givt.sampling``: every sampling setting (``uvim_givt.sampling.SamplingSettings``), at
+    the values the UViM recipes leave alone; a task's config passes the values it changes
+    (ImageNet: its temperature, guidance and MaskGIT t_C).
 
     temperature / temperature_probs: of the mixture components' spread / of the mixture
     weights. cfg_weight: DB-CFG guidance (0 = none; class-conditional models trained with

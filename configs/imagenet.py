@@ -124,6 +124,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_classes=num_classes,
         train_split="train",
         val_split="validation",
+        data_dir="",  # TFDS data dir for embedded/tfds sources ("" = TFDS_DATA_DIR or default)
         # Training augmentation: random crop of the resized image + horizontal flip
         # (off for digits: a flipped digit is another symbol).
         random_crop=paper,

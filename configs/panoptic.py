@@ -41,6 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Paper: the first 4,096 training images are held out (losses, held-out PQ).
         train_split="train[4096:]" if paper else "train",
         val_split="validation",
+        data_dir="",  # TFDS data dir for embedded/tfds sources ("" = TFDS_DATA_DIR or default)
         flip=True,
         # Inception-style crops: big_vision's inception_box keeps 5-100% of the area.
         crop_area_min=0.05 if paper else 0.5,

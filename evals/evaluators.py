@@ -7,7 +7,7 @@
 
 ``kind`` names the metric family and so the evaluation loop (one per family of task):
 
-* ``generation``: the generation loop (evals.generative): FID, IS, class accuracy;
+* ``generation``: the generation loop (evals.generation_loop): FID, IS, class accuracy;
 * ``loss``: held-out losses, for any task: stage 1's objective (``oracle``) and stage 2's
   teacher-forced NLL (``teacher_forced``);
 * any other kind (``panoptic``, ``depth``, a new task's own): the dense loop: predict a
@@ -278,7 +278,7 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
     if max_examples:
         ds = ds.take(max_examples)
     metric = task.metric(cfg, spec.kind)
-    n_overlays = 0 if periodic else int(spec.options.get("overlays", 0))
+    n_overlays = 0 if periodic else int(spec.options.overlays)
     overlay_dir = os.path.join(run.run_dir, "predictions")
     extra: dict[str, Any] = {}
     if spec.prediction == "baseline":  # before the progress bar: it may print

@@ -98,7 +98,7 @@ def score_images(extractor: Any, images: np.ndarray, ref_feats: np.ndarray,
 
 def eval_classes(cfg: ml_collections.ConfigDict, options: ml_collections.ConfigDict
                  ) -> np.ndarray:
-    n, cap = int(cfg.data.num_classes), int(options.max_classes)
+    n, cap = int(cfg.givt.model.num_labels), int(options.max_classes)
     return np.arange(min(n, cap) if cap else n)
 
 
@@ -107,7 +107,7 @@ def sample_and_score(gen: Predictor, extractor: Any, ref_feats: np.ndarray,
     """Samples one image per label with the predictor's settings, scores them."""
     images = gen.decode_images(gen.sample_latents(labels, seed=seed))
     return score_images(extractor, images, ref_feats, labels,
-                        int(gen.cfg.data.num_classes)), images
+                        int(gen.model.num_labels)), images
 
 
 def per_class_grids(images: np.ndarray, labels: np.ndarray, classes: np.ndarray, per_class: int

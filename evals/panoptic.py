@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     ckpt = p.add_argument_group("checkpoint mode (the run's declared panoptic evaluators)")
     ckpt.add_argument("--ckpt", metavar="RUN_DIR", help="run directory to evaluate")
     ckpt.add_argument("--data", help="data source, as the task's --data takes it")
-    ckpt.add_argument("--split", default="validation")
+    ckpt.add_argument("--split", default=None,
+                      help="score every evaluator on this split (default: each one's own)")
     ckpt.add_argument("--max-examples", type=positive_int, help="evaluate at most this many images")
     p.add_argument("--out", help="also write the results (with per-class figures) to this JSON")
     p.add_argument("--workers", type=positive_int,

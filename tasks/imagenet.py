@@ -21,7 +21,7 @@ This file holds the task: its readers (the class-folder reader among them), its 
 ``eval`` and ``predict`` the central square), the class count and its metadata; the
 ``sample``/``sweep``/``probe`` commands are in tasks/imagenet_commands.py. Training both
 stages is the generic runner's (``uvim_givt.training.runner``: ``vae.kind = "cnn"``, a GIVT
-with ``num_labels``), evaluation the ``generation`` evaluators' (``evals.generative``).
+with ``num_labels``), evaluation the ``generation`` evaluators' (``evals.generation_loop``).
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ class PanopticTask:
     def _cats(self, cfg):
         if not hasattr(self, "_cat_cache"):
             self._cat_cache = {}
-        key = cfg.data.source
+        key = (cfg.data.source, cfg.data.val_split)  # a folder's JSON of that split
         if key not in self._cat_cache:
             self._cat_cache[key] = self.categories(cfg)
         return self._cat_cache[key]

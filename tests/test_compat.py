@@ -20,7 +20,7 @@ from uvim_givt.models import builders
 from uvim_givt.training import param_files as pf
 from uvim_givt.training.checkpoint import load_params
 from uvim_givt.training.trainer import count_params
-from uvim_givt.training.warm_start import warm_start_fn
+from uvim_givt.training.warm_start import load_vit_encoder, warm_start_fn
 
 TREES = Path(__file__).parent / "data" / "big_vision_param_trees.json"
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -527,7 +527,7 @@ def test_init_encoder_refuses_bad_values(tmp_path, bad):
                          for k, v in src.items()})
         with pytest.raises(pf.CheckpointValueError,
                            match=rf"^{re.escape(npz)}: parameter '{key}' "):
-            bv.load_vit_encoder(npz, params, (8, 8))
+            load_vit_encoder(npz, params, (8, 8))
         cfg.givt.init_encoder = npz
         with pytest.raises(UserError, match=rf"givt\.init_encoder=.*parameter '{key}'"
                                             rf".*{re.escape(expect)}"):

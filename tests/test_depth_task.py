@@ -18,8 +18,7 @@ from tasks import depth as D
 from uvim_givt import schema
 from uvim_givt.config import load_config
 from uvim_givt.data import catalog
-from uvim_givt.data.pipeline import DataError
-from uvim_givt.errors import UserError
+from uvim_givt.errors import DataError, UserError
 from uvim_givt.models import builders
 from uvim_givt.sampling.maskgit import sample_maskgit
 from uvim_givt.sampling.predictor import Predictor

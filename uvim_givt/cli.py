@@ -20,7 +20,7 @@ from typing import Any
 
 from uvim_givt import config as config_lib
 from uvim_givt import rundir
-from uvim_givt.data import pipeline
+from uvim_givt.data import catalog
 from uvim_givt.errors import (
     EXIT_USER_ERROR,
     ArgumentParser,
@@ -70,12 +70,12 @@ def load_task_config(task: Task, args: argparse.Namespace):
     cfg = config_lib.load_config(args.config or f"configs/{task.name}.py", args.set or [])
     if args.data:
         cfg.data.source = args.data
-    pipeline.parse_source(cfg.data.source)  # validates the spec early
+    catalog.parse_source(cfg.data.source)  # validates the spec early
     return cfg
 
 
 def default_workdir(cfg) -> str:
-    kind, arg = pipeline.parse_source(cfg.data.source)
+    kind, arg = catalog.parse_source(cfg.data.source)
     style = cfg.givt.model.style
     return rundir.default_workdir(cfg, kind, arg, suffix="masked" if style == "masked" else "")
 

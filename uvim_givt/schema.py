@@ -274,7 +274,10 @@ LIBRARY_RULES: Rules = (
     (r"(vae|givt)\.init\.path", Text()),
     (r"(vae|givt)\.init\.dont_load", Regexes()),
     # -- stage 1
-    (r"vae\.kind", OneOf(("vit", "cnn"))),
+    # a stage-1 kind registered in uvim_givt/training/stages.py (unknown names are refused
+    # there, before a run starts, with the registered ones)
+    (r"vae\.kind", Text(r"[a-z][a-z0-9_]*", "a registered stage-1 kind (vit, cnn, ...)",
+                        bad="ViT!")),
     (r"vae\.beta", NON_NEGATIVE),
     (r"vae\.ema_decay", FRACTION_BELOW_1),
     (r"vae\.ignore_zero", Names()),

@@ -51,11 +51,6 @@ from uvim_givt.training.param_files import (  # noqa: F401 (re-exported)
     save_npz,
 )
 from uvim_givt.training.trainer import count_params
-from uvim_givt.training.warm_start import (  # noqa: F401 (re-exported)
-    init_from,
-    load_vit_encoder,
-    resample_posemb,
-)
 
 
 # ------------------------------------------------------------------- models from configs

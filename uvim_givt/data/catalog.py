@@ -25,8 +25,6 @@ import tensorflow as tf
 
 from uvim_givt.errors import DataError
 
-SOURCE_KINDS = ("embedded", "tfds", "folder")
-
 
 def parse_source(spec: str | None) -> tuple[str, str]:
     """``'embedded'`` / ``'tfds:NAME'`` / ``'folder:PATH'`` -> (kind, argument)."""
@@ -65,7 +63,7 @@ class Readers:
 
 def data_dir(cfg: ml_collections.ConfigDict) -> str | None:
     """``data.data_dir`` when the config sets one, else TFDS's usual."""
-    return str(cfg.data.get("data_dir") or "") or None
+    return str(cfg.data.data_dir) or None
 
 
 def load(readers: Readers, cfg: ml_collections.ConfigDict, source: str | None, split: str

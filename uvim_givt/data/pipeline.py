@@ -27,8 +27,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from uvim_givt.data.catalog import parse_source  # noqa: F401 (re-exported)
-from uvim_givt.errors import DataError  # noqa: F401 (raised here; re-exported)
+from uvim_givt.errors import DataError
 
 Example = dict[str, Any]
 

@@ -75,10 +75,3 @@ class Encoder(nn.Module):
                 x, _ = Encoder1DBlock(name=f"encoderblock_{i}", **kw)(x)
         return nn.LayerNorm(name="encoder_norm", dtype=self.dtype)(x)
 
-
-def patchify_embed(module: nn.Module, name: str, images: jax.Array, width: int,
-                   patch: tuple[int, int]) -> jax.Array:
-    """Conv patch embedding -> (B, num_patches, width)."""
-    x = nn.Conv(width, tuple(patch), strides=tuple(patch), padding="VALID", name=name)(images)
-    b, h, w, c = x.shape
-    return jnp.reshape(x, (b, h * w, c))

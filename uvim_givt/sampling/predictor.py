@@ -95,18 +95,19 @@ class Predictor:
         return self._stage2().unadapt(self.givt_params, y)
 
     def sample_codes(self, seed: int, draw: int = 0, *, image: Any = None, labels: Any = None,
-                     rng: jax.Array | None = None, return_trace: bool = False) -> Any:
+                     batch_size: int | None = None, rng: jax.Array | None = None,
+                     return_trace: bool = False) -> Any:
         """VAE codes [B, seq_len, out_dim] by the sampler of the GIVT's style with this
         predictor's settings. ``draw`` > 0 picks an independent sample for the same
         ``seed`` (draw 0 uses ``PRNGKey(seed)`` itself); ``rng``, when given, replaces
-        both."""
+        both. ``batch_size``: the number of sequences when there is no condition."""
         stage2 = self._stage2()
         if rng is None:
             rng = jax.random.PRNGKey(seed)
             if draw:
                 rng = jax.random.fold_in(rng, draw)
         return stage2.sample(self.givt_params, rng, self.settings, image=image, labels=labels,
-                             return_trace=return_trace)
+                             batch_size=batch_size, return_trace=return_trace)
 
     def teacher_forced(self, images: np.ndarray | None, x: np.ndarray,
                        labels: np.ndarray | None = None) -> Any:

@@ -55,30 +55,34 @@ class SamplingSettings:
         if unknown:
             raise ConfigError(f"no sampling setting {unknown[0]!r} (settings: {names})")
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls._checked(str(cfg.givt.model.style), values)
+
+    @classmethod
+    def _checked(cls, style: str, values: Mapping[str, Any]) -> SamplingSettings:
+        """Raw values checked by their schema rules first (a float where an int belongs, a
+        string where a flag belongs: refused, never cast), then typed."""
+        _check_rules(style, values)
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         cast = {"int": int, "float": float, "bool": bool, "str": str}
-        settings = cls(style=str(cfg.givt.model.style),
-                       **{k: cast[types[k]](v) for k, v in values.items()})
+        settings = cls(style=style, **{k: cast[types[k]](v) for k, v in values.items()})
         settings.check()
         return settings
 
     def replace(self, **overrides: Any) -> SamplingSettings:
         """These settings with ``overrides`` (None = keep), checked."""
-        out = dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
-        out.check()
-        return out
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name != "style"}
+        unknown = sorted(set(overrides) - set(values))
+        if unknown:
+            raise ConfigError(f"no sampling setting {unknown[0]!r} (settings: {list(values)})")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return self._checked(self.style, values)
 
     def check(self) -> None:
-        """Each value by its rule in :mod:`uvim_givt.schema` (the one place key ranges live:
-        a command's override is checked as the config's value would be), then the
-        combinations no sampler accepts, refused by the keys that break them."""
-        from uvim_givt import schema
-
-        group = {f"givt.sampling.{f.name}": getattr(self, f.name)
-                 for f in dataclasses.fields(self) if f.name != "style"}
-        schema.check(ml_collections.ConfigDict(
-            {"givt": {"sampling": {k.split(".")[-1]: v for k, v in group.items()},
-                      "model": {"style": self.style}}}), schema.LIBRARY_RULES)
+        """Each value by its rule (:mod:`uvim_givt.schema`, the one place key ranges live),
+        then the combinations no sampler accepts, refused by the keys that break them."""
+        _check_rules(self.style, {f.name: getattr(self, f.name)
+                                  for f in dataclasses.fields(self) if f.name != "style"})
         if self.unconditional and self.cfg_weight:
             raise ConfigError("givt.sampling.unconditional drops every label: it takes no "
                               f"guidance (cfg_weight={self.cfg_weight:g})")
@@ -116,6 +120,13 @@ class SamplingSettings:
                          + (f", rand_top_k t={self.rand_top_k_temperature:g}"
                             if self.rand_top_k else ""))
         return ", ".join(parts)
+
+
+def _check_rules(style: str, values: Mapping[str, Any]) -> None:
+    from uvim_givt import schema
+
+    schema.check(ml_collections.ConfigDict(
+        {"givt": {"sampling": dict(values), "model": {"style": style}}}), schema.LIBRARY_RULES)
 
 
 def sample_by_style(model: Any, params: Any, rng: jax.Array, settings: SamplingSettings, *,

@@ -1,7 +1,8 @@
 """The two-stage runner: train a task's stage-1 VAE and stage-2 GIVT into one run directory.
 
-Everything here is generic. What a task brings is its data (``load``, ``preprocess``: see
-``uvim_givt.task``); what a model is comes from the config:
+Everything here is generic. What a task brings is its data (``readers``, ``preprocess``:
+see ``uvim_givt.task``); what a stage computes is its definition (``training/stages.py``),
+chosen by the config:
 
 * stage 1, ``vae.kind``: ``"vit"`` (label maps -> per-channel logits; cross-entropy + beta
   KL) or ``"cnn"`` (images; L2 + beta KL, optional VGG perceptual and PatchGAN losses, the
@@ -81,7 +82,7 @@ class EvalHooks(Protocol):
 def check_config(cfg: ml_collections.ConfigDict) -> None:
     """Stage 1 and stage 2 must agree on the code sequence and the conditioning (each key's
     own range or choices: :mod:`uvim_givt.schema`)."""
-    vae, g = builders.build_model("vae", cfg), cfg.givt.model
+    vae, g = stages.stage_of(cfg, "vae").model, cfg.givt.model
     problems = []
     size = int(cfg.data.image_size)
     if tuple(vae.input_size) != (size, size):

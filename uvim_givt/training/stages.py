@@ -65,13 +65,13 @@ def stage_of(cfg: ml_collections.ConfigDict, stage: str) -> Any:
     if stage == "givt":
         groups["givt"] = {k: v for k, v in config_lib.to_dict(cfg.givt).items()
                           if k not in ("train", "sampling", "init")}
-    key = (name, json.dumps(groups, sort_keys=True, default=str))
+    key = (name, _KINDS[name], json.dumps(groups, sort_keys=True, default=str))
     if key not in _BUILT:
         _BUILT[key] = _KINDS[name](cfg)
     return _BUILT[key]
 
 
-_BUILT: dict[tuple[str, str], Any] = {}
+_BUILT: dict[tuple[str, type, str], Any] = {}
 
 
 # ------------------------------------------------------------------------------ stage 1
@@ -280,12 +280,14 @@ class GIVTStage:
         return model.head.mean(logits)
 
     def sample(self, params: Params, rng: jax.Array, settings: Any, *, image: Any = None,
-               labels: Any = None, return_trace: bool = False) -> Any:
+               labels: Any = None, batch_size: int | None = None,
+               return_trace: bool = False) -> Any:
         """VAE codes [B, seq_len, out_dim] by the sampler of the GIVT's style (through the
         adaptor's inverse); with ``return_trace`` (MaskGIT) also the decoding trace, whose
         sequences are still the GIVT's."""
         from uvim_givt.sampling.settings import sample_by_style
-        batch = len(image) if image is not None else len(labels)
+        batch = len(image) if image is not None else \
+            len(labels) if labels is not None else batch_size
         out = sample_by_style(self.model, params, rng, settings, batch_size=batch,
                               image=None if image is None else jnp.asarray(image),
                               labels=None if labels is None else jnp.asarray(labels),
