@@ -56,7 +56,7 @@ from bench_train_step import (  # noqa: E402
 from uvim_givt import config as config_lib  # noqa: E402
 from uvim_givt import errors  # noqa: E402
 from uvim_givt.models import builders  # noqa: E402
-from uvim_givt.sampling import sample_autoregressive, sample_maskgit  # noqa: E402
+from uvim_givt.sampling import SamplingSettings, sample_by_style  # noqa: E402
 from uvim_givt.training.trainer import count_params  # noqa: E402
 
 SIZES = ("tiny", "paper")
@@ -85,10 +85,8 @@ def make_sampler(mode: str, cfg: ml_collections.ConfigDict, batch: int
     """(sample(rng) -> codes, params, shape info) for one mode; params are random."""
     model = builders.build_model("givt", cfg)
     params = jax.jit(lambda k: builders.init_givt(model, k))(jax.random.PRNGKey(0))
-    s = cfg.givt.sampling
     rng = np.random.default_rng(0)
-    kw: dict[str, Any] = dict(temperature=float(s.temperature),
-                              temperature_probs=float(s.temperature_probs))
+    kw: dict[str, Any] = {}
     if model.num_labels is not None:
         kw["labels"] = jnp.asarray(rng.integers(0, int(model.num_labels), (batch,)), jnp.int32)
     else:
@@ -96,19 +94,17 @@ def make_sampler(mode: str, cfg: ml_collections.ConfigDict, batch: int
     if model.has_encoder:
         size = int(cfg.data.image_size)
         kw["image"] = jnp.asarray(rng.uniform(-1, 1, (batch, size, size, 3)), jnp.float32)
+    # The config's sampling settings (its temperatures, DB-CFG proposals, MaskGIT t_C), with
+    # what the mode measures put over them.
+    settings = SamplingSettings.from_config(cfg).replace(**{
+        "maskgit16": dict(num_steps=16, cfg_weight=0.0),
+        "ar_beam4_fan8": dict(cfg_weight=0.0, beam_size=4, fan_size=8),
+        "uvim_beam4_fan8": dict(cfg_weight=0.0, beam_size=4, fan_size=8),
+        "ar_dbcfg": dict(beam_size=1, fan_size=1),
+    }.get(mode, dict(cfg_weight=0.0, beam_size=1, fan_size=1)))
 
-    if mode == "maskgit16":
-        def sample(key):
-            return sample_maskgit(model, params, key, num_steps=16,
-                                  choice_temperature=float(s.choice_temperature), **kw)
-    else:
-        if mode in ("ar_beam4_fan8", "uvim_beam4_fan8"):
-            kw.update(beam_size=4, fan_size=8)
-        elif mode == "ar_dbcfg":
-            kw.update(cfg_weight=float(s.cfg_weight))
-
-        def sample(key):
-            return sample_autoregressive(model, params, key, **kw)[0]
+    def sample(key):
+        return sample_by_style(model, params, key, settings, **kw)
     info = {"seq_len": int(model.seq_len), "token_dim": int(model.out_dim),
             "params": count_params(params)}
     return sample, params, info
