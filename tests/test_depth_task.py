@@ -73,8 +73,10 @@ def test_crops_zoom_the_training_views():
 
 @pytest.mark.parametrize("area_min", [0.0, 1.5])
 def test_crop_area_min_out_of_range_is_a_clear_error(area_min):
-    with pytest.raises(UserError, match="data.crop_area_min"):
-        _views(area_min, [0])
+    """Refused by its schema rule, which every command checks before anything runs."""
+    cfg = load_config("configs/depth.py", [f"data.crop_area_min={area_min}"])
+    with pytest.raises(UserError, match=rf"data.crop_area_min={area_min}"):
+        schema.check(cfg, schema.rules_of(D.TASK))
 
 
 # ----------------------------------------------------------------------------- binning
@@ -109,8 +111,9 @@ def test_bins_to_depth_argmax_and_expectation_ignore_class_zero():
     assert arg[0] == pytest.approx(centres[10]) and arg[1] == pytest.approx(centres[20])
     assert exp[0] == pytest.approx(centres[10], abs=1e-4)
     assert exp[1] == pytest.approx((centres[20] + centres[30]) / 2, abs=1e-4)
-    with pytest.raises(Exception, match="data.decode"):
-        D.bins_to_depth(logits, LO, HI, "median")
+    cfg = load_config("configs/depth.py", ["data.decode='median'"])
+    with pytest.raises(UserError, match="data.decode='median'"):  # the config's rule
+        schema.check(cfg, schema.rules_of(D.TASK))
 
 
 # ----------------------------------------------------------------------- the HDF5 reader

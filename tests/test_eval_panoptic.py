@@ -601,7 +601,7 @@ def test_cli_files_mode(good: dict, capsys) -> None:
 def test_cli_arguments() -> None:
     args = parse_args(["--ckpt", "runs/x", "--data", "embedded", "--max-examples", "8"])
     assert (args.ckpt, args.data, args.split, args.max_examples) == (
-        "runs/x", "embedded", "validation", 8,
+        "runs/x", "embedded", None, 8,  # None: each evaluator's own split
     )  # fmt: skip
     for bad in (
         ["--ckpt", "runs/x", "--gt-json", "a.json"],  # two modes at once

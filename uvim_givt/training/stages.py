@@ -20,6 +20,7 @@ shared by every evaluation and predictor of a run.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -150,11 +151,16 @@ class CNNVAEStage(_VAEStage):
         self.train_model = self.model.clone(clip_output=False)  # gradients outside [-1, 1]
         self.w_perc = float(cfg.vae.perceptual.weight)
         self.w_adv = float(cfg.vae.adversarial.weight)
-        self.vgg = (image_losses.load_vgg16_weights(str(cfg.vae.perceptual.weights))
-                    if self.w_perc > 0 else None)
+        self._vgg_file = str(cfg.vae.perceptual.weights)
         self.disc = (image_losses.PatchDiscriminator(int(cfg.vae.adversarial.filters),
                                                      int(cfg.vae.adversarial.num_layers))
                      if self.w_adv > 0 else None)
+
+    @functools.cached_property
+    def vgg(self) -> Any:
+        """The perceptual loss's VGG16 weights, read when the loss is first traced (building
+        the definition, e.g. to check a config's model, needs no weights file)."""
+        return image_losses.load_vgg16_weights(self._vgg_file) if self.w_perc > 0 else None
 
     def init(self, key: jax.Array) -> Params:
         k_vae, k_disc = jax.random.split(key)
