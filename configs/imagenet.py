@@ -125,9 +125,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         train_split="train",
         val_split="validation",
         data_dir="",  # TFDS data dir for embedded/tfds sources ("" = TFDS_DATA_DIR or default)
-        # Training augmentation: random crop of the resized image + horizontal flip
-        # (off for digits: a flipped digit is another symbol).
-        random_crop=paper,
+        # Training augmentation (published: an inception crop keeping 80-100% of the area
+        # at aspect 1, resized bicubic with antialiasing, and a horizontal flip); off for
+        # digits: a flipped digit is another symbol. 1.0 = no crop: the short side resized
+        # to image_size and the centre cut, as in evaluation.
+        crop_area_min=0.8 if paper else 1.0,
         flip=paper,
         shuffle_buffer=10_000 if paper else 2_000,
         # Keep the loaded examples in memory after the first epoch: the embedded data's few
@@ -178,7 +180,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                           wd=(0.0 if masked else 1e-4) if paper else 1e-4),
         sampling=sampling_group(
             temperature=1.0 if masked else 0.9 if shuffled else 0.95,
-            cfg_weight=(0.1 if masked else 0.9 if shuffled else 0.4) if paper else 0.4,
+            # published: 0.4 (causal), 0.9 (512px large causal); MaskGIT 0.1 at 256px (the
+            # GIVT README), 0.0 at 512px (the config's masked_generation_config)
+            cfg_weight=(((0.1 if a.res == 256 else 0.0) if masked else 0.9 if shuffled
+                         else 0.4) if paper else 0.4),
             # MaskGIT choice temperature t_C (published: 35; 140 at 512px)
             choice_temperature=(140.0 if masked and a.res == 512 else 35.0) if paper else 4.0,
             cfg_max_samples=1000 if paper else 128,  # fewer DB-CFG proposals in tiny/base
@@ -189,6 +194,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.givt.adaptor.pixel_shuffle_patch_size = (1, 2)
     c.givt.train.optim.warmup_fraction = 0.1
     c.givt.train.optim.grad_clip = 1.0
+    if paper:  # big_vision's config.wd: kernels only, times the schedule, not the lr
+        c.givt.train.optim.wd_mode = "schedule_scaled"
+        c.givt.train.optim.wd_pattern = "/kernel$"
     # Stage 1: recon_mse, FID_recon and FID_random_latents; stage 2: FID, IS and class
     # accuracy of samples with and without guidance. num_examples caps the real images of
     # the split (the FID reference); batch_size is images per model call.

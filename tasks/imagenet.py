@@ -197,27 +197,33 @@ class ImageNetTask:
     def preprocess(self, cfg: ml_collections.ConfigDict, example: dict, mode: str,
                    seed: tf.Tensor | None = None) -> dict[str, Any]:
         """Model inputs {image, label (not in ``predict``), meta {size: the raw H, W}} by
-        the route ``mode``: the short side resized to ``image_size``, a square cut (random
-        in ``train`` with ``data.random_crop``, else central), maybe flipped (``train``
-        with ``data.flip``); image float32 in [-1, 1]."""
+        the route ``mode``. ``train`` with ``data.crop_area_min`` < 1: an inception crop
+        (a random square box covering that fraction of the area or more) resized to
+        ``image_size``, as published; otherwise the short side resized to ``image_size``
+        and the centre cut. Resizing is bicubic with antialiasing (published); ``train``
+        with ``data.flip`` mirrors at random. Image float32 in [-1, 1]."""
         if mode not in ROUTES:
             raise ValueError(f"mode {mode!r}: one of {ROUTES}")
         train = mode == "train"
         size = int(cfg.data.image_size)
-        image = example["image"]
+        image = tf.cast(example["image"], tf.float32)
         if train:
             s_crop, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        shape = tf.shape(image)
-        h, w = shape[0], shape[1]
-        scale = size / tf.cast(tf.minimum(h, w), tf.float32)
-        nh = tf.maximum(size, tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32))
-        nw = tf.maximum(size, tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32))
-        image = tf.cast(image, tf.float32)
-        image = tf.cond(tf.logical_and(tf.equal(nh, h), tf.equal(nw, w)), lambda: image,
-                        lambda: tf.image.resize(image, (nh, nw), "bilinear", antialias=True))
-        if train and cfg.data.random_crop:
-            image = tf.image.stateless_random_crop(image, (size, size, 3), seed=s_crop)
+        area_min = float(cfg.data.crop_area_min)
+        if train and area_min < 1.0:
+            begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
+                tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=s_crop,
+                area_range=(area_min, 1.0), aspect_ratio_range=(1.0, 1.0),
+                use_image_if_no_bounding_boxes=True)
+            image = image[begin[0]:begin[0] + crop[0], begin[1]:begin[1] + crop[1]]
+            image = _resize(image, tf.constant(size), tf.constant(size))
         else:
+            shape = tf.shape(image)
+            h, w = shape[0], shape[1]
+            scale = size / tf.cast(tf.minimum(h, w), tf.float32)
+            nh = tf.maximum(size, tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32))
+            nw = tf.maximum(size, tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32))
+            image = _resize(image, nh, nw)
             top, left = (nh - size) // 2, (nw - size) // 2
             image = image[top:top + size, left:left + size]
         if train and cfg.data.flip:
@@ -228,6 +234,17 @@ class ImageNetTask:
         if mode != "predict":
             out["label"] = tf.cast(example["label"], tf.int32)
         return out
+
+
+def _resize(image: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    """float [H, W, 3] in [0, 255] -> [height, width, 3], bicubic with antialiasing
+    (big_vision's ``method="bicubic", antialias=True``), clipped to [0, 255] (bicubic
+    overshoots at edges); the same tensor when the size already matches."""
+    shape = tf.shape(image)
+    same = tf.logical_and(tf.equal(shape[0], height), tf.equal(shape[1], width))
+    return tf.cond(same, lambda: image, lambda: tf.clip_by_value(
+        tf.image.resize(image, tf.stack([height, width]), "bicubic", antialias=True),
+        0.0, 255.0))
 
 
 TASK = ImageNetTask()

@@ -254,32 +254,64 @@ def test_class_folder_reads_through_the_catalog(tmp_path):
         catalog.load(I.TASK.readers, cfg, f"folder:{tmp_path / 'ant'}", "train")
 
 
+def _bicubic(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """big_vision's resize (bicubic, antialiased), clipped to the uint8 range."""
+    import tensorflow as tf
+    out = tf.image.resize(image.astype(np.float32), size, "bicubic", antialias=True).numpy()
+    return np.clip(out, 0, 255)
+
+
 def test_routes_resize_the_short_side_and_cut_a_square():
     import tensorflow as tf
-    cfg = load_config("configs/imagenet.py")  # 32 px, no random crop or flip (digits)
+    cfg = load_config("configs/imagenet.py")  # 32 px, no crop or flip (digits)
+    assert cfg.data.crop_area_min == 1.0 and not cfg.data.flip
     rng = np.random.default_rng(1)
     example = {"image": rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
                "label": np.int64(7)}
     ev = I.TASK.preprocess(cfg, example, "eval")
     pr = I.TASK.preprocess(cfg, {"image": example["image"]}, "predict")
     tr = I.TASK.preprocess(cfg, example, "train", seed=tf.constant([0, 1], tf.int64))
-    resized = tf.image.resize(example["image"].astype(np.float32), (32, 43), "bilinear",
-                              antialias=True).numpy()
-    want = resized[:, 5:37] / 127.5 - 1.0  # the central square
+    want = _bicubic(example["image"], (32, 43))[:, 5:37] / 127.5 - 1.0  # the central square
     for out in (ev, pr, tr):
         np.testing.assert_allclose(out["image"].numpy(), want, atol=1e-5)
         assert out["meta"]["size"].numpy().tolist() == [48, 64]
     assert int(ev["label"]) == 7 and int(tr["label"]) == 7 and "label" not in pr
-    with cfg.unlocked():
-        cfg.data.random_crop, cfg.data.flip = True, True
-    views = {I.TASK.preprocess(cfg, example, "train",
-                               seed=tf.constant([s, 1], tf.int64))["image"].numpy().tobytes()
-             for s in range(6)}
-    assert len(views) > 1  # random crops and flips, seeded
-    np.testing.assert_allclose(I.TASK.preprocess(cfg, example, "eval")["image"].numpy(), want,
-                               atol=1e-5)  # eval stays central and unflipped
     with pytest.raises(ValueError, match="mode 'test'"):
         I.TASK.preprocess(cfg, example, "test")
+
+
+def test_paper_training_view_is_the_published_inception_crop():
+    """givt_imagenet2012.py: decode_jpeg_and_inception_crop(area 80-100%, aspect 1, bicubic,
+    antialias) | flip_lr. Every view of a square image must be a square box of at least 80%
+    of the area, resized (found by brute force over all such boxes), maybe mirrored; on a
+    4:3 image no square box reaches 80%, so TensorFlow's op (and big_vision) falls back to
+    the whole image, squashed to a square."""
+    import tensorflow as tf
+    cfg = load_config("configs/imagenet.py:size=paper")
+    assert cfg.data.crop_area_min == 0.8 and cfg.data.flip
+    with cfg.unlocked():
+        cfg.data.image_size = 16
+    rng = np.random.default_rng(2)
+    square = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    boxes = {(s, r, c): _bicubic(square[r:r + s, c:c + s], (16, 16)) / 127.5 - 1.0
+             for s in range(18, 21) for r in range(21 - s) for c in range(21 - s)}
+    seen = set()
+    for seed in range(12):
+        view = I.TASK.preprocess(cfg, {"image": square, "label": np.int64(1)}, "train",
+                                 seed=tf.constant([seed, 3], tf.int64))["image"].numpy()
+        hits = [(box, flip) for box, want in boxes.items() for flip in (False, True)
+                if np.allclose(view, want[:, ::-1] if flip else want, atol=1e-4)]
+        assert hits, f"seed {seed}: the view is no square box of >= 80% of the area"
+        seen.add(hits[0])
+    assert len(seen) > 2  # the box and the mirror vary with the seed
+    wide = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    view = I.TASK.preprocess(cfg, {"image": wide, "label": np.int64(1)}, "train",
+                             seed=tf.constant([0, 3], tf.int64))["image"].numpy()
+    whole = _bicubic(wide, (16, 16)) / 127.5 - 1.0
+    assert np.allclose(view, whole, atol=1e-4) or np.allclose(view, whole[:, ::-1], atol=1e-4)
+    ev = I.TASK.preprocess(cfg, {"image": wide, "label": np.int64(1)}, "eval")["image"]
+    np.testing.assert_allclose(ev.numpy(), _bicubic(wide, (16, 21))[:, 2:18] / 127.5 - 1.0,
+                               atol=1e-5)  # evaluation: resize_small + central_crop
 
 
 def test_metadata_declares_the_published_fids():

@@ -155,7 +155,8 @@ def _imagenet_expected(style: str, res: int, model: str, adaptor: bool) -> dict:
     temp, cfg_w, t_c, wd = 0.95, 0.4, 35.0, 1e-4
     bottleneck, shuffle = 4 * 16, (1, 1)
     if style == "masked":  # dec_dropout_rate 0.4, wd 0, t_C 140 at 512px
-        dropout, wd, cfg_w, temp = 0.4, 0.0, 0.1, 1.0
+        # guidance: masked_generation_config says 0.0; the GIVT README lists 0.1 at 256px
+        dropout, wd, cfg_w, temp = 0.4, 0.0, 0.1 if res == 256 else 0.0, 1.0
         t_c = 140.0 if res == 512 else 35.0
     elif res == 512 and model == "large":  # GIVT-Causal 512px: pixel shuffle (1, 2)
         dropout, code_len, out_dim, mixtures = 0.1, code_len // 2, 32, 32
@@ -180,6 +181,10 @@ def _imagenet_expected(style: str, res: int, model: str, adaptor: bool) -> dict:
         "givt.adaptor.num_channels_bottleneck": bottleneck,
         "givt.adaptor.pixel_shuffle_patch_size": shuffle,
         "givt.train.optim.lr": 1e-3, "givt.train.optim.wd": wd,
+        # big_vision's config.wd: kernels only (its default wd_mults), times the schedule
+        "givt.train.optim.wd_mode": "schedule_scaled", "givt.train.optim.wd_pattern": "/kernel$",
+        # decode_jpeg_and_inception_crop(area_min=80, ratio 1, bicubic, antialias) | flip_lr
+        "data.crop_area_min": 0.8, "data.flip": True,
         "givt.train.optim.b2": 0.95, "givt.train.optim.grad_clip": 1.0,
         "givt.train.optim.warmup_fraction": 0.1, "givt.train.batch_size": 8192,
         "givt.train.total_steps": 78_000,  # 500 epochs of 1.28M images / 8192

@@ -241,7 +241,7 @@ LIBRARY_RULES: Rules = (
     (r"data\.(train|val)_split", Text(r".+", "a split name", bad="")),
     (r"data\.data_dir", Text()),
     (r"data\.image_size", POSITIVE_INT),
-    (r"data\.(flip|random_crop|skip_bad)", Flag()),
+    (r"data\.(flip|skip_bad)", Flag()),
     (r"data\.shuffle_buffer", COUNT),
     (r"data\.crop_area_min", Num(0.0, 1.0, lo_open=True)),
     (r"data\.embedded_num_(train|validation)", COUNT),
