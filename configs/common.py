@@ -281,6 +281,10 @@ def dense_givt_group(size: str, vae: dict, train: ml_collections.ConfigDict,
         posterior="sample",  # stage-1 codes for training: sample of q(z|x) ("mean" = its mean)
         input_noise=input_noise,
         sampling=sampling,
-        init_encoder="",  # optional .npz of a pretrained ViT encoder (big_vision layout)
+        # The stage-2 image encoder's start: "" or "none" = from scratch, a .npz of a
+        # big_vision ViT, or a published checkpoint's name, which training asks the user to
+        # give as a file. paper: big_vision's howto-i21k-L/16 ViT-L, as published (their
+        # dont_load cls and head are never read: only the encoder's own parameters are).
+        init_encoder="howto-i21k-L/16" if size == "paper" else "",
         adaptor=adaptor_group(vae["codeword_dim"]),  # off, as published for UViM
     )

@@ -221,3 +221,30 @@ def test_imagenet_recipe_choices_need_the_paper_size():
         config_lib.load_config("configs/imagenet.py:size=paper,res=384")
     with pytest.raises(ConfigError, match="unknown model size 'huge'"):
         config_lib.load_config("configs/imagenet.py:size=paper,model=huge")
+
+
+@pytest.mark.parametrize("task_name", ["panoptic", "depth"])
+def test_paper_stage2_starts_from_the_published_vit_or_says_how(task_name, tmp_path):
+    """givt_coco_panoptic.py / givt_nyu_depth.py: model_init = {'encoder': 'howto-i21k-L/16'}.
+    The preset names it; training stage 2 without the file is refused with how to give it
+    or opt out, before anything is written; stage 1 alone, or an explicit opt-out, pass
+    that check."""
+    from uvim_givt.errors import UserError
+    from uvim_givt.task import get_task
+    from uvim_givt.training import runner
+    cfg = config_lib.load_config(f"configs/{task_name}.py:size=paper")
+    assert cfg.givt.init_encoder == "howto-i21k-L/16"
+    assert config_lib.load_config(f"configs/{task_name}.py").givt.init_encoder == ""
+    run_dir = str(tmp_path / "run")
+    with pytest.raises(UserError, match=r"givt\.init_encoder='howto-i21k-L/16'.*"
+                                        r"--set givt\.init_encoder=PATH\.npz.*"
+                                        r"--set givt\.init_encoder=none"):
+        runner.train_run(get_task(task_name), cfg, run_dir, stage="all")
+    assert not (tmp_path / "run").exists()
+    runner.check_init_encoder(cfg, "vae")
+    for opt_out in ("none", ""):
+        cfg.givt.init_encoder = opt_out
+        runner.check_init_encoder(cfg, "givt")
+    cfg.givt.init_encoder = str(tmp_path / "missing.npz")
+    with pytest.raises(UserError, match="missing.npz'?: no such file"):
+        runner.check_init_encoder(cfg, "givt")

@@ -244,6 +244,24 @@ def _periodic(hooks: EvalHooks | None, stage: str, run: Run, vae_from_stage: boo
     return evaluate
 
 
+def check_init_encoder(cfg: ml_collections.ConfigDict, stage: str) -> None:
+    """``givt.init_encoder`` names a file that is there, when stage 2 is to be trained. A
+    published checkpoint's name (the paper presets': big_vision's ``howto-i21k-L/16``) is
+    refused with how to give the file or to opt out: training the paper's stage 2 from
+    scratch instead would silently be another recipe."""
+    value = str(cfg.givt.init_encoder)
+    if stage == "vae" or value in ("", "none"):
+        return
+    if not value.endswith(".npz"):
+        raise UserError(
+            f"givt.init_encoder={value!r}: this preset starts the stage-2 image encoder "
+            f"from big_vision's pretrained ViT {value}, as published; give its .npz with "
+            "--set givt.init_encoder=PATH.npz, or train the encoder from scratch with "
+            "--set givt.init_encoder=none")
+    if not os.path.isfile(value):
+        raise UserError(f"givt.init_encoder={value!r}: no such file")
+
+
 def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: str = "all",
               vae_ckpt: str | None = None, hooks: EvalHooks | None = None,
               log: Callable[[str], None] = print) -> Run:
@@ -259,8 +277,7 @@ def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: s
     catalog.parse_source(cfg.data.source)
     if getattr(task, "check_config", None):
         task.check_config(cfg)
-    if cfg.givt.init_encoder and not os.path.isfile(cfg.givt.init_encoder):
-        raise UserError(f"givt.init_encoder={cfg.givt.init_encoder!r}: no such file")
+    check_init_encoder(cfg, stage)
     for stage_name in ("vae", "givt"):
         path = cfg[stage_name].init.path
         if path and not os.path.exists(path):

@@ -166,7 +166,7 @@ def warm_start_fn(cfg: ml_collections.ConfigDict, stage: str,
     position embeddings resampled to ``encoder_grid`` (default: the config's GIVT model's).
     """
     full_init = _init_from_fn(cfg[stage].init, stage)
-    if stage != "givt" or not cfg.givt.init_encoder:
+    if stage != "givt" or str(cfg.givt.init_encoder) in ("", "none"):
         return full_init
     path = str(cfg.givt.init_encoder)
     if encoder_grid is None:
