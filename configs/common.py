@@ -68,6 +68,11 @@ def _vit_vae_shape(size: str, codeword_dim: int) -> dict:
                 code_dropout="none", scan=False)
 
 
+#: the codes a stage-2 held-out NLL scores (evals.evaluators.HELDOUT_CODES): "sample", a
+#: posterior sample with label dropout, as big_vision's validation_fn ("mean": the means)
+HELDOUT_CODES = "sample"
+
+
 def evaluator(kind: str, prediction: str, *, split: str = "validation", num_examples: int = 0,
               every: int = 0, batch_size: int = 50, overlays: int = 0, **extra) -> dict:
     """One evaluator declaration (``cfg.evals.<name>``), run by the runner and ``eval``.
@@ -107,7 +112,7 @@ def dense_evaluators(kind: str, size: str, baseline: bool = False,
         vae_loss=evaluator("loss", "oracle", split=heldout_split, batch_size=bs,
                            every=every.get("vae_loss", 0)),
         givt_loss=evaluator("loss", "teacher_forced", split=heldout_split, batch_size=bs,
-                            every=every.get("givt_loss", 0)),
+                            every=every.get("givt_loss", 0), codes=HELDOUT_CODES),
         oracle=evaluator(kind, "oracle", batch_size=bs, overlays=8,
                          every=every.get("oracle", 0)),
         sampled=evaluator(kind, "sampled", batch_size=bs, overlays=8,

@@ -54,6 +54,12 @@ DENSE_PREDICTIONS = ("oracle", "sampled", "teacher_forced", "baseline")
 #: kind -> the predictions its loop scores (a kind not listed is a dense task's metric).
 #: "loss": held-out losses: stage 1's (oracle) and stage 2's NLL (teacher_forced).
 KIND_PREDICTIONS = {"generation": ("oracle", "sampled"), "loss": ("oracle", "teacher_forced")}
+#: ``evals.<name>.codes`` of a stage-2 ``loss`` evaluator: what its NLL scores
+HELDOUT_CODES = {
+    "sample": "a posterior sample of the stage-1 codes, labels dropped and dropout as in "
+              "training, no input noise (big_vision's validation_fn: the training loss)",
+    "mean": "the stage-1 posterior means, no label or other dropout (deterministic)",
+}
 REQUIRED = ("kind", "prediction", "split", "num_examples", "every", "batch_size")
 _E = r"evals\.\w+\."
 #: The ranges of the evaluator keys (uvim_givt/schema.py), checked before a run starts.
@@ -63,6 +69,7 @@ CONFIG_RULES: schema.Rules = (
     (_E + "prediction", schema.OneOf(tuple(PREDICTION_STAGE))),
     (_E + "split", schema.Text(r".+", "a split name", bad="")),
     (_E + "(num_examples|every|overlays|max_classes)", schema.COUNT),
+    (_E + "codes", schema.OneOf(tuple(HELDOUT_CODES))),
     (_E + "(batch_size|samples_per_class|grid_per_class)", schema.POSITIVE_INT),
     (_E + "extractor", schema.Text(r"digits|(fid_|keras_)?inception:.+",
                                    "digits, fid_inception:PATH (pytorch-fid's FID Inception "
@@ -103,6 +110,9 @@ def declared(cfg: ml_collections.ConfigDict) -> dict[str, Spec]:
         if prediction not in allowed:
             raise ConfigError(f"{where}.prediction={prediction!r}: a {kind!r} evaluator "
                               f"scores {', '.join(allowed)}")
+        if kind == "loss" and prediction == "teacher_forced" and "codes" not in group:
+            raise ConfigError(f"{where} lacks codes (what the NLL scores: "
+                              + "; ".join(f"{k}: {v}" for k, v in HELDOUT_CODES.items()) + ")")
         schema.check(ml_collections.ConfigDict({"evals": {name: group}}), CONFIG_RULES)
         out[name] = Spec(name, kind, prediction, str(group.split), int(group.num_examples),
                          int(group.every), int(group.batch_size), group)
@@ -325,22 +335,30 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
 
 
 # Compiled held-out losses by stage definition: periodic evaluations reuse them.
-_HELDOUT: dict[int, Callable] = {}
+_HELDOUT: dict[tuple[int, str], Callable] = {}
 #: the posterior sample (stage 1) and mask (MaskGIT) of every held-out evaluation
 HELDOUT_KEY = 0
 
+def heldout_loss_fn(kind: Any, codes: str = "mean") -> Callable:
+    """(stage params, batch, frozen, batch index) -> the stage's loss parts, jitted: the
+    training loss of :mod:`uvim_givt.training.stages`, evaluated. ``codes="mean"``: with
+    ``train=False`` (stage 1: a posterior sample from a fixed key; stage 2: the posterior
+    means); ``"sample"`` (stage 2, as published): with ``train=True`` but no input noise,
+    the randomness drawn from the fixed key folded with the batch index."""
+    if codes not in HELDOUT_CODES:
+        raise ValueError(f"codes={codes!r}: one of {sorted(HELDOUT_CODES)}")
+    if (id(kind), codes) not in _HELDOUT:
+        base = jax.random.PRNGKey(HELDOUT_KEY)
 
-def heldout_loss_fn(kind: Any) -> Callable:
-    """(stage params, batch, frozen) -> the stage's loss parts with ``train=False``, jitted:
-    the training loss of :mod:`uvim_givt.training.stages`, evaluated."""
-    if id(kind) not in _HELDOUT:
-        key = jax.random.PRNGKey(HELDOUT_KEY)
-
-        def parts(params, batch, frozen):
-            loss, out = kind.loss(params, batch, key, False, frozen)
+        def parts(params, batch, frozen, index=0):
+            if codes == "mean":
+                loss, out = kind.loss(params, batch, base, False, frozen)
+            else:
+                loss, out = kind.loss(params, batch, jax.random.fold_in(base, index), True,
+                                      frozen, input_noise=False)
             return dict(out, loss=loss)
-        _HELDOUT[id(kind)] = jax.jit(parts)
-    return _HELDOUT[id(kind)]
+        _HELDOUT[(id(kind), codes)] = jax.jit(parts)
+    return _HELDOUT[(id(kind), codes)]
 
 
 def loss_loop(task: Task, run: Run, spec: Spec, *, source: str, split: str,
@@ -352,16 +370,21 @@ def loss_loop(task: Task, run: Run, spec: Spec, *, source: str, split: str,
     ``oracle``: stage 1's objective (``vae.beta``-weighted): ``loss``, the reconstruction
     term (``xent`` [and ``xent/<channel>``] for label maps, ``rec`` for images) and ``kl``,
     of a posterior sample drawn from a fixed key, no dropout. ``teacher_forced``: stage 2's
-    NLL of the frozen VAE's posterior means, in nats per token (``nll_per_token``, also
-    ``loss``) and per code dimension (``nll_per_dim``).
+    NLL of the frozen VAE's codes (``evals.<name>.codes``: :data:`HELDOUT_CODES`), in nats
+    per token (``nll_per_token``, also ``loss``) and per code dimension (``nll_per_dim``);
+    the record says which codes (``codes``).
     """
     cfg = run.cfg
     stage1 = stages.stage_of(cfg, "vae")
+    extra: dict[str, Any] = {}
     if spec.prediction == "oracle":
         kind, params, frozen = stage1, stage1.stage_params(run.vae_params), None
+        batch_metrics = heldout_loss_fn(kind)
     else:
         kind, params, frozen = stages.stage_of(cfg, "givt"), run.givt_params, run.vae_params
-    batch_metrics = heldout_loss_fn(kind)
+        codes = str(spec.options.codes)
+        batch_metrics = heldout_loss_fn(kind, codes)
+        extra = {"codes": codes, "codes_meaning": HELDOUT_CODES[codes]}
 
     def prep(ex):
         out = task.preprocess(cfg, ex, "eval")
@@ -371,19 +394,20 @@ def loss_loop(task: Task, run: Run, spec: Spec, *, source: str, split: str,
     count = 0
     bar = _progress(f"eval {spec.name} {split}", periodic)
     ds = catalog.load(task.readers, cfg, source, split)
-    for batch in pipeline.eval_batches(ds, prep, spec.batch_size, max_examples):
+    for index, batch in enumerate(pipeline.eval_batches(ds, prep, spec.batch_size,
+                                                        max_examples)):
         valid = batch.pop("_valid")
         n = int(valid.sum())
         if n < len(valid):  # the padded last batch: score only the real rows
             batch = {k: v[valid] for k, v in batch.items()}
-        for k, v in batch_metrics(params, batch, frozen).items():
+        for k, v in batch_metrics(params, batch, frozen, index).items():
             sums[k] = sums.get(k, 0.0) + float(v) * n
         count += n
         bar.update(n)
     bar.close()
     if count == 0:
         raise UserError(f"split {split!r} of {source} has no examples")
-    return {k: v / count for k, v in sums.items()}, {"num_examples": count}
+    return {k: v / count for k, v in sums.items()}, {"num_examples": count, **extra}
 
 
 def _generation_loop(*args: Any, **kw: Any) -> tuple[dict[str, float], dict[str, Any]]:

@@ -120,3 +120,28 @@ def test_definitions_are_built_once_per_config():
     assert stages.stage_of(same, "givt") is stages.stage_of(cfg, "givt")  # sampling only
     other = _cfg("panoptic", ["givt.model.style='masked'"])
     assert stages.stage_of(other, "givt") is not stages.stage_of(cfg, "givt")
+
+
+@pytest.mark.parametrize("task", ["panoptic", "imagenet"])
+def test_published_heldout_nll_is_the_training_loss_without_input_noise(task):
+    """big_vision's validation_fn is its training loss_fn: a posterior sample of the codes,
+    labels dropped and dropout as in training. ``codes="sample"`` reports exactly what the
+    trainer differentiates on a recipe without input noise, at the held-out key folded with
+    the batch index; ``codes="mean"`` is another, deterministic number."""
+    cfg = config_lib.load_config(f"configs/{task}.py")
+    assert cfg.evals.givt_loss.codes == "sample" and cfg.givt.posterior == "sample"
+    kind, vae = stages.stage_of(cfg, "givt"), stages.stage_of(cfg, "vae")
+    params, frozen = _init(kind, 1), vae.vae_params(_init(vae, 2))
+    batch = _batch(cfg, kind, np.random.default_rng(3))
+    quiet = config_lib.load_config(f"configs/{task}.py", ["givt.input_noise=0.0"])
+    trained = runner.givt_stage(_NoData(), quiet, lambda: None, frozen)
+    for index in (0, 3):
+        key = jax.random.fold_in(jax.random.PRNGKey(HELDOUT_KEY), index)
+        want, _ = trained.loss_fn(params, batch, key, frozen)
+        got = heldout_loss_fn(kind, "sample")(params, batch, frozen, index)
+        np.testing.assert_allclose(float(got["loss"]), float(want), rtol=2e-5)
+    means = heldout_loss_fn(kind, "mean")(params, batch, frozen, 0)
+    sample = heldout_loss_fn(kind, "sample")(params, batch, frozen, 0)
+    assert abs(float(means["loss"]) - float(sample["loss"])) > 1e-4
+    with pytest.raises(ValueError, match="codes='median'"):
+        heldout_loss_fn(kind, "median")

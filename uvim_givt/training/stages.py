@@ -251,14 +251,18 @@ class GIVTStage:
         return jax.lax.stop_gradient(z)
 
     def loss(self, params: Params, batch: Batch, rng: jax.Array, train: bool,
-             frozen: Params = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+             frozen: Params = None, input_noise: bool = True
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The NLL per token of the frozen VAE's codes. ``input_noise=False`` leaves the
+        teacher-forcing inputs clean while ``train`` (the published held-out loss: the
+        training loss, whose recipe has no input noise)."""
         if frozen is None:
             raise ValueError("the GIVT stage's loss needs the frozen VAE's parameters")
         k_z, k_loss = jax.random.split(rng)
         z = self.codes(frozen, batch, k_z, train)
+        noise = self.input_noise if train and input_noise else 0.0
         nll, parts = givt_nll_loss(self.model, params, z, k_loss, **self.conditioning(batch),
-                                   train=train, input_noise=self.input_noise if train else 0.0,
-                                   adaptor=self.adaptor)
+                                   train=train, input_noise=noise, adaptor=self.adaptor)
         parts = dict(parts)
         parts["nll_per_token"] = parts.pop("nll")
         return nll, parts
