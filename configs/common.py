@@ -74,7 +74,8 @@ HELDOUT_CODES = "sample"
 
 
 def evaluator(kind: str, prediction: str, *, split: str = "validation", num_examples: int = 0,
-              every: int = 0, batch_size: int = 50, overlays: int = 0, **extra) -> dict:
+              every: int = 0, batch_size: int = 50, overlays: int = 0,
+              after_training: bool = True, **extra) -> dict:
     """One evaluator declaration (``cfg.evals.<name>``), run by the runner and ``eval``.
 
     kind: the metric family (evals/): panoptic | depth | generation | loss.
@@ -84,10 +85,12 @@ def evaluator(kind: str, prediction: str, *, split: str = "validation", num_exam
       baseline (a task's reference predictor, e.g. the training-set mean depth).
     num_examples: cap on the split (0 = all of it). every: also run every N steps of the
       evaluated stage's training (0 = only after it). overlays: pictures of the first N
-      predictions of a dense evaluator (RUN/predictions/).
+      predictions of a dense evaluator (RUN/predictions/). after_training: run after the
+      stage and by a plain ``eval`` (False: only when named, ``eval --evaluator NAME``).
     """
     return dict(kind=kind, prediction=prediction, split=split, num_examples=num_examples,
-                every=every, batch_size=batch_size, overlays=overlays, **extra)
+                every=every, batch_size=batch_size, overlays=overlays,
+                after_training=after_training, **extra)
 
 
 def dense_evaluators(kind: str, size: str, baseline: bool = False,
@@ -101,6 +104,8 @@ def dense_evaluators(kind: str, size: str, baseline: bool = False,
       and stage 2 (samples) on the validation split, with 8 overlay PNGs each;
     * ``teacher_forced``: the task metric of stage 2's teacher-forced means, decoded; its
       gap to ``sampled`` measures the exposure bias;
+    * ``exposure`` (run when named): the task metric of completions of the first 0, 1/4,
+      1/2, 3/4 and all true codes, and the NLL per code position;
     * optionally the task's ``baseline``, and, from ``extra_splits`` ({suffix: split}),
       ``oracle_<suffix>`` / ``sampled_<suffix>`` on more splits (e.g. the held-out one).
 
@@ -117,7 +122,12 @@ def dense_evaluators(kind: str, size: str, baseline: bool = False,
                          every=every.get("oracle", 0)),
         sampled=evaluator(kind, "sampled", batch_size=bs, overlays=8,
                           every=every.get("sampled", 0)),
-        teacher_forced=evaluator(kind, "teacher_forced", batch_size=bs, overlays=0))
+        teacher_forced=evaluator(kind, "teacher_forced", batch_size=bs, overlays=0),
+        # the exposure-bias curve: the metric with the first 0, 1/4, ... of the true codes
+        # given, and stage 2's NLL per code position; run when named (eval --evaluator)
+        exposure=evaluator(kind, "completed", batch_size=bs, keep=(0.0, 0.25, 0.5, 0.75, 1.0),
+                           num_examples=512 if size == "paper" else 100,
+                           after_training=False))
     for suffix, split in (extra_splits or {}).items():
         for name in ("oracle", "sampled"):
             out[f"{name}_{suffix}"] = evaluator(kind, name, split=split, batch_size=bs,

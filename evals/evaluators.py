@@ -49,8 +49,8 @@ from uvim_givt.training.runner import Run, load_givt_params, load_run
 
 #: prediction -> the stage whose parameters it needs (and after which it runs)
 PREDICTION_STAGE = {"oracle": "vae", "sampled": "givt", "teacher_forced": "givt",
-                    "baseline": "baseline"}
-DENSE_PREDICTIONS = ("oracle", "sampled", "teacher_forced", "baseline")
+                    "completed": "givt", "baseline": "baseline"}
+DENSE_PREDICTIONS = ("oracle", "sampled", "teacher_forced", "completed", "baseline")
 #: kind -> the predictions its loop scores (a kind not listed is a dense task's metric).
 #: "loss": held-out losses: stage 1's (oracle) and stage 2's NLL (teacher_forced).
 KIND_PREDICTIONS = {"generation": ("oracle", "sampled"), "loss": ("oracle", "teacher_forced")}
@@ -70,6 +70,8 @@ CONFIG_RULES: schema.Rules = (
     (_E + "split", schema.Text(r".+", "a split name", bad="")),
     (_E + "(num_examples|every|overlays|max_classes)", schema.COUNT),
     (_E + "codes", schema.OneOf(tuple(HELDOUT_CODES))),
+    (_E + "keep", schema.Nums(schema.PROBABILITY, increasing=True)),
+    (_E + "after_training", schema.Flag()),
     (_E + "(batch_size|samples_per_class|grid_per_class)", schema.POSITIVE_INT),
     (_E + "extractor", schema.Text(r"digits|(fid_|keras_)?inception:.+",
                                    "digits, fid_inception:PATH (pytorch-fid's FID Inception "
@@ -96,6 +98,12 @@ class Spec:
     def stage(self) -> str:
         return PREDICTION_STAGE[self.prediction]
 
+    @property
+    def after_training(self) -> bool:
+        """Run after its stage's training and by a plain ``eval`` (False: only when named,
+        ``eval --evaluator NAME``: the costly research evaluators)."""
+        return bool(self.options.get("after_training", True))
+
 
 def declared(cfg: ml_collections.ConfigDict) -> dict[str, Spec]:
     """The config's evaluators, checked: a bad one is a ConfigError naming its key."""
@@ -110,6 +118,9 @@ def declared(cfg: ml_collections.ConfigDict) -> dict[str, Spec]:
         if prediction not in allowed:
             raise ConfigError(f"{where}.prediction={prediction!r}: a {kind!r} evaluator "
                               f"scores {', '.join(allowed)}")
+        if prediction == "completed" and "keep" not in group:
+            raise ConfigError(f"{where} lacks keep (the fractions of ground-truth codes kept, "
+                              "e.g. (0, 0.25, 0.5, 0.75, 1))")
         if kind == "loss" and prediction == "teacher_forced" and "codes" not in group:
             raise ConfigError(f"{where} lacks codes (what the NLL scores: "
                               + "; ".join(f"{k}: {v}" for k, v in HELDOUT_CODES.items()) + ")")
@@ -166,7 +177,7 @@ class Evaluators:
 
     def final(self, stage: str, run: Run) -> dict[str, dict[str, float]]:
         return {spec.name: self.run_one(spec, run, run.step(spec.stage))
-                for spec in self.of_stage(stage)}
+                for spec in self.of_stage(stage) if spec.after_training}
 
     def _with_exposure_gap(self, spec: Spec, split: str, step: int, cap: int | None,
                            metrics: dict[str, float]) -> dict[str, float]:
@@ -195,7 +206,8 @@ class Evaluators:
             cfg = ml_collections.ConfigDict(run.cfg.to_dict())
             cfg.data.source = source
             run = dataclasses.replace(run, cfg=cfg)
-        loop = LOOPS.get(spec.kind, dense_loop)
+        loop = completion_loop if spec.prediction == "completed" else \
+            LOOPS.get(spec.kind, dense_loop)
         metrics, extra = loop(self.task, run, spec, source=source, split=split,
                               max_examples=cap, step=step, periodic=periodic)
         metrics = self._with_exposure_gap(spec, split, step, cap, metrics)
@@ -260,7 +272,8 @@ def evaluate_run(run_dir: str, origin: str, *, stage: str | None = None,
         print(f"  evaluating with {', '.join(overrides)} (records tagged {tag})")
     hooks = Evaluators(run.task, run.cfg, origin, source, split, max_examples, names, kind,
                        tag=tag, settings=settings if overrides else ())
-    specs = [s for s in hooks.specs.values() if stage is None or s.stage == stage]
+    specs = [s for s in hooks.specs.values() if (stage is None or s.stage == stage)
+             and (names is not None or s.after_training)]
     if not specs:
         raise UserError(f"{run_dir}: no evaluator of "
                         + ", ".join(f"{k} {v!r}" for k, v in
@@ -334,10 +347,65 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
     return metric.result(), extra
 
 
+def completion_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
+                    max_examples: int | None, step: int, periodic: bool
+                    ) -> tuple[dict[str, float], dict[str, Any]]:
+    """The exposure-bias curve of a dense task: for each fraction f of ``spec.options.keep``
+    the first round(f * seq_len) codes are the ground truth's (its stage-1 posterior means)
+    and stage 2 samples the rest given them and the image; each completion is decoded and
+    scored with the task metric (``keep_<f>/<metric>``). f = 0 is the plain sampled
+    prediction, f = 1 decodes the true codes (the oracle). Also stage 2's teacher-forced NLL
+    of each code position (nats, ``extra["nll_per_position"]``): where in the sequence the
+    model is unsure."""
+    cfg = run.cfg
+    if cfg.givt.model.style != "ar":
+        raise ConfigError(f"evals.{spec.name}: completing given codes needs a causal GIVT "
+                          f"(givt.model.style='ar', not {cfg.givt.model.style!r})")
+    seq_len = int(cfg.givt.model.seq_len)
+    fractions = [float(f) for f in spec.options.keep]
+    num_given = [int(round(f * seq_len)) for f in fractions]
+    metrics = [task.metric(cfg, spec.kind) for _ in fractions]
+    ds = catalog.load(task.readers, cfg, source, split)
+    if max_examples:
+        ds = ds.take(max_examples)
+    raw = ds.as_numpy_iterator()
+    predictor = Predictor(cfg, run.vae_params, run.givt_params)
+    nll_sum, seen = np.zeros(seq_len), 0
+    bar = _progress(f"eval {spec.name} {split}", periodic)
+    for batch in pipeline.eval_batches(ds, lambda ex: task.preprocess(cfg, ex, "eval"),
+                                       spec.batch_size):
+        rows = np.flatnonzero(batch["_valid"])
+        examples = [next(raw) for _ in rows]
+        nll = predictor.position_nll(batch["image"], batch["labels"])
+        nll_sum += nll[rows].sum(0)
+        for metric, k in zip(metrics, num_given, strict=True):
+            logits = predictor.predict(batch["image"], seed=seen, given=batch["labels"],
+                                       num_given=k)
+            for example, i in zip(examples, rows, strict=True):
+                meta = {name: v[i] for name, v in batch["meta"].items()}
+                metric.add(example, task.postprocess(
+                    cfg, {name: v[i] for name, v in logits.items()}, meta))
+        seen += len(rows)
+        bar.update(len(rows))
+    bar.close()
+    if seen == 0:
+        raise UserError(f"split {split!r} of {source} has no examples")
+    out: dict[str, float] = {}
+    for f, metric in zip(fractions, metrics, strict=True):
+        out.update({f"keep_{f:g}/{k}": v for k, v in metric.result().items()
+                    if not k.startswith("num_")})
+    out["num_images"] = float(seen)
+    per_position = nll_sum / seen
+    out["nll_per_token"] = float(per_position.mean())
+    return out, {"keep": fractions, "num_given": num_given, "seq_len": seq_len,
+                 "nll_per_position": [round(float(v), 5) for v in per_position]}
+
+
 # Compiled held-out losses by stage definition: periodic evaluations reuse them.
 _HELDOUT: dict[tuple[int, str], Callable] = {}
 #: the posterior sample (stage 1) and mask (MaskGIT) of every held-out evaluation
 HELDOUT_KEY = 0
+
 
 def heldout_loss_fn(kind: Any, codes: str = "mean") -> Callable:
     """(stage params, batch, frozen, batch index) -> the stage's loss parts, jitted: the

@@ -650,3 +650,33 @@ def test_real_tfds_builder_path_with_mock_data():
     assert out["image"].shape == (32, 32, 3) and out["labels"].shape == (32, 32, 2)
     assert out["meta"]["size"].numpy().tolist() == list(ex["image"].shape[:2])
     assert float(np.abs(out["image"]).max()) <= 1.0
+
+
+def test_exposure_curve_ends_at_the_sampled_and_oracle_scores(tiny_run, capsys):
+    """The exposure-bias evaluator (run only when named): keeping no true code is the plain
+    sampled prediction (same seeds), keeping all of them decodes the true codes (the
+    oracle); its per-position NLL averages to the held-out NLL of the posterior means."""
+    assert P.main(["eval", "--ckpt", tiny_run, "--max-eval", "4",
+                   "--evaluator", "exposure", "--evaluator", "sampled",
+                   "--evaluator", "oracle", "--evaluator", "givt_loss",
+                   "--set", "evals.givt_loss.codes='mean'",
+                   "--set", "evals.exposure.batch_size=4"]) == 0
+    tagged = [json.load(open(os.path.join(tiny_run, "eval", r)))
+              for r in os.listdir(os.path.join(tiny_run, "eval")) if "_set-" in r]
+    rec = {r["evaluator"]: r for r in tagged}
+    assert set(rec) == {"exposure", "sampled", "oracle", "givt_loss"}
+    curve = rec["exposure"]["metrics"]
+    assert rec["exposure"]["extra"]["num_given"] == [0, 4, 8, 12, 16]
+    for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st"):
+        assert curve[f"keep_0/{key}"] == pytest.approx(rec["sampled"]["metrics"][key])
+        assert curve[f"keep_1/{key}"] == pytest.approx(rec["oracle"]["metrics"][key])
+    # (a 3-step model scores about 0 everywhere: tests/test_stages.py checks the
+    # completions themselves on arrays)
+    per_position = rec["exposure"]["extra"]["nll_per_position"]
+    assert len(per_position) == 16
+    assert np.mean(per_position) == pytest.approx(
+        rec["givt_loss"]["metrics"]["nll_per_token"], rel=1e-4)
+    assert rec["givt_loss"]["extra"]["codes"] == "mean"
+    # neither training nor a plain eval runs it (one sampled pass per fraction)
+    assert not any(r.startswith("givt_exposure_") and "_set-" not in r
+                   for r in os.listdir(os.path.join(tiny_run, "eval")))

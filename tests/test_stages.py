@@ -145,3 +145,34 @@ def test_published_heldout_nll_is_the_training_loss_without_input_noise(task):
     assert abs(float(means["loss"]) - float(sample["loss"])) > 1e-4
     with pytest.raises(ValueError, match="codes='median'"):
         heldout_loss_fn(kind, "median")
+
+
+def test_completion_keeps_the_given_codes_and_ends_at_the_oracle():
+    """``Predictor.predict(given=labels, num_given=k)``: the first k codes are the ground
+    truth's posterior means and the rest are sampled given them; k = 0 is the plain sampled
+    prediction (same seed), k = seq_len decodes the true codes (the oracle)."""
+    from uvim_givt.sampling.predictor import Predictor
+    cfg = _cfg("panoptic", ["givt.sampling.num_samples=1", "givt.sampling.beam_size=1",
+                            "givt.sampling.fan_size=1"])
+    kind, vae = stages.stage_of(cfg, "givt"), stages.stage_of(cfg, "vae")
+    params, vae_params = _init(kind, 1), vae.vae_params(_init(vae, 2))
+    batch = _batch(cfg, kind, np.random.default_rng(4))
+    pred = Predictor(cfg, vae_params, params)
+    truth = np.asarray(pred.encode(batch["labels"]))
+    seq_len = truth.shape[1]
+    k = seq_len // 2
+    codes = np.asarray(pred.sample_codes(0, image=batch["image"], given=truth, num_given=k))
+    np.testing.assert_allclose(codes[:, :k], truth[:, :k], atol=1e-6)
+    assert np.abs(codes[:, k:] - truth[:, k:]).max() > 1e-2  # the rest are drawn
+    for got, want in ((pred.predict(batch["image"], seed=3, given=batch["labels"],
+                                    num_given=0), pred.predict(batch["image"], seed=3)),
+                      (pred.predict(batch["image"], seed=3, given=batch["labels"],
+                                    num_given=seq_len), pred.oracle(batch["labels"]))):
+        assert set(got) == set(want)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], atol=1e-4)
+            assert np.abs(want[name]).max() > 1e-3
+    nll = pred.position_nll(batch["image"], batch["labels"])
+    heldout = heldout_loss_fn(kind, "mean")(params, batch, vae_params, 0)
+    assert nll.shape == truth.shape[:2]
+    np.testing.assert_allclose(nll.mean(), float(heldout["nll_per_token"]), rtol=1e-5)

@@ -60,6 +60,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=None, help="default: each evaluator's split")
     p.add_argument("--oracle", action="store_true", help="evaluate stage 1 (encode GT, decode)")
     p.add_argument("--max-eval", type=positive_int, default=None)
+    p.add_argument("--evaluator", action="append", metavar="NAME",
+                   help="run these declared evaluators only (of either stage), including "
+                        "those run only when named, e.g. exposure (the exposure-bias curve)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="evaluate with another decoding, sampling or protocol setting (data.*, "
                         "givt.sampling.*, evals.*); the record is tagged with the settings")
@@ -93,7 +96,8 @@ def train_command(evaluators: type) -> Command:
 
 def eval_command(evaluate_run: Callable[..., dict[str, dict[str, float]]]) -> Command:
     def run(task: Task, args: argparse.Namespace) -> dict:
-        results = evaluate_run(args.ckpt, "eval", stage="vae" if args.oracle else "givt",
+        stage = "vae" if args.oracle else None if args.evaluator else "givt"
+        results = evaluate_run(args.ckpt, "eval", stage=stage, names=args.evaluator,
                                source=args.data, split=args.split,
                                max_examples=args.max_eval, task=task,
                                overrides=args.set or ())

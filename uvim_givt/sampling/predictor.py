@@ -96,18 +96,29 @@ class Predictor:
 
     def sample_codes(self, seed: int, draw: int = 0, *, image: Any = None, labels: Any = None,
                      batch_size: int | None = None, rng: jax.Array | None = None,
-                     return_trace: bool = False) -> Any:
+                     return_trace: bool = False, given: Any = None, num_given: int = 0
+                     ) -> Any:
         """VAE codes [B, seq_len, out_dim] by the sampler of the GIVT's style with this
         predictor's settings. ``draw`` > 0 picks an independent sample for the same
         ``seed`` (draw 0 uses ``PRNGKey(seed)`` itself); ``rng``, when given, replaces
-        both. ``batch_size``: the number of sequences when there is no condition."""
+        both. ``batch_size``: the number of sequences when there is no condition.
+        ``given`` codes with ``num_given`` > 0: their first ``num_given`` are kept and the
+        rest completed (causal GIVTs)."""
         stage2 = self._stage2()
         if rng is None:
             rng = jax.random.PRNGKey(seed)
             if draw:
                 rng = jax.random.fold_in(rng, draw)
         return stage2.sample(self.givt_params, rng, self.settings, image=image, labels=labels,
-                             batch_size=batch_size, return_trace=return_trace)
+                             batch_size=batch_size, return_trace=return_trace,
+                             given=given, num_given=num_given)
+
+    def position_nll(self, images: np.ndarray | None, x: np.ndarray,
+                     labels: np.ndarray | None = None) -> np.ndarray:
+        """Stage 2's teacher-forced NLL [B, seq_len] (nats) of each code of the posterior
+        means of ``x`` (its stage-1 input) given the true codes before it."""
+        return np.asarray(self._stage2().position_nll(self.givt_params, self.encode(x),
+                                                      images, labels))
 
     def teacher_forced(self, images: np.ndarray | None, x: np.ndarray,
                        labels: np.ndarray | None = None) -> Any:
@@ -124,7 +135,8 @@ class Predictor:
                                          None if labels is None else jnp.asarray(labels))
         return jax.tree_util.tree_map(np.asarray, self.decode(self.unadapt(mu)))
 
-    def predict(self, images: np.ndarray, seed: int = 0, mirror_equivariant: bool = False
+    def predict(self, images: np.ndarray, seed: int = 0, mirror_equivariant: bool = False,
+                given: np.ndarray | None = None, num_given: int = 0
                 ) -> dict[str, np.ndarray]:
         """Dense tasks: per-channel logits for ``images``.
 
@@ -132,20 +144,28 @@ class Predictor:
         distributions averaged; the result is returned as log-probabilities (log of the
         mean softmax), so argmax and expectation decoding read it as logits. With
         ``test_time_flip``, the odd draws sample from the horizontally mirrored images and
-        their decoded logits are mirrored back before averaging.
+        their decoded logits are mirrored back before averaging. ``given`` (stage-1 inputs,
+        the ground truth) with ``num_given`` > 0: every draw keeps the first ``num_given``
+        codes of its posterior means and completes the rest (no mirrored draws then: the
+        given codes are of the unmirrored labels).
         """
         self._stage2()
         n, flip = self.settings.num_samples, self.settings.test_time_flip
         if flip and not mirror_equivariant:
             raise ConfigError(f"givt.sampling.test_time_flip=True: the {self.cfg.task} task's "
                               "labels do not mirror with the image")
+        codes = None
+        if num_given:
+            codes = self.encode(given)
+            flip = False
         views = [jnp.asarray(images)]  # one host-to-device copy for all draws
         if flip:
             views.append(views[0][:, :, ::-1])
         decoded = []
         for k in range(n):
             mirrored = flip and k % 2 == 1
-            logits = self.decode(self.sample_codes(seed, k, image=views[int(mirrored)]))
+            logits = self.decode(self.sample_codes(seed, k, image=views[int(mirrored)],
+                                                   given=codes, num_given=num_given))
             decoded.append({name: v[:, :, ::-1] for name, v in logits.items()} if mirrored
                            else logits)
         if n == 1:

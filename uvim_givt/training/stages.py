@@ -222,6 +222,7 @@ class GIVTStage:
             (self.vae.input_key,) + (("image",) if model.has_encoder else ())
             + (("label",) if model.num_labels is not None else ())))
         self.teacher_forced_means = jax.jit(self._teacher_forced_means)
+        self._jit_position_nll = jax.jit(self._position_nll)
         if self.adaptor is not None:
             from uvim_givt.models.adaptor import PARAMS_KEY
             adaptor = self.adaptor
@@ -289,19 +290,48 @@ class GIVTStage:
                              method=model.decode)
         return model.head.mean(logits)
 
+    def _position_nll(self, params: Params, y: jax.Array, image: Any, labels: Any
+                      ) -> jax.Array:
+        model = self.model
+        encoded = None if image is None else model.apply(
+            {"params": params}, image, False, method=model.encode)
+        logits = model.apply({"params": params}, y, labels, encoded, None, None, False,
+                             method=model.decode)
+        return -model.head.log_prob(logits.astype(jnp.float32), y.astype(jnp.float32))
+
+    def position_nll(self, params: Params, z: Any, image: Any = None, labels: Any = None
+                     ) -> jax.Array:
+        """Teacher-forced NLL [B, seq_len] (nats) of each position of the VAE codes ``z``
+        given the true codes before it (causal GIVTs; the GIVT's sequence, adapted)."""
+        if self.model.style != "ar":
+            raise ConfigError("a per-position NLL needs a causal GIVT "
+                              f"(givt.model.style='ar', not {self.model.style!r})")
+        return self._jit_position_nll(params, self.adapt(params, z),
+                                      None if image is None else jnp.asarray(image),
+                                      None if labels is None else jnp.asarray(labels))
+
     def sample(self, params: Params, rng: jax.Array, settings: Any, *, image: Any = None,
                labels: Any = None, batch_size: int | None = None,
-               return_trace: bool = False) -> Any:
+               return_trace: bool = False, given: Any = None, num_given: int = 0) -> Any:
         """VAE codes [B, seq_len, out_dim] by the sampler of the GIVT's style (through the
         adaptor's inverse); with ``return_trace`` (MaskGIT) also the decoding trace, whose
-        sequences are still the GIVT's."""
+        sequences are still the GIVT's. ``given`` [B, seq_len, out_dim] VAE codes with
+        ``num_given`` > 0 (causal GIVTs): the first ``num_given`` positions are those codes
+        and the rest are sampled given them (completion; the sampler's ``keep_gt``)."""
         from uvim_givt.sampling.settings import sample_by_style
         batch = len(image) if image is not None else \
             len(labels) if labels is not None else batch_size
+        kept = {}
+        if num_given:
+            if self.model.style != "ar":
+                raise ConfigError("completing given codes needs a causal GIVT "
+                                  f"(givt.model.style='ar', not {self.model.style!r})")
+            kept = dict(keep_gt=jnp.arange(self.model.seq_len) < int(num_given),
+                        gt=self.adapt(params, given))
         out = sample_by_style(self.model, params, rng, settings, batch_size=batch,
                               image=None if image is None else jnp.asarray(image),
                               labels=None if labels is None else jnp.asarray(labels),
-                              return_trace=return_trace)
+                              return_trace=return_trace, **kept)
         if return_trace:
             return self.unadapt(params, out[0]), out[1]
         return self.unadapt(params, out)
