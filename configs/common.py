@@ -87,7 +87,10 @@ def evaluator(kind: str, prediction: str, *, split: str = "validation", num_exam
       evaluated stage's training (0 = only after it). overlays: pictures of the first N
       predictions of a dense evaluator (RUN/predictions/). after_training: run after the
       stage and by a plain ``eval`` (False: only when named, ``eval --evaluator NAME``).
+    A stage-2 ``loss`` evaluator's ``codes``: what its NLL scores (HELDOUT_CODES).
     """
+    if kind == "loss" and prediction == "teacher_forced":
+        extra.setdefault("codes", HELDOUT_CODES)
     return dict(kind=kind, prediction=prediction, split=split, num_examples=num_examples,
                 every=every, batch_size=batch_size, overlays=overlays,
                 after_training=after_training, **extra)
@@ -117,7 +120,7 @@ def dense_evaluators(kind: str, size: str, baseline: bool = False,
         vae_loss=evaluator("loss", "oracle", split=heldout_split, batch_size=bs,
                            every=every.get("vae_loss", 0)),
         givt_loss=evaluator("loss", "teacher_forced", split=heldout_split, batch_size=bs,
-                            every=every.get("givt_loss", 0), codes=HELDOUT_CODES),
+                            every=every.get("givt_loss", 0)),
         oracle=evaluator(kind, "oracle", batch_size=bs, overlays=8,
                          every=every.get("oracle", 0)),
         sampled=evaluator(kind, "sampled", batch_size=bs, overlays=8,

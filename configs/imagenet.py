@@ -27,7 +27,6 @@ from __future__ import annotations
 import ml_collections
 
 from configs.common import (
-    HELDOUT_CODES,
     adaptor_group,
     evaluator,
     init_group,
@@ -209,7 +208,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # held-out losses: stage 1's (L2 reconstruction + beta KL), stage 2's NLL per token
         # and per dimension (the published configs' "val" evaluators)
         vae_loss=evaluator("loss", "oracle", batch_size=bs),
-        givt_loss=evaluator("loss", "teacher_forced", batch_size=bs, codes=HELDOUT_CODES),
+        givt_loss=evaluator("loss", "teacher_forced", batch_size=bs),
         oracle=evaluator("generation", "oracle", batch_size=bs, extractor=extractor),
         sampled=evaluator("generation", "sampled", batch_size=bs, extractor=extractor,
                           samples_per_class=50,

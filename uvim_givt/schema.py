@@ -298,8 +298,8 @@ LIBRARY_RULES: Rules = (
     (r"givt\.posterior", OneOf(("sample", "mean"))),
     (r"givt\.input_noise", NON_NEGATIVE),
     (r"givt\.init_encoder", Text(r"|none|.*\.npz|howto-i21k-[BL]/16",
-                                  "empty, none, a .npz file or a published ViT's name "
-                                  "(howto-i21k-L/16)", bad="weights.txt")),
+                                 "empty, none, a .npz file or a published ViT's name "
+                                 "(howto-i21k-L/16)", bad="weights.txt")),
     (r"givt\.model\.style", OneOf(("ar", "masked"))),
     (r"givt\.model\.head_kind", OneOf(("per_channel", "diag", "full"))),
     (r"givt\.model\.mask_style", OneOf(("concat", "replace"))),
