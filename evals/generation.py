@@ -2,8 +2,14 @@
 
 ::
 
-    python -m evals.generation --samples S.npz|DIR --reference R.npz|DIR \\
+    python -m evals.generation --samples S.npz|DIR --reference R.npz|DIR|STATS.npz \\
         --extractor digits|fid_inception:PATH|keras_inception:PATH [--out result.json]
+        [--save-stats STATS.npz]
+
+Scores: FID, Inception Score, improved precision and recall (k = 3), KID and, with
+labels, class consistency. A statistics file (the ADM evaluator's layout: ``mu``,
+``sigma`` of the extractor's pool features) serves as the FID reference of a dataset
+computed once; precision, recall and KID need the reference images themselves.
 
 An ``.npz`` holds ``images`` (uint8 [N, H, W, 3] or [N, H, W]) and optionally
 ``labels`` (the requested class of each sample: enables class consistency, for
@@ -30,7 +36,12 @@ import numpy as np
 
 from evals.features import GenerationEvalError, check_images, get_extractor
 from evals.features.digits_classifier import CACHE_ENV
-from evals.generation_metrics import evaluate_generation
+from evals.generation_metrics import (
+    STATS_KEYS,
+    evaluate_generation,
+    load_reference_stats,
+    save_reference_stats,
+)
 from uvim_givt.errors import (
     ArgumentParser,
     DataError,
@@ -108,6 +119,19 @@ def _load_image_dir(directory: str) -> tuple[np.ndarray, np.ndarray | None]:
     return np.stack(images).astype(np.uint8), labels
 
 
+def _reference(path: str) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Reference images, or (mu, sigma) when ``path`` is a statistics .npz."""
+    if path.endswith(".npz") and os.path.isfile(path):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                is_stats = "images" not in z.files and set(STATS_KEYS) <= set(z.files)
+        except (OSError, ValueError) as e:
+            raise GenerationEvalError(f"{path}: not a readable .npz ({e})") from None
+        if is_stats:
+            return load_reference_stats(path)
+    return load_images(path)[0]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = ArgumentParser(
@@ -115,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="FID, Inception Score and class consistency of generated images.",
     )
     p.add_argument("--samples", required=True, help=".npz (images[, labels]) or image directory")
-    p.add_argument("--reference", required=True, help=".npz or image directory (real images)")
+    p.add_argument("--reference", required=True,
+                   help=".npz or image directory (real images), or a statistics .npz (ADM "
+                        "layout: mu, sigma of the extractor's features; FID and IS only)")
+    p.add_argument("--save-stats", metavar="OUT.npz", default=None,
+                   help="also write the reference features' mu and sigma here (ADM layout), "
+                        "to reuse as --reference")
     p.add_argument("--extractor", default="digits",
                    help="digits | fid_inception:PATH (pytorch-fid's pt_inception-2015-12-05"
                         "-6726825d.pth: FIDs comparable to published ones) | "
@@ -134,12 +163,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     samples, labels = load_images(args.samples)
-    reference, _ = load_images(args.reference)
+    reference = _reference(args.reference)
     extractor = get_extractor(args.extractor, cache=args.cache_dir)
+    if args.save_stats:
+        if isinstance(reference, tuple):
+            raise GenerationEvalError(f"--save-stats: {args.reference} is already a "
+                                      "statistics file")
+        save_reference_stats(args.save_stats, extractor.features(reference))
+        print(f"{'':>15s}  reference statistics written to {args.save_stats}")
     result = evaluate_generation(samples, reference, extractor, labels, args.is_splits)
     for k, v in result["metrics"].items():
         print(f"{k:>15s}  {v:.4f}")
-    print(f"{'samples':>15s}  {result['num_samples']} (reference {result['num_reference']}, "
+    num_reference = result["num_reference"] or f"statistics {args.reference}"
+    print(f"{'samples':>15s}  {result['num_samples']} (reference {num_reference}, "
           f"extractor {result['extractor']})")
     if not result["fid_comparable_to_published"]:
         print(f"{'':>15s}  note: FID by {result['extractor']}, not comparable to published FIDs"

@@ -39,6 +39,8 @@ from evals.generation_metrics import (
     class_consistency_accuracy,
     fid_from_features,
     inception_score,
+    kernel_inception_distance,
+    precision_recall,
 )
 from uvim_givt.data import catalog, pipeline
 from uvim_givt.data.images import image_grid, write_png_or_warn
@@ -90,6 +92,9 @@ def score_images(extractor: Any, images: np.ndarray, ref_feats: np.ndarray,
     dataset's) the class-consistency accuracy."""
     feats, probs = features_and_probs(extractor, images)
     out = {"FID": fid_from_features(feats, ref_feats)}
+    if len(feats) > 3 and len(ref_feats) > 3:
+        out.update(precision_recall(ref_feats, feats))
+        out["KID"] = kernel_inception_distance(ref_feats, feats)[0]
     out["IS"] = inception_score(probs, splits=min(10, len(probs)))[0]
     if labels is not None and probs.shape[1] == num_classes:
         out["class_accuracy"] = class_consistency_accuracy(probs.argmax(1), labels)

@@ -43,7 +43,8 @@ from uvim_givt.data.images import IMAGE_SUFFIXES, read_image
 from uvim_givt.errors import ConfigError, DataError
 from uvim_givt.task import ROUTES, MetricFamily, Reference, TaskMetadata
 
-GENERATION_METRICS = ("FID", "FID_recon", "IS", "IS_std", "class_accuracy")
+GENERATION_METRICS = ("FID", "FID_recon", "IS", "IS_std", "precision", "recall", "KID",
+                      "class_accuracy")
 _SPLIT_DIRS = {"train": ("train",), "validation": ("validation", "val")}
 
 

@@ -164,6 +164,24 @@ def test_cli_npz_and_directory(digits, tmp_path, capsys):
     feats = clf.features(x[:200])
     assert res["FID"] == pytest.approx(M.fid_from_features(feats, clf.features(ref_x)), rel=1e-6)
     assert "FID" in capsys.readouterr().out
+    ref_feats = clf.features(ref_x)
+    pr = M.precision_recall(ref_feats, feats)
+    assert (res["precision"], res["recall"]) == pytest.approx((pr["precision"], pr["recall"]))
+    assert res["KID"] == pytest.approx(M.kernel_inception_distance(ref_feats, feats)[0])
+
+    # the reference's statistics saved once (ADM layout), then the FID reference
+    stats = tmp_path / "ref_stats.npz"
+    assert G.main(args[:-2] + ["--save-stats", str(stats)]) == 0
+    with np.load(stats) as z:
+        assert sorted(z.files) == ["mu", "sigma"]
+        np.testing.assert_allclose(z["mu"], ref_feats.mean(0), rtol=1e-5, atol=1e-6)
+    args_stats = list(args)
+    args_stats[3], args_stats[-1] = str(stats), str(tmp_path / "stats.json")
+    assert G.main(args_stats) == 0
+    by_stats = json.loads((tmp_path / "stats.json").read_text())
+    assert by_stats["metrics"]["FID"] == pytest.approx(res["FID"], rel=1e-6)
+    assert "KID" not in by_stats["metrics"] and by_stats["num_reference"] is None
+    capsys.readouterr()
 
     # an image directory with labels.json; wrong labels give low consistency
     d = tmp_path / "pngs"
@@ -176,6 +194,56 @@ def test_cli_npz_and_directory(digits, tmp_path, capsys):
     assert G.main(args) == 0
     res = json.loads((tmp_path / "dir.json").read_text())
     assert res["num_samples"] == 30 and res["metrics"]["class_accuracy"] < 0.2
+
+
+def _brute_precision_recall(real, fake, k):
+    """Kynkaanniemi et al.'s definition, literally: scipy distances, a sort per point."""
+    from scipy.spatial.distance import cdist
+
+    def radii(x):
+        return np.sort(cdist(x, x), axis=1)[:, k]  # column 0: the point itself
+    inside = lambda pts, centres: (cdist(pts, centres) <= radii(centres)[None]).any(1)
+    return inside(fake, real).mean(), inside(real, fake).mean()
+
+
+def test_precision_recall_equals_a_brute_force_computation():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(300, 16))
+    for fake in (rng.normal(size=(250, 16)), rng.normal(0.7, 0.5, size=(250, 16))):
+        got = M.precision_recall(real, fake, k=3)
+        want = _brute_precision_recall(real, fake, 3)
+        assert (got["precision"], got["recall"]) == pytest.approx(want, abs=1e-12)
+    shifted = M.precision_recall(real, real + 20.0)
+    assert shifted == {"precision": 0.0, "recall": 0.0}
+    assert M.precision_recall(real, real.copy()) == {"precision": 1.0, "recall": 1.0}
+    with pytest.raises(M.GenerationEvalError, match="feature sizes differ"):
+        M.precision_recall(real, real[:, :8])
+
+
+def test_kid_equals_the_unbiased_mmd_by_loops():
+    """KID: the unbiased squared MMD with k(x, y) = (x.y / D + 1)^3 (Binkowski et al.),
+    recomputed pair by pair on one subset covering both sets."""
+    rng = np.random.default_rng(1)
+    real, fake = rng.normal(size=(40, 8)), rng.normal(0.3, 1.0, size=(40, 8))
+    kern = lambda a, b: (a @ b / 8 + 1.0) ** 3
+    m = 40
+    xx = sum(kern(fake[i], fake[j]) for i in range(m) for j in range(m) if i != j)
+    yy = sum(kern(real[i], real[j]) for i in range(m) for j in range(m) if i != j)
+    xy = sum(kern(fake[i], real[j]) for i in range(m) for j in range(m))
+    want = (xx + yy) / (m * (m - 1)) - 2 * xy / m ** 2
+    mean, std = M.kernel_inception_distance(real, fake, num_subsets=3, subset_size=1000)
+    assert mean == pytest.approx(want, rel=1e-9) and std == pytest.approx(0.0, abs=1e-9)
+    farther = M.kernel_inception_distance(real, fake + 1.0, num_subsets=3)[0]
+    assert farther > mean > 0
+
+
+def test_reference_stats_files_are_checked(tmp_path):
+    np.savez(tmp_path / "s.npz", mu=np.zeros(3), sigma=np.eye(2))
+    with pytest.raises(M.GenerationEvalError, match="do not fit"):
+        M.load_reference_stats(str(tmp_path / "s.npz"))
+    np.savez(tmp_path / "t.npz", mu=np.zeros(3))
+    with pytest.raises(M.GenerationEvalError, match="no 'sigma' array"):
+        M.load_reference_stats(str(tmp_path / "t.npz"))
 
 
 def test_cli_errors(tmp_path, capsys):

@@ -316,7 +316,8 @@ def test_paper_training_view_is_the_published_inception_crop():
 
 def test_metadata_declares_the_published_fids():
     family = I.TASK.metadata.family("generation")
-    assert family.order == ("FID", "FID_recon", "IS", "IS_std", "class_accuracy")
+    assert family.order == ("FID", "FID_recon", "IS", "IS_std", "precision", "recall", "KID",
+                            "class_accuracy")
     assert family.primary == "FID" and not family.higher_is_better
     assert {(r.model, r.data, r.value) for r in family.references} == {
         ("GIVT-Causal 256px, t=0.95, DB-CFG 0.4", "ImageNet 256", 3.35),
