@@ -98,7 +98,8 @@ def evaluator(kind: str, prediction: str, *, split: str = "validation", num_exam
 
 def dense_evaluators(kind: str, size: str, baseline: bool = False,
                      heldout_split: str = "validation", every: dict | None = None,
-                     extra_splits: dict | None = None) -> dict:
+                     extra_splits: dict | None = None, uncertainty: dict | None = None
+                     ) -> dict:
     """The dense tasks' evaluators, as the published configs declare theirs:
 
     * ``vae_loss`` / ``givt_loss``: held-out losses (stage-1 loss, reconstruction and KL;
@@ -109,6 +110,8 @@ def dense_evaluators(kind: str, size: str, baseline: bool = False,
       gap to ``sampled`` measures the exposure bias;
     * ``exposure`` (run when named): the task metric of completions of the first 0, 1/4,
       1/2, 3/4 and all true codes, and the NLL per code position;
+    * ``uncertainty`` (run when named): calibration and spread of 8 code samples per image
+      (``uncertainty``: the task's ``channels`` and ``value_key``; evals.evaluators);
     * optionally the task's ``baseline``, and, from ``extra_splits`` ({suffix: split}),
       ``oracle_<suffix>`` / ``sampled_<suffix>`` on more splits (e.g. the held-out one).
 
@@ -130,7 +133,13 @@ def dense_evaluators(kind: str, size: str, baseline: bool = False,
         # given, and stage 2's NLL per code position; run when named (eval --evaluator)
         exposure=evaluator(kind, "completed", batch_size=bs, keep=(0.0, 0.25, 0.5, 0.75, 1.0),
                            num_examples=512 if size == "paper" else 100,
-                           after_training=False))
+                           after_training=False),
+        uncertainty=evaluator(kind, "uncertainty", batch_size=bs, draws=8,
+                              levels=(0.5, 0.8, 0.9, 0.95), overlays=8,
+                              num_examples=512 if size == "paper" else 100,
+                              after_training=False,
+                              **{"channels": (), "value_key": "", "std_scale": 1.0,
+                                 **(uncertainty or {})}))
     for suffix, split in (extra_splits or {}).items():
         for name in ("oracle", "sampled"):
             out[f"{name}_{suffix}"] = evaluator(kind, name, split=split, batch_size=bs,

@@ -115,5 +115,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evals = dense_evaluators(
         "depth", a.size, baseline=True,
         every=dict(vae_loss=250, givt_loss=250, oracle=2000, sampled=2000) if paper else
-        None)
+        None,
+        # depth bins' calibration, the depth spread (colours 0..1 m) and interval coverage
+        uncertainty=dict(channels=("depth",), value_key="depth", std_scale=1.0))
     return c

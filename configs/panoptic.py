@@ -96,5 +96,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "panoptic", a.size, heldout_split="train[:4096]" if paper else "validation",
         every=dict(vae_loss=250, givt_loss=1000, oracle=5000, sampled=10_000) if paper else
         None,
-        extra_splits=dict(holdout="train[:4096]", train="train[4096:8192]") if paper else None)
+        extra_splits=dict(holdout="train[:4096]", train="train[4096:8192]") if paper else None,
+        uncertainty=dict(channels=("semantics",)))  # class entropy and its calibration
     return c

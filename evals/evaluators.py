@@ -49,8 +49,9 @@ from uvim_givt.training.runner import Run, load_givt_params, load_run
 
 #: prediction -> the stage whose parameters it needs (and after which it runs)
 PREDICTION_STAGE = {"oracle": "vae", "sampled": "givt", "teacher_forced": "givt",
-                    "completed": "givt", "baseline": "baseline"}
-DENSE_PREDICTIONS = ("oracle", "sampled", "teacher_forced", "completed", "baseline")
+                    "completed": "givt", "uncertainty": "givt", "baseline": "baseline"}
+DENSE_PREDICTIONS = ("oracle", "sampled", "teacher_forced", "completed", "uncertainty",
+                     "baseline")
 #: kind -> the predictions its loop scores (a kind not listed is a dense task's metric).
 #: "loss": held-out losses: stage 1's (oracle) and stage 2's NLL (teacher_forced).
 KIND_PREDICTIONS = {"generation": ("oracle", "sampled"), "loss": ("oracle", "teacher_forced")}
@@ -72,6 +73,12 @@ CONFIG_RULES: schema.Rules = (
     (_E + "codes", schema.OneOf(tuple(HELDOUT_CODES))),
     (_E + "keep", schema.Nums(schema.PROBABILITY, increasing=True)),
     (_E + "after_training", schema.Flag()),
+    (_E + "draws", schema.Num(lo=2)),
+    (_E + "levels", schema.Nums(schema.Num(0.0, 1.0, lo_open=True, hi_open=True),
+                                increasing=True)),
+    (_E + "std_scale", schema.POSITIVE),
+    (_E + "channels", schema.Names()),
+    (_E + "value_key", schema.Text(r"\w*", "an example's field (or empty)", bad="a b")),
     (_E + "(batch_size|samples_per_class|grid_per_class)", schema.POSITIVE_INT),
     (_E + "extractor", schema.Text(r"digits|(fid_|keras_)?inception:.+",
                                    "digits, fid_inception:PATH (pytorch-fid's FID Inception "
@@ -206,8 +213,8 @@ class Evaluators:
             cfg = ml_collections.ConfigDict(run.cfg.to_dict())
             cfg.data.source = source
             run = dataclasses.replace(run, cfg=cfg)
-        loop = completion_loop if spec.prediction == "completed" else \
-            LOOPS.get(spec.kind, dense_loop)
+        loop = {"completed": completion_loop, "uncertainty": uncertainty_loop}.get(
+            spec.prediction, LOOPS.get(spec.kind, dense_loop))
         metrics, extra = loop(self.task, run, spec, source=source, split=split,
                               max_examples=cap, step=step, periodic=periodic)
         metrics = self._with_exposure_gap(spec, split, step, cap, metrics)
@@ -399,6 +406,92 @@ def completion_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
     out["nll_per_token"] = float(per_position.mean())
     return out, {"keep": fractions, "num_given": num_given, "seq_len": seq_len,
                  "nll_per_position": [round(float(v), 5) for v in per_position]}
+
+
+def uncertainty_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
+                     max_examples: int | None, step: int, periodic: bool
+                     ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Uncertainty of a dense task from ``draws`` code samples per image, each decoded.
+
+    For each label channel in ``channels``: the mean of the decoded softmax over the draws
+    is the per-pixel class distribution, scored for calibration against the true classes at
+    the model's resolution (``<channel>/ECE``, ``accuracy``, ``confidence``; class 0 left
+    out where the stage-1 loss ignores it) and drawn as an entropy map. With ``value_key``
+    (a continuous output such as depth: the example field holding the truth), the draws'
+    task outputs give the per-pixel spread (``<value_key>/std``) and the coverage of the
+    truth by their central intervals at the nominal ``levels`` (``coverage@a``,
+    ``width@a``), drawn as a standard-deviation map (colour range 0..``std_scale``).
+    Pictures: RUN/predictions/<evaluator>_NNN.png = image | entropy | [std]."""
+    from evals.calibration import (
+        CalibrationAccumulator,
+        CoverageAccumulator,
+        entropy_map,
+        heat_picture,
+        softmax,
+    )
+    cfg, options = run.cfg, spec.options
+    stage1 = stages.stage_of(cfg, "vae")
+    channels = {}
+    for name in options.channels:
+        if name not in stage1.channels:
+            raise ConfigError(f"evals.{spec.name}.channels: no label channel {name!r} "
+                              f"(the VAE's: {sorted(stage1.channels)})")
+        channels[name] = stage1.channels[name]
+    calibration = {name: CalibrationAccumulator() for name in channels}
+    value_key = str(options.value_key)
+    coverage = CoverageAccumulator(tuple(options.levels)) if value_key else None
+    draws, n_pictures = int(options.draws), 0 if periodic else int(options.overlays)
+    ds = catalog.load(task.readers, cfg, source, split)
+    if max_examples:
+        ds = ds.take(max_examples)
+    raw = ds.as_numpy_iterator()
+    predictor = Predictor(cfg, run.vae_params, run.givt_params)
+    bar = _progress(f"eval {spec.name} {split}", periodic)
+    seen = 0
+    for batch in pipeline.eval_batches(ds, lambda ex: task.preprocess(cfg, ex, "eval"),
+                                       spec.batch_size):
+        decoded = [jax.tree_util.tree_map(np.asarray, predictor.decode(
+            predictor.sample_codes(seen, k, image=batch["image"]))) for k in range(draws)]
+        probs = {name: np.mean([softmax(d[name]) for d in decoded], axis=0)
+                 for name in channels}
+        for i in np.flatnonzero(batch["_valid"]):
+            example = next(raw)
+            maps = []
+            for name, (index, classes) in channels.items():
+                truth = batch["labels"][i, ..., index]
+                valid = truth != 0 if name in stage1.ignore_zero else None
+                calibration[name].add(probs[name][i], truth, valid)
+                maps.append((entropy_map(probs[name][i]), (0.0, float(np.log(classes)))))
+            if coverage is not None:
+                meta = {k: v[i] for k, v in batch["meta"].items()}
+                values = np.stack([task.postprocess(cfg, {k: v[i] for k, v in d.items()},
+                                                    meta) for d in decoded])
+                truth = np.asarray(example[value_key], np.float32)
+                with np.errstate(invalid="ignore"):
+                    coverage.add(values, truth, np.isfinite(truth) & (truth > 0))
+                maps.append((values.std(axis=0), (0.0, float(options.std_scale))))
+            if seen < n_pictures:
+                picture = np.asarray(example["image"])
+                if picture.ndim == 2:
+                    picture = np.repeat(picture[..., None], 3, axis=-1)
+                size = picture.shape[:2]
+                panels = [picture.astype(np.uint8)] + [heat_picture(m, scale, size)
+                                                       for m, scale in maps]
+                write_png_or_warn(os.path.join(run.run_dir, "predictions",
+                                               f"{spec.name}_{seen:03d}.png"),
+                                  np.concatenate(panels, axis=1))
+            seen += 1
+            bar.update(1)
+    bar.close()
+    if seen == 0:
+        raise UserError(f"split {split!r} of {source} has no examples")
+    out: dict[str, float] = {"num_images": float(seen)}
+    for name, acc in calibration.items():
+        out.update({f"{name}/{k}": v for k, v in acc.result().items()})
+    if coverage is not None:
+        out.update({f"{value_key}/{k}": v for k, v in coverage.result().items()})
+    return out, {"draws": draws, "channels": list(channels), "value_key": value_key,
+                 "levels": list(options.levels)}
 
 
 # Compiled held-out losses by stage definition: periodic evaluations reuse them.

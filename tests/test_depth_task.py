@@ -357,6 +357,27 @@ def test_test_time_flip_is_refused_for_a_task_whose_labels_do_not_mirror(tiny_ru
         predictor.predict(np.zeros((1, 64, 64, 3), np.float32), mirror_equivariant=False)
 
 
+def test_uncertainty_evaluator_scores_calibration_and_coverage(tiny_run):
+    """``eval --evaluator uncertainty``: depth-bin calibration and the coverage of the
+    true depth by the draws' intervals, with entropy and spread pictures; never run by
+    training or a plain eval."""
+    run, _ = tiny_run
+    assert not any("uncertainty" in r for r in os.listdir(os.path.join(run, "eval")))
+    assert D.main(["eval", "--ckpt", run, "--evaluator", "uncertainty", "--max-eval", "2",
+                   "--set", "evals.uncertainty.draws=3",
+                   "--set", "evals.uncertainty.overlays=1"]) == 0
+    rec = next(json.load(open(os.path.join(run, "eval", r)))
+               for r in os.listdir(os.path.join(run, "eval")) if "uncertainty" in r)
+    m = rec["metrics"]
+    assert m["num_images"] == 2 and rec["extra"]["draws"] == 3
+    assert 0 <= m["depth/ECE"] <= 1 and 0 <= m["depth/accuracy"] <= 1
+    assert 0 <= m["depth/coverage@0.5"] <= m["depth/coverage@0.95"] <= 1
+    assert m["depth/width@0.5"] <= m["depth/width@0.95"] and m["depth/std"] > 0
+    picture = os.path.join(run, "predictions", "uncertainty_000.png")
+    image = cv2.imread(picture)
+    assert image is not None and image.shape[1] == 3 * image.shape[0] * 4 // 3  # 3 panels
+
+
 def test_predict_writes_millimetre_pngs(tiny_run, tmp_path):
     run, _ = tiny_run
     os.makedirs(tmp_path / "imgs")
