@@ -1,5 +1,6 @@
 """The commands of the imagenet task beyond train and eval: ``sample`` (a labelled grid of
-samples, optionally a MaskGIT decoding trajectory), ``sweep`` (FID and class accuracy over
+samples, optionally a MaskGIT decoding trajectory), ``complete`` (inpainting, outpainting
+and prefix completion of real images), ``sweep`` (FID and class accuracy over
 CFG weights x temperatures) and ``probe`` (linear probes of the GIVT's features), with their
 argument parsers and the matplotlib figures they write. ``python -m tasks.imagenet`` wires
 them in (tasks/imagenet.py).
@@ -20,6 +21,7 @@ from evals import probe
 from evals.features import extractor_record
 from evals.generation_loop import (
     eval_classes,
+    eval_images,
     make_extractor,
     reference_features,
     sample_and_score,
@@ -33,7 +35,8 @@ from uvim_givt.errors import (
     positive_float,
     positive_int,
 )
-from uvim_givt.sampling.predictor import Predictor
+from uvim_givt.sampling import completion
+from uvim_givt.sampling.predictor import Predictor, to_uint8
 from uvim_givt.sampling.settings import SamplingSettings
 from uvim_givt.training.runner import load_run
 
@@ -120,6 +123,51 @@ def run_sample(task: Any, args: argparse.Namespace) -> str:
     return out
 
 
+def run_complete(task: Any, args: argparse.Namespace) -> str:
+    """Completes the first ``--num`` images of a split: their VAE codes outside
+    ``--region`` are kept and stage 2 generates the region given them and the image's
+    class (``--samples`` completions each). A row per image: the original, what is given
+    (the region greyed), the completions (the generated region outlined)."""
+    run = load_run(args.ckpt, task)
+    cfg = run.cfg
+    rows_grid, cols_grid = completion.code_grid(cfg)
+    generated = completion.region_mask(rows_grid, cols_grid, args.region, args.fraction)
+    source = args.data or cfg.data.source
+    batches = list(eval_images(task, cfg, source, args.split, args.num, args.num))
+    if not batches:
+        raise UserError(f"split {args.split!r} of {source} has no examples")
+    images, labels = batches[0]
+    settings = sampling_from_args(cfg, args, temperature=args.temp, cfg_weight=args.cfg)
+    gen = Predictor(cfg, run.vae_params, run.givt_params).with_settings(settings)
+    style = cfg.givt.model.style
+    print(f"completing the {args.region} {args.fraction:g} of {len(images)} {args.split} "
+          f"image(s) from {args.ckpt} ({style} GIVT, step {run.givt_step}), "
+          f"{args.samples} sample(s) each")
+    codes = gen.encode(images)
+    originals = to_uint8(images)
+    given = gen.decode_images(np.asarray(codes))  # the kept codes' own reconstruction
+    done = [gen.decode_images(np.asarray(gen.sample_codes(
+        args.seed, k, labels=labels.astype(np.int32), given=codes, keep=~generated)))
+        for k in range(args.samples)]
+    cells = []
+    for i in range(len(images)):
+        cells += [originals[i], completion.mark_region(given[i], generated, rows_grid,
+                                                       cols_grid, grey=True)]
+        cells += [completion.mark_region(d[i], generated, rows_grid, cols_grid)
+                  for d in done]
+    names = task.class_names(cfg, source)
+    out = args.out if args.out.lower().endswith(".png") else args.out + ".png"
+    note = "" if style == "masked" or args.region == "bottom" else \
+        " (causal: each generated code sees only the codes before it)"
+    write_labelled_grid(out, np.stack(cells), [f"{c}: {names[c]}" for c in labels],
+                        title=f"{style} GIVT, {args.region} {args.fraction:g} generated, "
+                              f"{settings.describe()}{note}",
+                        columns=["original", "given"] + [f"sample {k + 1}"
+                                                         for k in range(args.samples)])
+    print(f"wrote {out} ({len(images)} rows: original, given, {args.samples} completions)")
+    return out
+
+
 def write_labelled_grid(path: str, images: np.ndarray, rows: list[str], title: str = "",
                         columns: list[str] | None = None) -> str:
     """uint8 images [rows * cols, H, W, 3] (row-major) as one PNG with row labels (and
@@ -144,8 +192,10 @@ def write_labelled_grid(path: str, images: np.ndarray, rows: list[str], title: s
     ax.tick_params(length=0)
     for side in ax.spines.values():
         side.set_visible(False)
-    if title:
-        ax.set_title(title, fontsize=9, pad=18 if columns else 6)
+    if title:  # wrapped to the figure's width (about 5.5 px per character at 9 pt)
+        import textwrap
+        ax.set_title(textwrap.fill(title, max(30, int(fig_w * 100 / 5.5))), fontsize=9,
+                     pad=18 if columns else 6)
     fig.tight_layout()
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -335,6 +385,32 @@ def _sample_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--out", required=True, help="PNG path (latents go to the same stem .npy)")
 
 
+def _complete_arguments(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--ckpt", required=True, help="run directory")
+    c.add_argument("--region", default="bottom", choices=completion.REGIONS,
+                   help="the part to generate: top/bottom/left/right (that share of the "
+                        "rows or columns), centre (inpainting a centred box), border "
+                        "(outpainting around one); bottom is a prefix for a causal GIVT")
+    c.add_argument("--fraction", type=positive_float, default=0.5,
+                   help="share of the side the region spans, in (0, 1)")
+    c.add_argument("--num", type=positive_int, default=4, help="images of the split")
+    c.add_argument("--samples", type=positive_int, default=4, help="completions per image")
+    c.add_argument("--split", default="validation", help="the split the images come from")
+    c.add_argument("--data", default=None, help="data source (default: the run's)")
+    c.add_argument("--temp", type=positive_float, default=None,
+                   help="temperature (default: config)")
+    c.add_argument("--cfg", type=non_negative_float, default=None,
+                   help="DB-CFG weight (default: config)")
+    c.add_argument("--steps", type=positive_int, default=None, help="MaskGIT decoding steps")
+    c.add_argument("--choice-temp", type=positive_float, default=None,
+                   help="MaskGIT choice temperature")
+    c.add_argument("--schedule", default=None, help="MaskGIT mask schedule")
+    c.add_argument("--beam", type=positive_int, default=None, help="causal: beam size")
+    c.add_argument("--fan", type=positive_int, default=None, help="causal: candidates per beam")
+    c.add_argument("--seed", type=non_negative_int, default=0)
+    c.add_argument("--out", required=True, help="PNG path")
+
+
 def _sweep_arguments(w: argparse.ArgumentParser) -> None:
     w.add_argument("--ckpt", required=True, help="run directory")
     w.add_argument("--cfg", default="0,0.2,0.4,1", help="comma-separated CFG weights")
@@ -356,6 +432,8 @@ def _sweep_arguments(w: argparse.ArgumentParser) -> None:
 COMMANDS = [
     cli.Command("sample", "sample a PNG grid (one row per class) and its latents",
                 _sample_arguments, run_sample),
+    cli.Command("complete", "inpaint, outpaint or continue real images: keep their codes "
+                "outside a region and generate the region", _complete_arguments, run_complete),
     cli.Command("sweep", "FID and class accuracy over CFG weights x temperatures",
                 _sweep_arguments, run_sweep),
     cli.Command("probe", "linear-probe accuracy of the GIVT's decoder features, against "

@@ -54,6 +54,8 @@ def sample_maskgit(
     image: jax.Array | None = None,
     unconditional: bool = False,
     return_trace: bool = False,
+    keep_gt: jax.Array | None = None,
+    gt: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Samples token sequences [B, seq_len, out_dim] by MaskGIT decoding.
 
@@ -66,7 +68,10 @@ def sample_maskgit(
     ``uncovered`` [S, B, L] (bool), ``inputs`` [S, B, L, D] (the inputs after
     the step; zeros where still masked), ``num_masked`` [S, B] and
     ``log_confidence`` [S, B, L] (log-density of each new sample before the choice
-    noise; +inf where uncovered before the step).
+    noise; +inf where uncovered before the step). ``keep_gt`` bool [L] with ``gt``
+    [B, L, D] (inpainting and outpainting): those positions start uncovered with ``gt``'s
+    tokens and keep them; the schedule then uncovers the others, all of them by the last
+    step.
     """
     if model.style != "masked":
         raise ValueError("sample_maskgit needs a masked (style='masked') GIVT model")
@@ -86,9 +91,18 @@ def sample_maskgit(
                          "dropout (drop_labels_probability > 0)")
     if use_cfg and model.head.kind == "full":
         raise ValueError("DB-CFG needs per-channel or diagonal Gaussians, not a full covariance")
+    if (keep_gt is None) != (gt is None):
+        raise ValueError("give keep_gt and gt together")
+    if keep_gt is None:
+        keep_gt = jnp.zeros((model.seq_len,), bool)
+        gt = jnp.zeros((batch, model.seq_len, model.out_dim), jnp.float32)
+    keep_gt, gt = jnp.asarray(keep_gt, bool), jnp.asarray(gt, jnp.float32)
+    if keep_gt.shape != (model.seq_len,) or gt.shape != (batch, model.seq_len, model.out_dim):
+        raise ValueError(f"keep_gt {keep_gt.shape} / gt {gt.shape}: need [{model.seq_len}] / "
+                         f"[{batch}, {model.seq_len}, {model.out_dim}]")
     temps = dict(temperature=temperature, temperature_probs=temperature_probs)
     tokens, trace = _maskgit_jit(
-        model, params, rng, labels, batch, image, temps, choice_temperature,
+        model, params, rng, labels, batch, image, keep_gt, gt, temps, choice_temperature,
         cfg_weight if use_cfg else None, num_steps=num_steps,
         anneal=anneal_choice_temperature, schedule=schedule, use_cfg=use_cfg,
         unconditional=unconditional,
@@ -99,7 +113,8 @@ def sample_maskgit(
 @functools.partial(jax.jit, static_argnums=(0, 4), static_argnames=(
     "num_steps", "anneal", "schedule", "use_cfg", "unconditional", "cfg_max_samples",
     "return_trace"))
-def _maskgit_jit(model, params, rng, labels, batch, image, temps, choice_temperature,
+def _maskgit_jit(model, params, rng, labels, batch, image, keep_gt, gt, temps,
+                 choice_temperature,
                  cfg_weight, *, num_steps, anneal, schedule, use_cfg, unconditional,
                  cfg_max_samples, return_trace):
     head, seq_len, dim = model.head, model.seq_len, model.out_dim
@@ -156,8 +171,8 @@ def _maskgit_jit(model, params, rng, labels, batch, image, temps, choice_tempera
                      "log_confidence": trace["log_confidence"].at[step].set(clean_conf)}
         return new_inputs, new_masked, trace
 
-    inputs = jnp.zeros((batch, seq_len, dim), jnp.float32)
-    masked = jnp.ones((batch, seq_len), bool)
+    masked = jnp.broadcast_to(~keep_gt, (batch, seq_len))
+    inputs = jnp.where(masked[..., None], 0.0, gt)
     trace = {}
     if return_trace:
         trace = {"uncovered": jnp.zeros((num_steps, batch, seq_len), bool),

@@ -96,14 +96,14 @@ class Predictor:
 
     def sample_codes(self, seed: int, draw: int = 0, *, image: Any = None, labels: Any = None,
                      batch_size: int | None = None, rng: jax.Array | None = None,
-                     return_trace: bool = False, given: Any = None, num_given: int = 0
+                     return_trace: bool = False, given: Any = None, keep: Any = None
                      ) -> Any:
         """VAE codes [B, seq_len, out_dim] by the sampler of the GIVT's style with this
         predictor's settings. ``draw`` > 0 picks an independent sample for the same
         ``seed`` (draw 0 uses ``PRNGKey(seed)`` itself); ``rng``, when given, replaces
         both. ``batch_size``: the number of sequences when there is no condition.
-        ``given`` codes with ``num_given`` > 0: their first ``num_given`` are kept and the
-        rest completed (causal GIVTs)."""
+        ``given`` codes with ``keep`` bool [seq_len]: the kept positions take the given
+        codes and the rest are completed."""
         stage2 = self._stage2()
         if rng is None:
             rng = jax.random.PRNGKey(seed)
@@ -111,7 +111,7 @@ class Predictor:
                 rng = jax.random.fold_in(rng, draw)
         return stage2.sample(self.givt_params, rng, self.settings, image=image, labels=labels,
                              batch_size=batch_size, return_trace=return_trace,
-                             given=given, num_given=num_given)
+                             given=given, keep=keep)
 
     def position_nll(self, images: np.ndarray | None, x: np.ndarray,
                      labels: np.ndarray | None = None) -> np.ndarray:
@@ -154,9 +154,9 @@ class Predictor:
         if flip and not mirror_equivariant:
             raise ConfigError(f"givt.sampling.test_time_flip=True: the {self.cfg.task} task's "
                               "labels do not mirror with the image")
-        codes = None
+        codes = keep = None
         if num_given:
-            codes = self.encode(given)
+            codes, keep = self.encode(given), np.arange(self.model.seq_len) < num_given
             flip = False
         views = [jnp.asarray(images)]  # one host-to-device copy for all draws
         if flip:
@@ -165,7 +165,7 @@ class Predictor:
         for k in range(n):
             mirrored = flip and k % 2 == 1
             logits = self.decode(self.sample_codes(seed, k, image=views[int(mirrored)],
-                                                   given=codes, num_given=num_given))
+                                                   given=codes, keep=keep))
             decoded.append({name: v[:, :, ::-1] for name, v in logits.items()} if mirrored
                            else logits)
         if n == 1:

@@ -312,22 +312,19 @@ class GIVTStage:
 
     def sample(self, params: Params, rng: jax.Array, settings: Any, *, image: Any = None,
                labels: Any = None, batch_size: int | None = None,
-               return_trace: bool = False, given: Any = None, num_given: int = 0) -> Any:
+               return_trace: bool = False, given: Any = None, keep: Any = None) -> Any:
         """VAE codes [B, seq_len, out_dim] by the sampler of the GIVT's style (through the
         adaptor's inverse); with ``return_trace`` (MaskGIT) also the decoding trace, whose
         sequences are still the GIVT's. ``given`` [B, seq_len, out_dim] VAE codes with
-        ``num_given`` > 0 (causal GIVTs): the first ``num_given`` positions are those codes
-        and the rest are sampled given them (completion; the sampler's ``keep_gt``)."""
+        ``keep`` bool [seq_len] (completion, the samplers' ``keep_gt``): the kept positions
+        are those codes and the others are sampled given them (a causal GIVT sees the kept
+        codes before each position; MaskGIT all of them)."""
         from uvim_givt.sampling.settings import sample_by_style
         batch = len(image) if image is not None else \
             len(labels) if labels is not None else batch_size
         kept = {}
-        if num_given:
-            if self.model.style != "ar":
-                raise ConfigError("completing given codes needs a causal GIVT "
-                                  f"(givt.model.style='ar', not {self.model.style!r})")
-            kept = dict(keep_gt=jnp.arange(self.model.seq_len) < int(num_given),
-                        gt=self.adapt(params, given))
+        if keep is not None and bool(jnp.any(jnp.asarray(keep))):
+            kept = dict(keep_gt=jnp.asarray(keep, bool), gt=self.adapt(params, given))
         out = sample_by_style(self.model, params, rng, settings, batch_size=batch,
                               image=None if image is None else jnp.asarray(image),
                               labels=None if labels is None else jnp.asarray(labels),
