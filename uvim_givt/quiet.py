@@ -12,12 +12,17 @@ on the command line, or ``UVIM_GIVT_VERBOSE=1``, keeps everything.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib.abc
 import importlib.machinery
+import io
 import os
 import re
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from types import ModuleType
 
 # Start-up notices of TensorFlow's C++ runtime: absl's "before InitializeLog"
@@ -96,3 +101,41 @@ def install() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if not any(isinstance(f, _QuietFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietFinder())
+
+
+@contextlib.contextmanager
+def held_stderr() -> Iterator[None]:
+    """Holds what the block writes to stderr (``sys.stderr`` and file descriptor 2, where
+    orbax's, TensorStore's and asyncio's tracebacks of a failed checkpoint read go): written
+    back when the block succeeds, dropped when it raises, since the caller then reports the
+    failure in one line of its own. ``--verbose`` keeps everything."""
+    if verbose_requested():
+        yield
+        return
+    sys.stderr.flush()
+    saved_fd, saved_py = os.dup(2), sys.stderr
+    held_py = io.StringIO()
+    ok = False
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        sys.stderr = held_py
+        try:
+            yield
+            ok = True
+        finally:
+            if not ok:
+                # The failed read's leftovers report themselves late: asyncio logs "Task
+                # exception was never retrieved" when the task is collected, and
+                # TensorStore's callbacks find the event loop closed a moment later.
+                gc.collect()
+                time.sleep(0.3)
+                gc.collect()
+                saved_py.flush()
+            sys.stderr = saved_py
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            if ok:
+                capture.seek(0)
+                sys.stderr.write(capture.read().decode("utf-8", "replace")
+                                 + held_py.getvalue())
+                sys.stderr.flush()

@@ -33,6 +33,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from uvim_givt.errors import CheckpointError, storage_errno
+from uvim_givt.quiet import held_stderr
 from uvim_givt.training import sharding
 
 
@@ -91,12 +92,14 @@ class StageCheckpoints:
         errors: list[tuple[int, str]] = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                out = self.restore(step, params, opt_state)
+                with held_stderr():  # a failed read's tracebacks: one warning instead
+                    out = self.restore(step, params, opt_state)
             except Exception as e:  # noqa: BLE001 - corrupt files fail in many ways
                 errors.append((step, _first_line(e)))
                 continue
             for bad, why in errors:
                 self.set_aside(bad, why)
+            check_finite(out[0], self.directory, step)
             return (step, *out)
         if not errors:
             return None
@@ -159,6 +162,32 @@ class StageCheckpoints:
         self.manager.close()
 
 
+def first_non_finite(params: Any) -> str | None:
+    """The path of the first floating-point parameter holding NaN or infinity, or None:
+    one compiled reduction over the tree, one boolean per leaf back to the host."""
+    leaves = [(jax.tree_util.keystr(k), v) for k, v in jax.tree_util.tree_leaves_with_path(params)
+              if hasattr(v, "dtype") and jax.numpy.issubdtype(v.dtype, jax.numpy.floating)]
+    if not leaves:
+        return None
+    flags = jax.jit(lambda xs: [jax.numpy.all(jax.numpy.isfinite(x)) for x in xs])(
+        [v for _, v in leaves])
+    for (path, _), ok in zip(leaves, jax.device_get(flags), strict=True):
+        if not bool(ok):
+            return path
+    return None
+
+
+def check_finite(params: Any, directory: str, step: int) -> None:
+    """Refuses (one line) parameters with NaN or infinite values: a model that would give
+    empty or garbage predictions without a word."""
+    bad = first_non_finite(params)
+    if bad is not None:
+        raise CheckpointError(
+            f"{directory} step {step}: parameter {bad} holds NaN or infinite values; this "
+            "checkpoint cannot be used (retrain it, or move that step folder away to use an "
+            "earlier one)")
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
@@ -178,7 +207,8 @@ def load_params(run_dir: str, stage: str, step: int | None = None, target: Any =
                 raise CheckpointError(f"no checkpoint saved yet in {ckpt.directory}")
             for k, s in enumerate(steps):
                 try:
-                    params, step = ckpt.restore_params(s, target)
+                    with held_stderr():
+                        params, step = ckpt.restore_params(s, target)
                     break
                 except Exception as e:  # noqa: BLE001 - corrupt files fail in many ways
                     if k == len(steps) - 1:
@@ -189,4 +219,5 @@ def load_params(run_dir: str, stage: str, step: int | None = None, target: Any =
                           f"({_first_line(e)}); using step {steps[k + 1]}", file=sys.stderr)
     finally:
         ckpt.close()
+    check_finite(params, ckpt.directory, step)
     return jax.tree_util.tree_map(lambda x: x, params), step
