@@ -252,6 +252,36 @@ def test_a_failed_save_is_one_line_and_leaves_no_temporary_folder(tmp_path, monk
     assert sorted(os.listdir(os.path.join(run, "checkpoints", "givt"))) == ["2"]
 
 
+def test_a_failed_asynchronous_write_names_its_own_step(tmp_path, monkeypatch):
+    """Checkpoints are written in the background; when step 4's write fails (a full disk),
+    the error surfaces at the next save (step 6): the line must name step 4."""
+    import orbax.checkpoint as ocp
+
+    real_save, real_wait = ocp.CheckpointManager.save, ocp.CheckpointManager.wait_until_finished
+    saved: list[int] = []
+    inside: list[bool] = []
+
+    def save(self, step, *a, **k):
+        saved.append(step)
+        inside.append(True)
+        try:
+            return real_save(self, step, *a, **k)
+        finally:
+            inside.pop()
+
+    def wait(self):  # step 4's background write fails after its save call returned
+        real_wait(self)
+        if not inside and saved and saved[-1] == 4:
+            saved.append(-1)  # once
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", wait)
+    with pytest.raises(CheckpointError, match=r"could not save checkpoint step 4 .*No space "
+                                              r"left on device"):
+        train(_cfg(8, ckpt_every=2), str(tmp_path / "run"), "givt", toy_stage(toy_model()))
+
+
 # ---------------------------------------------------------------- predict and evaluate
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):

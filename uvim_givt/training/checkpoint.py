@@ -53,15 +53,20 @@ class StageCheckpoints:
                                                enable_async_checkpointing=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("params", "opt_state", "meta"))
+        self._writing: int | None = None  # the step whose asynchronous write may be running
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def save(self, step: int, params: Any, opt_state: Any, meta: dict[str, Any]) -> None:
+        # The previous write finishes first, so a failure of it names its own step, not
+        # this one's (orbax would raise it from this save).
+        self._guard(self._writing, self.manager.wait_until_finished)
         self._guard(step, lambda: self.manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(params),
             opt_state=ocp.args.StandardSave(opt_state),
             meta=ocp.args.JsonSave(meta))))
+        self._writing = step
 
     def _guard(self, step: int | None, fn: Callable[[], Any]) -> Any:
         """Runs a save (or the wait for one); a storage failure becomes one line, after
@@ -156,7 +161,8 @@ class StageCheckpoints:
             getattr(meta, "tree", meta))
 
     def wait(self) -> None:
-        self._guard(None, self.manager.wait_until_finished)
+        self._guard(self._writing, self.manager.wait_until_finished)
+        self._writing = None
 
     def close(self) -> None:
         self.manager.close()
