@@ -297,6 +297,7 @@ def test_non_finite_parameters_are_refused_by_eval_and_predict(tiny_run, tmp_pat
     """A checkpoint of NaNs (right keys and shapes) used to predict empty segments without
     a word; eval and predict now stop with one line naming the step and a parameter."""
     import jax
+
     from uvim_givt.training import checkpoint as ckpt_lib
     run = str(tmp_path / "nan_run")
     shutil.copytree(tiny_run, run)
