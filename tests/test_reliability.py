@@ -282,6 +282,46 @@ def test_a_failed_asynchronous_write_names_its_own_step(tmp_path, monkeypatch):
         train(_cfg(8, ckpt_every=2), str(tmp_path / "run"), "givt", toy_stage(toy_model()))
 
 
+def test_sigterm_saves_a_checkpoint_and_the_resumed_run_repeats_and_loses_no_step(tmp_path):
+    """What a scheduler sends before preemption: the run finishes its step, saves, says so
+    and exits 143; rerun, it goes on from that step, and its per-step losses equal an
+    uninterrupted run's (no step repeated, none lost)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests import _preemptible_run as job
+    run = str(tmp_path / "run")
+    script = str(Path(__file__).with_name("_preemptible_run.py"))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, script, run, "slow"], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    metrics = os.path.join(run, "metrics.jsonl")
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 10:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be signalled"
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=240)[1]
+    assert proc.returncode == 143, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("givt: stopped by SIGTERM after step ") and "Rerun" in line
+    stopped = int(line.split("after step ")[1].split()[0])
+    assert 10 <= stopped < job.TOTAL
+    assert sorted(os.listdir(os.path.join(run, "checkpoints", "givt"))) == [str(stopped)]
+    assert _steps(run) == list(range(1, stopped + 1))
+    done = subprocess.run([sys.executable, script, run], env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _steps(run) == list(range(1, job.TOTAL + 1))
+    whole = train(job.config(), str(tmp_path / "whole"), "givt", toy_stage(toy_model()))
+    resumed = [json.loads(x)["loss"] for x in open(metrics)]
+    np.testing.assert_allclose(resumed, [h["loss"] for h in whole.history], rtol=1e-5)
+
+
 # ---------------------------------------------------------------- predict and evaluate
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):

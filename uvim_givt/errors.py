@@ -42,6 +42,14 @@ class TrainingDiverged(UserError, FloatingPointError):
     """The loss became NaN or infinite."""
 
 
+class Preempted(Exception):
+    """Training stopped on SIGTERM after saving a checkpoint; the command exits with
+    :data:`EXIT_PREEMPTED` (128 + SIGTERM, as a process killed by it would)."""
+
+
+EXIT_PREEMPTED = 143
+
+
 # ------------------------------------------------------------- the one reporting path
 _USER_ERRORS = ("DataError", "UserError", "ConfigError", "CheckpointError", "EvalError")
 # OSErrors a user causes and fixes outside the program: a full disk, a read-only or
@@ -124,13 +132,17 @@ def user_error_message(e: BaseException) -> str | None:
 def run_command(fn: Callable[[], Any], verbose: bool = False) -> int:
     """Runs ``fn`` and returns its exit status (``fn``'s int result, else 0): a user error
     prints ``error: ...`` on one line and returns 2 (with ``verbose``, after the
-    traceback); Ctrl-C says how to resume and returns 130."""
+    traceback); Ctrl-C says how to resume and returns 130; SIGTERM during training (a
+    checkpoint was saved) says so and returns 143."""
     try:
         status = fn()
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint",
               file=sys.stderr)
         return 130
+    except Preempted as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_PREEMPTED
     except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs below
         message = user_error_message(e)
         if message is None:

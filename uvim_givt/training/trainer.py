@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,9 +25,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from uvim_givt.errors import TrainingDiverged  # noqa: F401 (raised here; re-exported)
+from uvim_givt.errors import Preempted, TrainingDiverged  # noqa: F401 (TrainingDiverged re-exported)
 from uvim_givt.training import sharding
 from uvim_givt.training.checkpoint import StageCheckpoints
 from uvim_givt.training.metrics import MetricsWriter, progress_interval
@@ -105,6 +108,35 @@ def default_train_config() -> ml_collections.ConfigDict:
                                              momentum=0.9, momentum_dtype="bfloat16",
                                              eps=1e-30)),
     ))
+
+
+class _TermSignal:
+    """SIGTERM (what schedulers send before preempting a job) noted, not obeyed at once:
+    the loop finishes its step, saves and exits. Installed in the main thread only. With
+    several processes, all must stop at the same step (a checkpoint is collective): they
+    agree at logging steps."""
+
+    def __init__(self) -> None:
+        self._got = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._note)
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self._got = True
+
+    def received(self, log_step: bool) -> bool:
+        if jax.process_count() == 1:
+            return self._got
+        if not log_step:
+            return False
+        flags = multihost_utils.process_allgather(np.int32(self._got))
+        return bool(np.max(flags))
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: Stage,
@@ -200,6 +232,7 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
         ckpt.save(step, params, opt_state, dict(meta, step=step, train_time_s=elapsed))
         last_saved = step
 
+    stop = _TermSignal()
     try:
         batches = stage.batches(start)
         for step in range(start, total):
@@ -231,7 +264,21 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
                 results = stage.evaluate(params, done)
                 if results:
                     writer.write(done, {f"eval/{k}": v for k, v in results.items()})
+            if done < total and stop.received(done % int(cfg.log_every) == 0):
+                # Preemption: what was trained is kept (the checkpoint at this step, the
+                # metrics of the steps since the last row), then the command exits.
+                if pending:
+                    writer.write(done, {k: float(np.mean([float(m[k]) for m in pending]))
+                                        for k in pending[0]})
+                    pending.clear()
+                if last_saved != done:
+                    save(done)
+                ckpt.wait()
+                raise Preempted(f"{stage_name}: stopped by SIGTERM after step {done} of "
+                                f"{total}; checkpoint step {done} saved in {ckpt.directory}. "
+                                "Rerun the same command to resume")
     finally:
+        stop.restore()
         bar.close()
         ckpt.wait()
         ckpt.close()
