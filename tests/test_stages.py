@@ -162,7 +162,7 @@ def test_completion_keeps_the_given_codes_and_ends_at_the_oracle():
     seq_len = truth.shape[1]
     k = seq_len // 2
     codes = np.asarray(pred.sample_codes(0, image=batch["image"], given=truth,
-                                        keep=np.arange(seq_len) < k))
+                                         keep=np.arange(seq_len) < k))
     np.testing.assert_allclose(codes[:, :k], truth[:, :k], atol=1e-6)
     assert np.abs(codes[:, k:] - truth[:, k:]).max() > 1e-2  # the rest are drawn
     for got, want in ((pred.predict(batch["image"], seed=3, given=batch["labels"],
