@@ -508,9 +508,11 @@ def write_predictions(task: DepthTask, run: Any, args: common.PredictArgs,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line (train / eval / predict); returns the exit status."""
-    return common.main(TASK, [common.predict_command(
-        "predict 16-bit depth PNGs (mm) and previews for images", write_predictions)], argv)
+    """The command line (train / eval / predict / complete); returns the exit status."""
+    return common.main(TASK, [
+        common.predict_command(
+            "predict 16-bit depth PNGs (mm) and previews for images", write_predictions),
+        common.complete_command()], argv)
 
 
 if __name__ == "__main__":

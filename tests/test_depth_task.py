@@ -378,6 +378,25 @@ def test_uncertainty_evaluator_scores_calibration_and_coverage(tiny_run):
     assert image is not None and image.shape[1] == 3 * image.shape[0] * 4 // 3  # 3 panels
 
 
+def test_depth_completion_keeps_the_given_part_and_scores_it(tiny_run, tmp_path, capsys):
+    """``complete``: the ground truth's codes outside the region are kept; with the whole
+    output but one code given, the completion is nearly the oracle, and both it and the
+    plain sampled prediction are scored on the same images."""
+    run, _ = tiny_run
+    out = tmp_path / "complete"
+    assert D.main(["complete", "--ckpt", run, "--region", "bottom", "--fraction", "0.2",
+                   "--num", "3", "--out", str(out)]) == 0
+    result = json.loads((out / "complete.json").read_text())
+    assert result["num_images"] == 3 and 0 < result["generated_codes"] < result["seq_len"]
+    for name in ("completed", "sampled"):
+        assert result[name]["num_images"] == 3 and result[name]["RMSE"] > 0
+    assert sorted(os.listdir(out)) == ["complete.json", "complete_000.png",
+                                       "complete_001.png", "complete_002.png"]
+    assert "RMSE: completed" in capsys.readouterr().out
+    assert D.main(["complete", "--ckpt", run, "--fraction", "1", "--out", str(out)]) == 2
+    assert "--fraction 1" in capsys.readouterr().err
+
+
 def test_predict_writes_millimetre_pngs(tiny_run, tmp_path):
     run, _ = tiny_run
     os.makedirs(tmp_path / "imgs")
