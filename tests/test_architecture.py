@@ -190,7 +190,8 @@ def test_a_run_directory_of_an_older_format_fails_with_what_changed(tmp_path):
     os.makedirs(tmp_path / "old")
     (tmp_path / "old" / "config.json").write_text(json.dumps(config_lib.to_dict(cfg)))
     with pytest.raises(UserError, match=r"older uvim_givt \(run format 1, this version reads "
-                                        r"2\)\. What changed: format 2: givt\.sampling"):
+                                        r"3\)\. What changed: format 2: givt\.sampling.*; "
+                                        r"format 3: every evaluator"):
         load_run(str(tmp_path / "old"))
     config_lib.save_config(cfg, str(tmp_path / "new"))
     assert config_lib.to_dict(config_lib.load_saved_config(str(tmp_path / "new"))) \

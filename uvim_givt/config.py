@@ -184,13 +184,17 @@ def to_dict(cfg: ConfigDict) -> dict[str, Any]:
 
 #: The format of the run directories this version writes and reads. Older ones are refused
 #: with what changed (one policy: no silent defaults for keys an old run lacks).
-RUN_FORMAT = 2
+RUN_FORMAT = 3
 FORMAT_KEY = "uvim_givt_format"
 FORMAT_CHANGES = {
     2: "givt.sampling holds every sampling setting (cfg_weight, cfg_max_samples, "
        "unconditional, num_samples, test_time_flip, the causal and the MaskGIT options; "
        "configs/common.py:sampling_group), the depth protocol keys are all in the config, "
        "and eval records carry their metric metadata",
+    3: "every evaluator says whether it runs after training (after_training; the dense "
+       "tasks gain the exposure and uncertainty evaluators), a stage-2 loss evaluator what "
+       "its NLL scores (codes); the ImageNet crop is data.crop_area_min (was "
+       "data.random_crop)",
 }
 
 
