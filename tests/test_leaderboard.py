@@ -552,3 +552,40 @@ def test_unreadable_eval_record_keeps_the_rest_of_the_run(tmp_path, capsys):
     assert bad.name in warnings_section and not_a_record.name in warnings_section
     assert f"eval record {bad} skipped: unreadable" in printed.err
     assert "## Skipped folders" not in md  # the run itself is read, not skipped
+
+
+def test_research_records_are_curves_not_table_rows(tmp_path):
+    """Exposure-bias and uncertainty records stay out of the tables and the training
+    curves; the exposure records become one figure (metric against the share of true
+    codes given, NLL per position) and the uncertainty metrics a list."""
+    meta = metric_meta("panoptic")
+    d = tmp_path / "runs" / "r"
+    (d / "eval").mkdir(parents=True)
+    _record(d, "panoptic", "panoptic", "givt", 10, {"PQ": 30.0}, meta=meta,
+            evaluator="sampled")
+    rec = {"task": "panoptic", "stage": "givt", "split": "validation", "data": "embedded",
+           "step": 10, "kind": "panoptic", "prediction": "completed", "evaluator": "exposure",
+           "metric_meta": meta, "num_examples": 8,
+           "metrics": {"keep_0/PQ": 30.0, "keep_0.5/PQ": 45.0, "keep_1/PQ": 70.0,
+                       "num_images": 8.0, "nll_per_token": 3.0},
+           "extra": {"keep": [0.0, 0.5, 1.0], "nll_per_position": [4.0, 3.0, 2.0]}}
+    write_eval_record(str(d), rec)
+    write_eval_record(str(d), {**rec, "prediction": "uncertainty", "evaluator": "uncertainty",
+                               "metrics": {"semantics/ECE": 0.125, "num_images": 8.0},
+                               "extra": {"draws": 8}})
+    runs = L.gather_runs([], [str(tmp_path / "runs")], [])
+    table = L.build_table("panoptic", runs)
+    assert [r[1] for r in table.rows] == ["givt [sampled]"]
+    assert not any(c.startswith("keep_") or "ECE" in c for c in table.columns)
+    curves = L.training_curves(runs, "panoptic")
+    assert [label for c in curves for _, label in c.evals] == ["sampled"]
+    stems = [stem for stem, _, _ in L.plot_task(runs, "panoptic")]
+    assert "panoptic_exposure" in stems
+    from evals.leaderboard.research import figure_exposure, uncertainty_lines
+    left, right = figure_exposure(runs, "panoptic").axes
+    line = left.get_lines()[0]
+    assert list(line.get_xdata()) == [0.0, 0.5, 1.0]
+    assert list(line.get_ydata()) == [30.0, 45.0, 70.0]
+    assert list(right.get_lines()[0].get_ydata()) == [4.0, 3.0, 2.0]
+    assert uncertainty_lines(runs, "panoptic") == [
+        "- **r** (step 10, 8 images, 8 draws): semantics/ECE 0.125"]

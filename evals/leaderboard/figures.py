@@ -25,6 +25,7 @@ from evals.leaderboard.records import (
     metric_items,
     task_meta,
 )
+from evals.leaderboard.research import figure_exposure, is_research
 from evals.leaderboard.runs import STAGE_TITLES, Run, records_of, stage_key
 from evals.leaderboard.tables import format_metric, latest_records
 
@@ -75,7 +76,8 @@ def training_curves(runs: Sequence[Run], task: str, meta: TaskMeta | None = None
         if task not in run.tasks:
             continue
         recs = [r for r in run.records if str(r["task"]) == task
-                and r["stage"] != "baseline" and r.get("prediction") != "baseline"]
+                and r["stage"] != "baseline" and r.get("prediction") != "baseline"
+                and not is_research(r)]
         # Rows without a stage (older logs): the run's one evaluated stage, if one.
         rec_stages = {str(r["stage"]) for r in recs}
         unnamed = rec_stages.pop() if len(rec_stages) == 1 else "train"
@@ -317,6 +319,10 @@ def plot_task(runs: Sequence[Run], task: str, log_loss: bool = False
         metric = meta.primary
         out.append((f"{task}_{metric}", f"{task} {metric} per run and stage",
                     figure_png(fig)))
+    fig = figure_exposure(runs, task)
+    if fig is not None:
+        out.append((f"{task}_exposure", f"{task} exposure bias: {meta.primary} against the "
+                    "true codes given, NLL per code position", figure_png(fig)))
     return out
 
 

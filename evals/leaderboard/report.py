@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 
 from evals.leaderboard.figures import plot_task, thumbnail_png
+from evals.leaderboard.research import uncertainty_lines
 from evals.leaderboard.runs import Run
 from evals.leaderboard.tables import PUBLISHED_LABEL, Table, build_table, report_tasks
 
@@ -102,6 +103,10 @@ def render_markdown(report: Report, asset_prefix: str | None) -> str:
         if asset_prefix is not None:
             out += [f"![{caption}]({asset_prefix}/plots/{_slug(stem)}.png)\n"
                     for stem, caption, _ in report.plots.get(table.task, [])]
+        calibration = uncertainty_lines(_runs_of(report, table.task), table.task)
+        if calibration:
+            out += ["Uncertainty (several samples per image; evals/calibration.py):", "",
+                    *calibration, ""]
         if asset_prefix is not None:
             for run in _runs_of(report, table.task):
                 imgs = report.images.get(run.name)
@@ -176,6 +181,11 @@ def render_html(report: Report) -> str:
         out.append("</tbody></table>")
         for _, caption, png in report.plots.get(table.task, []):
             out.append(f'<p><img alt="{e(caption)}" src="{_data_uri(png)}"></p>')
+        calibration = uncertainty_lines(_runs_of(report, table.task), table.task)
+        if calibration:
+            out.append("<p>Uncertainty (several samples per image):</p><ul>")
+            out += [f"<li>{e(line[2:].replace('**', ''))}</li>" for line in calibration]
+            out.append("</ul>")
         for run in _runs_of(report, table.task):
             imgs = report.images.get(run.name)
             if imgs:

@@ -15,6 +15,7 @@ from evals.leaderboard.records import (
     num_examples,
     task_meta,
 )
+from evals.leaderboard.research import is_research
 from evals.leaderboard.runs import STAGE_ORDER, Run, records_of
 
 PUBLISHED_LABEL = "published (real dataset)"
@@ -111,7 +112,8 @@ def latest_records(run: Run, task: str) -> list[dict[str, Any]]:
     ``task``: the same evaluation run by two commands is shown once."""
     latest: dict[tuple, dict[str, Any]] = {}
     for r in run.records:
-        if str(r["task"]) != task or (r.get("extra") or {}).get("periodic"):
+        if str(r["task"]) != task or (r.get("extra") or {}).get("periodic") or \
+                is_research(r):  # curves and diagnostics: evals/leaderboard/research.py
             continue
         key = (r["stage"], evaluator_of(r), r["split"], r["data"])
         if key not in latest or (r["step"], r.get("time", "")) >= (
