@@ -36,7 +36,6 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from uvim_givt import config as config_lib
 from uvim_givt import rundir, schema
 from uvim_givt.data import catalog, pipeline
 from uvim_givt.data.images import write_png_or_warn
@@ -45,7 +44,7 @@ from uvim_givt.sampling.predictor import Predictor
 from uvim_givt.task import Task
 from uvim_givt.training import stages
 from uvim_givt.training.metrics import progress_interval
-from uvim_givt.training.runner import Run, load_givt_params, load_run
+from uvim_givt.training.runner import Run, load_givt_params, load_run, with_settings
 
 #: prediction -> the stage whose parameters it needs (and after which it runs)
 PREDICTION_STAGE = {"oracle": "vae", "sampled": "givt", "teacher_forced": "givt",
@@ -262,18 +261,7 @@ def evaluate_run(run_dir: str, origin: str, *, stage: str | None = None,
     run = load_run(run_dir, task, need_givt=False)
     tag = ""
     if overrides:
-        allowed = ("data.", "givt.sampling.", "evals.")
-        bad = [o for o in overrides if not o.strip().startswith(allowed)]
-        if bad:
-            raise ConfigError(f"--set {bad[0]!r}: eval may change "
-                              f"{', '.join(a + '*' for a in allowed)} only (the models come "
-                              "from the run)")
-        cfg = config_lib.apply_overrides(ml_collections.ConfigDict(run.cfg.to_dict()),
-                                         overrides)
-        schema.check(cfg, schema.rules_of(run.task, Evaluators))
-        if getattr(run.task, "check_config", None):
-            run.task.check_config(cfg)
-        run = dataclasses.replace(run, cfg=cfg)
+        run = with_settings(run, overrides, ("data.", "givt.sampling.", "evals."), Evaluators)
         settings = sorted(o.strip() for o in overrides)
         tag = "set-" + rundir.config_hash("\n".join(settings))[:8]
         print(f"  evaluating with {', '.join(overrides)} (records tagged {tag})")

@@ -10,12 +10,13 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import ml_collections
 import numpy as np
 import tensorflow as tf
+from tqdm.auto import tqdm
 
 from evals.evaluators import Evaluators, evaluate_run
 from uvim_givt import cli, rundir
@@ -24,7 +25,8 @@ from uvim_givt.data.images import IMAGE_SUFFIXES, read_rgb, resize_nearest, writ
 from uvim_givt.errors import DataError, UserError, positive_int
 from uvim_givt.sampling.predictor import Predictor
 from uvim_givt.task import Reference
-from uvim_givt.training.runner import load_run
+from uvim_givt.training.metrics import progress_interval
+from uvim_givt.training.runner import load_run, with_settings
 
 
 def uvim_givt_references(data: str, metric: str, oracle: float, givt: float, uvim: float,
@@ -170,6 +172,9 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images-json", default=None,
                    help="COCO-style JSON whose 'images' give each file's image id (default: "
                         "the file stem, as an integer when it is numeric, as COCO's are)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="predict with another sampling or decoding setting (givt.sampling.*, "
+                        "data.*), checked as eval --set checks it")
 
 
 @dataclasses.dataclass
@@ -180,10 +185,13 @@ class PredictArgs:
     image_ids: Callable[[str], tuple[int | str, str]]  # file name -> (image id, stem)
 
 
-def coco_image_ids(images_json: str | None) -> Callable[[str], tuple[int | str, str]]:
-    """file name -> (image id, stem): from ``images_json``'s ``images`` (matched by file
-    name, then by stem), else the stem, as an int when numeric (COCO's ``000000142238.jpg``
-    is image 142238)."""
+def coco_image_ids(images_json: str | None, names: Sequence[str] = ()
+                   ) -> Callable[[str], tuple[int | str, str]]:
+    """file name -> (image id, output stem): from ``images_json``'s ``images`` (matched by
+    file name, then by stem), else the stem, as an int when numeric (COCO's
+    ``000000142238.jpg`` is image 142238). Files of ``names`` sharing a stem (``a.jpg``,
+    ``a.png``) get the stem and extension as their output name (``a_jpg``) and, without
+    ``images_json``, as their id; two files given one id are refused, naming both."""
     by_name: dict[str, int | str] = {}
     if images_json:
         try:
@@ -196,14 +204,29 @@ def coco_image_ids(images_json: str | None) -> Callable[[str], tuple[int | str, 
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"--images-json {images_json}: not a COCO JSON with an 'images' "
                             f"list of {{id, file_name}} ({type(e).__name__}: {e})") from None
+    stems: dict[str, int] = {}
+    for n in names:
+        stems[os.path.splitext(n)[0]] = stems.get(os.path.splitext(n)[0], 0) + 1
 
     def ids(name: str) -> tuple[int | str, str]:
-        stem = os.path.splitext(name)[0]
+        stem, ext = os.path.splitext(name)
+        out = f"{stem}_{ext.lstrip('.').lower()}" if stems.get(stem, 0) > 1 else stem
         if images_json:
             if name not in by_name and stem not in by_name:
                 raise UserError(f"--images-json {images_json}: no entry for {name}")
-            return by_name.get(name, by_name.get(stem)), stem
+            return by_name.get(name, by_name.get(stem)), out
+        if out != stem:
+            return out, out
         return (int(stem) if stem.isdigit() else stem), stem
+
+    given: dict[Any, str] = {}
+    for n in names:  # every image has one id of its own before any work is done
+        image_id = ids(n)[0]
+        if image_id in given:
+            raise UserError(f"{given[image_id]} and {n} would both be image {image_id!r} "
+                            + (f"in --images-json {images_json}" if images_json else "")
+                            + ": rename one, or give distinct ids")
+        given[image_id] = n
     return ids
 
 
@@ -214,21 +237,36 @@ def predict_command(help: str, write: Callable[[Any, Any, PredictArgs, Iterator]
     written) and returns a summary line. Skipped images are listed in OUT/skipped.json."""
     def run(task, args):
         run = load_run(args.ckpt, task)
-        predictor = Predictor(run.cfg, run.vae_params, run.givt_params)
-        ids = coco_image_ids(args.images_json)
-        for name in list_images(args.images):
-            ids(name)  # every image has an id before any work is done
-        os.makedirs(args.out, exist_ok=True)
-        skipped: list[tuple[str, str]] | None = [] if args.skip_bad else None
-        preds = predict_image_folder(task, run.cfg, predictor, args.images, args.batch_size,
-                                     skipped)
-        print(write(task, run, PredictArgs(args.out, ids), preds))
-        if skipped:
-            path = os.path.join(args.out, "skipped.json")
-            rundir.write_json(path, [{"file": n, "reason": r} for n, r in skipped])
-            print(f"skipped {len(skipped)} unreadable image(s), listed in {path}: "
-                  f"{', '.join(n for n, _ in skipped[:5])}{' ...' if len(skipped) > 5 else ''}",
-                  file=sys.stderr)
+        if args.set:  # sampling and decoding only, checked as eval checks them
+            run = with_settings(run, args.set, ("data.", "givt.sampling."), Evaluators)
+        names = list_images(args.images)
+        ids = coco_image_ids(args.images_json, names)
+        with rundir.locked(args.out, "--out"):  # one writer per prediction folder
+            there = sorted(f for f in os.listdir(args.out) if f != ".lock")
+            if there:
+                raise UserError(f"--out {args.out} already holds {len(there)} file(s) "
+                                f"({', '.join(there[:3])}{', ...' if len(there) > 3 else ''}): "
+                                "predict into a new or empty folder, so that no two commands "
+                                "mix their outputs")
+            print(f"predicting {len(names)} image(s) of {args.images} with {args.ckpt} "
+                  f"({task.name}, step {run.givt_step}) into {args.out}", flush=True)
+            predictor = Predictor(run.cfg, run.vae_params, run.givt_params)
+            skipped: list[tuple[str, str]] | None = [] if args.skip_bad else None
+            preds = tqdm(predict_image_folder(task, run.cfg, predictor, args.images,
+                                              args.batch_size, skipped),
+                         total=len(names), desc="predict", unit="img",
+                         mininterval=progress_interval(), dynamic_ncols=True)
+            try:
+                summary = write(task, run, PredictArgs(args.out, ids), preds)
+            finally:
+                preds.close()
+            print(summary)
+            if skipped:
+                path = os.path.join(args.out, "skipped.json")
+                rundir.write_json(path, [{"file": n, "reason": r} for n, r in skipped])
+                print(f"skipped {len(skipped)} unreadable image(s), listed in {path}: "
+                      f"{', '.join(n for n, _ in skipped[:5])}"
+                      f"{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
     return cli.Command("predict", help, add_predict_arguments, run)
 
 

@@ -499,7 +499,7 @@ def write_predictions(task: DepthTask, run: Any, args: common.PredictArgs,
     previews = os.path.join(out, "previews")
     count = 0
     for name, ex, pred in predictions:
-        stem = os.path.splitext(name)[0]
+        stem = args.image_ids(name)[1]  # unique per file (a.jpg, a.png: a_jpg, a_png)
         write_depth_png(os.path.join(out, f"{stem}.png"), pred)
         write_png(os.path.join(previews, f"{stem}.png"), task.draw(run.cfg, ex, pred))
         count += 1

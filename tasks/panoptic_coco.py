@@ -73,6 +73,9 @@ def read_coco_folder(root: str, split: str, skip_bad: bool = False
     js, png_dir, img_dir = _folder_paths(root, split)
     with open(js) as f:
         doc = json.load(f)
+    if not doc.get("annotations"):
+        raise DataError(f"folder:{root}: {js} lists no annotations, so split {split!r} has no "
+                        "examples")
     categories = doc["categories"]
     label_of = {c["id"]: i for i, c in enumerate(categories)}
     images = {im["id"]: im for im in doc.get("images", [])}

@@ -359,6 +359,77 @@ def test_non_finite_parameters_are_refused_by_eval_and_predict(tiny_run, tmp_pat
     assert not os.path.exists(tmp_path / "out" / "panoptic_pred.json")
 
 
+def test_one_writer_per_prediction_folder_and_no_mixing(tiny_run, tmp_path, capsys):
+    """A second predict into a folder in use is refused naming the holder; a folder with
+    files in it is refused up front (so two commands never mix their outputs); a clean
+    predict leaves no lock behind and says what it does first."""
+    images = _images(tmp_path / "images", ["a.jpg"])
+    out = tmp_path / "out"
+    with rundir.locked(str(out)):
+        assert P.main(["predict", "--ckpt", tiny_run, "--images", images,
+                       "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out} is in use by pid {os.getpid()}" in err[0]
+    assert P.main(["predict", "--ckpt", tiny_run, "--images", images, "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(
+        f"predicting 1 image(s) of {images} with {tiny_run} (panoptic, step 3) into {out}")
+    assert not (out / ".lock").exists()
+    before = sorted(os.listdir(out))
+    assert P.main(["predict", "--ckpt", tiny_run, "--images", images, "--out", str(out)]) == 2
+    assert "already holds 3 file(s)" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == before
+
+
+def test_inputs_sharing_a_stem_get_outputs_of_their_own(tiny_run, tmp_path):
+    """a.jpg and a.png used to give one PNG and two JSON entries pointing at it."""
+    folder = tmp_path / "images"
+    _images(folder, ["a.jpg"])
+    cv2.imwrite(str(folder / "a.png"), np.full((30, 40, 3), 90, np.uint8))
+    out = tmp_path / "out"
+    assert P.main(["predict", "--ckpt", tiny_run, "--images", str(folder),
+                   "--out", str(out)]) == 0
+    pred = json.loads((out / "panoptic_pred.json").read_text())
+    entries = {a["file_name"]: a for a in pred["annotations"]}
+    assert sorted(entries) == ["a_jpg.png", "a_png.png"]
+    assert sorted(a["image_id"] for a in entries.values()) == ["a_jpg", "a_png"]
+    assert sorted(os.listdir(out / "panoptic_pred")) == ["a_jpg.png", "a_png.png"]
+    meta = tmp_path / "images.json"
+    meta.write_text(json.dumps({"images": [{"id": 7, "file_name": "a.jpg"}]}))
+    with pytest.raises(UserError, match=r"a\.jpg and a\.png would both be image 7"):
+        common.coco_image_ids(str(meta), ["a.jpg", "a.png"])
+
+
+def test_predict_takes_sampling_settings_checked_like_eval(tiny_run, tmp_path, capsys):
+    images = _images(tmp_path / "images", ["a.jpg"])
+    assert P.main(["predict", "--ckpt", tiny_run, "--images", images, "--out",
+                   str(tmp_path / "hot"), "--set", "givt.sampling.temperature=0.5"]) == 0
+    capsys.readouterr()
+    for setting, words in (("givt.sampling.temperature=-1", "givt.sampling.temperature=-1"),
+                           ("vae.model.width=8", "may change data.*, givt.sampling.* only")):
+        assert P.main(["predict", "--ckpt", tiny_run, "--images", images, "--out",
+                       str(tmp_path / "bad"), "--set", setting]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+def test_workdir_naming_a_file_and_an_empty_folder_dataset_are_one_line(tmp_path, capsys):
+    from tests.test_panoptic_task import TINY
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert P.main(["train", "--workdir", str(afile), *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {afile} is a file, not a directory: pass another folder"]
+    root = tmp_path / "coco"
+    (root / "annotations" / "panoptic_train2017").mkdir(parents=True)
+    (root / "annotations" / "panoptic_train2017.json").write_text(json.dumps(
+        {"images": [], "annotations": [], "categories": [
+            {"id": 1, "name": "thing", "isthing": 1}]}))
+    from tasks.panoptic_coco import read_coco_folder
+    with pytest.raises(DataError, match=r"panoptic_train2017\.json lists no annotations"):
+        read_coco_folder(str(root), "train")
+
+
 def _images(folder, names, bad=()):
     os.makedirs(folder, exist_ok=True)
     for k, n in enumerate(names):

@@ -102,24 +102,40 @@ def default_workdir(cfg: ml_collections.ConfigDict, source_kind: str, source_arg
 
 
 @contextlib.contextmanager
-def locked(run_dir: str) -> Iterator[None]:
+def locked(run_dir: str, flag: str = "--workdir") -> Iterator[None]:
     """Holds an exclusive lock on ``run_dir`` (``RUN/.lock``) so that two trainings never
     write the same run; a second one stops at once, naming the holder. The OS drops the
-    lock when its process dies, so a killed run never leaves a stale one behind."""
+    lock when its process dies, so a killed run never leaves a stale one behind; a clean
+    exit removes the file."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise UserError(f"{run_dir} is a file, not a directory: pass another folder")
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
             raise UserError(f"{run_dir} is in use by {holder}; wait for it to finish (or "
-                            "stop it), or pass another --workdir") from None
+                            f"stop it), or pass another {flag}") from None
+        # The holder before us may have removed the file after we opened it: then this
+        # lock is on a dead inode, and the next command would lock a new file. Retry.
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         yield
     finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # while still held: no one can take a lock on it meanwhile
         os.close(fd)  # releases the lock
 
 

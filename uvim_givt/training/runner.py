@@ -27,7 +27,7 @@ import dataclasses
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import jax
@@ -185,6 +185,24 @@ def load_givt_params(run_dir: str, cfg: ml_collections.ConfigDict) -> tuple[Any,
     except CheckpointError as e:
         raise CheckpointError(f"{e} (train stage 2 first: --stage givt)") from None
     return _check_tree(params, target, f"{run_dir} GIVT (step {step})"), step
+
+
+def with_settings(run: Run, overrides: Sequence[str], allowed: Sequence[str],
+                  hooks: Any = None) -> Run:
+    """``run`` with ``--set key=value`` overrides of how it is used (decoding, sampling,
+    protocol), never of its models: keys outside the ``allowed`` prefixes are refused, and
+    the result is checked as a training config is (the schema, with ``hooks``' evaluator
+    rules, and the task's own rules)."""
+    bad = [o for o in overrides if not o.strip().startswith(tuple(allowed))]
+    if bad:
+        raise ConfigError(f"--set {bad[0]!r}: this command may change "
+                          f"{', '.join(a + '*' for a in allowed)} only (the models come "
+                          "from the run)")
+    cfg = config_lib.apply_overrides(ml_collections.ConfigDict(run.cfg.to_dict()), overrides)
+    schema.check(cfg, schema.rules_of(run.task, hooks))
+    if getattr(run.task, "check_config", None):
+        run.task.check_config(cfg)
+    return dataclasses.replace(run, cfg=cfg)
 
 
 def load_run(run_dir: str, task: Task | None = None, need_givt: bool = True) -> Run:

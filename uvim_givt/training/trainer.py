@@ -28,7 +28,7 @@ import optax
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from uvim_givt.errors import Preempted, TrainingDiverged  # noqa: F401 (TrainingDiverged re-exported)
+from uvim_givt.errors import DataError, Preempted, TrainingDiverged  # noqa: F401 (TrainingDiverged re-exported)
 from uvim_givt.training import sharding
 from uvim_givt.training.checkpoint import StageCheckpoints
 from uvim_givt.training.metrics import MetricsWriter, progress_interval
@@ -239,6 +239,10 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
             try:
                 host_batch = next(batches)
             except StopIteration as e:
+                if step == start:  # nothing at all: an empty split, not a pipeline bug
+                    raise DataError(f"{stage_name}: the training data gave no batch of "
+                                    f"{int(cfg.batch_size)} examples (is the split empty or "
+                                    "smaller than one batch?)") from None
                 raise RuntimeError(f"{stage_name}: the data ran out at step {step}") from e
             batch = sharding.global_batch(host_batch, mesh)
             params, opt_state, bad_step, metrics = step_fn(
