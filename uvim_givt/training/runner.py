@@ -121,8 +121,12 @@ def vae_stage(task: Task, cfg: ml_collections.ConfigDict, make_dataset: Callable
               evaluate: Callable | None = None, after_step: Callable | None = None) -> Stage:
     """Stage 1: the VAE of ``vae.kind`` (:mod:`uvim_givt.training.stages`) on its input."""
     kind = stages.stage_of(cfg, "vae")
-    return Stage(kind.init, lambda p, b, k: kind.loss(p, b, k, True),
-                 _batches(task, cfg, cfg.vae.train, make_dataset, kind.inputs),
+    batches = _batches(task, cfg, cfg.vae.train, make_dataset, kind.inputs)
+    if hasattr(kind, "init_state"):  # state learnt outside the gradient (a VQ dictionary)
+        return Stage(kind.init, lambda p, b, k, s: kind.train_loss(p, s, b, k), batches,
+                     evaluate=evaluate, after_step=after_step,
+                     warm_start=warm_start_fn(cfg, "vae"), init_state=kind.init_state)
+    return Stage(kind.init, lambda p, b, k: kind.loss(p, b, k, True), batches,
                  evaluate=evaluate, after_step=after_step,
                  warm_start=warm_start_fn(cfg, "vae"))
 
@@ -175,6 +179,9 @@ def load_vae_params(run_dir: str, cfg: ml_collections.ConfigDict) -> tuple[Any, 
     params, step = ckpt_lib.load_params(run_dir, "vae")
     if isinstance(params, dict) and set(params) - {"disc"} == {"vae"}:
         params = params["vae"]
+    if hasattr(stages.stage_of(cfg, "vae"), "init_state"):  # variables: params and state
+        state, _ = ckpt_lib.load_params(run_dir, "vae", step, item="state")
+        params = {"params": params, "state": state}
     return _check_tree(params, target, f"{run_dir} VAE (step {step})"), step, False
 
 
@@ -256,6 +263,8 @@ def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: s
         raise ConfigError(f"task={cfg.task!r}: this config is for the {cfg.task} task, not "
                           f"{task.name} (use configs/{task.name}.py or tasks.{cfg.task})")
     check_config(cfg)
+    if stage in ("givt", "all"):
+        stages.stage_of(cfg, "givt")  # refuses a stage 2 that cannot model these codes
     catalog.parse_source(cfg.data.source)
     if getattr(task, "check_config", None):
         task.check_config(cfg)
@@ -272,9 +281,9 @@ def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: s
     with rundir.locked(run_dir) if primary else contextlib.nullcontext():
         rundir.start_run(run_dir, cfg, write=primary)
         sharding.sync_processes("start_run")
-        stages = {"all": "stage 1 (VAE) and stage 2 (GIVT)", "vae": "stage 1 (VAE)",
-                  "givt": "stage 2 (GIVT)"}[stage]
-        log(f"training {task.name} {stages}, {cfg.size} config, data "
+        what = {"all": "stage 1 (VAE) and stage 2 (GIVT)", "vae": "stage 1 (VAE)",
+                "givt": "stage 2 (GIVT)"}[stage]
+        log(f"training {task.name} {what}, {cfg.size} config, data "
             f"{cfg.data.source}; run directory: {run_dir}")
         return _train_stages(task, cfg, run_dir, stage, vae_ckpt, hooks, log)
 
@@ -304,8 +313,11 @@ def _train_stages(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stag
         finally:
             if ema is not None:
                 ema.close()
-        _update_run_info(run_dir, num_params={"vae": count_params(
-                             stages.stage_of(cfg, "vae").vae_params(res.params))},
+        kind = stages.stage_of(cfg, "vae")
+        vae_params = kind.vae_params(res.params)
+        if hasattr(kind, "init_state"):  # parameters only, not the state (a dictionary)
+            vae_params = vae_params["params"]
+        _update_run_info(run_dir, num_params={"vae": count_params(vae_params)},
                          train_time_s={"vae": round(res.train_time_s, 1)})
         run.vae_params, run.vae_step, run.vae_is_ema = load_vae_params(run_dir, cfg)
         if hooks is not None:
