@@ -54,6 +54,13 @@ SPLIT_PERTURB = 0.001
 
 
 # ---------------------------------------------------------------- the dictionary maths
+def initial_state(key: jax.Array, dict_size: int, codeword_dim: int) -> dict[str, jax.Array]:
+    """A fresh dictionary: sums ~ N(0, 1 / dict_size), counts 1 (big_vision's)."""
+    std = 1.0 / np.sqrt(dict_size)
+    return {"dictionary": std * jax.random.normal(key, (dict_size, codeword_dim)),
+            "counts": jnp.ones((dict_size,))}
+
+
 def codewords(dictionary: jax.Array, counts: jax.Array) -> jax.Array:
     """The codewords [K, D]: each discounted sum over its count, l2-normalised."""
     e = dictionary / counts[:, None]
@@ -118,6 +125,16 @@ def usage_metrics(batch_counts: jax.Array) -> dict[str, jax.Array]:
     return {"codebook_max_ratio": jnp.max(batch_counts) / total,
             "codebook_zeros_ratio": jnp.mean((batch_counts == 0).astype(jnp.float32)),
             "codebook_perplexity": jnp.exp(entropy)}
+
+
+def patches_to_pixels(y: jax.Array, grid: tuple[int, int], patch: tuple[int, int]
+                      ) -> jax.Array:
+    """Per-patch outputs [B, gh*gw, classes, p*q] -> pixels [B, gh*p, gw*q, classes] (the
+    inverse of the one-hot patching of :meth:`VQVAE.one_hot_patches`)."""
+    (gh, gw), (p, q) = grid, patch
+    b, n = y.shape[0], y.shape[2]
+    y = y.reshape(b, gh, gw, n, p, q)
+    return jnp.transpose(y, (0, 1, 4, 2, 5, 3)).reshape(b, gh * p, gw * q, n)
 
 
 # ------------------------------------------------------------------------- the model
@@ -241,11 +258,9 @@ class VQVAE(nn.Module):
         # float32: the codes are standardised and compared with the codewords
         self.encoder_head = nn.Dense(self.codeword_dim, dtype=jnp.float32)
         self.decoder_stem = nn.Dense(self.width, dtype=dtype)
-        std = 1.0 / np.sqrt(self.dict_size)
-        self.dictionary = self.variable(
-            "state", "dictionary",
-            lambda: std * jax.random.normal(self.make_rng("params"),
-                                            (self.dict_size, self.codeword_dim)))
+        fresh = (lambda: initial_state(self.make_rng("params"), self.dict_size,
+                                       self.codeword_dim))
+        self.dictionary = self.variable("state", "dictionary", lambda: fresh()["dictionary"])
         self.counts = self.variable("state", "counts", lambda: jnp.ones((self.dict_size,)))
 
     # -------------------------------------------------------------- pieces
@@ -312,14 +327,9 @@ class VQVAE(nn.Module):
         if self.with_decoder_ctx:
             x = x + self._ctx(self.ctx_dec_embedding, image)
         x = self.decoder(x + self.pos_embedding_decoder, deterministic=not train)
-        b, p, q = x.shape[0], *self.patch_size
-        out = {}
-        for name in self.channel_order:
-            y = self.heads[name](x).astype(jnp.float32)  # [B, patches, classes, p^2]
-            n = y.shape[2]
-            y = y.reshape(b, gh, gw, n, p, q)
-            out[name] = jnp.transpose(y, (0, 1, 4, 2, 5, 3)).reshape(b, gh * p, gw * q, n)
-        return out
+        return {name: patches_to_pixels(self.heads[name](x).astype(jnp.float32),
+                                        (gh, gw), self.patch_size)
+                for name in self.channel_order}
 
     def __call__(self, labels: jax.Array, image: jax.Array | None = None,
                  train: bool = False, rng: jax.Array | None = None

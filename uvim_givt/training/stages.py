@@ -261,8 +261,11 @@ class VQVAEStage:
         return builders.init_params("vae", self.model, key)["params"]
 
     def init_state(self, key: jax.Array) -> Params:
-        """The dictionary and counts (``init(key)``'s companions: the same draw)."""
-        return builders.init_params("vae", self.model, key)["state"]
+        """A fresh dictionary drawn from ``key`` and its counts (without building the
+        model, whose own initial state ``init`` leaves out)."""
+        from uvim_givt.models import vqvae
+        return vqvae.initial_state(jax.random.fold_in(key, 1), self.model.dict_size,
+                                   self.model.codeword_dim)
 
     def vae_params(self, variables: Params) -> Params:
         return variables
