@@ -82,12 +82,17 @@ class EvalHooks(Protocol):
 def check_config(cfg: ml_collections.ConfigDict) -> None:
     """Stage 1 and stage 2 must agree on the code sequence and the conditioning (each key's
     own range or choices: :mod:`uvim_givt.schema`)."""
-    vae, g = stages.stage_of(cfg, "vae").model, cfg.givt.model
+    stage1 = stages.stage_of(cfg, "vae")
+    vae, g = stage1.model, cfg.givt.model
     problems = []
     size = int(cfg.data.image_size)
     if tuple(vae.input_size) != (size, size):
         problems.append(f"vae.model.input_size {tuple(vae.input_size)} != data.image_size "
                         f"{size} (square)")
+    if getattr(stage1, "discrete", False):  # code ids: no GIVT reads them (train_run)
+        if problems:
+            raise ConfigError("inconsistent config: " + "; ".join(problems))
+        return
     if int(g.seq_len) != int(vae.code_len):
         problems.append(f"givt.model.seq_len={g.seq_len} but the VAE makes {vae.code_len} "
                         "codes")
