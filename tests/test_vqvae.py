@@ -249,3 +249,12 @@ def test_a_givt_stage_2_is_refused_for_discrete_codes():
     cfg = config_lib.load_config("configs/panoptic.py:tokens=vq")
     with pytest.raises(ConfigError, match="--stage vae"):
         stages.stage_of(cfg, "givt")
+
+
+def test_codebook_collapse_is_said_in_the_log():
+    kind, _ = vq_stage()
+    fine = [{"step": 5, "codebook_max_ratio": 0.3, "codebook_perplexity": 9.0}]
+    collapsed = fine + [{"step": 10, "codebook_max_ratio": 0.97, "codebook_perplexity": 1.1}]
+    assert kind.training_warnings(fine) == []
+    (line,) = kind.training_warnings(collapsed)
+    assert "collapse at step 10" in line and "97%" in line

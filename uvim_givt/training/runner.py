@@ -319,6 +319,8 @@ def _train_stages(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stag
             if ema is not None:
                 ema.close()
         kind = stages.stage_of(cfg, "vae")
+        for warning in getattr(kind, "training_warnings", lambda h: [])(res.history):
+            log(warning)
         vae_params = kind.vae_params(res.params)
         if hasattr(kind, "init_state"):  # parameters only, not the state (a dictionary)
             vae_params = vae_params["params"]

@@ -317,6 +317,21 @@ class VQVAEStage:
         parts.update(vqvae.usage_metrics(counts))
         return loss, parts
 
+    #: a logged ``codebook_max_ratio`` above this: (nearly) every code on one codeword
+    COLLAPSE_RATIO = 0.9
+
+    def training_warnings(self, history: list[dict[str, float]]) -> list[str]:
+        """Codebook collapse at the end of training, said in the log (the ratios are in the
+        metrics of every step)."""
+        last = [h for h in history if "codebook_max_ratio" in h][-1:]
+        if not last or last[0]["codebook_max_ratio"] <= self.COLLAPSE_RATIO:
+            return []
+        h = last[0]
+        return [f"warning: codebook collapse at step {int(h['step'])}: "
+                f"{100 * h['codebook_max_ratio']:.0f}% of the codes on one codeword "
+                f"(perplexity {h['codebook_perplexity']:.1f} of {self.model.dict_size}); "
+                "see codebook_* in metrics.jsonl"]
+
     # -------------------------------------------------------------- prediction
     def oracle(self, vae_params: Params, x: Any, image: Any = None) -> Any:
         """The decoded code ids of the ground truth ``x``, given the image."""
