@@ -15,6 +15,10 @@ from uvim_givt.errors import ConfigError
 from uvim_givt.training.trainer import default_train_config
 
 SIZES = ("tiny", "base", "paper")
+# The dense tasks' token kinds (config argument ``tokens``): "continuous", GIVT-UViM (a
+# Gaussian ViT VAE, a GIVT stage 2); "vq", the original UViM (a VQ-VAE with the image as
+# context, ``vae.kind="vqvae"``; its discrete stage 2 is not built yet: train --stage vae).
+TOKENS = ("continuous", "vq")
 # The paper trains the (pretrained) stage-2 image encoder at 0.1x the learning rate.
 ENCODER_LR_MULT = (("^(encoder|EmbedPatches|pos_embedding_encoder)/", 0.1),)
 
@@ -28,8 +32,10 @@ def dense_config(task: str, arg: str | None) -> tuple[ml_collections.ConfigDict,
                                                       ml_collections.ConfigDict]:
     """The start of a dense task's config (panoptic, depth): its argument (``size``, default
     tiny, checked) and the config with ``task``, ``size`` and ``seed`` set."""
-    a = parse_arg(arg, size="tiny")
+    a = parse_arg(arg, size="tiny", tokens="continuous")
     check_size(a.size)
+    if a.tokens not in TOKENS:
+        raise ConfigError(f"unknown tokens {a.tokens!r}: one of {TOKENS}")
     c = ml_collections.ConfigDict()
     c.task = task
     c.size = a.size
@@ -41,6 +47,29 @@ def vit_vae_model(size: str, codeword_dim: int, label_channels: dict) -> dict:
     """ViT VAE over label maps; ``label_channels``: name -> (index in the label map, classes)."""
     return dict(_vit_vae_shape(size, codeword_dim), label_channels=label_channels,
                 **model_precision())
+
+
+def vqvae_model(size: str, label_channels: dict) -> dict:
+    """The original UViM's VQ-VAE over label maps (big_vision proj/uvim/vit.py; paper: the
+    model section of vqvae_coco_panoptic.py / vqvae_nyu_depth.py, identical for both tasks:
+    the ViT-B shape of the GIVT VAE, 768-d codewords, 4,096 of them, the image as context in
+    the encoder and the decoder, the resize bottleneck, random code dropout). ``min_count``:
+    a codeword whose discounted count falls under it is replaced by a split of the most
+    frequent one (0.1 ~= 0.995 ** 500: unused for ~500 batches)."""
+    shape = _vit_vae_shape(size, codeword_dim=768)
+    if size == "paper":
+        vq = dict(codeword_dim=768, dict_size=4096, dict_momentum=0.995,
+                  code_dropout="random")
+    elif size == "base":
+        vq = dict(codeword_dim=256, dict_size=1024, dict_momentum=0.995,
+                  code_dropout="random")
+    else:
+        # tiny: a small dictionary and a short memory (0.9 ** 22 < 0.1: a codeword unused
+        # for ~22 of the run's batches is split), so a short run uses its codewords.
+        vq = dict(codeword_dim=32, dict_size=128, dict_momentum=0.9, code_dropout="none")
+    shape.update(vq, min_count=0.1, with_encoder_ctx=True, with_decoder_ctx=True,
+                 bottleneck_resize=True, scan=False)
+    return dict(shape, label_channels=label_channels, **model_precision())
 
 
 def model_precision(attention: bool = True) -> dict:
@@ -98,8 +127,8 @@ def evaluator(kind: str, prediction: str, *, split: str = "validation", num_exam
 
 def dense_evaluators(kind: str, size: str, baseline: bool = False,
                      heldout_split: str = "validation", every: dict | None = None,
-                     extra_splits: dict | None = None, uncertainty: dict | None = None
-                     ) -> dict:
+                     extra_splits: dict | None = None, uncertainty: dict | None = None,
+                     stage2: bool = True) -> dict:
     """The dense tasks' evaluators, as the published configs declare theirs:
 
     * ``vae_loss`` / ``givt_loss``: held-out losses (stage-1 loss, reconstruction and KL;
@@ -116,6 +145,8 @@ def dense_evaluators(kind: str, size: str, baseline: bool = False,
       ``oracle_<suffix>`` / ``sampled_<suffix>`` on more splits (e.g. the held-out one).
 
     ``every`` maps evaluator names to their period in steps (0 or absent: after the stage).
+    ``stage2=False`` (a stage 1 without a stage 2 yet, the VQ-VAE): stage 1's evaluators
+    only.
     """
     every = every or {}
     bs = 8 if size == "paper" else 50
@@ -146,6 +177,8 @@ def dense_evaluators(kind: str, size: str, baseline: bool = False,
                                                 every=every.get(name, 0), overlays=0)
     if baseline:
         out["baseline"] = evaluator(kind, "baseline", batch_size=bs, overlays=0)
+    if not stage2:
+        out = {k: v for k, v in out.items() if v["prediction"] in ("oracle", "baseline")}
     return out
 
 
@@ -293,6 +326,28 @@ def dense_vae_group(model: dict, ignore_zero: tuple[str, ...], beta: float,
         beta=beta,
         train=train,
     )
+
+
+def published_vqvae_train(epochs: float, num_examples: int, lr: float, wd: float
+                          ) -> ml_collections.ConfigDict:
+    """vqvae_coco_panoptic.py / vqvae_nyu_depth.py: big_vision's scale_by_adafactor (beta2
+    cap 0.95), clip 1, cosine with 4,000 warm-up steps, weight decay on kernels
+    (schedule-scaled, as the GIVT recipes here), batch 1024."""
+    t = train_group("paper", epochs_to_steps(epochs, num_examples, 1024), 1024, lr=lr, wd=wd)
+    t.log_every, t.ckpt_every = 50, 1000
+    t.optim.update(optimizer="big_vision_adafactor", grad_clip=1.0, schedule="cosine",
+                   warmup_steps=4000, wd_mode="schedule_scaled", wd_pattern="/kernel$")
+    t.optim.big_vision_adafactor.beta2_cap = 0.95
+    return t
+
+
+def dense_vqvae_group(model: dict, ignore_zero: tuple[str, ...],
+                      train: ml_collections.ConfigDict) -> dict:
+    """``vae`` of the original UViM: the VQ-VAE ``model`` (:func:`vqvae_model`), its
+    dictionary learnt by moving averages (``freeze_dict`` = False, as published), no
+    commitment loss (``w_commitment`` 0, as published)."""
+    return dict(init=init_group(), kind="vqvae", model=model, ema_decay=0.0,
+                ignore_zero=ignore_zero, w_commitment=0.0, freeze_dict=False, train=train)
 
 
 def dense_givt_group(size: str, vae: dict, train: ml_collections.ConfigDict,

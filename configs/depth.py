@@ -3,6 +3,8 @@ encoder-decoder GIVT from the image.
 
     python -m tasks.depth train --config configs/depth.py:size=tiny
     size: tiny (embedded 60x80 frames at 64px, CPU minutes) | base | paper (512px, published)
+    tokens: continuous (GIVT-UViM, default) | vq (the original UViM's VQ-VAE, stage 1:
+      python -m tasks.depth train --stage vae --config configs/depth.py:tokens=vq)
 """
 
 import ml_collections
@@ -14,11 +16,14 @@ from configs.common import (
     dense_givt_group,
     dense_train,
     dense_vae_group,
+    dense_vqvae_group,
     givt_tiny_recipe,
     published_givt_train,
     published_vae_train,
+    published_vqvae_train,
     sampling_group,
     vit_vae_model,
+    vqvae_model,
 )
 
 
@@ -112,6 +117,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Stage-1 oracle, stage-2 samples, and the training-set mean depth as a baseline.
     # Paper: as givt_nyu_depth.py / vae_nyu_depth.py: held-out losses on validation every
     # 250 steps, depth metrics every 2,000. tiny/base: each once, after its stage.
+    if a.tokens == "vq":
+        _original_uvim(c, a.size, channels)
+        return c
     c.evals = dense_evaluators(
         "depth", a.size, baseline=True,
         every=dict(vae_loss=250, givt_loss=250, oracle=2000, sampled=2000) if paper else
@@ -119,3 +127,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # depth bins' calibration, the depth spread (colours 0..1 m) and interval coverage
         uncertainty=dict(channels=("depth",), value_key="depth", std_scale=1.0))
     return c
+
+
+def _original_uvim(c: ml_collections.ConfigDict, size: str, channels: dict) -> None:
+    """tokens=vq: stage 1 is the original UViM's VQ-VAE (paper: vqvae_nyu_depth.py, 200
+    epochs at batch 1024, lr 1e-3, wd 1e-5); its evaluators are the held-out loss every 250
+    steps and the depth metrics every 2,000 on validation (and the mean-depth baseline).
+    The ``givt`` group only mirrors the code shape."""
+    paper = size == "paper"
+    vae = vqvae_model(size, channels)
+    c.vae = dense_vqvae_group(
+        vae, ignore_zero=("depth",),
+        train=published_vqvae_train(200, NYU_TRAIN_EXAMPLES, lr=1e-3, wd=1e-5) if paper
+        else dense_train(size, tiny_steps=1000, lr=2e-3 if size == "tiny" else 1e-3))
+    c.givt.model.update(out_dim=vae["codeword_dim"], seq_len=vae["code_len"])
+    if paper:
+        c.data.shuffle_buffer = 25_000  # the VQ-VAE's (the GIVTs': 50,000)
+    c.evals = dense_evaluators(
+        "depth", size, baseline=True,
+        every=dict(vae_loss=250, oracle=2000) if paper else None, stage2=False)

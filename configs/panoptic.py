@@ -3,6 +3,8 @@ stage-2 encoder-decoder GIVT from the image.
 
     python -m tasks.panoptic train --config configs/panoptic.py:size=tiny
     size: tiny (embedded 64px, CPU minutes) | base | paper (512px, published models)
+    tokens: continuous (GIVT-UViM, default) | vq (the original UViM's VQ-VAE, stage 1:
+      python -m tasks.panoptic train --stage vae --config configs/panoptic.py:tokens=vq)
 """
 
 import ml_collections
@@ -14,11 +16,14 @@ from configs.common import (
     dense_givt_group,
     dense_train,
     dense_vae_group,
+    dense_vqvae_group,
     givt_tiny_recipe,
     published_givt_train,
     published_vae_train,
+    published_vqvae_train,
     sampling_group,
     vit_vae_model,
+    vqvae_model,
 )
 
 
@@ -92,6 +97,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (every 250 / 1,000 steps), PQ on validation, on the held-out images and on train[4096:
     # 8192] (every 5,000 / 10,000 steps). tiny/base: each once, after its stage (periodic
     # evaluations would push the default run past 10 minutes on 2 cores).
+    if a.tokens == "vq":
+        _original_uvim(c, a.size, channels)
+        return c
     c.evals = dense_evaluators(
         "panoptic", a.size, heldout_split="train[:4096]" if paper else "validation",
         every=dict(vae_loss=250, givt_loss=1000, oracle=5000, sampled=10_000) if paper else
@@ -99,3 +107,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         extra_splits=dict(holdout="train[:4096]", train="train[4096:8192]") if paper else None,
         uncertainty=dict(channels=("semantics",)))  # class entropy and its calibration
     return c
+
+
+def _original_uvim(c: ml_collections.ConfigDict, size: str, channels: dict) -> None:
+    """tokens=vq: stage 1 is the original UViM's VQ-VAE (paper: vqvae_coco_panoptic.py,
+    1,000 epochs of train[4096:] at batch 1024, lr 4e-4, wd 4e-5); its evaluators are the
+    held-out loss on train[:4096] every 250 steps and PQ every 10,000 steps on validation,
+    train[:4096] and train[4096:8192]. The ``givt`` group only mirrors the code shape."""
+    paper = size == "paper"
+    vae = vqvae_model(size, channels)
+    c.vae = dense_vqvae_group(
+        vae, ignore_zero=(),
+        train=published_vqvae_train(1000, COCO_TRAIN_EXAMPLES, lr=4e-4, wd=4e-5) if paper
+        else dense_train(size, tiny_steps=1500, lr=5e-3 if size == "tiny" else 3e-3))
+    c.givt.model.update(out_dim=vae["codeword_dim"], seq_len=vae["code_len"])
+    if paper:
+        c.data.shuffle_buffer = 25_000  # the VQ-VAE's (the GIVTs': 50,000)
+    c.evals = dense_evaluators(
+        "panoptic", size, heldout_split="train[:4096]" if paper else "validation",
+        every=dict(vae_loss=250, oracle=10_000) if paper else None,
+        extra_splits=dict(holdout="train[:4096]", train="train[4096:8192]") if paper else None,
+        stage2=False)

@@ -321,7 +321,7 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
         if spec.prediction == "baseline":
             logits = None
         elif spec.prediction == "oracle":
-            logits = predictor.oracle(batch["labels"])
+            logits = predictor.oracle(batch["labels"], batch.get("image"))
         elif spec.prediction == "teacher_forced":
             logits = predictor.teacher_forced(batch["image"], batch["labels"])
         else:

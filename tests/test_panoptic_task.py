@@ -576,6 +576,44 @@ def test_tiny_two_stage_run(tiny_run, capsys):
     assert set(info["num_params"]) == {"vae", "givt"}
 
 
+VQ_TINY = ["--config", "configs/panoptic.py:tokens=vq", "--stage", "vae",
+           "--set", "data.embedded_num_train=48", "--set", "data.embedded_num_validation=8",
+           "--set", "vae.train.total_steps=3", "--set", "vae.train.batch_size=8",
+           "--set", "vae.model.width=32", "--set", "vae.model.mlp_dim=64",
+           "--set", "vae.model.depth=1", "--set", "vae.model.decoder_depth=1",
+           "--set", "vae.model.code_len=16", "--set", "vae.model.dict_size=16",
+           "--set", "vae.model.codeword_dim=8", "--set", "evals.oracle.batch_size=4",
+           "--set", "evals.oracle.overlays=1"]
+
+
+def test_tiny_vq_stage1_run_and_its_oracle(tiny_run, tmp_path, capsys):
+    """tokens=vq: the original UViM's stage 1 trains through the same runner (on the
+    embedded data the fixture built), its oracle (ground truth and image -> code ids ->
+    labels) is scored by the panoptic evaluator, and the eval command reloads the run (its
+    dictionary from the checkpoint's state) and scores the same PQ. A GIVT stage 2 on
+    discrete codes is refused before anything is written."""
+    run = str(tmp_path / "vq")
+    assert P.main(["train", "--workdir", run, *VQ_TINY]) == 0
+    records = sorted(os.listdir(os.path.join(run, "eval")))
+    assert records == ["vae_oracle_validation_embedded_step00000003_train.json",
+                       "vae_vae_loss_validation_embedded_step00000003_train.json"]
+    oracle = json.load(open(os.path.join(run, "eval", records[0])))
+    assert oracle["metrics"]["num_images"] == 8 and 0 <= oracle["metrics"]["PQ"] <= 100
+    loss = json.load(open(os.path.join(run, "eval", records[1])))["metrics"]
+    assert {"xent", "commitment", "codebook_perplexity"} <= set(loss)
+    metrics = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
+    assert all("codebook_max_ratio" in m for m in metrics if "loss" in m)
+    assert P.main(["eval", "--ckpt", run, "--oracle"]) == 0
+    again = [json.load(open(os.path.join(run, "eval", r)))
+             for r in os.listdir(os.path.join(run, "eval")) if r.startswith("vae_oracle")
+             and r.endswith("_eval.json")]
+    assert len(again) == 1 and again[0]["metrics"] == oracle["metrics"]
+    other = str(tmp_path / "vq_all")
+    capsys.readouterr()
+    assert P.main(["train", "--workdir", other, *VQ_TINY, "--stage", "all"]) == 2
+    assert "--stage vae" in capsys.readouterr().err and not os.path.exists(other)
+
+
 def test_eval_commands_run_the_declared_evaluators_without_overwriting(tiny_run, capsys):
     """`tasks.panoptic eval` and `evals.panoptic --ckpt` go through the same evaluator and
     give the same PQ; each writes its own record, tagged with the command."""

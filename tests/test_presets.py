@@ -248,3 +248,70 @@ def test_paper_stage2_starts_from_the_published_vit_or_says_how(task_name, tmp_p
     cfg.givt.init_encoder = str(tmp_path / "missing.npz")
     with pytest.raises(UserError, match="missing.npz'?: no such file"):
         runner.check_init_encoder(cfg, "givt")
+
+
+# The original UViM's stage 1 (tokens=vq), from big_vision configs/proj/uvim/
+# vqvae_coco_panoptic.py and vqvae_nyu_depth.py (res 512, patch_size 16). Their lengths are
+# epochs at batch 1024: COCO 1,000 epochs of train[4096:], NYU 200 epochs.
+VQVAE = {  # config.model, both tasks
+    "vae.kind": "vqvae",
+    "vae.model.input_size": (512, 512), "vae.model.patch_size": (16, 16),
+    "vae.model.code_len": 256, "vae.model.width": 768, "vae.model.depth": 6,
+    "vae.model.decoder_depth": 12, "vae.model.mlp_dim": 3072, "vae.model.num_heads": 12,
+    "vae.model.dict_size": 4096, "vae.model.codeword_dim": 768,
+    "vae.model.dict_momentum": 0.995, "vae.model.min_count": 0.1,  # the model's default
+    "vae.model.with_encoder_ctx": True, "vae.model.with_decoder_ctx": True,
+    "vae.model.code_dropout": "random", "vae.model.bottleneck_resize": True,
+    "vae.model.dropout": 0.0, "vae.model.scan": False,  # unrolled encoderblock_<i>
+    "vae.freeze_dict": False, "vae.w_commitment": 0.0, "vae.ema_decay": 0.0,
+    # big_vision.scale_by_adafactor(beta2_cap=0.95), cosine, 4,000 warm-up steps, clip 1
+    "vae.train.optim.optimizer": "big_vision_adafactor",
+    "vae.train.optim.big_vision_adafactor.beta2_cap": 0.95,
+    "vae.train.optim.schedule": "cosine", "vae.train.optim.warmup_steps": 4000,
+    "vae.train.optim.grad_clip": 1.0, "vae.train.batch_size": 1024,
+    "vae.train.log_every": 50, "vae.train.ckpt_every": 1000,
+    "data.image_size": 512, "data.flip": True, "data.crop_area_min": 0.05,
+    "data.shuffle_buffer": 25_000,
+}
+PUBLISHED_VQ = {
+    "panoptic": {
+        **VQVAE, "data.source": "tfds:coco/2017_panoptic", "data.train_split": "train[4096:]",
+        "vae.model.label_channels.semantics": (0, 134),  # 133 + void
+        "vae.model.label_channels.instances": (1, 100),
+        "vae.ignore_zero": (),
+        "vae.train.optim.lr": 4e-4, "vae.train.optim.wd": 4e-5,
+        "vae.train.total_steps": 111_515,  # 1,000 epochs of 114,191 / 1024
+        # evals: val on train[:4096] every 250; coco_panoptic every 10,000 on validation,
+        # train[:4096] and train[4096:8192]
+        "evals.vae_loss.split": "train[:4096]", "evals.vae_loss.every": 250,
+        "evals.oracle.split": "validation", "evals.oracle.every": 10_000,
+        "evals.oracle_holdout.split": "train[:4096]", "evals.oracle_holdout.every": 10_000,
+        "evals.oracle_train.split": "train[4096:8192]", "evals.oracle_train.every": 10_000,
+        "data.min_area_fraction": 0.0,  # predict_kwargs min_fraction: commented out
+    },
+    "depth": {
+        **VQVAE, "data.source": "tfds:nyu_depth_v2", "data.train_split": "train",
+        "vae.model.label_channels.depth": (0, 256),  # QUANTIZATION_BINS
+        "data.min_depth": 0.001, "data.max_depth": 10.0,
+        "vae.ignore_zero": ("depth",),  # the loss masks the closest bin
+        "vae.train.optim.lr": 1e-3, "vae.train.optim.wd": 1e-5,
+        "vae.train.total_steps": 9_294,  # 200 epochs of 47,584 / 1024
+        # evals: val on validation every 250; nyu_depth_val every 2,000 (nyu_eval_crop)
+        "evals.vae_loss.split": "validation", "evals.vae_loss.every": 250,
+        "evals.oracle.split": "validation", "evals.oracle.every": 2000,
+        "data.eval_crop_before_predict": True, "data.decode": "argmax",
+        "data.eval_resize": "nearest",
+    },
+}
+
+
+@pytest.mark.parametrize("task", sorted(PUBLISHED_VQ))
+def test_vq_paper_preset_equals_the_published_config(task):
+    cfg = config_lib.load_config(f"configs/{task}.py:size=paper,tokens=vq")
+    wrong = {k: (_get(cfg, k), v) for k, v in PUBLISHED_VQ[task].items()
+             if _norm(_get(cfg, k)) != _norm(v)}
+    assert wrong == {}, "ours vs published: " + repr(wrong)
+    # stage 1 only: no evaluator needs a stage 2 (the discrete one is not built yet)
+    assert {e.prediction for e in cfg.evals.values()} <= {"oracle", "baseline"}
+    from configs.common import COCO_TRAIN_EXAMPLES, epochs_to_steps
+    assert epochs_to_steps(1000, COCO_TRAIN_EXAMPLES, 1024) == 111_515

@@ -289,6 +289,13 @@ LIBRARY_RULES: Rules = (
     (r"vae\.model\.dropout", FRACTION_BELOW_1),
     (r"vae\.model\.code_dropout", OneOf(("none", "seq", "random"))),
     (r"vae\.model\.(scan|unit_range_io)", Flag()),
+    # the VQ-VAE (vae.kind "vqvae"): its dictionary and the image context
+    (r"vae\.model\.dict_size", Num(lo=2)),
+    (r"vae\.model\.dict_momentum", FRACTION_BELOW_1),
+    (r"vae\.model\.min_count", NON_NEGATIVE),
+    (r"vae\.model\.(with_encoder_ctx|with_decoder_ctx|bottleneck_resize)", Flag()),
+    (r"vae\.w_commitment", NON_NEGATIVE),
+    (r"vae\.freeze_dict", Flag()),
     # (first channel index, number of classes >= 2)
     (r"vae\.model\.label_channels\.\w+", Nums(COUNT, length=2)),
     (r"vae\.(perceptual|adversarial)\.weight", NON_NEGATIVE),

@@ -2,7 +2,8 @@
 
 ``build_model("givt", cfg)`` -> ``GIVT(**cfg.givt.model)``; ``build_model("vae", cfg)`` -> the
 stage-1 VAE named by ``cfg.vae.kind``: ``"vit"`` (``ViTVAE`` over label maps, whose
-``label_channels`` the config states) or ``"cnn"`` (``CNNVAE`` over images);
+``label_channels`` the config states), ``"vqvae"`` (``VQVAE``, the original UViM's, over
+label maps with the image as context) or ``"cnn"`` (``CNNVAE`` over images);
 ``build_adaptor(cfg)`` -> the invertible adaptor of ``givt.adaptor`` (or None when off),
 whose parameters live in the GIVT stage's tree under ``params_adaptor``. Nothing here
 knows a task.
@@ -19,7 +20,7 @@ import ml_collections
 from uvim_givt.errors import ConfigError
 
 Stage = Literal["givt", "vae"]
-VAE_KINDS = ("vit", "cnn")
+VAE_KINDS = ("vit", "vqvae", "cnn")
 
 
 def vae_kind(cfg: ml_collections.ConfigDict) -> str:
@@ -60,8 +61,11 @@ def build_model(stage: Stage, cfg: ml_collections.ConfigDict) -> Any:
         if vae_kind(cfg) == "cnn":
             from uvim_givt.models.cnn_vae import CNNVAE
             return _construct(CNNVAE, "vae.model", **kw)
-        from uvim_givt.models.vit_vae import ViTVAE
         kw["label_channels"] = label_channels(cfg)
+        if vae_kind(cfg) == "vqvae":
+            from uvim_givt.models.vqvae import VQVAE
+            return _construct(VQVAE, "vae.model", **kw)
+        from uvim_givt.models.vit_vae import ViTVAE
         return _construct(ViTVAE, "vae.model", **kw)
     raise ValueError(f"unknown stage {stage!r}: givt or vae")
 
@@ -121,9 +125,13 @@ def init_givt(model: Any, key: jax.Array) -> dict[str, Any]:
 
 
 def init_params(stage: Stage, model: Any, key: jax.Array) -> dict[str, Any]:
-    """Initial parameters of a stage's model."""
+    """Initial parameters of a stage's model; a model with state (the VQ-VAE's dictionary)
+    gives its variables, ``{"params", "state"}``."""
     if stage == "givt":
         return init_givt(model, key)
+    from uvim_givt.models.vqvae import VQVAE, init_variables
+    if isinstance(model, VQVAE):
+        return init_variables(model, key)
     return model.init(key, vae_dummy_input(model))["params"]
 
 

@@ -111,6 +111,26 @@ def pixel_xent(logits: jax.Array, labels: jax.Array, ignore_zero: bool = False) 
     return jnp.sum(nll * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1.0)
 
 
+def label_xent(
+    logits: Mapping[str, jax.Array],
+    labels: jax.Array,
+    *,
+    label_channels: Mapping[str, tuple[int, int]],
+    ignore_zero: Collection[str] | bool = (),
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The reconstruction term of the label VAEs: per example, the sum over channels of
+    their pixel-averaged cross-entropies (:func:`pixel_xent`), averaged over the batch.
+    Returns (xent, {"xent/<name>": ...})."""
+    metrics: dict[str, jax.Array] = {}
+    total_xent = jnp.zeros((labels.shape[0],), jnp.float32)
+    for name, (index, _) in label_channels.items():
+        ign = ignore_zero if isinstance(ignore_zero, bool) else name in ignore_zero
+        xent = pixel_xent(logits[name], labels[..., index], ignore_zero=ign)
+        metrics[f"xent/{name}"] = jnp.mean(xent)
+        total_xent = total_xent + xent
+    return jnp.mean(total_xent), metrics
+
+
 def label_vae_loss(
     logits: Mapping[str, jax.Array],
     labels: jax.Array,
@@ -132,15 +152,9 @@ def label_vae_loss(
 
     Returns (loss, metrics) with metrics ``xent/<name>``, ``xent``, ``kl``, ``loss``.
     """
-    metrics: dict[str, jax.Array] = {}
-    total_xent = jnp.zeros((labels.shape[0],), jnp.float32)
-    for name, (index, _) in label_channels.items():
-        ign = ignore_zero if isinstance(ignore_zero, bool) else name in ignore_zero
-        xent = pixel_xent(logits[name], labels[..., index], ignore_zero=ign)
-        metrics[f"xent/{name}"] = jnp.mean(xent)
-        total_xent = total_xent + xent
+    xent, metrics = label_xent(logits, labels, label_channels=label_channels,
+                               ignore_zero=ignore_zero)
     kl = jnp.mean(gaussian_kl(mu, logvar, kl_token_reduction))
-    xent = jnp.mean(total_xent)
     loss = xent + beta * kl
     metrics.update(xent=xent, kl=kl, loss=loss)
     return loss, metrics

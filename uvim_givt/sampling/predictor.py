@@ -77,9 +77,10 @@ class Predictor:
     def decode(self, z: Any) -> Any:
         return self.stage1.decode(self.vae_params, jnp.asarray(z))
 
-    def oracle(self, x: np.ndarray) -> Any:
-        """Stage-1 reconstruction: decode the posterior mean of the ground truth."""
-        return jax.tree_util.tree_map(np.asarray, self.decode(self.encode(x)))
+    def oracle(self, x: np.ndarray, image: np.ndarray | None = None) -> Any:
+        """Stage-1 reconstruction: decode the code of the ground truth (the posterior mean;
+        a VQ-VAE's code ids, given the ``image`` as its context)."""
+        return jax.tree_util.tree_map(np.asarray, self.stage1.oracle(self.vae_params, x, image))
 
     # ------------------------------------------------------------------ stage 2
     def _stage2(self) -> Any:

@@ -1,6 +1,7 @@
 """orbax checkpoints of a training stage inside a run directory.
 
-Layout: ``RUN_DIR/checkpoints/<stage>/<step>/{params,opt_state,meta}``. Saving
+Layout: ``RUN_DIR/checkpoints/<stage>/<step>/{params,opt_state,meta}``, plus ``state`` for a
+stage with state that is not trained by gradient (a VQ dictionary and its counts). Saving
 is asynchronous (orbax); the manager keeps the last ``keep`` steps. Parameters
 can be restored alone (for inference or as a frozen stage-1 model) without
 knowing the optimiser.
@@ -51,21 +52,24 @@ class StageCheckpoints:
                                   f"(expected {self.directory})")
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
                                                enable_async_checkpointing=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("params", "opt_state", "meta"))
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_names=("params", "opt_state", "meta", "state"))
         self._writing: int | None = None  # the step whose asynchronous write may be running
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, params: Any, opt_state: Any, meta: dict[str, Any]) -> None:
+    def save(self, step: int, params: Any, opt_state: Any, meta: dict[str, Any],
+             state: Any = None) -> None:
+        items = dict(params=ocp.args.StandardSave(params),
+                     opt_state=ocp.args.StandardSave(opt_state), meta=ocp.args.JsonSave(meta))
+        if state is not None:
+            items["state"] = ocp.args.StandardSave(state)
         # The previous write finishes first, so a failure of it names its own step, not
         # this one's (orbax would raise it from this save).
         self._guard(self._writing, self.manager.wait_until_finished)
-        self._guard(step, lambda: self.manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params),
-            opt_state=ocp.args.StandardSave(opt_state),
-            meta=ocp.args.JsonSave(meta))))
+        self._guard(step, lambda: self.manager.save(step, args=ocp.args.Composite(**items)))
         self._writing = step
 
     def _guard(self, step: int | None, fn: Callable[[], Any]) -> Any:
@@ -90,15 +94,17 @@ class StageCheckpoints:
                 "or make the run directory writable, then rerun to resume from "
                 + (f"step {kept}" if kept is not None else "the start")) from None
 
-    def restore_latest(self, params: Any, opt_state: Any) -> tuple[int, Any, Any, dict] | None:
-        """(step, params, opt_state, meta) of the newest readable checkpoint, or None if
-        there is none. Unreadable newer steps are moved to ``<stage>.unreadable/`` with a
-        warning; if no step is readable, stop with one line naming them."""
+    def restore_latest(self, params: Any, opt_state: Any, state: Any = None
+                       ) -> tuple[int, Any, Any, dict, Any] | None:
+        """(step, params, opt_state, meta, state) of the newest readable checkpoint (state
+        None unless a target is given), or None if there is none. Unreadable newer steps are
+        moved to ``<stage>.unreadable/`` with a warning; if no step is readable, stop with
+        one line naming them."""
         errors: list[tuple[int, str]] = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 with held_stderr():  # a failed read's tracebacks: one warning instead
-                    out = self.restore(step, params, opt_state)
+                    out = self.restore(step, params, opt_state, state)
             except Exception as e:  # noqa: BLE001 - corrupt files fail in many ways
                 errors.append((step, _first_line(e)))
                 continue
@@ -128,33 +134,39 @@ class StageCheckpoints:
         self.manager.reload()
         return dest
 
-    def restore(self, step: int, params: Any, opt_state: Any) -> tuple[Any, Any, dict]:
-        """Restores into the structure/shardings of the given (abstract) trees."""
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(params),
-            opt_state=ocp.args.StandardRestore(opt_state),
-            meta=ocp.args.JsonRestore()))
-        return out["params"], out["opt_state"], out["meta"]
+    def restore(self, step: int, params: Any, opt_state: Any, state: Any = None
+                ) -> tuple[Any, Any, dict, Any]:
+        """Restores into the structure/shardings of the given (abstract) trees; ``state``
+        too when its target is given."""
+        items = dict(params=ocp.args.StandardRestore(params),
+                     opt_state=ocp.args.StandardRestore(opt_state), meta=ocp.args.JsonRestore())
+        if state is not None:
+            items["state"] = ocp.args.StandardRestore(state)
+        out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return out["params"], out["opt_state"], out["meta"], \
+            out["state"] if state is not None else None
 
-    def restore_params(self, step: int | None = None, target: Any = None) -> tuple[Any, int]:
-        """Parameters of ``step`` (the latest by default) into ``target``'s structure and
-        shardings; without a target, as saved, replicated over this process's devices."""
+    def restore_params(self, step: int | None = None, target: Any = None,
+                       item: str = "params") -> tuple[Any, int]:
+        """Parameters (or another tree ``item``, e.g. ``state``) of ``step`` (the latest by
+        default) into ``target``'s structure and shardings; without a target, as saved,
+        replicated over this process's devices."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint saved yet in {self.directory}")
         if target is None:
-            target = self._replicated_params(step)
+            target = self._replicated_params(step, item)
         out = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(target)))
-        return out["params"], step
+            **{item: ocp.args.StandardRestore(target)}))
+        return out[item], step
 
-    def _replicated_params(self, step: int) -> Any:
+    def _replicated_params(self, step: int, item: str = "params") -> Any:
         """The saved parameters' shapes and dtypes, replicated over the current devices.
         orbax would otherwise restore the saved shardings, which name the devices of the
         saving run: a checkpoint written by several processes (or with FSDP over several
         devices) could not be read back by one process."""
         meta = ocp.StandardCheckpointHandler().metadata(
-            epath.Path(self.directory) / str(step) / "params")
+            epath.Path(self.directory) / str(step) / item)
         repl = sharding.replicated(sharding.make_mesh())
         return jax.tree_util.tree_map(
             lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=repl),
@@ -199,14 +211,15 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
-def load_params(run_dir: str, stage: str, step: int | None = None, target: Any = None
-                ) -> tuple[Any, int]:
+def load_params(run_dir: str, stage: str, step: int | None = None, target: Any = None,
+                item: str = "params") -> tuple[Any, int]:
     """Parameters of ``stage`` from a run directory (the newest readable step by default:
-    an unreadable newer one is named in a warning and skipped, not moved)."""
+    an unreadable newer one is named in a warning and skipped, not moved); ``item="state"``:
+    the stage's state instead (see :class:`StageCheckpoints`)."""
     ckpt = StageCheckpoints(run_dir, stage, create=False)
     try:
         if step is not None:
-            params, step = ckpt.restore_params(step, target)
+            params, step = ckpt.restore_params(step, target, item)
         else:
             steps = sorted(ckpt.manager.all_steps(), reverse=True)
             if not steps:
@@ -214,7 +227,7 @@ def load_params(run_dir: str, stage: str, step: int | None = None, target: Any =
             for k, s in enumerate(steps):
                 try:
                     with held_stderr():
-                        params, step = ckpt.restore_params(s, target)
+                        params, step = ckpt.restore_params(s, target, item)
                     break
                 except Exception as e:  # noqa: BLE001 - corrupt files fail in many ways
                     if k == len(steps) - 1:

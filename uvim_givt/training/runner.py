@@ -82,12 +82,17 @@ class EvalHooks(Protocol):
 def check_config(cfg: ml_collections.ConfigDict) -> None:
     """Stage 1 and stage 2 must agree on the code sequence and the conditioning (each key's
     own range or choices: :mod:`uvim_givt.schema`)."""
-    vae, g = stages.stage_of(cfg, "vae").model, cfg.givt.model
+    stage1 = stages.stage_of(cfg, "vae")
+    vae, g = stage1.model, cfg.givt.model
     problems = []
     size = int(cfg.data.image_size)
     if tuple(vae.input_size) != (size, size):
         problems.append(f"vae.model.input_size {tuple(vae.input_size)} != data.image_size "
                         f"{size} (square)")
+    if getattr(stage1, "discrete", False):  # code ids: no GIVT reads them (train_run)
+        if problems:
+            raise ConfigError("inconsistent config: " + "; ".join(problems))
+        return
     if int(g.seq_len) != int(vae.code_len):
         problems.append(f"givt.model.seq_len={g.seq_len} but the VAE makes {vae.code_len} "
                         "codes")
@@ -121,8 +126,12 @@ def vae_stage(task: Task, cfg: ml_collections.ConfigDict, make_dataset: Callable
               evaluate: Callable | None = None, after_step: Callable | None = None) -> Stage:
     """Stage 1: the VAE of ``vae.kind`` (:mod:`uvim_givt.training.stages`) on its input."""
     kind = stages.stage_of(cfg, "vae")
-    return Stage(kind.init, lambda p, b, k: kind.loss(p, b, k, True),
-                 _batches(task, cfg, cfg.vae.train, make_dataset, kind.inputs),
+    batches = _batches(task, cfg, cfg.vae.train, make_dataset, kind.inputs)
+    if hasattr(kind, "init_state"):  # state learnt outside the gradient (a VQ dictionary)
+        return Stage(kind.init, lambda p, b, k, s: kind.train_loss(p, s, b, k), batches,
+                     evaluate=evaluate, after_step=after_step,
+                     warm_start=warm_start_fn(cfg, "vae"), init_state=kind.init_state)
+    return Stage(kind.init, lambda p, b, k: kind.loss(p, b, k, True), batches,
                  evaluate=evaluate, after_step=after_step,
                  warm_start=warm_start_fn(cfg, "vae"))
 
@@ -175,6 +184,9 @@ def load_vae_params(run_dir: str, cfg: ml_collections.ConfigDict) -> tuple[Any, 
     params, step = ckpt_lib.load_params(run_dir, "vae")
     if isinstance(params, dict) and set(params) - {"disc"} == {"vae"}:
         params = params["vae"]
+    if hasattr(stages.stage_of(cfg, "vae"), "init_state"):  # variables: params and state
+        state, _ = ckpt_lib.load_params(run_dir, "vae", step, item="state")
+        params = {"params": params, "state": state}
     return _check_tree(params, target, f"{run_dir} VAE (step {step})"), step, False
 
 
@@ -292,6 +304,8 @@ def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: s
         raise ConfigError(f"task={cfg.task!r}: this config is for the {cfg.task} task, not "
                           f"{task.name} (use configs/{task.name}.py or tasks.{cfg.task})")
     check_config(cfg)
+    if stage in ("givt", "all"):
+        stages.stage_of(cfg, "givt")  # refuses a stage 2 that cannot model these codes
     catalog.parse_source(cfg.data.source)
     if getattr(task, "check_config", None):
         task.check_config(cfg)
@@ -307,9 +321,9 @@ def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: s
     with rundir.locked(run_dir) if primary else contextlib.nullcontext():
         rundir.start_run(run_dir, cfg, write=primary)
         sharding.sync_processes("start_run")
-        stages = {"all": "stage 1 (VAE) and stage 2 (GIVT)", "vae": "stage 1 (VAE)",
-                  "givt": "stage 2 (GIVT)"}[stage]
-        log(f"training {task.name} {stages}, {cfg.size} config, data "
+        what = {"all": "stage 1 (VAE) and stage 2 (GIVT)", "vae": "stage 1 (VAE)",
+                "givt": "stage 2 (GIVT)"}[stage]
+        log(f"training {task.name} {what}, {cfg.size} config, data "
             f"{cfg.data.source}; run directory: {run_dir}")
         return _train_stages(task, cfg, run_dir, stage, vae_ckpt, hooks, log)
 
@@ -339,8 +353,13 @@ def _train_stages(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stag
         finally:
             if ema is not None:
                 ema.close()
-        _update_run_info(run_dir, num_params={"vae": count_params(
-                             stages.stage_of(cfg, "vae").vae_params(res.params))},
+        kind = stages.stage_of(cfg, "vae")
+        for warning in getattr(kind, "training_warnings", lambda h: [])(res.history):
+            log(warning)
+        vae_params = kind.vae_params(res.params)
+        if hasattr(kind, "init_state"):  # parameters only, not the state (a dictionary)
+            vae_params = vae_params["params"]
+        _update_run_info(run_dir, num_params={"vae": count_params(vae_params)},
                          train_time_s={"vae": round(res.train_time_s, 1)})
         run.vae_params, run.vae_step, run.vae_is_ema = load_vae_params(run_dir, cfg)
         if hooks is not None:

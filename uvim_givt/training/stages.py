@@ -9,10 +9,18 @@ use the same definition, so each stage's maths is written once, here.
   posterior sample drawn from ``rng`` (the KL and reconstruction of the objective), stage 2
   scores the frozen VAE's posterior means.
 * ``inputs``: the batch keys the loss reads (the runner keeps only these).
+* ``oracle(vae_params, x, image)``: stage 1 alone, the decoded code of the ground truth
+  (``image``: the context of the kinds that read it, else unused).
+* A kind with state learnt outside the gradient (``vqvae``: its dictionary) has
+  ``init_state(key)`` and ``train_loss(params, state, batch, rng) -> (loss, (parts,
+  new_state))`` (the trainer carries and checkpoints the state, ``trainer.Stage``); its
+  ``vae_params`` are the variables ``{"params", "state"}`` and ``discrete = True`` says
+  its codes are ids (stage 2 must be a discrete one).
 
 Stage kinds are registered by name (:func:`register`): stage 1 by ``vae.kind`` (``vit``:
-ViT VAE over label maps; ``cnn``: CNN VAE over images, optionally with a perceptual loss and
-a PatchGAN critic), stage 2 by ``givt_<givt.model.style>`` (``givt_ar`` causal,
+ViT VAE over label maps; ``vqvae``: the original UViM's VQ-VAE over label maps with the
+image as context, discrete codes; ``cnn``: CNN VAE over images, optionally with a perceptual
+loss and a PatchGAN critic), stage 2 by ``givt_<givt.model.style>`` (``givt_ar`` causal,
 ``givt_masked`` MaskGIT). A new kind is one class registered here or in its own module.
 Definitions are built once per config (:func:`stage_of`), so their compiled functions are
 shared by every evaluation and predictor of a run.
@@ -88,6 +96,10 @@ class _VAEStage:
         self.inputs = (self.input_key,)
         self.encode = jax.jit(lambda p, x: vae.apply({"params": p}, x, method=vae.encode))
         self.decode = jax.jit(lambda p, z: vae.apply({"params": p}, z, method=vae.decode))
+
+    def oracle(self, vae_params: Params, x: Any, image: Any = None) -> Any:
+        """Decoded posterior mean of the ground truth ``x`` (``image`` unused)."""
+        return self.decode(vae_params, self.encode(vae_params, jnp.asarray(x))[0])
 
     def vae_params(self, stage_params: Params) -> Params:
         """The VAE inside this stage's training parameters."""
@@ -201,6 +213,134 @@ class CNNVAEStage(_VAEStage):
         return loss, metrics
 
 
+@register("vqvae")
+class VQVAEStage:
+    """The original UViM stage 1 (``models/vqvae.py``): label maps (and the image, its
+    context) -> code ids -> label logits. Loss: the label cross-entropy (as the ViT VAE's,
+    ``vae.ignore_zero`` included) + ``vae.w_commitment`` x the commitment term
+    mean((x - sg(x_q))^2). The dictionary is state: each training step updates it from the
+    step's (global) batch by moving averages and splits codewords into unused ones, unless
+    ``vae.freeze_dict``. Codebook usage of every step is in the training metrics
+    (``codebook_max_ratio``, ``codebook_zeros_ratio``, ``codebook_perplexity``).
+
+    For a discrete stage 2: :meth:`encode` gives code ids [B, code_len] (int32) and
+    :meth:`decode` takes them (with the image as the decoder's context)."""
+
+    name = "vae"
+    input_key = "labels"
+    discrete = True
+
+    def __init__(self, cfg: ml_collections.ConfigDict):
+        self.model = vae = builders.build_model("vae", cfg)
+        problems = vae.problems()
+        if problems:
+            raise ConfigError("; ".join(f"vae.model.{k}: {why}" for k, why in problems))
+        if float(cfg.vae.ema_decay) > 0:
+            raise ConfigError(f"vae.ema_decay={cfg.vae.ema_decay}: a parameter EMA of the "
+                              "VQ-VAE would decode with a dictionary learnt for other "
+                              "parameters; set it to 0")
+        self.channels = builders.label_channels(cfg)
+        self.ignore_zero = tuple(cfg.vae.ignore_zero)
+        self.w_commitment = float(cfg.vae.w_commitment)
+        self.update_dict = not bool(cfg.vae.freeze_dict)
+        self.inputs = ("labels",) + (("image",) if vae.with_encoder_ctx
+                                     or vae.with_decoder_ctx else ())
+        self._image = "image" in self.inputs
+
+        def encode(v, x, image):
+            return vae.apply(v, x, image, method=vae.encode)[2].astype(jnp.int32)
+
+        def decode(v, ids, image):
+            return vae.apply(v, ids, image, method=vae.decode)
+        self.encode = jax.jit(encode)
+        self.decode = jax.jit(decode)
+        self._oracle = jax.jit(lambda v, x, image: decode(v, encode(v, x, image), image))
+
+    # ---------------------------------------------------------------- training
+    def init(self, key: jax.Array) -> Params:
+        return builders.init_params("vae", self.model, key)["params"]
+
+    def init_state(self, key: jax.Array) -> Params:
+        """A fresh dictionary drawn from ``key`` and its counts (without building the
+        model, whose own initial state ``init`` leaves out)."""
+        from uvim_givt.models import vqvae
+        return vqvae.initial_state(jax.random.fold_in(key, 1), self.model.dict_size,
+                                   self.model.codeword_dim)
+
+    def vae_params(self, variables: Params) -> Params:
+        return variables
+
+    def stage_params(self, vae_params: Params) -> Params:
+        return vae_params
+
+    def _image_of(self, batch: Batch) -> Any:
+        return batch["image"] if self._image else None
+
+    def _objective(self, variables: Params, batch: Batch, rng: jax.Array, train: bool
+                   ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
+        vae, labels = self.model, batch["labels"]
+        logits, aux = vae.apply(variables, labels, self._image_of(batch), train=train,
+                                rng=rng, rngs={"dropout": rng} if train else {})
+        xent, parts = vae_losses.label_xent(logits, labels, label_channels=self.channels,
+                                            ignore_zero=self.ignore_zero)
+        commitment = jnp.mean(jnp.square(
+            aux["bottleneck"] - jax.lax.stop_gradient(aux["bottleneck_q"])))
+        loss = xent + self.w_commitment * commitment
+        parts.update(xent=xent, commitment=commitment, loss=loss)
+        return loss, parts, aux
+
+    def train_loss(self, params: Params, state: Params, batch: Batch, rng: jax.Array
+                   ) -> tuple[jax.Array, tuple[dict[str, jax.Array], Params]]:
+        """The training objective and the dictionary after this batch."""
+        from uvim_givt.models import vqvae
+        k_model, k_split = jax.random.split(rng)
+        loss, parts, aux = self._objective({"params": params, "state": state}, batch,
+                                           k_model, True)
+        counts, sums = vqvae.batch_statistics(aux["bottleneck"], aux["ids"],
+                                              self.model.dict_size)
+        parts.update(vqvae.usage_metrics(counts))
+        if self.update_dict:
+            d, c = vqvae.ema_update(state["dictionary"], state["counts"], counts, sums,
+                                    self.model.dict_momentum)
+            d, c = vqvae.split_unused(d, c, k_split, self.model.min_count)
+            state = {"dictionary": d, "counts": c}
+        return loss, (parts, jax.lax.stop_gradient(state))
+
+    def loss(self, params: Params, batch: Batch, rng: jax.Array, train: bool,
+             frozen: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The objective of ``params`` (the variables ``{"params", "state"}``), the
+        dictionary as it is; held-out (``train=False``): no dropout, no code dropout."""
+        from uvim_givt.models import vqvae
+        loss, parts, aux = self._objective(params, batch, rng, train)
+        counts, _ = vqvae.batch_statistics(aux["bottleneck"], aux["ids"],
+                                           self.model.dict_size)
+        parts.update(vqvae.usage_metrics(counts))
+        return loss, parts
+
+    #: a logged ``codebook_max_ratio`` above this: (nearly) every code on one codeword
+    COLLAPSE_RATIO = 0.9
+
+    def training_warnings(self, history: list[dict[str, float]]) -> list[str]:
+        """Codebook collapse at the end of training, said in the log (the ratios are in the
+        metrics of every step)."""
+        last = [h for h in history if "codebook_max_ratio" in h][-1:]
+        if not last or last[0]["codebook_max_ratio"] <= self.COLLAPSE_RATIO:
+            return []
+        h = last[0]
+        return [f"warning: codebook collapse at step {int(h['step'])}: "
+                f"{100 * h['codebook_max_ratio']:.0f}% of the codes on one codeword "
+                f"(perplexity {h['codebook_perplexity']:.1f} of {self.model.dict_size}); "
+                "see codebook_* in metrics.jsonl"]
+
+    # -------------------------------------------------------------- prediction
+    def oracle(self, vae_params: Params, x: Any, image: Any = None) -> Any:
+        """The decoded code ids of the ground truth ``x``, given the image."""
+        if self._image and image is None:
+            raise UserError("the VQ-VAE reads the image as context: oracle needs it")
+        return self._oracle(vae_params, jnp.asarray(x),
+                            None if image is None else jnp.asarray(image))
+
+
 # ------------------------------------------------------------------------------ stage 2
 class GIVTStage:
     """Stage 2: the GIVT's NLL of the frozen VAE's codes (through the invertible adaptor
@@ -214,6 +354,10 @@ class GIVTStage:
 
     def __init__(self, cfg: ml_collections.ConfigDict):
         self.vae = stage_of(cfg, "vae")
+        if getattr(self.vae, "discrete", False):
+            raise ConfigError(f"vae.kind={cfg.vae.kind!r} makes discrete code ids; a GIVT "
+                              "models real-valued codes. Train stage 1 alone (--stage vae); "
+                              "a discrete stage 2 (VTT) is not part of the suite yet")
         self.model = model = builders.build_model("givt", cfg)
         self.adaptor = builders.build_adaptor(cfg)  # None when off
         self.sample_posterior = cfg.givt.posterior == "sample"

@@ -61,6 +61,12 @@ class Stage:
       written (e.g. an EMA of the parameters, saved on the same schedule).
     warm_start: optional params -> params, applied on the host to freshly
       initialised parameters (never on resume), e.g. to load a pretrained encoder.
+    init_state: optional key -> pytree of state the stage updates itself, not by gradient
+      (a VQ dictionary learnt by moving averages). Then
+      ``loss_fn(params, batch, key, state[, frozen]) -> (loss, (metrics, new_state))``;
+      the new state is the next step's, checkpointed with the parameters (item ``state``)
+      and restored on resume; ``evaluate``, ``after_step`` and ``TrainResult.params`` see
+      the variables ``{"params": params, "state": state}``.
     """
 
     init_params: Callable[[jax.Array], Any]
@@ -70,6 +76,7 @@ class Stage:
     frozen: Any = None
     after_step: Callable[[Any, int], None] | None = None
     warm_start: Callable[[Any], Any] | None = None
+    init_state: Callable[[jax.Array], Any] | None = None
 
 
 @dataclasses.dataclass
@@ -154,6 +161,14 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
     params_sh = sharding.tree_shardings(abstract_params, mesh, cfg.fsdp)
     opt_sh = sharding.tree_shardings(abstract_opt, mesh, cfg.fsdp)
     repl = sharding.replicated(mesh)
+    stateful = stage.init_state is not None
+    # The state (small: a dictionary and its counts) is replicated: every device updates
+    # it from the same global-batch statistics.
+    abstract_state = jax.eval_shape(stage.init_state, init_key) if stateful else None
+    state_sh = jax.tree_util.tree_map(lambda _: repl, abstract_state) if stateful else None
+
+    def variables(params, state):
+        return {"params": params, "state": state} if stateful else params
 
     ckpt = StageCheckpoints(run_dir, stage_name, keep=int(cfg.keep_ckpts))
 
@@ -162,22 +177,26 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shs)
 
     restored = ckpt.restore_latest(with_sh(abstract_params, params_sh),
-                                   with_sh(abstract_opt, opt_sh))
+                                   with_sh(abstract_opt, opt_sh),
+                                   with_sh(abstract_state, state_sh) if stateful else None)
     prior_time = 0.0
     if restored is None:
         init = jax.jit(lambda k: (lambda p: (p, tx.init(p)))(stage.init_params(k)),
                        out_shardings=(params_sh, opt_sh))
         params, opt_state = init(init_key)
+        state = (jax.jit(stage.init_state, out_shardings=state_sh)(init_key) if stateful
+                 else None)
         if stage.warm_start is not None:
             params = jax.device_put(stage.warm_start(params), params_sh)
             opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
         start = 0
     else:
-        start, params, opt_state, saved_meta = restored
+        start, params, opt_state, saved_meta, state = restored
         prior_time = float(saved_meta.get("train_time_s", 0.0))
         if start >= total:
             ckpt.close()
-            return TrainResult(params, start, count_params(params), prior_time, [])
+            return TrainResult(variables(params, state), start, count_params(params),
+                               prior_time, [])
 
     frozen = stage.frozen
     frozen_sh = None
@@ -185,22 +204,27 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
         frozen_sh = sharding.tree_shardings(frozen, mesh, cfg.fsdp)
         frozen = jax.device_put(frozen, frozen_sh)
 
-    def train_step(params, opt_state, bad_step, batch, step, frozen):
+    def train_step(params, opt_state, state, bad_step, batch, step, frozen):
         key = jax.random.fold_in(step_key, step)
         extra = () if frozen is None else (frozen,)
-        (loss, metrics), grads = jax.value_and_grad(stage.loss_fn, has_aux=True)(
-            params, batch, key, *extra)
+        if stateful:
+            (loss, (metrics, state)), grads = jax.value_and_grad(stage.loss_fn, has_aux=True)(
+                params, batch, key, state, *extra)
+        else:
+            (loss, metrics), grads = jax.value_and_grad(stage.loss_fn, has_aux=True)(
+                params, batch, key, *extra)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(loss)
         bad_step = jnp.where((bad_step < 0) & ~finite, step, bad_step)
         metrics = dict(metrics, loss=loss, grad_norm=global_norm(grads), lr=schedule(step))
-        return params, opt_state, bad_step, metrics
+        return params, opt_state, state, bad_step, metrics
 
     batch_sh = sharding.batch_sharding(mesh)
-    step_fn = jax.jit(train_step, donate_argnums=(0, 1),
-                      in_shardings=(params_sh, opt_sh, repl, batch_sh, repl, frozen_sh),
-                      out_shardings=(params_sh, opt_sh, repl, repl))
+    step_fn = jax.jit(train_step, donate_argnums=(0, 1, 2),
+                      in_shardings=(params_sh, opt_sh, state_sh, repl, batch_sh, repl,
+                                    frozen_sh),
+                      out_shardings=(params_sh, opt_sh, state_sh, repl, repl))
 
     writer = MetricsWriter(run_dir, stage_name, enabled=jax.process_index() == 0,
                            resume_from=start)
@@ -229,7 +253,7 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
         nonlocal last_saved
         check_finite(step)
         elapsed = prior_time + time.time() - t0
-        ckpt.save(step, params, opt_state, dict(meta, step=step, train_time_s=elapsed))
+        ckpt.save(step, params, opt_state, dict(meta, step=step, train_time_s=elapsed), state)
         last_saved = step
 
     stop = _TermSignal()
@@ -245,8 +269,9 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
                                     "smaller than one batch?)") from None
                 raise RuntimeError(f"{stage_name}: the data ran out at step {step}") from e
             batch = sharding.global_batch(host_batch, mesh)
-            params, opt_state, bad_step, metrics = step_fn(
-                params, opt_state, bad_step, batch, jnp.asarray(step, jnp.int32), frozen)
+            params, opt_state, state, bad_step, metrics = step_fn(
+                params, opt_state, state, bad_step, batch, jnp.asarray(step, jnp.int32),
+                frozen)
             pending.append(metrics)
             done = step + 1
             bar.update(1)
@@ -263,9 +288,9 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
             if done % int(cfg.ckpt_every) == 0 or done == total:
                 save(done)
             if stage.after_step is not None:
-                stage.after_step(params, done)
+                stage.after_step(variables(params, state), done)
             if stage.evaluate is not None and done < total:
-                results = stage.evaluate(params, done)
+                results = stage.evaluate(variables(params, state), done)
                 if results:
                     writer.write(done, {f"eval/{k}": v for k, v in results.items()})
             if done < total and stop.received(done % int(cfg.log_every) == 0):
@@ -287,5 +312,5 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
         ckpt.wait()
         ckpt.close()
         writer.close()
-    return TrainResult(params, total, count_params(params), prior_time + time.time() - t0,
-                       history)
+    return TrainResult(variables(params, state), total, count_params(params),
+                       prior_time + time.time() - t0, history)
