@@ -261,7 +261,8 @@ def evaluate_run(run_dir: str, origin: str, *, stage: str | None = None,
     run = load_run(run_dir, task, need_givt=False)
     tag = ""
     if overrides:
-        run = with_settings(run, overrides, ("data.", "givt.sampling.", "evals."), Evaluators)
+        run = with_settings(run, overrides, ("data.", "givt.sampling.", "evals."), Evaluators,
+                            "eval")
         settings = sorted(o.strip() for o in overrides)
         tag = "set-" + rundir.config_hash("\n".join(settings))[:8]
         print(f"  evaluating with {', '.join(overrides)} (records tagged {tag})")

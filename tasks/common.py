@@ -238,7 +238,8 @@ def predict_command(help: str, write: Callable[[Any, Any, PredictArgs, Iterator]
     def run(task, args):
         run = load_run(args.ckpt, task)
         if args.set:  # sampling and decoding only, checked as eval checks them
-            run = with_settings(run, args.set, ("data.", "givt.sampling."), Evaluators)
+            run = with_settings(run, args.set, ("data.", "givt.sampling."), Evaluators,
+                                "predict")
         names = list_images(args.images)
         ids = coco_image_ids(args.images_json, names)
         with rundir.locked(args.out, "--out"):  # one writer per prediction folder

@@ -200,14 +200,14 @@ def load_givt_params(run_dir: str, cfg: ml_collections.ConfigDict) -> tuple[Any,
 
 
 def with_settings(run: Run, overrides: Sequence[str], allowed: Sequence[str],
-                  hooks: Any = None) -> Run:
+                  hooks: Any = None, command: str = "this command") -> Run:
     """``run`` with ``--set key=value`` overrides of how it is used (decoding, sampling,
     protocol), never of its models: keys outside the ``allowed`` prefixes are refused, and
     the result is checked as a training config is (the schema, with ``hooks``' evaluator
     rules, and the task's own rules)."""
     bad = [o for o in overrides if not o.strip().startswith(tuple(allowed))]
     if bad:
-        raise ConfigError(f"--set {bad[0]!r}: this command may change "
+        raise ConfigError(f"--set {bad[0]!r}: {command} may change "
                           f"{', '.join(a + '*' for a in allowed)} only (the models come "
                           "from the run)")
     cfg = config_lib.apply_overrides(ml_collections.ConfigDict(run.cfg.to_dict()), overrides)
