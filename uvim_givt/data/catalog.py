@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
-import tensorflow as tf
 
 from uvim_givt.errors import DataError
+
+if TYPE_CHECKING:  # the catalog itself runs without TensorFlow (tests/test_no_tensorflow.py)
+    import tensorflow as tf
 
 
 def parse_source(spec: str | None) -> tuple[str, str]:

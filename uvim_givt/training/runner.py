@@ -37,7 +37,7 @@ import numpy as np
 
 from uvim_givt import config as config_lib
 from uvim_givt import rundir, schema
-from uvim_givt.data import catalog, pipeline
+from uvim_givt.data import catalog
 from uvim_givt.errors import CheckpointError, ConfigError, UserError
 from uvim_givt.models import builders
 from uvim_givt.task import Task, get_task
@@ -115,6 +115,8 @@ def _batches(task: Task, cfg: ml_collections.ConfigDict, train_cfg: ml_collectio
         return {k: out[k] for k in inputs}
 
     def batches(start: int) -> Iterator[dict[str, np.ndarray]]:
+        from uvim_givt.data import pipeline  # tf.data: only where batches are read
+
         return pipeline.train_batches(make_dataset, prep, int(train_cfg.batch_size),
                                       int(train_cfg.seed) + int(cfg.seed), start,
                                       shuffle_buffer=int(cfg.data.shuffle_buffer),
