@@ -77,6 +77,11 @@ def test_a_missing_config_path_is_an_error_not_a_fallback(tmp_path, monkeypatch)
     ("givt.train.optim.optimizer=adamx", "givt.train.optim.optimizer='adamx': one of"),
     ("vae.train.optim.schedule=cosin", "vae.train.optim.schedule='cosin': one of"),
     ("givt.posterior=sampel", "givt.posterior='sampel': one of ('sample', 'mean')"),
+    # The models' own shape rules, found by an abstract init before config.json is written.
+    ("vae.model.patch_size=(7,7)", "vae.model: this config cannot build the stage-1 model "
+     "(input_size (64, 64) is not a multiple of patch_size (7, 7))"),
+    ("givt.model.input_size=(60,60)", "givt.model: this config cannot build the stage-2 "
+     "model (encoder_skip needs"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys, setting,
                                                              message):

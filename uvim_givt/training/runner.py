@@ -105,6 +105,24 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     builders.build_adaptor(cfg)  # its channels and grid fit the code sequence
 
 
+def check_shapes(cfg: ml_collections.ConfigDict, stage: str = "all") -> None:
+    """Every shape rule of the stages' models (patch sizes dividing input sizes, grids,
+    widths), checked by initialising them abstractly (``jax.eval_shape``: no compute, no
+    memory) before anything is written, so a bad config costs one line and no run folder."""
+    for name in ("vae", "givt") if stage == "all" else (stage,):
+        kind = stages.stage_of(cfg, name)
+        group = "vae.model" if name == "vae" else "givt.model"
+        for init in (kind.init, getattr(kind, "init_state", None)):
+            if init is None:
+                continue
+            try:
+                jax.eval_shape(init, jax.random.PRNGKey(0))
+            except (ValueError, TypeError, AssertionError, IndexError, KeyError) as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ConfigError(f"{group}: this config cannot build the stage-"
+                                  f"{1 if name == 'vae' else 2} model ({first})") from None
+
+
 # ------------------------------------------------------------------------------- stages
 def _batches(task: Task, cfg: ml_collections.ConfigDict, train_cfg: ml_collections.ConfigDict,
              make_dataset: Callable[[], Any], inputs: tuple[str, ...]
@@ -312,6 +330,7 @@ def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: s
     if getattr(task, "check_config", None):
         task.check_config(cfg)
     check_init_encoder(cfg, stage)
+    check_shapes(cfg, stage)
     for stage_name in ("vae", "givt"):
         path = cfg[stage_name].init.path
         if path and not os.path.exists(path):
