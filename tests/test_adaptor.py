@@ -53,7 +53,7 @@ def _adaptor(num_channels=4, num_blocks=3, bottleneck=8, patch=(1, 1), seq_len=4
 def _numerical_logdet(a, params, z):
     """log|det| of the Jacobian of forward on ``z`` (all of it: one example, or a batch,
     whose Jacobian is block-diagonal over the examples), by jacfwd in float64."""
-    with jax.experimental.enable_x64():
+    with jax.enable_x64():
         p64 = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float64), params)
         x = jnp.asarray(z, jnp.float64)
 

@@ -211,8 +211,9 @@ def test_four_devices_give_the_dictionary_of_one(full_run):
     assert four["devices"] == 4 and jax.device_count() == 1
     one = full_run.params["state"]
     np.testing.assert_allclose(four["counts"], np.asarray(one["counts"]), rtol=1e-6)
+    # float32 sums in another order: entries up to ~50 agree to a few ulps of that scale
     np.testing.assert_allclose(four["dictionary"], np.asarray(one["dictionary"]),
-                               rtol=1e-4, atol=1e-5)
+                               rtol=1e-4, atol=5e-5)
 
 
 def test_heldout_loss_is_the_training_objective_without_the_update():
