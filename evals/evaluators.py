@@ -46,6 +46,7 @@ from uvim_givt.task import Task
 from uvim_givt.training import stages
 from uvim_givt.training.metrics import progress_interval
 from uvim_givt.training.runner import Run, load_givt_params, load_run
+from uvim_givt.training.trainer import split_weights
 
 #: prediction -> the stage whose parameters it needs (and after which it runs)
 PREDICTION_STAGE = {"oracle": "vae", "sampled": "givt", "teacher_forced": "givt",
@@ -338,7 +339,7 @@ def heldout_loss_fn(kind: Any) -> Callable:
 
         def parts(params, batch, frozen):
             loss, out = kind.loss(params, batch, key, False, frozen)
-            return dict(out, loss=loss)
+            return dict(split_weights(out)[0], loss=loss)  # the metrics, without weights
         _HELDOUT[id(kind)] = jax.jit(parts)
     return _HELDOUT[id(kind)]
 

@@ -95,6 +95,11 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         problems.append(f"givt.model.out_dim={g.out_dim} but the VAE's codes have "
                         f"{vae.code_dim} channels (vae.model.codeword_dim "
                         f"{vae.codeword_dim} x the pixel-shuffle patch)")
+    for stage in ("vae", "givt"):
+        t = cfg[stage].train
+        if int(t.batch_size) % int(t.grad_accum):
+            problems.append(f"{stage}.train.batch_size={t.batch_size} is not a multiple of "
+                            f"{stage}.train.grad_accum={t.grad_accum}")
     if problems:
         raise ConfigError("inconsistent config: " + "; ".join(problems))
     builders.build_adaptor(cfg)  # its channels and grid fit the code sequence

@@ -261,6 +261,8 @@ class GIVTStage:
                                    adaptor=self.adaptor)
         parts = dict(parts)
         parts["nll_per_token"] = parts.pop("nll")
+        if "weight/nll" in parts:  # a masked model's weights (training.trainer)
+            parts["weight/nll_per_token"] = parts.pop("weight/nll")
         return nll, parts
 
     # -------------------------------------------------------------- prediction
