@@ -95,6 +95,9 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         problems.append(f"givt.model.out_dim={g.out_dim} but the VAE's codes have "
                         f"{vae.code_dim} channels (vae.model.codeword_dim "
                         f"{vae.codeword_dim} x the pixel-shuffle patch)")
+    if cfg.vae.train.cached_codes:
+        problems.append("vae.train.cached_codes=True: stage 1 makes the codes (the option is "
+                        "stage 2's: givt.train.cached_codes)")
     for stage in ("vae", "givt"):
         t = cfg[stage].train
         if int(t.batch_size) % int(t.grad_accum):

@@ -115,11 +115,13 @@ def default_train_config() -> ml_collections.ConfigDict:
     ``grad_accum``: each step's batch is split into this many micro-batches whose
     gradients are summed before the one optimiser update (the memory of one micro-batch,
     the result of the whole batch up to float rounding; ``batch_size`` must be a multiple
-    of ``grad_accum`` x the number of devices)."""
+    of ``grad_accum`` x the number of devices). ``cached_codes`` (stage 2 only): train on
+    the dataset's stage-1 codes computed once (``training/code_cache.py``) instead of
+    encoding every batch with the frozen VAE; the same loss, without the VAE in the step."""
     return ml_collections.ConfigDict(dict(
         total_steps=100, batch_size=32, seed=0,
         log_every=10, ckpt_every=100, keep_ckpts=2,
-        fsdp=False, grad_accum=1, progress=True,
+        fsdp=False, grad_accum=1, cached_codes=False, progress=True,
         optim=dict(optimizer="adam", lr=1e-3, schedule="cosine", warmup_steps=0,
                    warmup_fraction=0.1, b1=0.9, b2=0.95, eps=1e-8, wd=1e-4,
                    wd_pattern=r"(kernel|embedding)$", wd_mode="lr_scaled", grad_clip=1.0,
