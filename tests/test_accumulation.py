@@ -121,8 +121,8 @@ def test_stage_2_in_micro_batches_equals_the_whole_batch():
     cfg = config_lib.load_config("configs/panoptic.py", SMALL)
     kind = stages.stage_of(cfg, "givt")
     rng = np.random.default_rng(1)
-    size, code = int(cfg.data.image_size), (int(cfg.vae.model.code_len),
-                                             int(cfg.vae.model.codeword_dim))
+    size = int(cfg.data.image_size)
+    code = (int(cfg.vae.model.code_len), int(cfg.vae.model.codeword_dim))
     batch = {"image": rng.uniform(-1, 1, (BATCH, size, size, 3)).astype(np.float32),
              stages.CODE_MU: rng.normal(size=(BATCH, *code)).astype(np.float32),
              stages.CODE_LOGVAR: rng.normal(-2, 0.1, (BATCH, *code)).astype(np.float32)}
