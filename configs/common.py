@@ -225,10 +225,12 @@ def epochs_to_steps(epochs: float, num_examples: int, batch_size: int) -> int:
 def published_vae_train(epochs: float, num_examples: int) -> ml_collections.ConfigDict:
     """vae_coco_panoptic.py / vae_nyu_depth.py: scale_by_adam (b2 0.95), lr 1e-3, clip 1,
     cosine, weight decay 1e-4 on kernels, multiplied by the schedule's shape but not by the
-    learning rate, batch 1024. Their ``warmup_steps=0.1`` zeroes step 0 only: 1 step here."""
+    learning rate, batch 1024. Their ``warmup_steps=0.1`` zeroes step 0 only: 1 step here.
+    Parameters and optimiser state sharded over the devices (FSDP), as there."""
     t = train_group("paper", epochs_to_steps(epochs, num_examples, 1024), 1024, lr=1e-3,
                     wd=1e-4)
     t.log_every, t.ckpt_every = 50, 1000
+    t.fsdp = True
     t.optim.update(optimizer="adam", b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0,
                    schedule="cosine", warmup_steps=1, wd_mode="schedule_scaled",
                    wd_pattern="/kernel$")
@@ -239,7 +241,8 @@ def published_givt_train(epochs: float, num_examples: int, warmup_steps: int = 0
                          warmup_fraction: float = 0.0) -> ml_collections.ConfigDict:
     """givt_coco_panoptic.py / givt_nyu_depth.py: big_vision's scale_by_adafactor (beta2
     cap 0.95), lr 1e-3, no clipping, cosine, weight decay 1e-6 on kernels (schedule-scaled),
-    the image encoder (pretrained there) at 0.1x, batch 512."""
+    the image encoder (pretrained there) at 0.1x, batch 512; replicated (they name no
+    sharding, unlike their VAEs)."""
     t = train_group("paper", epochs_to_steps(epochs, num_examples, 512), 512, lr=1e-3, wd=1e-6,
                     lr_mults=ENCODER_LR_MULT)
     t.log_every, t.ckpt_every = 50, 1000

@@ -45,6 +45,7 @@ from uvim_givt.task import Task
 from uvim_givt.training import stages
 from uvim_givt.training.metrics import progress_interval
 from uvim_givt.training.runner import Run, load_givt_params, load_run, with_settings
+from uvim_givt.training.trainer import split_weights
 
 #: prediction -> the stage whose parameters it needs (and after which it runs)
 PREDICTION_STAGE = {"oracle": "vae", "sampled": "givt", "teacher_forced": "givt",
@@ -506,7 +507,7 @@ def heldout_loss_fn(kind: Any, codes: str = "mean") -> Callable:
             else:
                 loss, out = kind.loss(params, batch, jax.random.fold_in(base, index), True,
                                       frozen, input_noise=False)
-            return dict(out, loss=loss)
+            return dict(split_weights(out)[0], loss=loss)  # the metrics, without weights
         _HELDOUT[(id(kind), codes)] = jax.jit(parts)
     return _HELDOUT[(id(kind), codes)]
 

@@ -12,10 +12,10 @@ from uvim_givt.training.toy import toy_model, toy_stage
 from uvim_givt.training.trainer import default_train_config, train
 
 
-def losses(fsdp: bool) -> list[float]:
+def losses(fsdp: bool, grad_accum: int = 1) -> list[float]:
     cfg = default_train_config()
     cfg.total_steps, cfg.log_every, cfg.ckpt_every, cfg.progress = 6, 1, 100, False
-    cfg.fsdp = fsdp
+    cfg.fsdp, cfg.grad_accum = fsdp, grad_accum
     with tempfile.TemporaryDirectory() as d:
         r = train(cfg, d, "givt", toy_stage(toy_model(emb_dim=64, mlp_dim=128), batch_size=8))
     return [h["loss"] for h in r.history]
@@ -23,5 +23,7 @@ def losses(fsdp: bool) -> list[float]:
 
 if __name__ == "__main__":
     out = {"devices": jax.device_count()}
-    out.update({mode: losses(mode == "fsdp") for mode in sys.argv[1:]})
+    # dp | fsdp | fsdp_accum (FSDP, each batch of 8 in 2 micro-batches of one row per device)
+    out.update({mode: losses(mode.startswith("fsdp"), 2 if mode.endswith("accum") else 1)
+                for mode in sys.argv[1:]})
     print(json.dumps(out))

@@ -6,9 +6,12 @@ translated into our keys; each row notes the published setting it stands for. Le
 epochs there: steps = round(epochs * examples / batch) with COCO train[4096:] = 114,191 and
 NYU train = 47,584 examples.
 
+Sharding: the published configs that set ``sharding_strategy = [('.*', 'fsdp(axis="data")')]``
+(vae_coco_panoptic.py, vae_nyu_depth.py, givt_imagenet2012.py) have ``train.fsdp`` on; the
+others (givt_coco_panoptic.py, givt_nyu_depth.py) replicate.
+
 Not modelled (and why): the VAEs' shuffle buffer of 25,000 (one buffer per run here: the
-GIVTs' 50,000); ``keep_ckpt_steps`` (we keep the last ``keep_ckpts``); FSDP sharding is
-``train.fsdp`` (off by default, a memory choice, not a numerical one).
+GIVTs' 50,000); ``keep_ckpt_steps`` (we keep the last ``keep_ckpts``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ VAE_OPTIM = {  # scale_by_adam(b2=0.95), lr 1e-3, wd 1e-4, grad_clip_norm 1, cos
     "vae.train.optim.warmup_steps": 1,  # warmup_steps=0.1: only step 0 has lr 0
     "vae.train.optim.lr_mults": [], "vae.train.batch_size": 1024,
     "vae.train.log_every": 50, "vae.train.ckpt_every": 1000,
+    "vae.train.fsdp": True,  # sharding_strategy fsdp(axis="data")
 }
 GIVT_OPTIM = {  # big_vision.scale_by_adafactor(beta2_cap=0.95), lr 1e-3, wd 1e-6, no clip
     "givt.train.optim.optimizer": "big_vision_adafactor",
@@ -57,6 +61,7 @@ GIVT_OPTIM = {  # big_vision.scale_by_adafactor(beta2_cap=0.95), lr 1e-3, wd 1e-
     # lr_mults: pos_embedding_encoder, EmbedPatches, encoder x0.1; decoder x1
     "givt.train.optim.lr_mults": [("^(encoder|EmbedPatches|pos_embedding_encoder)/", 0.1)],
     "givt.train.batch_size": 512, "givt.train.log_every": 50, "givt.train.ckpt_every": 1000,
+    "givt.train.fsdp": False,  # no sharding_strategy: replicated
 }
 
 PUBLISHED = {
@@ -188,6 +193,7 @@ def _imagenet_expected(style: str, res: int, model: str, adaptor: bool) -> dict:
         "givt.train.optim.b2": 0.95, "givt.train.optim.grad_clip": 1.0,
         "givt.train.optim.warmup_fraction": 0.1, "givt.train.batch_size": 8192,
         "givt.train.total_steps": 78_000,  # 500 epochs of 1.28M images / 8192
+        "givt.train.fsdp": True,  # sharding_strategy fsdp(axis="data")
         "givt.sampling.temperature": temp, "givt.sampling.temperature_probs": 1.0,
         "givt.sampling.beam_size": 1, "givt.sampling.fan_size": 1,
         "givt.sampling.rand_top_k": False, "givt.sampling.rand_top_k_temperature": 1.0,

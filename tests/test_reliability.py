@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import cv2
+import jax
 import numpy as np
 import pytest
 
@@ -584,3 +585,40 @@ def test_eval_with_other_settings_writes_tagged_records(tiny_run, capsys):
     capsys.readouterr()
     assert P.main(["eval", "--ckpt", tiny_run, "--set", "givt.model.emb_dim=8"]) == 2
     assert "eval may change data.*, givt.sampling.*, evals.* only" in capsys.readouterr().err
+
+
+def test_stage_2_from_cached_codes_trains_as_from_live_codes(tiny_run, tmp_path, capsys):
+    """givt.train.cached_codes: the training split's stage-1 posteriors computed once into
+    the run directory; two steps from them give the losses and parameters of encoding every
+    batch in the step (the same batches, posterior samples and input noise). A route that
+    augments the labels at random is refused in one line."""
+    from tests.test_panoptic_task import TINY
+    from uvim_givt.training.checkpoint import load_params
+    plain = [*TINY, "--set", "data.flip=False", "--set", "data.crop_area_min=1.0",
+             "--set", "givt.train.total_steps=2", "--set", "givt.train.log_every=1"]
+    runs = {}
+    for name, extra in (("live", []), ("cached", ["--set", "givt.train.cached_codes=True"])):
+        runs[name] = str(tmp_path / name)
+        assert P.main(["train", "--workdir", runs[name], "--stage", "givt", "--vae-ckpt",
+                       tiny_run, "--no-eval", *plain, *extra]) == 0
+    caches = os.listdir(os.path.join(runs["cached"], "code_cache"))
+    info = json.load(open(os.path.join(runs["cached"], "code_cache", caches[0], "info.json")))
+    assert len(caches) == 1 and info["examples"] == 48
+    assert not os.path.exists(os.path.join(runs["live"], "code_cache"))
+
+    def losses(run):
+        rows = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
+        return [r["loss"] for r in rows if r["stage"] == "givt" and "loss" in r]
+    assert len(losses(runs["live"])) == 2
+    np.testing.assert_allclose(losses(runs["cached"]), losses(runs["live"]), rtol=1e-5)
+    live, cached = load_params(runs["live"], "givt")[0], load_params(runs["cached"], "givt")[0]
+    for a, b in zip(jax.tree_util.tree_leaves(live), jax.tree_util.tree_leaves(cached),
+                    strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    capsys.readouterr()
+    assert P.main(["train", "--workdir", str(tmp_path / "flipped"), "--stage", "givt",
+                   "--vae-ckpt", tiny_run, "--no-eval", *TINY, "--set", "data.flip=True",
+                   "--set", "givt.train.cached_codes=True"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "augments the stage-1 input ('labels') at random" in err[0]
+    assert not os.path.exists(tmp_path / "flipped")  # refused before anything is written

@@ -10,6 +10,7 @@ import pytest
 from evals.evaluators import HELDOUT_KEY, heldout_loss_fn
 from uvim_givt import config as config_lib
 from uvim_givt.training import runner, stages
+from uvim_givt.training.trainer import split_weights
 
 # Everything random in training that the held-out loss leaves out is switched off, so the
 # two must agree to float tolerance at the same rng.
@@ -84,7 +85,8 @@ def test_heldout_loss_is_the_training_loss_at_the_same_rng(case):
     # stage 1: the view of a trained run).
     held_params = params if stage == "givt" else kind.stage_params(kind.vae_params(params))
     heldout = heldout_loss_fn(kind)(held_params, batch, frozen)
-    assert set(parts) <= set(heldout)
+    parts, weights = split_weights(parts)  # a masked model's weights: training only
+    assert set(weights) <= {"loss", *parts} and set(parts) <= set(heldout)
     np.testing.assert_allclose(float(heldout["loss"]), float(loss), rtol=2e-5, atol=1e-6)
     for name, value in parts.items():
         np.testing.assert_allclose(float(heldout[name]), float(value), rtol=2e-5, atol=1e-6,

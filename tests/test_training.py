@@ -92,19 +92,21 @@ def test_lr_multiplier_zero_freezes(tmp_path):
 
 
 def test_four_devices_match_one():
-    """Data parallel and FSDP over 4 simulated devices give the 1-device losses."""
+    """Data parallel and FSDP over 4 simulated devices give the 1-device losses, also with
+    gradient accumulation (the toy loss has no random draw)."""
     from tests._multidevice_run import losses
 
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")
     script = os.path.join(os.path.dirname(__file__), "_multidevice_run.py")
-    out = subprocess.run([sys.executable, script, "dp", "fsdp"], env=env, capture_output=True,
-                         text=True, timeout=600, check=True)
+    out = subprocess.run([sys.executable, script, "dp", "fsdp", "fsdp_accum"], env=env,
+                         capture_output=True, text=True, timeout=600, check=True)
     four = json.loads(out.stdout.strip().splitlines()[-1])
     assert four["devices"] == 4 and jax.device_count() == 1
     one = losses(fsdp=False)
     np.testing.assert_allclose(four["dp"], one, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(four["fsdp"], one, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(four["fsdp_accum"], one, rtol=2e-4, atol=2e-5)
 
 
 def test_after_step_sees_every_step_once_across_a_resume(tmp_path):

@@ -183,8 +183,10 @@ def to_dict(cfg: ConfigDict) -> dict[str, Any]:
 
 
 #: The format of the run directories this version writes and reads. Older ones are refused
-#: with what changed (one policy: no silent defaults for keys an old run lacks).
-RUN_FORMAT = 3
+#: with what changed, unless every change since is one of :data:`FORMAT_UPGRADES` (one policy:
+#: no silent defaults for keys an old run lacks, except values that reproduce exactly what the
+#: old run did).
+RUN_FORMAT = 4
 FORMAT_KEY = "uvim_givt_format"
 FORMAT_CHANGES = {
     2: "givt.sampling holds every sampling setting (cfg_weight, cfg_max_samples, "
@@ -195,7 +197,24 @@ FORMAT_CHANGES = {
        "tasks gain the exposure and uncertainty evaluators), a stage-2 loss evaluator what "
        "its NLL scores (codes); the ImageNet crop is data.crop_area_min (was "
        "data.random_crop)",
+    4: "the train groups have grad_accum (micro-batches per step) and cached_codes (stage 2 "
+       "from precomputed stage-1 codes)",
 }
+
+
+def _format_4(saved: dict[str, Any]) -> None:
+    """Format 3 -> 4: the keys that format 3 ran without, at the values that do what it did
+    (one batch per step; stage-1 codes computed in the step)."""
+    for stage in ("vae", "givt"):
+        group = saved.get(stage)
+        train = group.get("train") if isinstance(group, dict) else None
+        if isinstance(train, dict):
+            train.setdefault("grad_accum", 1)
+            train.setdefault("cached_codes", False)
+
+
+#: format -> the function that brings a config of the format before it up to it (in place)
+FORMAT_UPGRADES = {4: _format_4}
 
 
 def save_config(cfg: ConfigDict, run_dir: str, name: str = "config.json") -> str:
@@ -208,8 +227,9 @@ def save_config(cfg: ConfigDict, run_dir: str, name: str = "config.json") -> str
 
 
 def load_saved_config(run_dir: str, name: str = "config.json") -> ConfigDict:
-    """Reads the config a run directory was created with; a run written by an older
-    uvim_givt is refused with one message saying what changed since."""
+    """Reads the config a run directory was created with. A run written by an older
+    uvim_givt is brought up to date when every change since has an upgrade
+    (:data:`FORMAT_UPGRADES`), else refused with one message saying what changed."""
     path = os.path.join(run_dir, name)
     if not os.path.isfile(path):
         raise ConfigError(f"{run_dir} is not a run directory: {name} is missing")
@@ -222,11 +242,14 @@ def load_saved_config(run_dir: str, name: str = "config.json") -> ConfigDict:
     if not isinstance(saved, dict) or not isinstance(version, int) or version > RUN_FORMAT:
         raise ConfigError(f"{path}: not a config of this uvim_givt (format {version!r}; this "
                           f"version reads format {RUN_FORMAT})")
-    if version < RUN_FORMAT:
+    missing = [v for v in range(version + 1, RUN_FORMAT + 1) if v not in FORMAT_UPGRADES]
+    if missing:
         changes = "; ".join(f"format {v}: {FORMAT_CHANGES[v]}"
                             for v in range(version + 1, RUN_FORMAT + 1))
         raise ConfigError(f"{run_dir} was written by an older uvim_givt (run format {version}, "
                           f"this version reads {RUN_FORMAT}). What changed: {changes}. "
                           "Retrain into a new --workdir (or use the older uvim_givt to "
                           "evaluate it).")
+    for v in range(version + 1, RUN_FORMAT + 1):
+        FORMAT_UPGRADES[v](saved)
     return ConfigDict(saved)

@@ -66,13 +66,21 @@ def config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
 
 
+#: Keys that say how a step is laid out on the machine, not what is trained (parameters
+#: and optimiser state split over devices, micro-batches, stage-1 codes precomputed): a run
+#: may resume with other values (e.g. on fewer devices); config.json then holds the new ones.
+LAYOUT_KEYS = re.compile(r"(vae|givt)\.train\.(fsdp|grad_accum|cached_codes)")
+
+
 def start_run(run_dir: str, cfg: ml_collections.ConfigDict, write: bool = True) -> None:
-    """Creates ``run_dir`` with ``config.json``, or checks a rerun uses the same config
-    (``write=False``: only the check, for the processes of a run that are not process 0)."""
+    """Creates ``run_dir`` with ``config.json``, or checks a rerun uses the same config up to
+    :data:`LAYOUT_KEYS` (``write=False``: only the check, for the processes of a run that
+    are not process 0)."""
     path = os.path.join(run_dir, "config.json")
     if os.path.isfile(path):
         saved = config_lib.load_saved_config(run_dir)  # refuses an older run format
-        diff = config_diff(config_lib.to_dict(saved), config_lib.to_dict(cfg))
+        diff = [k for k in config_diff(config_lib.to_dict(saved), config_lib.to_dict(cfg))
+                if not LAYOUT_KEYS.fullmatch(k)]
         if diff:
             raise UserError(
                 f"{run_dir} was created with a different config ({', '.join(diff[:8])}"

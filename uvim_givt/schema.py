@@ -248,7 +248,9 @@ LIBRARY_RULES: Rules = (
     # -- training groups
     (r"(vae|givt)\.train\.(total_steps|batch_size|log_every|ckpt_every|keep_ckpts)",
      POSITIVE_INT),
-    (r"(vae|givt)\.train\.(fsdp|progress)", Flag()),
+    (r"(vae|givt)\.train\.(fsdp|progress|cached_codes)", Flag()),
+    # micro-batches per step (training.trainer); batch_size must be a multiple (below)
+    (r"(vae|givt)\.train\.grad_accum", POSITIVE_INT),
     (r"(vae|givt)\.train\.seed", COUNT),
     (r"(vae|givt)\.train\.optim\.optimizer", OneOf(("adam", "adafactor",
                                                     "big_vision_adafactor"))),

@@ -36,7 +36,9 @@ def givt_nll_loss(model: GIVT, params: Any, tokens: jax.Array, key: jax.Array, *
     log-determinant spread over the L tokens of an example (per token, like the NLL). The
     metrics add ``nll_adapted`` (the GIVT's NLL of y per token) and ``adaptor_logdet``
     (per example). A masked model's loss covers its masked tokens only, an estimate of
-    the per-token NLL of y: the same per-token share of the log-determinant is subtracted.
+    the per-token NLL of y, and each masked token's share of its example's log-determinant
+    is subtracted: the loss is one ratio over the masked tokens, whose count it reports as
+    its weight (``weight/...``, ``training.trainer.WEIGHT_PREFIX``).
 
     """
     logdet = None
@@ -68,13 +70,26 @@ def givt_nll_loss(model: GIVT, params: Any, tokens: jax.Array, key: jax.Array, *
                          method=GIVT.decode, rngs=rngs)
     # float32 whatever the model's compute dtype (the head casts too; explicit here).
     logp = model.head.log_prob(logits.astype(jnp.float32), tokens.astype(jnp.float32))  # [B, L]
+    count = None
     if mask is None:
         nll = -jnp.mean(logp)
     else:
+        # a ratio over the batch's masked tokens: their count is its weight, so that
+        # micro-batches (train.grad_accum) combine as the whole batch would
         w = mask.astype(logp.dtype)
-        nll = -jnp.sum(logp * w) / jnp.maximum(jnp.sum(w), 1.0)
-    if logdet is None:
-        return nll, {"nll": nll, "nll_per_dim": nll / d}
-    nll_y, nll = nll, nll - jnp.mean(logdet) / s
-    return nll, {"nll": nll, "nll_per_dim": nll / d, "nll_adapted": nll_y,
-                 "adaptor_logdet": jnp.mean(logdet)}
+        count = jnp.maximum(jnp.sum(w), 1.0)
+        nll = -jnp.sum(logp * w) / count
+    parts = {}
+    if logdet is not None:
+        # log|det| spread over an example's L tokens; a masked model subtracts each masked
+        # token's share, so that its loss stays one ratio over the masked tokens
+        per_token = logdet / s
+        share = jnp.mean(per_token) if mask is None else \
+            jnp.sum(jnp.sum(w, axis=1) * per_token) / count
+        parts = {"nll_adapted": nll, "adaptor_logdet": jnp.mean(logdet)}
+        nll = nll - share
+    parts.update(nll=nll, nll_per_dim=nll / d)
+    if count is not None:
+        parts.update({f"weight/{k}": count for k in ("loss", *parts)
+                      if k != "adaptor_logdet"})
+    return nll, parts

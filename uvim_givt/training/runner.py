@@ -42,7 +42,7 @@ from uvim_givt.errors import CheckpointError, ConfigError, UserError
 from uvim_givt.models import builders
 from uvim_givt.task import Task, get_task
 from uvim_givt.training import checkpoint as ckpt_lib
-from uvim_givt.training import sharding, stages
+from uvim_givt.training import code_cache, sharding, stages
 from uvim_givt.training.ema import ParamsEMA
 from uvim_givt.training.trainer import Stage, count_params, train
 from uvim_givt.training.warm_start import warm_start_fn
@@ -89,6 +89,10 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     if tuple(vae.input_size) != (size, size):
         problems.append(f"vae.model.input_size {tuple(vae.input_size)} != data.image_size "
                         f"{size} (square)")
+    if hasattr(stage1, "init_state") and int(cfg.vae.train.grad_accum) > 1:
+        problems.append(f"vae.train.grad_accum={cfg.vae.train.grad_accum}: vae.kind="
+                        f"{cfg.vae.kind} updates its state (the dictionary) from each step's "
+                        "whole batch, so it trains with grad_accum=1")
     if getattr(stage1, "discrete", False):  # code ids: no GIVT reads them (train_run)
         if problems:
             raise ConfigError("inconsistent config: " + "; ".join(problems))
@@ -100,6 +104,14 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         problems.append(f"givt.model.out_dim={g.out_dim} but the VAE's codes have "
                         f"{vae.code_dim} channels (vae.model.codeword_dim "
                         f"{vae.codeword_dim} x the pixel-shuffle patch)")
+    if cfg.vae.train.cached_codes:
+        problems.append("vae.train.cached_codes=True: stage 1 makes the codes (the option is "
+                        "stage 2's: givt.train.cached_codes)")
+    for stage in ("vae", "givt"):
+        t = cfg[stage].train
+        if int(t.batch_size) % int(t.grad_accum):
+            problems.append(f"{stage}.train.batch_size={t.batch_size} is not a multiple of "
+                            f"{stage}.train.grad_accum={t.grad_accum}")
     if problems:
         raise ConfigError("inconsistent config: " + "; ".join(problems))
     builders.build_adaptor(cfg)  # its channels and grid fit the code sequence
@@ -125,17 +137,28 @@ def check_shapes(cfg: ml_collections.ConfigDict, stage: str = "all") -> None:
 
 # ------------------------------------------------------------------------------- stages
 def _batches(task: Task, cfg: ml_collections.ConfigDict, train_cfg: ml_collections.ConfigDict,
-             make_dataset: Callable[[], Any], inputs: tuple[str, ...]
-             ) -> Callable[[int], Iterator[dict]]:
-    """Stage.batches: deterministic, resumable batches of the inputs the stage reads."""
+             make_dataset: Callable[[], Any], inputs: tuple[str, ...],
+             indexed: bool = False) -> Callable[[int], Iterator[dict]]:
+    """Stage.batches: deterministic, resumable batches of the inputs the stage reads; with
+    ``indexed`` each row also carries its example's position in the split
+    (``code_cache.INDEX_KEY``; the shuffle is the same, so are the batches)."""
     def prep(ex, seed):
+        index = None
+        if indexed:
+            index, ex = ex
         out = task.preprocess(cfg, ex, "train", seed=seed)
-        return {k: out[k] for k in inputs}
+        out = {k: out[k] for k in inputs}
+        if indexed:
+            out[code_cache.INDEX_KEY] = index
+        return out
+
+    def dataset():
+        return make_dataset().enumerate() if indexed else make_dataset()
 
     def batches(start: int) -> Iterator[dict[str, np.ndarray]]:
         from uvim_givt.data import pipeline  # tf.data: only where batches are read
 
-        return pipeline.train_batches(make_dataset, prep, int(train_cfg.batch_size),
+        return pipeline.train_batches(dataset, prep, int(train_cfg.batch_size),
                                       int(train_cfg.seed) + int(cfg.seed), start,
                                       shuffle_buffer=int(cfg.data.shuffle_buffer),
                                       cache=bool(cfg.data.cache))
@@ -157,10 +180,18 @@ def vae_stage(task: Task, cfg: ml_collections.ConfigDict, make_dataset: Callable
 
 
 def givt_stage(task: Task, cfg: ml_collections.ConfigDict, make_dataset: Callable[[], Any],
-               vae_params: Any, evaluate: Callable | None = None) -> Stage:
-    """Stage 2: the GIVT of ``givt.model.style`` on the frozen VAE's codes."""
+               vae_params: Any, evaluate: Callable | None = None,
+               codes: code_cache.CodeCache | None = None) -> Stage:
+    """Stage 2: the GIVT of ``givt.model.style`` on the frozen VAE's codes, encoded in the
+    step, or read from ``codes`` (cached once; the step then holds no VAE)."""
     kind = stages.stage_of(cfg, "givt")
     warm_start = warm_start_fn(cfg, "givt", kind.model.encoder_grid)
+    if codes is not None:
+        batches = _batches(task, cfg, cfg.givt.train, make_dataset, kind.conditioning_inputs,
+                           indexed=True)
+        return Stage(kind.init, lambda p, b, k: kind.loss(p, b, k, True),
+                     code_cache.cached_batches(batches, codes), warm_start=warm_start,
+                     evaluate=evaluate)
     return Stage(kind.init, lambda p, b, k, frozen: kind.loss(p, b, k, True, frozen),
                  _batches(task, cfg, cfg.givt.train, make_dataset, kind.inputs),
                  frozen=vae_params, warm_start=warm_start, evaluate=evaluate)
@@ -335,6 +366,12 @@ def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: s
         path = cfg[stage_name].init.path
         if path and not os.path.exists(path):
             raise UserError(f"{stage_name}.init.path={path!r}: no such run directory or file")
+    if stage in ("givt", "all") and cfg.givt.train.cached_codes:
+        # the data itself: refused now, not after stage 1 has trained for hours
+        code_cache.check_no_augmentation(
+            task, cfg, lambda: catalog.load(task.readers, cfg, cfg.data.source,
+                                            cfg.data.train_split),
+            stages.stage_of(cfg, "vae").input_key)
     # Several processes (jax.distributed) train one run: all of them check the config,
     # process 0 alone holds the lock and writes the run's shared files.
     sharding.maybe_initialize_distributed()
@@ -361,6 +398,7 @@ def _train_stages(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stag
         return catalog.load(task.readers, cfg, source, cfg.data.train_split)
 
     results: dict[str, dict[str, float]] = {}
+    cached = stage in ("givt", "all") and bool(cfg.givt.train.cached_codes)
     if stage in ("vae", "all") and not vae_ckpt:
         t = cfg.vae.train
         ema = None
@@ -393,9 +431,11 @@ def _train_stages(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stag
             sharding.sync_processes("copy_vae")
         if run.vae_params is None:
             run.vae_params, run.vae_step, run.vae_is_ema = load_vae_params(run_dir, cfg)
+        codes = code_cache.build(run_dir, task, cfg, train_ds, run.vae_params, log) \
+            if cached else None
         res = train(cfg.givt.train, run_dir, "givt", givt_stage(
-            task, cfg, train_ds, run.vae_params, _periodic(hooks, "givt", run, False)),
-            meta=meta)
+            task, cfg, train_ds, run.vae_params, _periodic(hooks, "givt", run, False),
+            codes=codes), meta=meta)
         _update_run_info(run_dir, num_params={"givt": res.num_params},
                          train_time_s={"givt": round(res.train_time_s, 1)})
         run.givt_params, run.givt_step = res.params, res.step

@@ -44,6 +44,9 @@ from uvim_givt.training.objectives import givt_nll_loss
 
 Params = Any
 Batch = dict[str, jax.Array]
+#: Batch keys of the frozen VAE's posterior of each example, when stage 2 trains from cached
+#: codes (``training/code_cache.py``) instead of encoding its input in the step.
+CODE_MU, CODE_LOGVAR = "code_mu", "code_logvar"
 _KINDS: dict[str, Callable[[ml_collections.ConfigDict], Any]] = {}
 
 
@@ -362,9 +365,11 @@ class GIVTStage:
         self.adaptor = builders.build_adaptor(cfg)  # None when off
         self.sample_posterior = cfg.givt.posterior == "sample"
         self.input_noise = float(cfg.givt.input_noise)
-        self.inputs = tuple(dict.fromkeys(
-            (self.vae.input_key,) + (("image",) if model.has_encoder else ())
-            + (("label",) if model.num_labels is not None else ())))
+        # what the GIVT is conditioned on; plus the VAE's input, encoded in the step (the
+        # cached-codes route reads CODE_MU / CODE_LOGVAR in its place)
+        self.conditioning_inputs = (("image",) if model.has_encoder else ()) + \
+            (("label",) if model.num_labels is not None else ())
+        self.inputs = tuple(dict.fromkeys((self.vae.input_key,) + self.conditioning_inputs))
         self.teacher_forced_means = jax.jit(self._teacher_forced_means)
         self._jit_position_nll = jax.jit(self._position_nll)
         if self.adaptor is not None:
@@ -387,10 +392,13 @@ class GIVTStage:
     def codes(self, vae_params: Params, batch: Batch, rng: jax.Array, train: bool
               ) -> jax.Array:
         """The frozen VAE's codes of a batch: a posterior sample (training, when the config
-        says so) or the mean."""
-        mu, logvar = self.vae.model.apply({"params": vae_params},
-                                          batch[self.vae.input_key],
-                                          method=self.vae.model.encode)
+        says so) or the mean; of the posterior in the batch when it carries cached codes."""
+        if CODE_MU in batch:
+            mu, logvar = batch[CODE_MU], batch[CODE_LOGVAR]
+        else:
+            mu, logvar = self.vae.model.apply({"params": vae_params},
+                                              batch[self.vae.input_key],
+                                              method=self.vae.model.encode)
         z = vae_losses.reparametrize(mu, logvar, rng) if train and self.sample_posterior \
             else mu
         return jax.lax.stop_gradient(z)
@@ -398,11 +406,12 @@ class GIVTStage:
     def loss(self, params: Params, batch: Batch, rng: jax.Array, train: bool,
              frozen: Params = None, input_noise: bool = True
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """The NLL per token of the frozen VAE's codes. ``input_noise=False`` leaves the
-        teacher-forcing inputs clean while ``train`` (the published held-out loss: the
-        training loss, whose recipe has no input noise)."""
-        if frozen is None:
-            raise ValueError("the GIVT stage's loss needs the frozen VAE's parameters")
+        """The NLL per token of the frozen VAE's codes (or of the cached codes in the batch).
+        ``input_noise=False`` leaves the teacher-forcing inputs clean while ``train`` (the
+        published held-out loss: the training loss, whose recipe has no input noise)."""
+        if frozen is None and CODE_MU not in batch:
+            raise ValueError("the GIVT stage's loss needs the frozen VAE's parameters (or "
+                             "cached codes in the batch)")
         k_z, k_loss = jax.random.split(rng)
         z = self.codes(frozen, batch, k_z, train)
         noise = self.input_noise if train and input_noise else 0.0
@@ -410,6 +419,8 @@ class GIVTStage:
                                    train=train, input_noise=noise, adaptor=self.adaptor)
         parts = dict(parts)
         parts["nll_per_token"] = parts.pop("nll")
+        if "weight/nll" in parts:  # a masked model's weights (training.trainer)
+            parts["weight/nll_per_token"] = parts.pop("weight/nll")
         return nll, parts
 
     # -------------------------------------------------------------- prediction

@@ -26,9 +26,15 @@ import ml_collections
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from uvim_givt.errors import DataError, Preempted, TrainingDiverged  # noqa: F401 (TrainingDiverged re-exported)
+from uvim_givt.errors import (
+    ConfigError,
+    DataError,
+    Preempted,
+    TrainingDiverged,  # noqa: F401 (raised here; re-exported)
+)
 from uvim_givt.training import sharding
 from uvim_givt.training.checkpoint import StageCheckpoints
 from uvim_givt.training.metrics import MetricsWriter, progress_interval
@@ -37,7 +43,20 @@ from uvim_givt.training.optim import global_norm, make_optimizer
 Batch = dict[str, np.ndarray]
 LossFn = Callable[[Any, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 
+#: A loss's parts named ``weight/<name>`` are not metrics but the weight of ``<name>`` (of
+#: the loss, ``weight/loss``, and so of the gradient) in the batch: a loss normalised by a
+#: count that varies from batch to batch (e.g. a masked GIVT's masked tokens) reports that
+#: count, so that micro-batches (``train.grad_accum``) combine exactly as the whole batch
+#: would. Parts without a weight are means over the batch's examples (equal weights).
+WEIGHT_PREFIX = "weight/"
 
+
+def split_weights(parts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A loss's parts -> (metrics, {name: weight}) (see :data:`WEIGHT_PREFIX`)."""
+    metrics = {k: v for k, v in parts.items() if not k.startswith(WEIGHT_PREFIX)}
+    weights = {k[len(WEIGHT_PREFIX):]: v for k, v in parts.items()
+               if k.startswith(WEIGHT_PREFIX)}
+    return metrics, weights
 
 
 @dataclasses.dataclass
@@ -67,6 +86,9 @@ class Stage:
       the new state is the next step's, checkpointed with the parameters (item ``state``)
       and restored on resume; ``evaluate``, ``after_step`` and ``TrainResult.params`` see
       the variables ``{"params": params, "state": state}``.
+
+    The loss's metrics may carry weights (:data:`WEIGHT_PREFIX`); with ``grad_accum`` > 1
+    the loop calls ``loss_fn`` once per micro-batch, each with its own key.
     """
 
     init_params: Callable[[jax.Array], Any]
@@ -101,11 +123,19 @@ def default_train_config() -> ml_collections.ConfigDict:
     defaults; ``b1``, ``b2``, ``eps`` are then unused); ``wd`` applies to parameters whose
     path matches ``wd_pattern`` (re.search), multiplied per ``wd_mode``: "lr_scaled" by the
     learning rate (peak x schedule x lr_mults, AdamW) or "schedule_scaled" by the schedule's
-    0..1 shape only (big_vision). ``grad_clip`` is a global-norm clip (0: none)."""
+    0..1 shape only (big_vision). ``grad_clip`` is a global-norm clip (0: none).
+
+    ``fsdp``: parameters and optimiser state split over the devices (``sharding.py``).
+    ``grad_accum``: each step's batch is split into this many micro-batches whose
+    gradients are summed before the one optimiser update (the memory of one micro-batch,
+    the result of the whole batch up to float rounding; ``batch_size`` must be a multiple
+    of ``grad_accum`` x the number of devices). ``cached_codes`` (stage 2 only): train on
+    the dataset's stage-1 codes computed once (``training/code_cache.py``) instead of
+    encoding every batch with the frozen VAE; the same loss, without the VAE in the step."""
     return ml_collections.ConfigDict(dict(
         total_steps=100, batch_size=32, seed=0,
         log_every=10, ckpt_every=100, keep_ckpts=2,
-        fsdp=False, progress=True,
+        fsdp=False, grad_accum=1, cached_codes=False, progress=True,
         optim=dict(optimizer="adam", lr=1e-3, schedule="cosine", warmup_steps=0,
                    warmup_fraction=0.1, b1=0.9, b2=0.95, eps=1e-8, wd=1e-4,
                    wd_pattern=r"(kernel|embedding)$", wd_mode="lr_scaled", grad_clip=1.0,
@@ -144,6 +174,62 @@ class _TermSignal:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+
+
+def accumulated_value_and_grad(loss_fn: LossFn, accum: int, mesh: Mesh | None = None
+                               ) -> Callable[..., tuple[jax.Array, dict[str, jax.Array], Any]]:
+    """``(params, batch, key, *extra) -> (loss, metrics, grads)`` of the whole batch, computed
+    in ``accum`` micro-batches (a ``lax.scan``: the memory of one) and combined as the whole
+    batch would be: gradients, loss and metrics are means weighted by each micro-batch's
+    weights (:data:`WEIGHT_PREFIX`; equal without). Micro-batch ``k`` gets the key
+    ``fold_in(key, k)``; ``accum=1`` is the plain step at ``key``. ``mesh``: the batch's
+    device mesh (its rows are split along ``sharding.DATA_AXIS``)."""
+    value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum == 1:
+        def plain(params, batch, key, *extra):
+            (loss, parts), grads = value_and_grad(params, batch, key, *extra)
+            return loss, split_weights(parts)[0], grads
+        return plain
+
+    def to_micro(x):
+        # Micro-batch k takes rows k, k + accum, ...: every device's rows split evenly over
+        # the micro-batches, so no example moves between devices.
+        x = jnp.moveaxis(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 1, 0)
+        if mesh is None:
+            return x
+        return jax.lax.with_sharding_constraint(
+            x, NamedSharding(mesh, PartitionSpec(None, sharding.DATA_AXIS)))
+
+    def accumulated(params, batch, key, *extra):
+        def one(carry, xs):
+            grad_sum, weight_sum = carry
+            micro, k = xs
+            (loss, parts), grads = value_and_grad(params, micro, jax.random.fold_in(key, k),
+                                                  *extra)
+            metrics, weights = split_weights(parts)
+            w_loss = jnp.asarray(weights.get("loss", 1.0), jnp.float32)
+            grad_sum = jax.tree_util.tree_map(lambda s, g: s + w_loss.astype(g.dtype) * g,
+                                              grad_sum, grads)
+            w = {name: jnp.asarray(weights.get(name, 1.0), jnp.float32) for name in metrics}
+            return (grad_sum, weight_sum + w_loss), (loss, w_loss, metrics, w)
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        (grad_sum, weight_sum), (losses, w_losses, metrics, w) = jax.lax.scan(
+            one, (zeros, jnp.zeros((), jnp.float32)),
+            (jax.tree_util.tree_map(to_micro, batch), jnp.arange(accum)))
+        grads = jax.tree_util.tree_map(lambda g: g / weight_sum.astype(g.dtype), grad_sum)
+        loss = jnp.sum(losses * w_losses) / weight_sum
+        return loss, {k: jnp.sum(v * w[k]) / jnp.sum(w[k]) for k, v in metrics.items()}, grads
+    return accumulated
+
+
+def _check_accumulation(stage_name: str, host_batch: Batch, accum: int, devices: int) -> None:
+    """The batch must split into ``accum`` micro-batches, each over every local device."""
+    rows = len(next(iter(host_batch.values())))
+    if accum > 1 and rows % (accum * devices):
+        raise ConfigError(f"{stage_name}.train.grad_accum={accum}: a batch of {rows} does not "
+                          f"split into {accum} micro-batches over {devices} device(s); make "
+                          "batch_size a multiple of grad_accum x devices")
 
 
 def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: Stage,
@@ -204,15 +290,21 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
         frozen_sh = sharding.tree_shardings(frozen, mesh, cfg.fsdp)
         frozen = jax.device_put(frozen, frozen_sh)
 
+    accum = int(cfg.grad_accum)
+    if stateful and accum > 1:  # runner.check_config says so before a run is written
+        raise ConfigError(f"{stage_name}.train.grad_accum={accum}: this stage updates its "
+                          "state from each step's whole batch; use grad_accum=1")
+    loss_and_grads = accumulated_value_and_grad(stage.loss_fn, accum, mesh)
+
     def train_step(params, opt_state, state, bad_step, batch, step, frozen):
         key = jax.random.fold_in(step_key, step)
         extra = () if frozen is None else (frozen,)
         if stateful:
-            (loss, (metrics, state)), grads = jax.value_and_grad(stage.loss_fn, has_aux=True)(
+            (loss, (parts, state)), grads = jax.value_and_grad(stage.loss_fn, has_aux=True)(
                 params, batch, key, state, *extra)
+            metrics = split_weights(parts)[0]
         else:
-            (loss, metrics), grads = jax.value_and_grad(stage.loss_fn, has_aux=True)(
-                params, batch, key, *extra)
+            loss, metrics, grads = loss_and_grads(params, batch, key, *extra)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(loss)
@@ -268,6 +360,8 @@ def train(cfg: ml_collections.ConfigDict, run_dir: str, stage_name: str, stage: 
                                     f"{int(cfg.batch_size)} examples (is the split empty or "
                                     "smaller than one batch?)") from None
                 raise RuntimeError(f"{stage_name}: the data ran out at step {step}") from e
+            if step == start:
+                _check_accumulation(stage_name, host_batch, accum, len(mesh.local_devices))
             batch = sharding.global_batch(host_batch, mesh)
             params, opt_state, state, bad_step, metrics = step_fn(
                 params, opt_state, state, bad_step, batch, jnp.asarray(step, jnp.int32),
