@@ -68,14 +68,17 @@ def _version(package: str) -> str | None:
 
 def describe_machine() -> dict[str, Any]:
     """The machine a measurement was taken on (JSON-serialisable)."""
-    import jax  # late: the import reads XLA_FLAGS, which a script may set first
+    try:
+        import jax  # late: the import reads XLA_FLAGS, which a script may set first
+    except ImportError:  # bench_pq.py runs beside panopticapi (numpy<2), without JAX
+        jax = None
 
     model, flags = _cpuinfo()
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         usable = os.cpu_count()
-    devices = jax.devices()
+    devices = jax.devices() if jax is not None else []
     return {
         "cpu_model": model,
         "cpu_count": os.cpu_count(),
@@ -83,8 +86,8 @@ def describe_machine() -> dict[str, Any]:
         "cpu_flags": [f for f in _CPU_FLAGS if f in flags],
         "python": platform.python_version(),
         "versions": {p: _version(p) for p in _PACKAGES},
-        "backend": jax.default_backend(),
-        "device_kind": devices[0].device_kind,
+        "backend": jax.default_backend() if jax is not None else "none (no jax)",
+        "device_kind": devices[0].device_kind if devices else "cpu",
         "device_count": len(devices),
         "env": {k: os.environ[k] for k in _ENV_VARS if k in os.environ},
         "argv": [os.path.basename(sys.argv[0])] + sys.argv[1:],

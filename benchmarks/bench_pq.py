@@ -36,8 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from panopticapi.evaluation import pq_compute, pq_compute_single_core
-from panopticapi.utils import rgb2id
+
+try:
+    from panopticapi.evaluation import pq_compute, pq_compute_single_core
+    from panopticapi.utils import rgb2id
+except ImportError:  # it pins numpy<2, so it is not a dependency of the suite
+    sys.exit("bench_pq.py compares with the official panopticapi, which needs numpy<2: run it "
+             "in an environment of its own: python3.11 -m venv .venv-pq && .venv-pq/bin/pip "
+             "install -r tests/requirements-panopticapi.txt && .venv-pq/bin/pip install "
+             "--no-deps -e . && .venv-pq/bin/python benchmarks/bench_pq.py")
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

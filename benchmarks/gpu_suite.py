@@ -1,39 +1,50 @@
-"""The accelerator part of the benchmark suite, as one command that fits in a few minutes.
+"""The accelerator part of the benchmark suite: one command that fits one 10-minute call.
 
-1. The paper-scale UViM stage-2 train step (the dense task's ``size=paper`` encoder-decoder
-   GIVT: ViT-L/16 image encoder at 512px, 24 decoder layers, the frozen stage-1 ViT VAE
-   encoder inside the step), in three precisions:
+1. The UViM stage-2 train step (the dense task's encoder-decoder GIVT: ViT image encoder,
+   causal decoder, GMM head, the frozen stage-1 ViT VAE encoder inside the step) in three
+   variants, the bf16 ones first:
 
-   * ``fp32``: ``dtype=float32``, the reference (einsum + softmax) attention;
-   * ``bf16``: ``dtype=bfloat16``, the reference attention;
    * ``bf16_fused``: ``dtype=bfloat16``, ``jax.nn.dot_product_attention`` (cuDNN's fused
      kernel where XLA picks it);
+   * ``bf16``: ``dtype=bfloat16``, the reference (einsum + softmax) attention;
+   * ``fp32``: ``dtype=float32``, the reference attention;
 
-   (the ``givt.model`` and ``vae.model`` keys ``dtype`` / ``attention``; a variant whose
-   keys the config lacks is reported as skipped). Step time, examples/s, XLA's FLOPs per
-   step and MFU = achieved FLOP/s / the device's bf16 peak: the nominal dense peak of the
-   device kind where known (``NOMINAL_BF16_PEAK``) and a bf16 matmul measured in the same
-   run.
-2. Autoregressive sampling of the same model (image encoder included), beam 4, fan 8:
-   tokens/s and images/s.
+   each at the ``base`` size, then at ``paper`` size (ViT-L/16 encoder at 512 px, 24 decoder
+   layers). Step time, examples/s, model FLOPs per step (counted from the step's jaxpr,
+   ``benchmarks/flops.py``: the same whatever XLA's autotuning picks), MFU against the
+   device's nominal bf16 peak (``NOMINAL_BF16_PEAK``) and against a bf16 matmul measured in
+   the same run, compile time.
+2. Autoregressive sampling of the paper model (256 codes), beam 4 and fan 8, image encoder
+   included: codes/s and images/s.
 
-On the device machine (writes the JSON where the run returns files)::
+Each row runs in a process of its own under ``--row-limit`` seconds (a compile that takes
+too long costs one row, not the call; device memory is returned between rows), rows are
+printed and the JSON rewritten as each finishes (a call cut short keeps what it measured),
+and rows stop being started when ``--budget`` seconds are spent. Compiled programs go to a
+persistent cache (``--cache-dir``), so a second call compiles nothing it compiled before
+(``benchmarks/bench_compile_cache.py`` prints both compile times).
+
+On the device machine::
 
     python benchmarks/gpu_suite.py --json $OUT/gpu_suite.json
 
-``--smoke`` runs the same code on the tiny preset at batch 2 (a CPU checks it works in a
-minute or two). Rows are printed, and the JSON rewritten, as each finishes, so a run cut
-short keeps what it measured. JSON: ``{"machine", "peak": {measured_bf16, measured_fp32,
-nominal_bf16_flops_per_s}, "settings", "train": [bench_train_step rows + variant, mfu_nominal,
-mfu_measured], "sampling": [bench_sampling rows]}``.
+``--smoke`` runs the same code on the tiny preset at batch 2 (a CPU does it in about a
+minute). JSON: ``{"machine", "peak": {measured_bf16, measured_fp32,
+nominal_bf16_flops_per_s}, "settings", "train": [bench_train_step rows + variant,
+mfu_nominal, mfu_measured], "sampling": [bench_sampling rows + codes_per_s]}``; a row that
+did not finish has ``skipped`` (why) instead of figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
+import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,14 +65,16 @@ NOMINAL_BF16_PEAK = {
     "NVIDIA A100-SXM4-80GB": 312e12,
     "NVIDIA A100-SXM4-40GB": 312e12,
 }
-#: variant -> overrides of both models (stage-2 GIVT and the frozen stage-1 VAE)
+#: variant -> overrides of both models (stage-2 GIVT and the frozen stage-1 VAE), bf16 first
 VARIANTS: dict[str, tuple[str, ...]] = {
-    "fp32": ("dtype=float32", "attention=reference"),
-    "bf16": ("dtype=bfloat16", "attention=reference"),
     "bf16_fused": ("dtype=bfloat16", "attention=fused"),
+    "bf16": ("dtype=bfloat16", "attention=reference"),
+    "fp32": ("dtype=float32", "attention=reference"),
 }
 TRAIN_COLUMNS = ("variant", "size", "batch", "step_s", "examples_per_s", "flops_per_step",
                  "achieved_flops_per_s", "mfu_nominal", "mfu_measured", "compile_s")
+SAMPLING_COLUMNS = ("mode", "size", "batch", "seq_len", "sample_s", "codes_per_s",
+                    "images_per_s", "compile_s")
 
 
 def nominal_peak(device_kind: str) -> float | None:
@@ -84,8 +97,106 @@ def variant_overrides(cfg: Any, variant: str) -> tuple[list[str], list[str]]:
     return have, missing
 
 
+def plan_rows(variants: Sequence[str], sizes: Sequence[str]) -> list[tuple[str, str]]:
+    """(variant, size) in the order they run: bf16 variants before fp32, and for each
+    precision every size, smallest first (a base row before the paper one)."""
+    bf16 = [v for v in variants if v.startswith("bf16")]
+    rest = [v for v in variants if v not in bf16]
+    return [(v, size) for group in (bf16, rest) for size in sizes for v in group]
+
+
+def use_compile_cache(cache_dir: str) -> None:
+    """JAX's persistent compilation cache in ``cache_dir``, for every program (the default
+    thresholds skip small or fast compiles, which are most of a smoke run)."""
+    import jax
+
+    os.makedirs(cache_dir, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _width(column: str) -> int:
+    return max(len(column), 10)
+
+
+def _header(columns: Sequence[str]) -> str:
+    return "  ".join(f"{c:>{_width(c)}}" for c in columns)
+
+
 def _line(row: dict[str, Any], columns: Sequence[str]) -> str:
-    return _machine.format_table([row], columns).splitlines()[-1]
+    """One row under :func:`_header` (rows are printed as they finish, so the widths are
+    fixed in advance), or what stopped it."""
+    if row.get("skipped"):
+        name = row.get("variant", row.get("mode"))
+        return f"{name} {row.get('size', '')}: skipped ({row['skipped']})"
+    return "  ".join(f"{_machine._cell(row.get(c)):>{_width(c)}}" for c in columns)
+
+
+# ------------------------------------------------------------------------------ one row
+def measure_train(variant: str, size: str, batch: int, repeats: int, dense_config: str,
+                  extra: Sequence[str], measured_peak: float | None,
+                  nominal: float | None) -> dict[str, Any]:
+    """One train-step row, in this process."""
+    cfg = bench_train_step.load_stage_config("encdec", size, dense_config)
+    overrides, missing = variant_overrides(cfg, variant)
+    if missing:
+        return {"variant": variant, "size": size, "skipped": f"config lacks {missing}"}
+    overrides += list(extra)
+    config_lib.apply_overrides(cfg, overrides)
+    row = bench_train_step.measure("encdec", size, cfg, batch, repeats, overrides)
+    row["variant"] = variant
+    flops_s = row["achieved_flops_per_s"]
+    row["mfu_nominal"] = flops_s / nominal if flops_s and nominal else None
+    row["mfu_measured"] = flops_s / measured_peak if flops_s and measured_peak else None
+    return row
+
+
+def measure_sampling(size: str, batch: int, repeats: int, dense_config: str,
+                     extra: Sequence[str]) -> dict[str, Any]:
+    """The beam-4 fan-8 sampling row, in this process."""
+    cfg = bench_sampling.load_mode_config("uvim_beam4_fan8", size, dense_config)
+    config_lib.apply_overrides(cfg, extra)
+    row = bench_sampling.measure("uvim_beam4_fan8", size, cfg, batch, repeats, extra)
+    row["codes_per_s"] = row["tokens_per_s"]
+    return row
+
+
+def _run_child(job: dict[str, Any], limit: float, cache_dir: str) -> dict[str, Any]:
+    """``job`` measured in a fresh process within ``limit`` seconds (its row, or why not)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec, out = os.path.join(tmp, "job.json"), os.path.join(tmp, "row.json")
+        with open(spec, "w") as f:
+            json.dump(job, f)
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", spec, out,
+               "--cache-dir", cache_dir]
+        try:
+            proc = subprocess.run(cmd, timeout=limit, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        except subprocess.TimeoutExpired:
+            return {"skipped": f"over the {limit:g} s row limit (--row-limit)"}
+        if proc.returncode != 0 or not os.path.exists(out):
+            tail = " | ".join(proc.stdout.strip().splitlines()[-3:])
+            return {"skipped": f"failed (exit {proc.returncode}): {tail}"}
+        with open(out) as f:
+            return json.load(f)
+
+
+def child_main(spec: str, out: str) -> int:
+    with open(spec) as f:
+        job = json.load(f)
+    kind = job.pop("kind")
+    row = measure_train(**job) if kind == "train" else measure_sampling(**job)
+    with open(out, "w") as f:
+        json.dump(row, f, default=_machine._json_default)
+    return 0
+
+
+# ---------------------------------------------------------------------------------- CLI
+def default_cache_dir() -> str:
+    base = os.environ.get("UVIM_GIVT_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "uvim_givt")
+    return os.path.join(base, "jax_compilation_cache")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -94,6 +205,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="tiny preset, batch 2, 1 repeat, small matmuls (checks it runs)")
     p.add_argument("--variants", type=bench_train_step._csv(tuple(VARIANTS)),
                    default=list(VARIANTS), help=f"from {list(VARIANTS)} (default all)")
+    p.add_argument("--sizes", type=bench_train_step._csv(("tiny", "base", "paper")),
+                   default=None, help="train-step sizes, run in this order (default "
+                   "base,paper; tiny with --smoke)")
     p.add_argument("--batch", type=errors.positive_int, default=None,
                    help="train-step examples (default 16; 2 with --smoke)")
     p.add_argument("--sample-batch", type=errors.positive_int, default=None,
@@ -101,21 +215,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=errors.positive_int, default=None,
                    help="timed steps / sampling calls after warm-up (default 5; 1 with --smoke)")
     p.add_argument("--no-sampling", action="store_true", help="only the train steps")
+    p.add_argument("--row-limit", type=float, default=None, metavar="S",
+                   help="seconds one row may take, compile included (default 180; 90 with "
+                        "--smoke)")
+    p.add_argument("--budget", type=float, default=540.0, metavar="S",
+                   help="no row starts after this many seconds (default 540: one 10-minute "
+                        "device call with room to copy the results back)")
+    p.add_argument("--cache-dir", default=default_cache_dir(),
+                   help="JAX's persistent compilation cache (default "
+                        "$UVIM_GIVT_CACHE/jax_compilation_cache or ~/.cache/uvim_givt/...)")
+    p.add_argument("--in-process", action="store_true",
+                   help="measure every row in this process (no row limit; for debugging)")
     p.add_argument("--dense-config", default="configs/panoptic.py",
                    help="the UViM task's config (panoptic or depth)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="extra config override of every variant "
-                   "(repeatable), e.g. givt.model.remat=True")
+                   "(repeatable), e.g. givt.model.remat_policy=dots_saveable")
     _machine.add_output_arguments(p, __file__, markdown=False)
     return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    t_start = time.perf_counter()
     smoke = bool(args.smoke)
-    size = "tiny" if smoke else "paper"
+    sizes = list(args.sizes or (["tiny"] if smoke else ["base", "paper"]))
     batch = args.batch or (2 if smoke else 16)
     sample_batch = args.sample_batch or (1 if smoke else 8)
     repeats = args.repeats or (1 if smoke else 5)
+    limit = args.row_limit or (90.0 if smoke else 180.0)
+    use_compile_cache(args.cache_dir)
     machine = _machine.describe_machine()
     print(_machine.machine_line(machine), flush=True)
     peak_n = 256 if smoke else 8192
@@ -123,53 +251,59 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "measured_fp32": _machine.matmul_peak(peak_n, "float32", repeats=3),
             "nominal_bf16_flops_per_s": nominal_peak(machine["device_kind"])}
     measured = peak["measured_bf16"]["flops_per_s"]
+    nominal = peak["nominal_bf16_flops_per_s"]
     print(f"bf16 matmul {peak_n}^3: {measured / 1e12:.3g} TFLOP/s; fp32: "
           f"{peak['measured_fp32']['flops_per_s'] / 1e12:.3g} TFLOP/s; nominal bf16: "
-          f"{(peak['nominal_bf16_flops_per_s'] or 0) / 1e12:.4g} TFLOP/s", flush=True)
+          f"{(nominal or 0) / 1e12:.4g} TFLOP/s", flush=True)
     table: dict[str, Any] = {
         "peak": peak, "train": [], "sampling": [],
-        "settings": {"size": size, "smoke": smoke, "batch": batch,
-                     "sample_batch": sample_batch, "repeats": repeats,
+        "settings": {"sizes": sizes, "smoke": smoke, "batch": batch,
+                     "sample_batch": sample_batch, "repeats": repeats, "row_limit_s": limit,
+                     "budget_s": args.budget, "cache_dir": args.cache_dir,
                      "dense_config": args.dense_config, "variants": list(args.variants),
                      "overrides": list(args.overrides)}}
 
-    def save() -> None:
+    def measure(job: dict[str, Any]) -> dict[str, Any]:
+        spent = time.perf_counter() - t_start
+        if spent > args.budget:
+            return {"skipped": f"budget of {args.budget:.0f} s spent (--budget)"}
+        if args.in_process:
+            kind = job.pop("kind")
+            row = measure_train(**job) if kind == "train" else measure_sampling(**job)
+            gc.collect()
+            return row
+        return _run_child(job, min(limit, args.budget - spent + 30), args.cache_dir)
+
+    print(f"\nUViM stage-2 train step (batch {batch}; {', '.join(sizes)}):", flush=True)
+    print(_header(TRAIN_COLUMNS), flush=True)
+    for variant, size in plan_rows(args.variants, sizes):
+        row = measure({"kind": "train", "variant": variant, "size": size, "batch": batch,
+                       "repeats": repeats, "dense_config": args.dense_config,
+                       "extra": list(args.overrides), "measured_peak": measured,
+                       "nominal": nominal})
+        row = {"variant": variant, "size": size, **row}
+        table["train"].append(row)
+        print(_line(row, TRAIN_COLUMNS), flush=True)
         _machine.write_json(args.json, table, machine)
 
-    print(f"\nUViM stage-2 train step ({size}, batch {batch}):", flush=True)
-    print("  ".join(TRAIN_COLUMNS), flush=True)
-    for variant in args.variants:
-        cfg = bench_train_step.load_stage_config("encdec", size, args.dense_config)
-        overrides, missing = variant_overrides(cfg, variant)
-        if missing:
-            row = {"variant": variant, "size": size, "skipped": f"config lacks {missing}"}
-        else:
-            overrides += list(args.overrides)
-            config_lib.apply_overrides(cfg, overrides)
-            row = bench_train_step.measure("encdec", size, cfg, batch, repeats, overrides)
-            row["variant"] = variant
-            flops_s = row["achieved_flops_per_s"]
-            nominal = peak["nominal_bf16_flops_per_s"]
-            row["mfu_nominal"] = flops_s / nominal if flops_s and nominal else None
-            row["mfu_measured"] = flops_s / measured if flops_s else None
-        table["train"].append(row)
-        print(row.get("skipped") and f"{variant}: skipped ({row['skipped']})"
-              or _line(row, TRAIN_COLUMNS), flush=True)
-        save()
-        gc.collect()
-
     if not args.no_sampling:
-        cfg = bench_sampling.load_mode_config("uvim_beam4_fan8", size, args.dense_config)
-        config_lib.apply_overrides(cfg, args.overrides)
-        row = bench_sampling.measure("uvim_beam4_fan8", size, cfg, sample_batch, repeats,
-                                     args.overrides)
+        size = "tiny" if smoke else "paper"
+        row = measure({"kind": "sampling", "size": size, "batch": sample_batch,
+                       "repeats": repeats, "dense_config": args.dense_config,
+                       "extra": list(args.overrides)})
+        row = {"mode": "uvim_beam4_fan8", "size": size, **row}
         table["sampling"].append(row)
         print(f"\nsampling, beam 4 fan 8 ({size}, batch {sample_batch}):")
-        _machine.print_table([row], bench_sampling.COLUMNS)
+        print(_header(SAMPLING_COLUMNS))
+        print(_line(row, SAMPLING_COLUMNS), flush=True)
     return _machine.finish(args.json, table, machine)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--child"]:  # one row, in the process _run_child started
+        use_compile_cache(argv[argv.index("--cache-dir") + 1])
+        return child_main(argv[1], argv[2])
     return errors.run_cli(parse_args, run, argv)
 
 
