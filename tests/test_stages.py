@@ -46,7 +46,7 @@ def _batch(cfg, kind, rng: np.random.Generator) -> dict[str, np.ndarray]:
 def _init(kind, seed: int):
     """Initial parameters, perturbed: some heads start at zero, which would make the loss
     independent of the posterior sample (and the test below vacuous)."""
-    params = kind.init(jax.random.PRNGKey(seed))
+    params = jax.jit(kind.init)(jax.random.PRNGKey(seed))  # jitted: eager flax is slow
     leaves, tree = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(seed + 100), len(leaves))
     return jax.tree_util.tree_unflatten(tree, [
@@ -77,10 +77,10 @@ def test_heldout_loss_is_the_training_loss_at_the_same_rng(case):
     # What the trainer differentiates (runner's Stage.loss_fn), at the held-out key.
     if stage == "vae":
         trained = runner.vae_stage(_NoData(), cfg, lambda: None)
-        loss, parts = trained.loss_fn(params, batch, key)
+        loss, parts = jax.jit(trained.loss_fn)(params, batch, key)
     else:
         trained = runner.givt_stage(_NoData(), cfg, lambda: None, frozen)
-        loss, parts = trained.loss_fn(params, batch, key, frozen)
+        loss, parts = jax.jit(trained.loss_fn)(params, batch, key, frozen)
     # What the held-out evaluator reports for the same batch (VAE parameters alone for
     # stage 1: the view of a trained run).
     held_params = params if stage == "givt" else kind.stage_params(kind.vae_params(params))
@@ -94,7 +94,8 @@ def test_heldout_loss_is_the_training_loss_at_the_same_rng(case):
     # The training loss is a real function of the rng (a posterior sample or a mask), so
     # the equality above is not one of constants.
     if stage == "vae" or "masked" in case:
-        other, _ = kind.loss(params, batch, jax.random.PRNGKey(7), True, frozen)
+        other, _ = jax.jit(lambda p, b, k, f: kind.loss(p, b, k, True, f))(
+            params, batch, jax.random.PRNGKey(7), frozen)
         assert abs(float(other) - float(loss)) > 1e-7
 
 
@@ -107,10 +108,10 @@ def test_training_randomness_is_left_out_of_the_heldout_loss():
     vae = stages.stage_of(cfg, "vae")
     params, frozen = _init(kind, 1), _init(vae, 2)
     batch = _batch(cfg, kind, np.random.default_rng(1))
-    a = float(kind.loss(params, batch, jax.random.PRNGKey(0), True, frozen)[0])
-    b = float(kind.loss(params, batch, jax.random.PRNGKey(5), True, frozen)[0])
-    h0 = float(kind.loss(params, batch, jax.random.PRNGKey(0), False, frozen)[0])
-    h5 = float(kind.loss(params, batch, jax.random.PRNGKey(5), False, frozen)[0])
+    train = jax.jit(lambda k: kind.loss(params, batch, k, True, frozen)[0])
+    heldout = jax.jit(lambda k: kind.loss(params, batch, k, False, frozen)[0])
+    a, b = float(train(jax.random.PRNGKey(0))), float(train(jax.random.PRNGKey(5)))
+    h0, h5 = float(heldout(jax.random.PRNGKey(0))), float(heldout(jax.random.PRNGKey(5)))
     assert a != b and h0 == h5 and h0 != a
 
 
@@ -137,9 +138,10 @@ def test_published_heldout_nll_is_the_training_loss_without_input_noise(task):
     batch = _batch(cfg, kind, np.random.default_rng(3))
     quiet = config_lib.load_config(f"configs/{task}.py", ["givt.input_noise=0.0"])
     trained = runner.givt_stage(_NoData(), quiet, lambda: None, frozen)
+    loss_fn = jax.jit(trained.loss_fn)
     for index in (0, 3):
         key = jax.random.fold_in(jax.random.PRNGKey(HELDOUT_KEY), index)
-        want, _ = trained.loss_fn(params, batch, key, frozen)
+        want, _ = loss_fn(params, batch, key, frozen)
         got = heldout_loss_fn(kind, "sample")(params, batch, frozen, index)
         np.testing.assert_allclose(float(got["loss"]), float(want), rtol=2e-5)
     means = heldout_loss_fn(kind, "mean")(params, batch, frozen, 0)
