@@ -27,6 +27,7 @@ the command that ran it (``origin``), so no two commands overwrite each other.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -43,7 +44,7 @@ from uvim_givt.errors import ConfigError, UserError
 from uvim_givt.sampling.predictor import Predictor
 from uvim_givt.task import Task
 from uvim_givt.training import stages
-from uvim_givt.training.metrics import progress_interval
+from uvim_givt.training.metrics import progress_interval, write_eval_board
 from uvim_givt.training.runner import Run, load_givt_params, load_run, with_settings
 from uvim_givt.training.trainer import split_weights
 
@@ -146,8 +147,9 @@ class Evaluators:
                  source: str | None = None, split: str | None = None,
                  max_examples: int | None = None, names: Iterable[str] | None = None,
                  kind: str | None = None, log: Callable[[str], None] = print,
-                 tag: str = "", settings: Iterable[str] = ()):
+                 tag: str = "", settings: Iterable[str] = (), reeval: bool = False):
         self.task, self.cfg, self.origin, self.log, self.tag = task, cfg, origin, log, tag
+        self.reeval = reeval
         self.settings = list(settings)
         # (kind, split, step) -> {prediction: metrics}: pairs sampled and teacher-forced
         # results of one evaluation for the exposure-bias gap
@@ -213,6 +215,10 @@ class Evaluators:
             cfg = ml_collections.ConfigDict(run.cfg.to_dict())
             cfg.data.source = source
             run = dataclasses.replace(run, cfg=cfg)
+        if not periodic and not self.reeval:
+            recorded = self._recorded(run, spec, source, split, step, cap)
+            if recorded is not None:
+                return recorded
         loop = {"completed": completion_loop, "uncertainty": uncertainty_loop}.get(
             spec.prediction, LOOPS.get(spec.kind, dense_loop))
         metrics, extra = loop(self.task, run, spec, source=source, split=split,
@@ -227,7 +233,7 @@ class Evaluators:
             "num_examples": int(metrics.get("num_images", extra.get("num_examples", 0))),
             "config_hash": rundir.config_hash(self.cfg),
             "model": {"size": self.cfg.size, "num_params": num_params},
-            "extra": dict(extra, periodic=periodic),
+            "extra": dict(extra, periodic=periodic, max_examples=cap),
         }
         family = self.task.metadata.family(spec.kind)
         if family is not None:  # the leaderboard reads what a metric is from the records
@@ -237,18 +243,43 @@ class Evaluators:
             record["extra"]["settings"] = self.settings
         try:
             rundir.write_eval_record(run.run_dir, record)
+            if not periodic:  # periodic ones are in the stage's own curves (the trainer's)
+                write_eval_board(run.run_dir, record)
         except OSError as e:  # a read-only run or a full disk: the metrics still count
             self.log(f"warning: could not save the {spec.name} record in "
                      f"{os.path.join(run.run_dir, 'eval')} ({e.strerror or e}); its metrics "
                      "are printed only")
         return metrics
 
+    def _recorded(self, run: Run, spec: Spec, source: str, split: str, step: int,
+                  cap: int | None) -> dict[str, float] | None:
+        """The metrics of this very evaluation when a record of it exists: same evaluator,
+        data, split, step, origin and settings tag, same config and example cap. Rerunning
+        a finished run (or ``eval`` twice) then costs nothing; ``--reeval`` recomputes."""
+        key = {"stage": spec.stage, "evaluator": spec.name, "split": split, "data": source,
+               "step": step, "origin": self.origin, "tag": self.tag}
+        path = os.path.join(run.run_dir, "eval", rundir.record_name(key) + ".json")
+        try:
+            with open(path) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            return None
+        extra = record.get("extra") or {}
+        if (record.get("config_hash") != rundir.config_hash(self.cfg)
+                or "max_examples" not in extra or extra["max_examples"] != cap
+                or extra.get("periodic")):
+            return None
+        self.log(f"  {spec.name}: step {step} already evaluated "
+                 f"({os.path.relpath(path, run.run_dir)}); --reeval recomputes it")
+        return {k: float(v) for k, v in record["metrics"].items()}
+
 
 def evaluate_run(run_dir: str, origin: str, *, stage: str | None = None,
                  kind: str | None = None, names: Iterable[str] | None = None,
                  source: str | None = None, split: str | None = None,
                  max_examples: int | None = None, task: Task | None = None,
-                 overrides: Iterable[str] = ()) -> dict[str, dict[str, float]]:
+                 overrides: Iterable[str] = (), reeval: bool = False
+                 ) -> dict[str, dict[str, float]]:
     """Runs a run directory's declared evaluators (of ``stage``/``kind``/``names``), finding
     the task by the name in its config; returns {evaluator: metrics}.
 
@@ -268,7 +299,7 @@ def evaluate_run(run_dir: str, origin: str, *, stage: str | None = None,
         tag = "set-" + rundir.config_hash("\n".join(settings))[:8]
         print(f"  evaluating with {', '.join(overrides)} (records tagged {tag})")
     hooks = Evaluators(run.task, run.cfg, origin, source, split, max_examples, names, kind,
-                       tag=tag, settings=settings if overrides else ())
+                       tag=tag, settings=settings if overrides else (), reeval=reeval)
     specs = [s for s in hooks.specs.values() if (stage is None or s.stage == stage)
              and (names is not None or s.after_training)]
     if not specs:
@@ -306,12 +337,15 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
     bar = _progress(f"eval {spec.name} {split}", periodic)
     seen = 0
 
+    pngs: list[str] = []
+
     def add(example, pred):
         nonlocal seen
         metric.add(example, pred)
         if seen < n_overlays:
-            write_png_or_warn(os.path.join(overlay_dir, f"{spec.name}_{seen:03d}.png"),
-                              task.draw(cfg, example, pred))
+            pngs.append(write_png_or_warn(
+                os.path.join(overlay_dir, f"{spec.name}_{seen:03d}.png"),
+                task.draw(cfg, example, pred)))
         seen += 1
         bar.update(1)
 
@@ -341,7 +375,12 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
         raise UserError(f"split {split!r} of {source} has no examples")
     if hasattr(metric, "details"):
         extra = dict(extra, **metric.details())
-    return metric.result(), extra
+    return metric.result(), dict(extra, pngs=_relative(pngs, run.run_dir))
+
+
+def _relative(paths: Iterable[str | None], run_dir: str) -> list[str]:
+    """The pictures written (a failed write is None), relative to the run directory."""
+    return [os.path.relpath(p, run_dir) for p in paths if p]
 
 
 def completion_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
@@ -431,6 +470,7 @@ def uncertainty_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str
     value_key = str(options.value_key)
     coverage = CoverageAccumulator(tuple(options.levels)) if value_key else None
     draws, n_pictures = int(options.draws), 0 if periodic else int(options.overlays)
+    pngs: list[str | None] = []
     ds = catalog.load(task.readers, cfg, source, split)
     if max_examples:
         ds = ds.take(max_examples)
@@ -467,9 +507,9 @@ def uncertainty_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str
                 size = picture.shape[:2]
                 panels = [picture.astype(np.uint8)] + [heat_picture(m, scale, size)
                                                        for m, scale in maps]
-                write_png_or_warn(os.path.join(run.run_dir, "predictions",
-                                               f"{spec.name}_{seen:03d}.png"),
-                                  np.concatenate(panels, axis=1))
+                pngs.append(write_png_or_warn(os.path.join(run.run_dir, "predictions",
+                                                           f"{spec.name}_{seen:03d}.png"),
+                                              np.concatenate(panels, axis=1)))
             seen += 1
             bar.update(1)
     bar.close()
@@ -481,7 +521,7 @@ def uncertainty_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str
     if coverage is not None:
         out.update({f"{value_key}/{k}": v for k, v in coverage.result().items()})
     return out, {"draws": draws, "channels": list(channels), "value_key": value_key,
-                 "levels": list(options.levels)}
+                 "levels": list(options.levels), "pngs": _relative(pngs, run.run_dir)}
 
 
 # Compiled held-out losses by stage definition: periodic evaluations reuse them.

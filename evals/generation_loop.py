@@ -138,20 +138,22 @@ def _oracle(task, run, spec, source, split, max_examples, step, extractor):
         ref_feats.append(extractor.features(to_uint8(images)))
         recon_feats.append(extractor.features(to_uint8(recon)))
         if count == len(images):
-            write_png_or_warn(os.path.join(sample_dir, "vae_reconstructions.png"),
-                              np.concatenate([image_grid(to_uint8(images[:16]), 1),
-                                              image_grid(to_uint8(recon[:16]), 1)], axis=0))
+            pngs = [write_png_or_warn(os.path.join(sample_dir, "vae_reconstructions.png"),
+                                      np.concatenate([image_grid(to_uint8(images[:16]), 1),
+                                                      image_grid(to_uint8(recon[:16]), 1)],
+                                                     axis=0))]
     if not count:
         raise UserError(f"split {split!r} of {source} has no examples")
     ref = np.concatenate(ref_feats)
     random_images = gen.decode_images(gen.random_latents(max(len(ref), 2), seed=1))
-    write_png_or_warn(os.path.join(sample_dir, "vae_random_latents.png"),
-                      image_grid(random_images[:32], 2))
+    pngs.append(write_png_or_warn(os.path.join(sample_dir, "vae_random_latents.png"),
+                                  image_grid(random_images[:32], 2)))
     metrics = {"recon_mse": sq / count,
                "FID_recon": fid_from_features(np.concatenate(recon_feats), ref),
                "FID_random_latents": fid_from_features(
                    extractor.features(random_images), ref)}
-    return metrics, {"num_examples": count, "ema": run.vae_is_ema}
+    return metrics, {"num_examples": count, "ema": run.vae_is_ema,
+                     "pngs": [os.path.relpath(p, run.run_dir) for p in pngs if p]}
 
 
 def _sampled(task, run, spec, source, split, max_examples, step, extractor, seed=0):

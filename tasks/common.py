@@ -19,6 +19,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from evals.evaluators import Evaluators, evaluate_run
+from evals.model_card import write_model_card
 from uvim_givt import cli, rundir
 from uvim_givt.data import pipeline
 from uvim_givt.data.images import IMAGE_SUFFIXES, read_rgb, resize_nearest, write_png_or_warn
@@ -351,7 +352,8 @@ def complete_command() -> cli.Command:
 
 def standard_commands() -> list[cli.Command]:
     """``train`` and ``eval``, with the config-declared evaluators."""
-    return [cli.train_command(Evaluators), cli.eval_command(evaluate_run)]
+    return [cli.train_command(Evaluators, after=write_model_card),
+            cli.eval_command(evaluate_run, after=write_model_card)]
 
 
 def main(task: Any, extra: list[cli.Command], argv: list[str] | None = None) -> int:

@@ -576,6 +576,39 @@ def test_tiny_two_stage_run(tiny_run, capsys):
     assert set(info["num_params"]) == {"vae", "givt"}
 
 
+def test_a_run_says_where_it_came_from_and_what_it_scores(tiny_run, tmp_path):
+    """Provenance of the training command in run_info.json, the model card, the evaluation
+    scalars and pictures in TensorBoard, and the leaderboard linking the card by a
+    relative path (no absolute path of this machine in the page)."""
+    import tensorflow as tf
+
+    from evals.leaderboard import cli as leaderboard
+    (session,) = json.load(open(os.path.join(tiny_run, "run_info.json")))["sessions"]
+    assert session["outcome"] == "finished" and session["ended"] >= session["started"]
+    assert " train " in f" {session['command']} " and session["stages"] == ["vae", "givt"]
+    assert session["versions"]["jax"] and session["devices"]["count"] >= 1
+    assert session["data"] == {"source": "embedded", "train_split": "train", "image_size": 64}
+    card = open(os.path.join(tiny_run, "MODEL_CARD.md")).read()
+    sampled = json.load(open(os.path.join(
+        tiny_run, "eval", "givt_sampled_validation_embedded_step00000003_train.json")))
+    pq = sampled["metrics"]["PQ"]
+    assert f"| sampled | givt | 3 | `embedded`, validation | 8 | PQ {pq:.4g}" in card
+    assert "it is not a model of real images" in card
+    scalars, images = set(), set()
+    board = os.path.join(tiny_run, "tensorboard", "eval")
+    for name in os.listdir(board):  # a file per evaluation written (TensorBoard reads all)
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(board, name)):
+            for v in event.summary.value:
+                (images if v.HasField("image") else scalars).add((v.tag, event.step))
+    assert ("sampled/PQ", 3) in scalars and ("givt_loss/nll_per_token", 3) in scalars
+    assert ("sampled/sampled_000", 3) in images and ("oracle/oracle_000", 3) in images
+    out = tmp_path / "report"
+    assert leaderboard.main(["--root", os.path.dirname(tiny_run), "--out", str(out)]) == 0
+    page = (out / "leaderboard.html").read_text()
+    assert '<a href="../../' in page and 'run/MODEL_CARD.md">run</a>' in page
+    assert str(tmp_path.parent) not in page
+
+
 VQ_TINY = ["--config", "configs/panoptic.py:tokens=vq", "--stage", "vae",
            "--set", "data.embedded_num_train=48", "--set", "data.embedded_num_validation=8",
            "--set", "vae.train.total_steps=3", "--set", "vae.train.batch_size=8",
@@ -627,6 +660,24 @@ def test_eval_commands_run_the_declared_evaluators_without_overwriting(tiny_run,
     assert set(by_origin) == {"train", "eval", "cli"}
     for origin in ("eval", "cli"):
         assert by_origin[origin]["metrics"] == by_origin["train"]["metrics"]
+
+
+def test_finished_evaluations_are_reused_and_reeval_recomputes(tiny_run, capsys):
+    """Rerunning a finished run trains nothing and reuses each final evaluation's record
+    (same step, data, settings and example cap); ``--reeval`` recomputes."""
+    records = os.path.join(tiny_run, "eval")
+    before = {f: os.stat(os.path.join(records, f)).st_mtime_ns for f in os.listdir(records)}
+    capsys.readouterr()
+    assert P.main(["train", "--workdir", tiny_run, *TINY]) == 0
+    out = capsys.readouterr().out
+    assert ("sampled: step 3 already evaluated (eval/givt_sampled_validation_embedded_"
+            "step00000003_train.json); --reeval recomputes it") in out
+    assert {f: os.stat(os.path.join(records, f)).st_mtime_ns for f in before} == before
+    loss = "givt_givt_loss_validation_embedded_step00000003_eval.json"
+    for reeval, reused in ((["--reeval"], False), ([], True), (["--reeval"], False)):
+        assert P.main(["eval", "--ckpt", tiny_run, "--evaluator", "givt_loss", *reeval]) == 0
+        assert ("already evaluated" in capsys.readouterr().out) == reused
+        assert os.path.isfile(os.path.join(records, loss))
 
 
 def test_rerun_resumes_and_changed_config_is_refused(tiny_run, capsys):

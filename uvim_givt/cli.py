@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,8 +52,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="run directory (default runs/<task>_<size>_<data>)")
     p.add_argument("--data", default=None, help="embedded | tfds:NAME | folder:PATH")
     p.add_argument("--vae-ckpt", default=None, help="run directory whose VAE stage 2 uses")
-    p.add_argument("--no-eval", dest="eval", action="store_false")
+    p.add_argument("--no-eval", dest="eval", action="store_false",
+                   help="train only; evaluate later with the eval command")
     p.add_argument("--max-eval", type=positive_int, default=None, help="cap on evaluation examples")
+    _add_reeval_argument(p)
+
+
+def _add_reeval_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reeval", action="store_true",
+                   help="recompute evaluations already recorded for the same step, data, "
+                        "settings and example cap (by default their records are reused)")
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,7 +69,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="data source (default: the run's)")
     p.add_argument("--split", default=None, help="default: each evaluator's split")
     p.add_argument("--oracle", action="store_true", help="evaluate stage 1 (encode GT, decode)")
-    p.add_argument("--max-eval", type=positive_int, default=None)
+    p.add_argument("--max-eval", type=positive_int, default=None,
+                   help="cap on evaluation examples (default: each evaluator's num_examples)")
+    _add_reeval_argument(p)
     p.add_argument("--evaluator", action="append", metavar="NAME",
                    help="run these declared evaluators only (of either stage), including "
                         "those run only when named, e.g. exposure (the exposure-bias curve)")
@@ -83,24 +95,33 @@ def default_workdir(cfg) -> str:
     return rundir.default_workdir(cfg, kind, arg, suffix="masked" if style == "masked" else "")
 
 
-def train_command(evaluators: type) -> Command:
+def train_command(evaluators: type, after: Callable[[str], Any] | None = None) -> Command:
+    """``train``; ``after(run_dir)`` runs once training and its evaluations are done (the
+    tasks write the model card with it)."""
     def run(task: Task, args: argparse.Namespace) -> runner.Run:
         cfg = load_task_config(task, args)
-        hooks = evaluators(task, cfg, origin="train", max_examples=args.max_eval) \
-            if args.eval else None
-        return runner.train_run(task, cfg, args.workdir or default_workdir(cfg), args.stage,
-                                args.vae_ckpt, hooks)
+        hooks = evaluators(task, cfg, origin="train", max_examples=args.max_eval,
+                           reeval=args.reeval) if args.eval else None
+        trained = runner.train_run(task, cfg, args.workdir or default_workdir(cfg),
+                                   args.stage, args.vae_ckpt, hooks,
+                                   command=getattr(args, "command_line", None))
+        if after is not None:
+            after(trained.run_dir)
+        return trained
     return Command("train", "train stage 1 (VAE) and/or stage 2 (GIVT), then evaluate",
                    add_train_arguments, run)
 
 
-def eval_command(evaluate_run: Callable[..., dict[str, dict[str, float]]]) -> Command:
+def eval_command(evaluate_run: Callable[..., dict[str, dict[str, float]]],
+                 after: Callable[[str], Any] | None = None) -> Command:
     def run(task: Task, args: argparse.Namespace) -> dict:
         stage = "vae" if args.oracle else None if args.evaluator else "givt"
         results = evaluate_run(args.ckpt, "eval", stage=stage, names=args.evaluator,
                                source=args.data, split=args.split,
                                max_examples=args.max_eval, task=task,
-                               overrides=args.set or ())
+                               overrides=args.set or (), reeval=args.reeval)
+        if after is not None:
+            after(args.ckpt)
         print(json.dumps(results, indent=1))
         return results
     return Command("eval", "run a run directory's declared evaluators", add_eval_arguments,
@@ -118,7 +139,10 @@ def main(task: Task, commands: Sequence[Command], argv: Sequence[str] | None = N
         c.add_arguments(sp := sub.add_parser(c.name, help=c.help))
         add_verbose_argument(sp)
         by_name[c.name] = c
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
+    # what a run's provenance records: the command as typed, also when called in-process
+    args.command_line = shlex.join(["python", "-m", f"tasks.{task.name}", *argv])
     if args.command not in by_name:
         p.print_help()
         return EXIT_USER_ERROR

@@ -3,7 +3,9 @@
 A run directory holds everything about one run::
 
     config.json        the resolved config (a rerun must match it: it resumes)
-    run_info.json      {"num_params": {stage: n}, "train_time_s": {stage: s}, ...}
+    run_info.json      {"num_params": {stage: n}, "train_time_s": {stage: s}, "sessions":
+                        [provenance of each training command: uvim_givt.provenance]}
+    MODEL_CARD.md      what the run is, its data, results and provenance (evals.model_card)
     checkpoints/       orbax checkpoints per stage (training.checkpoint)
     metrics.jsonl      training curves (training.metrics), TensorBoard events
     eval/*.json        one record per evaluation (below)
@@ -167,6 +169,24 @@ def update_run_info(run_dir: str, **fields: Any) -> str:
     path = os.path.join(run_dir, "run_info.json")
     write_json(path, info)
     return path
+
+
+def begin_session(run_dir: str, entry: Mapping[str, Any]) -> int:
+    """Appends a training command's provenance (:mod:`uvim_givt.provenance`) to
+    run_info.json's ``sessions``; returns its index."""
+    info = read_run_info(run_dir)
+    sessions = list(info.get("sessions", []))
+    sessions.append(dict(entry))
+    update_run_info(run_dir, sessions=sessions)
+    return len(sessions) - 1
+
+
+def end_session(run_dir: str, index: int, outcome: str, ended: str) -> None:
+    """Records how session ``index`` ended ("finished", "stopped ...", "failed: ...")."""
+    sessions = list(read_run_info(run_dir).get("sessions", []))
+    if 0 <= index < len(sessions):
+        sessions[index] = dict(sessions[index], ended=ended, outcome=outcome)
+        update_run_info(run_dir, sessions=sessions)
 
 
 # ---------------------------------------------------------------------------- records

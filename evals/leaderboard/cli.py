@@ -57,12 +57,12 @@ def _main(args: argparse.Namespace) -> int:
         write_markdown_assets(report, args.out)
         path = os.path.join(args.out, "leaderboard.md")
         with open(path, "w") as f:
-            f.write(render_markdown(report, asset_prefix="."))
+            f.write(render_markdown(report, asset_prefix=".", out_dir=args.out))
         written.append(path)
     if args.format in ("html", "both"):
         path = os.path.join(args.out, "leaderboard.html")
         with open(path, "w") as f:
-            f.write(render_html(report))
+            f.write(render_html(report, out_dir=args.out))
         written.append(path)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)

@@ -90,8 +90,25 @@ def _runs_of(report: Report, task: str) -> list[Run]:
     return [r for r in report.runs if task in r.tasks]
 
 
-def render_markdown(report: Report, asset_prefix: str | None) -> str:
-    """Markdown; ``asset_prefix`` is the folder of the plot/thumbnail files (None: omit them)."""
+def _card(run: Run, out_dir: str | None) -> str | None:
+    """The run's MODEL_CARD.md relative to the report's folder (None: the run has none)."""
+    path = os.path.join(run.path, "MODEL_CARD.md")
+    if not os.path.isfile(path):
+        return None
+    return os.path.relpath(path, out_dir or os.getcwd()).replace(os.sep, "/")
+
+
+def _shown_path(path: str, out_dir: str | None) -> str:
+    """A file named in the report: relative to the report's folder, never this machine's
+    absolute path."""
+    return os.path.relpath(path, out_dir or os.getcwd()).replace(os.sep, "/")
+
+
+def render_markdown(report: Report, asset_prefix: str | None, out_dir: str | None = None
+                    ) -> str:
+    """Markdown; ``asset_prefix`` is the folder of the plot/thumbnail files (None: omit them);
+    links to the runs' model cards are relative to ``out_dir`` (default: the current
+    folder)."""
     out = ["# Leaderboard", "",
            f"Generated {report.created} from {len(report.runs)} run(s).", "",
            _INTRO.format(label=PUBLISHED_LABEL), ""]
@@ -107,6 +124,10 @@ def render_markdown(report: Report, asset_prefix: str | None) -> str:
         if calibration:
             out += ["Uncertainty (several samples per image; evals/calibration.py):", "",
                     *calibration, ""]
+        cards = [(r.name, _card(r, out_dir)) for r in _runs_of(report, table.task)]
+        if any(link for _, link in cards):
+            out += ["Model cards: " + ", ".join(f"[{name}]({link})" for name, link in cards
+                                                if link), ""]
         if asset_prefix is not None:
             for run in _runs_of(report, table.task):
                 imgs = report.images.get(run.name)
@@ -159,8 +180,9 @@ p > img { max-width: 100%; height: auto; }
 """
 
 
-def render_html(report: Report) -> str:
-    """One self-contained HTML page (styles inline, images as data URIs)."""
+def render_html(report: Report, out_dir: str | None = None) -> str:
+    """One self-contained HTML page (styles inline, images as data URIs); links to the runs'
+    model cards and the names of pictures are relative to ``out_dir``."""
     e = html.escape
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            "<title>uvim_givt leaderboard</title>", f"<style>{_CSS}</style></head><body>",
@@ -186,16 +208,22 @@ def render_html(report: Report) -> str:
             out.append("<p>Uncertainty (several samples per image):</p><ul>")
             out += [f"<li>{e(line[2:].replace('**', ''))}</li>" for line in calibration]
             out.append("</ul>")
+        cards = [(r.name, _card(r, out_dir)) for r in _runs_of(report, table.task)]
+        if any(link for _, link in cards):
+            out.append("<p>Model cards: " + ", ".join(
+                f'<a href="{e(link)}">{e(name)}</a>' for name, link in cards if link) + "</p>")
         for run in _runs_of(report, table.task):
             imgs = report.images.get(run.name)
             if imgs:
                 out.append(f"<h3>{e(run.name)}: samples / predictions</h3><div class=\"thumbs\">")
-                out += [f'<img title="{e(p)}" alt="{e(os.path.basename(p))}" '
-                        f'src="{_data_uri(png)}">' for p, png in imgs]
+                out += [f'<img title="{e(_shown_path(p, out_dir))}" '
+                        f'alt="{e(os.path.basename(p))}" src="{_data_uri(png)}">'
+                        for p, png in imgs]
                 out.append("</div>")
     if report.skipped:
         out.append("<h2>Skipped folders</h2><ul>")
-        out += [f"<li><code>{e(p)}</code>: {e(why)}</li>" for p, why in report.skipped]
+        out += [f"<li><code>{e(_shown_path(p, out_dir))}</code>: {e(why)}</li>"
+                for p, why in report.skipped]
         out.append("</ul>")
     if report.warnings:
         out.append("<h2>Warnings</h2><ul>")

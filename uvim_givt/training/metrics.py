@@ -40,6 +40,32 @@ def progress_interval() -> float:
     return 0.1 if sys.stderr.isatty() else 30.0
 
 
+def write_eval_board(run_dir: str, record: Mapping) -> None:
+    """An evaluation record in TensorBoard (``RUN/tensorboard/eval``): every metric as the
+    scalar ``<evaluator>[@tag]/<metric>`` at the record's step, and the pictures it wrote
+    (``extra.pngs``, paths relative to the run) as images, so the dashboard shows what the
+    leaderboard shows. Training curves are the stages' own boards."""
+    import numpy as np
+    from PIL import Image
+
+    name = record["evaluator"] + (f"@{record['tag']}" if record.get("tag") else "")
+    step = int(record["step"])
+    tb = SummaryWriter(os.path.join(run_dir, "tensorboard", "eval"))
+    try:
+        for key, value in record["metrics"].items():
+            tb.add_scalar(f"{name}/{key}", float(value), step)
+        for rel in (record.get("extra") or {}).get("pngs", []):
+            try:
+                with Image.open(os.path.join(run_dir, rel)) as im:
+                    pixels = np.asarray(im.convert("RGB"))
+            except OSError:
+                continue  # a picture that could not be written was warned about then
+            tb.add_image(f"{name}/{os.path.splitext(os.path.basename(rel))[0]}", pixels,
+                         step, dataformats="HWC")
+    finally:
+        tb.close()
+
+
 class MetricsWriter:
     """Appends ``{"stage", "step", "time", **metrics}`` lines and TensorBoard scalars.
 

@@ -36,9 +36,9 @@ import ml_collections
 import numpy as np
 
 from uvim_givt import config as config_lib
-from uvim_givt import rundir, schema
+from uvim_givt import provenance, rundir, schema
 from uvim_givt.data import catalog
-from uvim_givt.errors import CheckpointError, ConfigError, UserError
+from uvim_givt.errors import CheckpointError, ConfigError, Preempted, UserError
 from uvim_givt.models import builders
 from uvim_givt.task import Task, get_task
 from uvim_givt.training import checkpoint as ckpt_lib
@@ -345,9 +345,10 @@ def check_init_encoder(cfg: ml_collections.ConfigDict, stage: str) -> None:
 
 def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: str = "all",
               vae_ckpt: str | None = None, hooks: EvalHooks | None = None,
-              log: Callable[[str], None] = print) -> Run:
+              log: Callable[[str], None] = print, command: str | None = None) -> Run:
     """Trains the stages asked for into ``run_dir`` (resuming what is there), evaluating
-    with ``hooks`` after each stage when given; returns the trained :class:`Run`."""
+    with ``hooks`` after each stage when given; returns the trained :class:`Run`.
+    ``command``: the command line the provenance records (default: this process's)."""
     if stage not in STAGES:
         raise UserError(f"--stage {stage!r}: one of {STAGES}")
     schema.check(cfg, schema.rules_of(task, hooks))
@@ -383,7 +384,27 @@ def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: s
                 "givt": "stage 2 (GIVT)"}[stage]
         log(f"training {task.name} {what}, {cfg.size} config, data "
             f"{cfg.data.source}; run directory: {run_dir}")
-        return _train_stages(task, cfg, run_dir, stage, vae_ckpt, hooks, log)
+        stages_trained = ["vae", "givt"] if stage == "all" else [stage]
+        index = rundir.begin_session(run_dir, provenance.session(cfg, stages_trained,
+                                                                 command)) if primary else None
+        outcome = "failed"
+        try:
+            run = _train_stages(task, cfg, run_dir, stage, vae_ckpt, hooks, log)
+            outcome = "finished"
+            return run
+        except Preempted:
+            outcome = "stopped by SIGTERM (resumable)"
+            raise
+        except KeyboardInterrupt:
+            outcome = "interrupted (resumable)"
+            raise
+        except Exception as e:
+            outcome = f"failed: {type(e).__name__}"
+            raise
+        finally:
+            if index is not None:
+                with contextlib.suppress(OSError):  # a full disk must not hide the error
+                    rundir.end_session(run_dir, index, outcome, provenance.now())
 
 
 def _train_stages(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: str,
