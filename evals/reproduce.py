@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from evals.evaluators import evaluate_run
-from uvim_givt import rundir
+from uvim_givt import provenance, rundir
 from uvim_givt.compat.big_vision import convert
 from uvim_givt.errors import (
     ArgumentParser,
@@ -54,26 +52,12 @@ def file_sha256(path: str) -> str:
 
 def code_commit() -> dict[str, Any]:
     """The git commit of this code and whether its tree has changes ({} outside git)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True, timeout=10,
-                               check=True).stdout.strip() != ""
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return {"commit": commit, "dirty": dirty}
+    found = provenance.git_commit()
+    return {"commit": found["sha"], "dirty": found["dirty"]} if found else {}
 
 
 def library_versions() -> dict[str, str]:
-    out = {}
-    for name in LIBRARIES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
+    return provenance.versions(LIBRARIES)
 
 
 def dataset_name(metadata: dict[str, str], source: str) -> str:
