@@ -385,6 +385,8 @@ def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: s
             stages.stage_of(cfg, "vae").input_key)
     # What the command reads is checked before the run directory is written, so that a
     # corrected rerun is not refused as "a different config".
+    if os.path.isfile(run_dir):  # cheap checks first: the data probe may build a dataset
+        raise UserError(f"{run_dir} is a file, not a directory: pass another folder")
     if vae_ckpt:
         check_vae_run(vae_ckpt, cfg)
     check_training_data(task, cfg)
