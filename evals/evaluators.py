@@ -26,6 +26,7 @@ the command that ran it (``origin``), so no two commands overwrite each other.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -229,6 +230,7 @@ class Evaluators:
         record = {
             "task": self.task.name, "stage": spec.stage, "evaluator": spec.name,
             "kind": spec.kind, "prediction": spec.prediction, "split": split, "data": source,
+            "dataset": self.task.metadata.dataset_of(str(source)),
             "step": step, "metrics": metrics, "origin": self.origin,
             "num_examples": int(metrics.get("num_images", extra.get("num_examples", 0))),
             "config_hash": rundir.config_hash(self.cfg),
@@ -313,9 +315,17 @@ def evaluate_run(run_dir: str, origin: str, *, stage: str | None = None,
 
 
 # ------------------------------------------------------------------------- the loops
-def _progress(desc: str, periodic: bool) -> tqdm:
-    return tqdm(desc=desc, disable=periodic, unit="img", mininterval=progress_interval(),
-                dynamic_ncols=True)
+def _progress(desc: str, periodic: bool, ds: Any = None, cap: int | None = None) -> tqdm:
+    """The bar of one evaluation, with its total when the dataset knows its size."""
+    total = None
+    if ds is not None:
+        with contextlib.suppress(Exception):  # a dataset without a known size: no total
+            n = int(ds.cardinality())
+            total = n if n >= 0 else None
+    if cap and total is not None:
+        total = min(total, cap)
+    return tqdm(desc=desc, total=total, disable=periodic, unit="img",
+                mininterval=progress_interval(), dynamic_ncols=True)
 
 
 def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
@@ -334,7 +344,7 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
     extra: dict[str, Any] = {}
     if spec.prediction == "baseline":  # before the progress bar: it may print
         predict_one, extra = task.baseline(cfg, source)
-    bar = _progress(f"eval {spec.name} {split}", periodic)
+    bar = _progress(f"eval {spec.name} {split}", periodic, ds)
     seen = 0
 
     pngs: list[str] = []
@@ -407,7 +417,7 @@ def completion_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
     raw = ds.as_numpy_iterator()
     predictor = Predictor(cfg, run.vae_params, run.givt_params)
     nll_sum, seen = np.zeros(seq_len), 0
-    bar = _progress(f"eval {spec.name} {split}", periodic)
+    bar = _progress(f"eval {spec.name} {split}", periodic, ds)
     for batch in pipeline.eval_batches(ds, lambda ex: task.preprocess(cfg, ex, "eval"),
                                        spec.batch_size):
         rows = np.flatnonzero(batch["_valid"])
@@ -476,7 +486,7 @@ def uncertainty_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str
         ds = ds.take(max_examples)
     raw = ds.as_numpy_iterator()
     predictor = Predictor(cfg, run.vae_params, run.givt_params)
-    bar = _progress(f"eval {spec.name} {split}", periodic)
+    bar = _progress(f"eval {spec.name} {split}", periodic, ds)
     seen = 0
     for batch in pipeline.eval_batches(ds, lambda ex: task.preprocess(cfg, ex, "eval"),
                                        spec.batch_size):
@@ -583,8 +593,8 @@ def loss_loop(task: Task, run: Run, spec: Spec, *, source: str, split: str,
 
     sums: dict[str, float] = {}
     count = 0
-    bar = _progress(f"eval {spec.name} {split}", periodic)
     ds = catalog.load(task.readers, cfg, source, split)
+    bar = _progress(f"eval {spec.name} {split}", periodic, ds, max_examples)
     for index, batch in enumerate(pipeline.eval_batches(ds, prep, spec.batch_size,
                                                         max_examples)):
         valid = batch.pop("_valid")

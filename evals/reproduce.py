@@ -37,6 +37,7 @@ from uvim_givt.errors import (
     positive_int,
     run_command,
 )
+from uvim_givt.task import dataset_name
 
 LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "tensorflow-cpu",
              "tensorflow-datasets")
@@ -58,13 +59,6 @@ def code_commit() -> dict[str, Any]:
 
 def library_versions() -> dict[str, str]:
     return provenance.versions(LIBRARIES)
-
-
-def dataset_name(metadata: dict[str, str], source: str) -> str:
-    """The dataset a data source is, as references name it (``metadata``: the task's
-    ``datasets``, source kind or TFDS name -> name)."""
-    kind, _, arg = source.partition(":")
-    return metadata.get(arg or kind, metadata.get(kind, source))
 
 
 def comparison_rows(records: list[dict[str, Any]], datasets: dict[str, str]

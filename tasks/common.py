@@ -252,6 +252,12 @@ def predict_command(help: str, write: Callable[[Any, Any, PredictArgs, Iterator]
                                 "mix their outputs")
             print(f"predicting {len(names)} image(s) of {args.images} with {args.ckpt} "
                   f"({task.name}, step {run.givt_step}) into {args.out}", flush=True)
+            if str(run.cfg.data.source) == "embedded":
+                print(f"warning: {args.ckpt} was trained on the embedded synthetic data "
+                      f"({run.cfg.size} preset): on real photos its predictions say little "
+                      "about the method (train on real data, or convert a released "
+                      "checkpoint: python -m uvim_givt.compat.big_vision)", file=sys.stderr,
+                      flush=True)
             predictor = Predictor(run.cfg, run.vae_params, run.givt_params)
             skipped: list[tuple[str, str]] | None = [] if args.skip_bad else None
             preds = tqdm(predict_image_folder(task, run.cfg, predictor, args.images,

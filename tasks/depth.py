@@ -71,6 +71,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from evals import pictures
 from evals.depth import (
     METRIC_NAMES,
     NYU_CROP_SPEC,
@@ -419,19 +420,33 @@ class DepthTask:
 
     def draw(self, cfg: ml_collections.ConfigDict, example: dict, prediction: np.ndarray
              ) -> np.ndarray:
+        """Image, ground truth (when the example has it) and prediction on one colour scale
+        (the ground truth's range, else the config's depth range: a scale fitted to the
+        prediction alone would blow centimetres of noise up to the full palette), titled,
+        the prediction with its RMSE on this image, and a colour bar in metres (black: no
+        ground truth)."""
         h, w = prediction.shape
         image = example["image"]
         if image.shape[:2] != (h, w):
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
         lo, hi = float(cfg.data.min_depth), float(cfg.data.max_depth)
-        maps = [(prediction, np.isfinite(prediction))]
+        panels = [("image", image)]
+        title, scale = "prediction", (lo, hi)
+        finite = np.isfinite(prediction)
         if "depth" in example:
             gt = example["depth"].astype(np.float32)
             with np.errstate(invalid="ignore"):
-                maps.insert(0, (gt, (gt > lo) & (gt <= hi)))
-        values = np.concatenate([d[v] for d, v in maps])
-        scale = (float(values.min()), float(values.max())) if values.size else (lo, hi)
-        return np.concatenate([image] + [colorize_depth(d, v, scale) for d, v in maps], axis=1)
+                valid = (gt > lo) & (gt <= hi)
+            if valid.any():
+                scale = (float(gt[valid].min()), float(gt[valid].max()))
+                both = valid & finite
+                if both.any():
+                    rmse = float(np.sqrt(np.mean((prediction[both] - gt[both]) ** 2)))
+                    title = f"prediction, RMSE {rmse:.3f} m"
+            panels.append(("ground truth", colorize_depth(gt, valid, scale)))
+        panels.append((title, colorize_depth(prediction, finite, scale)))
+        return pictures.labelled_panels(panels, lambda width: pictures.colour_bar(
+            *scale, "m", width, cv2.COLORMAP_INFERNO))
 
 
 def colorize_depth(depth: np.ndarray, valid: np.ndarray, scale: tuple[float, float]

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from evals import pictures
 from evals.panoptic_io import rgb_to_id
 from evals.pq import PQAccumulator, flat_metrics
 from tasks import common
@@ -173,32 +174,42 @@ class PanopticTask:
         return PanopticMetric(self._cats(cfg))
 
     def draw(self, cfg, example, prediction) -> np.ndarray:
-        cats = {c["id"]: c for c in self._cats(cfg)}
+        """Image, ground truth (when the example has it) and prediction, titled (the
+        prediction with its PQ on this image), and a legend of the classes shown. A class has one
+        colour in every panel; instances of a class are told apart by their outlines."""
+        categories = self._cats(cfg)
+        cats = {c["id"]: c for c in categories}
         image = example["image"]
-        panels = [image]
+        panels = [("image", image)]
+        shown = {s["category_id"] for s in prediction["segments_info"]}
+        title = "prediction"
         if "panoptic_image" in example:
             gt_ids = rgb_to_id(example["panoptic_image"])
-            labels = {int(i): self._cats(cfg)[int(lab)]
+            labels = {int(i): categories[int(lab)]
                       for i, lab in zip(example["panoptic_objects"]["id"],
                                         example["panoptic_objects"]["label"], strict=True)}
-            panels.append(colorize(image, gt_ids, labels))
+            panels.append(("ground truth", colorize(image, gt_ids, labels)))
+            shown |= {c["id"] for c in labels.values()}
+            metric = PanopticMetric(categories)
+            metric.add(example, prediction)
+            title = f"prediction, PQ {metric.result()['PQ']:.1f}"
         pred_cats = {s["id"]: cats[s["category_id"]] for s in prediction["segments_info"]}
-        panels.append(colorize(image, prediction["ids"], pred_cats))
-        return np.concatenate(panels, axis=1)
+        panels.append((title, colorize(image, prediction["ids"], pred_cats)))
+        legend = [(cats[c]["name"] + ("" if cats[c].get("isthing") else " (stuff)"),
+                   cats[c].get("color", [200, 200, 200])) for c in sorted(shown) if c in cats]
+        return pictures.labelled_panels(
+            panels, lambda width: pictures.legend_strip(legend, width))
 
 
 def colorize(image: np.ndarray, ids: np.ndarray, cat_of: dict[int, dict]) -> np.ndarray:
-    """Blends category colours (things jittered per instance) and white boundaries."""
+    """The image dimmed under each segment's category colour (the same colour for every
+    instance of a category, in ground truth and prediction alike), with white outlines
+    between segments."""
     out = image.astype(np.float32) * 0.35
-    rng = np.random.RandomState(0)
     for sid, cat in cat_of.items():
         m = ids == sid
-        if not m.any():
-            continue
-        color = np.array(cat.get("color", [200, 200, 200]), np.float32)
-        if cat.get("isthing"):
-            color = np.clip(color + rng.randint(-60, 60, 3), 0, 255)
-        out[m] += 0.65 * color
+        if m.any():
+            out[m] += 0.65 * np.array(cat.get("color", [200, 200, 200]), np.float32)
     edge = np.zeros(ids.shape, bool)
     edge[1:] |= ids[1:] != ids[:-1]
     edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]

@@ -221,3 +221,13 @@ def test_a_format_3_run_resumes_with_the_keys_it_ran_without(tmp_path):
     assert json.loads((run / "config.json").read_text())["givt"]["train"]["grad_accum"] == 4
     with pytest.raises(UserError, match=r"different config \(vae\.beta differ"):
         start_run(str(run), config_lib.load_config("configs/panoptic.py", ["vae.beta=0.5"]))
+
+
+def test_end_of_run_summary_is_aligned():
+    """One block per evaluator, names padded to one width, every value with 4 significant
+    digits (no mixed precisions), counters in brackets."""
+    from uvim_givt.training.runner import summary_lines
+    lines = summary_lines({"oracle": {"PQ": 80.4912, "SQ": 7.75, "num_images": 200.0},
+                           "vae_loss": {"loss": 0.19512, "kl": 709.41}}, per_line=2)
+    assert lines == ["  oracle    PQ    80.49   SQ    7.750   (200 images)",
+                     "  vae_loss  loss   0.1951   kl    709.4"]

@@ -247,7 +247,7 @@ def test_tiny_two_stage_run(tiny_run):
     overlays = sorted(os.listdir(os.path.join(run, "predictions")))
     assert overlays == ["oracle_000.png", "oracle_001.png", "sampled_000.png", "sampled_001.png"]
     panel = cv2.imread(os.path.join(run, "predictions", "sampled_000.png"))
-    assert panel.shape == (60, 3 * 80, 3)  # image | ground truth | prediction
+    assert panel.shape == _labelled(60, 80, 3)  # image | ground truth | prediction
 
 
 def test_rerun_resumes_without_retraining(tiny_run, capsys):
@@ -410,7 +410,7 @@ def test_predict_writes_millimetre_pngs(tiny_run, tmp_path):
         assert png.dtype == np.uint16 and png.shape == shape
         assert 1 <= png.min() and png.max() <= 10_000  # millimetres within [0.001, 10] m
         preview = cv2.imread(str(tmp_path / "out" / "previews" / f"im{k}.png"))
-        assert preview.shape == (shape[0], 2 * shape[1], 3)
+        assert preview.shape == _labelled(*shape, 2)  # image | prediction
     # the files evaluator reads them back as metres
     assert depth_eval.read_depth_file(str(tmp_path / "out" / "im0.png")).max() <= 10.0
 
@@ -762,3 +762,11 @@ def test_metadata_declares_the_published_references():
                     ("UViM (VQ-VAE, discrete)", "sampled"): 0.467}
     assert {r.data for r in family.references} == {"NYU Depth v2 val"}
     assert D.TASK.metadata.family("loss").primary is None
+
+
+def _labelled(h: int, w: int, panels: int) -> tuple[int, int, int]:
+    """The shape of evals.pictures.labelled_panels of ``panels`` h x w panels with the
+    depth colour bar (30 px): enlarged by an integer factor, titled, gaps between."""
+    from evals import pictures
+    f = max(1, -(-pictures.MIN_SIDE // h))
+    return (pictures.TITLE_H + h * f + 30, panels * w * f + (panels - 1) * pictures.GAP, 3)

@@ -35,6 +35,7 @@ def _sets(**extra):
         "evals.sampled.samples_per_class": 2, "evals.sampled.max_classes": 3,
         "evals.oracle.num_examples": 40, "evals.sampled.num_examples": 40,
         "evals.oracle.batch_size": 8, "evals.sampled.batch_size": 8,
+        "evals.vae_loss.num_examples": 40, "evals.givt_loss.num_examples": 40,
         "evals.sampled.grid_per_class": 2,
         **extra,
     }

@@ -360,7 +360,17 @@ def test_headline_chart_against_records_and_published(tmp_path):
     ax = fig.axes[0]
     assert [p.get_height() for p in ax.patches] == pytest.approx(want)
     ticks = [t.get_text() for t in ax.get_xticklabels()]
-    assert ticks[:3] == ["a\nvae [oracle]", "a\ngivt [sampled]", "a\nbaseline"]
+    assert ticks[:3] == ["a\nvae [oracle]\nn=8", "a\ngivt [sampled]\nn=8", "a\nbaseline\nn=8"]
+    # the oracle is a diagnostic: hatched; the sampled prediction is the result
+    assert [p.get_hatch() or "" for p in ax.patches[:2]] == ["//", ""]
+    # runs on the embedded data: the papers' NYU values are not drawn across their bars
+    assert ax.get_lines() == []
+    assert "on NYU Depth v2 val not drawn" in fig.legends[0].get_title().get_text()
+    for run in runs:  # the same runs scored on NYU: now the lines are drawn beside them
+        for rec in run.records:
+            rec["dataset"] = _NYU
+    fig = L.figure_headline(runs, "depth")
+    ax = fig.axes[0]
     published = {r["value"] for r in METRIC_META["depth"]["references"]
                  if r["metric"] == "RMSE"}
     lines = ax.get_lines()
@@ -428,9 +438,12 @@ def test_symlinked_runs_are_found_and_skips_reported(tmp_path, monkeypatch, caps
 # ----------------------------------------------------------------------------- metric_meta
 
 
-def _record(run_dir, task, kind, stage, step, metrics, meta=None, time=None, evaluator=None):
+def _record(run_dir, task, kind, stage, step, metrics, meta=None, time=None, evaluator=None,
+            dataset=None):
     rec = {"task": task, "stage": stage, "split": "validation", "data": "embedded",
            "step": step, "metrics": metrics, "kind": kind}
+    if dataset:
+        rec["dataset"] = dataset
     if evaluator:
         rec["evaluator"] = evaluator
     if meta is not None:
@@ -454,7 +467,8 @@ def test_unknown_task_takes_its_headline_from_its_records(tmp_path):
         d = tmp_path / "runs" / name
         (d / "eval").mkdir(parents=True)
         _record(d, "toy", "toy", "givt", 10, {"err": 100.0 - acc, "zeta": 1.0, "acc": acc},
-                meta=toy_meta, time="2030-01-02T00:00:00Z", evaluator="sampled")
+                meta=toy_meta, time="2030-01-02T00:00:00Z", evaluator="sampled",
+                dataset="toy set")
     # an older record (of an earlier declaration) is not the one that counts
     _record(tmp_path / "runs" / "r1", "toy", "toy", "vae", 5, {"err": 1.0}, meta=stale,
             time="2020-01-01T00:00:00Z")
@@ -589,3 +603,24 @@ def test_research_records_are_curves_not_table_rows(tmp_path):
     assert list(right.get_lines()[0].get_ydata()) == [4.0, 3.0, 2.0]
     assert uncertainty_lines(runs, "panoptic") == [
         "- **r** (step 10, 8 images, 8 draws): semantics/ECE 0.125"]
+
+
+def test_thumbnails_follow_the_records_by_priority_not_file_times(tmp_path):
+    """The pictures the records name, the sampled predictions first and the research ones
+    (uncertainty) last, whatever the files' times (a copy changes them); without records
+    naming pictures, the same priority by file name."""
+    from evals.leaderboard import runs as runs_module
+    d = tmp_path / "run"
+    (d / "predictions").mkdir(parents=True)
+    img = np.zeros((8, 8, 3), np.uint8)
+    names = ["uncertainty_000", "oracle_000", "sampled_000", "sampled_001"]
+    for k, name in enumerate(names):  # the uncertainty picture written last: newest
+        Image.fromarray(img).save(d / "predictions" / f"{name}.png")
+        os.utime(d / "predictions" / f"{name}.png", (1000 + k, 1000 + (3 - k) * 10))
+    records = [{"prediction": p, "step": 3, "extra": {"pngs": [f"predictions/{p}_000.png"]}}
+               for p in ("uncertainty", "oracle", "sampled")]
+    records[2]["extra"]["pngs"].append("predictions/sampled_001.png")
+    want = [str(d / "predictions" / f"{n}.png") for n in
+            ("sampled_000", "sampled_001", "oracle_000", "uncertainty_000")]
+    assert runs_module._find_images(str(d), records) == want
+    assert runs_module._find_images(str(d), []) == want  # by name when no record says

@@ -19,6 +19,7 @@ from tasks.panoptic_coco import read_coco_folder
 from tasks.panoptic_decoding import decode_panoptic, decode_things
 from tests import panoptic_reference as R
 from tests.panoptic_reference import encode_panoptic, encode_things
+from uvim_givt import config as config_lib
 from uvim_givt import errors
 from uvim_givt.data import catalog
 from uvim_givt.data.images import resize_nearest
@@ -580,8 +581,6 @@ def test_a_run_says_where_it_came_from_and_what_it_scores(tiny_run, tmp_path):
     """Provenance of the training command in run_info.json, the model card, the evaluation
     scalars and pictures in TensorBoard, and the leaderboard linking the card by a
     relative path (no absolute path of this machine in the page)."""
-    import tensorflow as tf
-
     from evals.leaderboard import cli as leaderboard
     (session,) = json.load(open(os.path.join(tiny_run, "run_info.json")))["sessions"]
     assert session["outcome"] == "finished" and session["ended"] >= session["started"]
@@ -695,6 +694,7 @@ def test_vae_ckpt_of_other_shape_is_refused(tiny_run, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "does not match this config's VAE" in err and "vae.model.codeword_dim" in err
+    assert not (tmp_path / "r2").exists()  # refused before anything was written
     # without --vae-ckpt, stage 1 and stage 2 that disagree are refused before training
     assert P.main(["train", "--workdir", str(tmp_path / "r3"), *TINY,
                    "--set", "vae.model.codeword_dim=4"]) == 2
@@ -811,3 +811,41 @@ def test_reproduce_converts_released_checkpoints_and_writes_the_table(tiny_run, 
     assert "| GIVT stage 2 | PQ (sampled) | 40.2 |" in table and "not comparable" in table
     assert reproduce.main(argv) == 2  # a second run into the same --out is refused
     assert "already holds checkpoints" in capsys.readouterr().err
+
+
+def test_overlays_colour_by_class_and_say_what_each_panel_is(monkeypatch):
+    """A class has one colour in every panel (instances are told apart by outlines, no
+    random shift), panels are titled (the prediction with its PQ on this image), a legend
+    names the classes shown, and small inputs are enlarged."""
+    from evals import pictures
+    cfg = config_lib.load_config("configs/panoptic.py")
+    cats = P.TASK._cats(cfg)
+    ids = np.zeros((64, 64), np.int64)
+    ids[:32], ids[32:, :32], ids[32:, 32:] = 1, 2, 3
+    out = P.colorize(np.zeros((64, 64, 3), np.uint8), ids, {1: cats[0], 2: cats[1], 3: cats[1]})
+    want = np.clip(0.65 * np.asarray(cats[1]["color"], np.float32), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(out[40, 10], want)
+    np.testing.assert_array_equal(out[40, 50], want)  # the other instance of the class
+    assert (out[32, 10] == 255).all() and (out[40, 32] == 255).all()  # outlines
+    example = {"image": np.zeros((64, 64, 3), np.uint8), "panoptic_image": id_to_rgb(ids),
+               "panoptic_objects": {"id": np.array([1, 2, 3]), "label": np.array([0, 1, 1]),
+                                    "is_crowd": np.zeros(3, int)}}
+    wrong = ids.copy()
+    wrong[:, 40:] = 3  # the first class loses a quarter of its pixels
+    pred = {"ids": wrong, "segments_info": [{"id": 1, "category_id": cats[0]["id"]},
+                                            {"id": 2, "category_id": cats[1]["id"]},
+                                            {"id": 3, "category_id": cats[1]["id"]}]}
+    seen = {}
+    real = pictures.labelled_panels
+    monkeypatch.setattr(pictures, "labelled_panels",
+                        lambda panels, legend: seen.update(titles=[t for t, _ in panels],
+                                                           legend=legend(600)) or real(
+                            panels, legend))
+    picture = P.TASK.draw(cfg, example, pred)
+    metric = P.PanopticMetric(cats)
+    metric.add(example, pred)
+    assert seen["titles"] == ["image", "ground truth",
+                              f"prediction, PQ {metric.result()['PQ']:.1f}"]
+    assert 0 < metric.result()["PQ"] < 100
+    assert seen["legend"].shape == (24, 600, 3)  # one row: both class names fit
+    assert picture.shape == (pictures.TITLE_H + 192 + 24, 3 * 192 + 2 * pictures.GAP, 3)

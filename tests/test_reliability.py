@@ -434,6 +434,12 @@ def test_workdir_naming_a_file_and_an_empty_folder_dataset_are_one_line(tmp_path
     from tasks.panoptic_coco import read_coco_folder
     with pytest.raises(DataError, match=r"panoptic_train2017\.json lists no annotations"):
         read_coco_folder(str(root), "train")
+    # ... and train says so before the run directory is written (the rerun with the right
+    # data is then not refused as a different config)
+    run = tmp_path / "run"
+    assert P.main(["train", "--workdir", str(run), *TINY, "--data", f"folder:{root}"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and str(root) in line and not run.exists()
 
 
 def _images(folder, names, bad=()):
@@ -454,6 +460,8 @@ def test_predict_skips_bad_images_and_keeps_what_was_done(tiny_run, tmp_path, ca
                    "--batch-size", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "zz_broken.jpg: truncated JPEG" in err[-1]
+    # a run trained on the synthetic data, applied to photos, says so first
+    assert err[0].startswith(f"warning: {tiny_run} was trained on the embedded synthetic")
     pred = json.loads((out / "panoptic_pred.json").read_text())
     assert [a["image_id"] for a in pred["annotations"]] == [139, 285]  # COCO integer ids
     assert sorted(os.listdir(out / "panoptic_pred")) == ["000000000139.png",

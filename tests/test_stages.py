@@ -27,8 +27,21 @@ CASES = {  # stage kind -> (task config, overrides): image- and class-conditiona
 }
 
 
+# Narrow models: what is checked (which loss, which randomness) does not depend on the width,
+# and the compiles are what these tests spend their time on.
+SMALL = {
+    "panoptic": ["vae.model.width=32", "vae.model.mlp_dim=64", "vae.model.depth=1",
+                 "vae.model.decoder_depth=1", "givt.model.emb_dim=32", "givt.model.mlp_dim=64",
+                 "givt.model.num_layers=1", "givt.model.num_decoder_layers=1"],
+    "imagenet": ["vae.model.filters=8", "vae.model.num_groups=4", "givt.model.emb_dim=32",
+                 "givt.model.mlp_dim=64", "givt.model.num_heads=2",
+                 "givt.model.num_decoder_layers=1", "givt.model.num_mixtures=2"],
+}
+
+
 def _cfg(task: str, extra: list[str]):
-    return config_lib.load_config(f"configs/{task}.py", DETERMINISTIC[task] + extra)
+    return config_lib.load_config(f"configs/{task}.py", SMALL[task] + DETERMINISTIC[task]
+                                  + extra)
 
 
 def _batch(cfg, kind, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -102,7 +115,8 @@ def test_heldout_loss_is_the_training_loss_at_the_same_rng(case):
 def test_training_randomness_is_left_out_of_the_heldout_loss():
     """With input noise on (the tiny panoptic recipe), the training loss moves with the rng
     and the held-out one does not see the noise."""
-    cfg = config_lib.load_config("configs/panoptic.py", ["givt.posterior='mean'"])
+    cfg = config_lib.load_config("configs/panoptic.py",
+                                 SMALL["panoptic"] + ["givt.posterior='mean'"])
     assert float(cfg.givt.input_noise) > 0
     kind = stages.stage_of(cfg, "givt")
     vae = stages.stage_of(cfg, "vae")
@@ -118,8 +132,8 @@ def test_training_randomness_is_left_out_of_the_heldout_loss():
 def test_definitions_are_built_once_per_config():
     cfg = _cfg("panoptic", [])
     assert stages.stage_of(cfg, "givt") is stages.stage_of(cfg, "givt")
-    same = config_lib.load_config("configs/panoptic.py", DETERMINISTIC["panoptic"]
-                                  + ["givt.sampling.temperature=0.9"])
+    same = config_lib.load_config("configs/panoptic.py", SMALL["panoptic"]
+                                  + DETERMINISTIC["panoptic"] + ["givt.sampling.temperature=0.9"])
     assert stages.stage_of(same, "givt") is stages.stage_of(cfg, "givt")  # sampling only
     other = _cfg("panoptic", ["givt.model.style='masked'"])
     assert stages.stage_of(other, "givt") is not stages.stage_of(cfg, "givt")
@@ -131,12 +145,12 @@ def test_published_heldout_nll_is_the_training_loss_without_input_noise(task):
     labels dropped and dropout as in training. ``codes="sample"`` reports exactly what the
     trainer differentiates on a recipe without input noise, at the held-out key folded with
     the batch index; ``codes="mean"`` is another, deterministic number."""
-    cfg = config_lib.load_config(f"configs/{task}.py")
+    cfg = config_lib.load_config(f"configs/{task}.py", SMALL[task])
     assert cfg.evals.givt_loss.codes == "sample" and cfg.givt.posterior == "sample"
     kind, vae = stages.stage_of(cfg, "givt"), stages.stage_of(cfg, "vae")
     params, frozen = _init(kind, 1), vae.vae_params(_init(vae, 2))
     batch = _batch(cfg, kind, np.random.default_rng(3))
-    quiet = config_lib.load_config(f"configs/{task}.py", ["givt.input_noise=0.0"])
+    quiet = config_lib.load_config(f"configs/{task}.py", SMALL[task] + ["givt.input_noise=0.0"])
     trained = runner.givt_stage(_NoData(), quiet, lambda: None, frozen)
     loss_fn = jax.jit(trained.loss_fn)
     for index in (0, 3):

@@ -89,6 +89,18 @@ class TaskMetadata:
         """The task's metrics of evaluator ``kind`` (the held-out losses are the library's)."""
         return self.metrics.get(kind, HELDOUT_LOSSES if kind == "loss" else None)
 
+    def dataset_of(self, source: str) -> str:
+        """The dataset a data source is, as the references name it (eval records carry it,
+        so plots set published values only beside runs on the same data)."""
+        return dataset_name(dict(self.datasets), source)
+
+
+def dataset_name(datasets: dict[str, str], source: str) -> str:
+    """``datasets`` (source kind or TFDS name -> name) applied to ``source`` ("embedded",
+    "tfds:coco/2017_panoptic", "folder:PATH"); the source itself when it is not listed."""
+    kind, _, arg = source.partition(":")
+    return datasets.get(arg or kind, datasets.get(kind, source))
+
 
 @runtime_checkable
 class Task(Protocol):

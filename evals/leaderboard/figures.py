@@ -229,7 +229,11 @@ def stages_of(results: Sequence[tuple[Run, dict[str, Any], float]]) -> list[str]
     return [str(rec["stage"]) for _, rec, _ in results]
 
 
-_STAGE_COLOURS = {"vae": "#4c72b0", "givt": "#dd8452", "baseline": "#8c8c8c"}
+# Stage colours from outside the palette of the training figure (where a colour is a run).
+_STAGE_COLOURS = {"vae": "#9ecae1", "givt": "#08519c", "baseline": "#bdbdbd"}
+#: predictions that diagnose a model rather than measure it: hatched, and named so
+DIAGNOSTICS = {"oracle": "oracle: stage 1 alone on the true codes",
+               "teacher_forced": "teacher-forced: given the true previous codes"}
 # (colour, line style, marker) of the published lines: told apart in grey print too.
 _PUBLISHED_STYLES = (("#222222", "--", "D"), ("#b22222", "-.", "s"), ("#2e8b57", ":", "o"),
                      ("#6a3d9a", (0, (5, 1, 1, 1)), "^"))
@@ -246,7 +250,12 @@ def figure_headline(runs: Sequence[Run], task: str, meta: TaskMeta | None = None
     from matplotlib.patches import Patch
 
     metric = meta.primary
-    published = [r for r in meta.references if r.metric == metric]
+    # Published values are drawn only beside runs scored on their dataset: a line across
+    # bars measured on other (e.g. small synthetic) data invites the wrong comparison.
+    datasets = {rec.get("dataset") for _, rec, _ in results}
+    published = [r for r in meta.references if r.metric == metric and r.data in datasets]
+    hidden = sorted({r.data for r in meta.references
+                     if r.metric == metric and r.data not in datasets})
     values = [v for _, _, v in results]
     fig = Figure(figsize=(min(max(7.0, 1.1 * len(results) + 2.5), 24),
                           4.2 + 0.22 * (len(published) + len(set(stages_of(results))))),
@@ -258,20 +267,32 @@ def figure_headline(runs: Sequence[Run], task: str, meta: TaskMeta | None = None
     colour_of = dict(_STAGE_COLOURS)
     for s in stages:
         colour_of.setdefault(s, next(extra_colours))
-    bars = ax.bar(xs, values, width=0.6, color=[colour_of[s] for s in stages])
+    diagnostic = [rec.get("prediction") in DIAGNOSTICS for _, rec, _ in results]
+    bars = ax.bar(xs, values, width=0.6, color=[colour_of[s] for s in stages],
+                  hatch=["//" if d else "" for d in diagnostic], edgecolor="#333333",
+                  linewidth=0.6)
     ax.bar_label(bars, labels=[format_metric(v) for v in values], fontsize=8, padding=2,
                  bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=1))
     ticks = []
     several_sources = len({(rec["data"], rec["split"]) for _, rec, _ in results}) > 1
     for run, rec, _ in results:
         ev = evaluator_of(rec)
+        n = rec.get("num_examples") or rec.get("metrics", {}).get("num_images")
         ticks.append(f"{run.name}\n{rec['stage']}" + (f" [{ev}]" if ev and ev != rec["stage"]
                                                       else "")
-                     + (f"\n{rec['data']} {rec['split']}" if several_sources else ""))
+                     + (f"\n{rec['data']} {rec['split']}" if several_sources else "")
+                     + (f"\nn={int(n)}" if n else ""))
     ax.set_xticks(xs, ticks, fontsize=8, rotation=20 if len(results) > 4 else 0,
                   ha="right" if len(results) > 4 else "center")
-    handles = [Patch(color=colour_of[s], label=f"ours: {STAGE_TITLES.get(s, s)}")
-               for s in dict.fromkeys(stages)]
+    handles = [Patch(facecolor=colour_of[s], edgecolor="#333333",
+                     label=f"ours: {STAGE_TITLES.get(s, s)}") for s in dict.fromkeys(stages)]
+    shown = {rec.get("prediction") for (_, rec, _), d in zip(results, diagnostic, strict=True)
+             if d}
+    if shown:
+        handles.append(Patch(facecolor="white", edgecolor="#333333", hatch="//",
+                             label="hatched: diagnostics, not results ("
+                             + "; ".join(DIAGNOSTICS[p] for p in DIAGNOSTICS if p in shown)
+                             + ")"))
     pad = max(0.0, (3 - len(results)) / 2)  # one or two bars: not as wide as the plot
     left, right = -0.5 - pad, len(results) - 0.5 + pad
     for ref, (colour, ls, marker) in zip(
@@ -289,9 +310,14 @@ def figure_headline(runs: Sequence[Run], task: str, meta: TaskMeta | None = None
     ax.set_xlim(left - 0.15, right + 0.15)
     ax.grid(axis="y", alpha=0.3)
     ax.tick_params(axis="y", labelsize=8)
+    title = "bars: our runs (n: images scored)"
+    if published:
+        title += "; lines: published results on the same data"
+    if hidden:
+        title += (f"; published values on {', '.join(hidden)} not drawn: no run here was "
+                  "scored on that data")
     fig.legend(handles=handles, loc="outside lower center", fontsize=8, frameon=False,
-               title="bars: our runs; lines: published results (their own datasets)",
-               title_fontsize=8, ncols=2 if len(results) > 3 else 1)
+               title=title, title_fontsize=8, ncols=2 if len(results) > 3 else 1)
     ax.set_title(f"{task}: {metric} of each run and stage", fontsize=11)
     return fig
 

@@ -172,14 +172,42 @@ def _read_jsonl(path: str, warnings: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def _find_images(run_dir: str) -> list[str]:
-    paths = []
-    for sub in IMAGE_DIRS:
-        for dirpath, _, files in os.walk(os.path.join(run_dir, sub)):
-            paths += [os.path.join(dirpath, f) for f in files if f.lower().endswith(".png")]
-    # The most recent few, shown in name order.
-    recent = sorted(paths, key=lambda p: (os.path.getmtime(p), p))[-IMAGES_PER_RUN:]
-    return sorted(recent)
+#: which pictures a run shows first: its real predictions, then the diagnostics
+PICTURE_PRIORITY = ("sampled", "teacher_forced", "baseline", "oracle", "completed",
+                    "uncertainty")
+
+
+def _rank(prediction: str | None) -> int:
+    return PICTURE_PRIORITY.index(prediction) if prediction in PICTURE_PRIORITY else \
+        len(PICTURE_PRIORITY)
+
+
+def _find_images(run_dir: str, records: Sequence[dict[str, Any]] = ()) -> list[str]:
+    """Up to IMAGES_PER_RUN pictures: those the newest records say they wrote
+    (``extra.pngs``), the sampled predictions first and research pictures last; for runs
+    whose records name none, the files in IMAGE_DIRS by the same priority of their names
+    (never by file time, which a copy changes)."""
+    chosen: list[str] = []
+    ranked = sorted((r for r in records if (r.get("extra") or {}).get("pngs")),
+                    key=lambda r: (_rank(r.get("prediction")), -int(r.get("step", 0))))
+    for record in ranked:
+        for rel in record["extra"]["pngs"]:
+            path = os.path.join(run_dir, rel)
+            if path not in chosen and os.path.isfile(path):
+                chosen.append(path)
+    if not chosen:
+        paths = []
+        for sub in IMAGE_DIRS:
+            for dirpath, _, files in os.walk(os.path.join(run_dir, sub)):
+                paths += [os.path.join(dirpath, f) for f in files
+                          if f.lower().endswith(".png")]
+
+        def by_name(path: str) -> tuple[int, str]:
+            name = os.path.basename(path)
+            hits = [i for i, p in enumerate(PICTURE_PRIORITY) if name.startswith(p)]
+            return (hits[0] if hits else len(PICTURE_PRIORITY), path)
+        chosen = sorted(paths, key=by_name)
+    return chosen[:IMAGES_PER_RUN]
 
 
 def read_records(run_dir: str, warnings: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -206,7 +234,7 @@ def load_run(path: str, name: str, warnings: list[str]) -> Run:
         records=records,
         log=_read_jsonl(os.path.join(path, "metrics.jsonl"), warnings),
         info=_read_json(os.path.join(path, "run_info.json"), warnings),
-        images=_find_images(path),
+        images=_find_images(path, records),
         unreadable_records=broken,
     )
 

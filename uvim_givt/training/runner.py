@@ -38,7 +38,7 @@ import numpy as np
 from uvim_givt import config as config_lib
 from uvim_givt import provenance, rundir, schema
 from uvim_givt.data import catalog
-from uvim_givt.errors import CheckpointError, ConfigError, Preempted, UserError
+from uvim_givt.errors import CheckpointError, ConfigError, DataError, Preempted, UserError
 from uvim_givt.models import builders
 from uvim_givt.task import Task, get_task
 from uvim_givt.training import checkpoint as ckpt_lib
@@ -294,6 +294,16 @@ def check_vae_run(src_run: str, cfg: ml_collections.ConfigDict) -> None:
                         + ", vae.".join(diff) + " differ")
 
 
+def check_training_data(task: Task, cfg: ml_collections.ConfigDict) -> None:
+    """The training split opens and holds an example (a missing or unprepared dataset, an
+    empty annotation list or split is one line, before anything is written)."""
+    split = cfg.data.train_split
+    ds = catalog.load(task.readers, cfg, cfg.data.source, split)
+    if next(iter(ds.take(1).as_numpy_iterator()), None) is None:
+        raise DataError(f"data.source {cfg.data.source}: the training split {split!r} has "
+                        "no examples")
+
+
 def _update_run_info(run_dir: str, **fields: Any) -> None:
     if sharding.is_primary():
         rundir.update_run_info(run_dir, **fields)
@@ -373,6 +383,13 @@ def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: s
             task, cfg, lambda: catalog.load(task.readers, cfg, cfg.data.source,
                                             cfg.data.train_split),
             stages.stage_of(cfg, "vae").input_key)
+    # What the command reads is checked before the run directory is written, so that a
+    # corrected rerun is not refused as "a different config".
+    if os.path.isfile(run_dir):  # cheap checks first: the data probe may build a dataset
+        raise UserError(f"{run_dir} is a file, not a directory: pass another folder")
+    if vae_ckpt:
+        check_vae_run(vae_ckpt, cfg)
+    check_training_data(task, cfg)
     # Several processes (jax.distributed) train one run: all of them check the config,
     # process 0 alone holds the lock and writes the run's shared files.
     sharding.maybe_initialize_distributed()
@@ -465,6 +482,35 @@ def _train_stages(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stag
     if hooks is not None:
         results.update(hooks.final("baseline", run))
     log(f"\ndone in {time.time() - t_start:.0f} s. run directory: {run_dir}")
-    for name, metrics in results.items():
-        log(f"  {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    for line in summary_lines(results):
+        log(line)
     return run
+
+
+def _number(v: float) -> str:
+    """One precision rule for every metric: 4 significant digits, no exponent below 1e5."""
+    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+        return f"{v:.3g}"
+    return f"{v:.4g}" if abs(v) < 1 else f"{v:.{max(0, 4 - len(str(int(abs(v)))))}f}"
+
+
+def summary_lines(results: dict[str, dict[str, float]], per_line: int = 6) -> list[str]:
+    """The end-of-run summary: one aligned block per evaluator, metrics in columns of the
+    same width (counters such as ``num_images`` go in brackets after the name)."""
+    if not results:
+        return []
+    width = max(len(name) for name in results)
+    lines = []
+    for name, metrics in results.items():
+        counts = [f"{int(v)} {k[4:]}" for k, v in metrics.items() if k.startswith("num_")]
+        shown = [(k, _number(float(v))) for k, v in metrics.items()
+                 if not k.startswith("num_")]
+        cells = [f"{k} {v:>8}" for k, v in shown]
+        label = f"  {name:<{width}}"
+        for i in range(0, max(len(cells), 1), per_line):
+            head = label if i == 0 else " " * len(label)
+            lines.append(f"{head}  " + "   ".join(cells[i:i + per_line]))
+        if counts:
+            lines[-1 - (len(cells) - 1) // per_line if cells else -1] += \
+                f"   ({', '.join(counts)})"
+    return lines
