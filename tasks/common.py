@@ -23,7 +23,7 @@ from evals.model_card import write_model_card
 from uvim_givt import cli, rundir
 from uvim_givt.data import pipeline
 from uvim_givt.data.images import IMAGE_SUFFIXES, read_rgb, resize_nearest, write_png_or_warn
-from uvim_givt.errors import DataError, UserError, positive_int
+from uvim_givt.errors import DataError, UserError
 from uvim_givt.sampling.predictor import Predictor
 from uvim_givt.task import Reference
 from uvim_givt.training.metrics import progress_interval
@@ -163,21 +163,6 @@ def predict_image_folder(task: Any, cfg: ml_collections.ConfigDict, predictor: P
         raise failed[0]
 
 
-def add_predict_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt", required=True, help="run directory")
-    p.add_argument("--images", required=True, help="folder of images")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="images per model call")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="skip unreadable or truncated images (listed in OUT/skipped.json)")
-    p.add_argument("--images-json", default=None,
-                   help="COCO-style JSON whose 'images' give each file's image id (default: "
-                        "the file stem, as an integer when it is numeric, as COCO's are)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="predict with another sampling or decoding setting (givt.sampling.*, "
-                        "data.*), checked as eval --set checks it")
-
-
 @dataclasses.dataclass
 class PredictArgs:
     """What a task's ``write`` gets besides the predictions."""
@@ -231,8 +216,7 @@ def coco_image_ids(images_json: str | None, names: Sequence[str] = ()
     return ids
 
 
-def predict_command(help: str, write: Callable[[Any, Any, PredictArgs, Iterator], str]
-                    ) -> cli.Command:
+def predict_run(write: Callable[[Any, Any, PredictArgs, Iterator], str]) -> cli.Run:
     """``predict --ckpt RUN --images DIR --out DIR``: ``write(task, run, args, predictions)``
     stores the predictions in the task's format as they come (so a failure loses nothing
     written) and returns a summary line. Skipped images are listed in OUT/skipped.json."""
@@ -275,93 +259,73 @@ def predict_command(help: str, write: Callable[[Any, Any, PredictArgs, Iterator]
                 print(f"skipped {len(skipped)} unreadable image(s), listed in {path}: "
                       f"{', '.join(n for n, _ in skipped[:5])}"
                       f"{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
-    return cli.Command("predict", help, add_predict_arguments, run)
+    return run
 
 
-def add_complete_arguments(p: argparse.ArgumentParser) -> None:
-    from uvim_givt.sampling.completion import REGIONS
-    p.add_argument("--ckpt", required=True, help="run directory")
-    p.add_argument("--region", default="bottom", choices=REGIONS,
-                   help="the part of the output to generate: top/bottom/left/right (that "
-                        "share of the rows or columns), centre (a centred box) or border "
-                        "(around one); the ground truth's codes elsewhere are kept")
-    p.add_argument("--fraction", type=float, default=0.5,
-                   help="share of the side the region spans, in (0, 1)")
-    p.add_argument("--num", type=positive_int, default=8, help="images of the split")
-    p.add_argument("--split", default="validation", help="the split (with ground truth)")
-    p.add_argument("--data", default=None, help="data source (default: the run's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="directory for complete.json and pictures")
-
-
-def complete_command() -> cli.Command:
+def run_complete(task: Any, args: argparse.Namespace) -> dict[str, Any]:
     """``complete``: the dense tasks' completion of a partial output (depth completion
     from a partial map, panoptic completion from given segments). The ground truth's codes
     outside ``--region`` are kept, stage 2 samples the region's given them and the image;
     each completion is decoded, drawn (the generated region outlined on the input) and
     scored with the task metric beside the plain sampled prediction of the same images."""
-    def run(task, args):
-        from uvim_givt.data import catalog
-        from uvim_givt.sampling import completion
-        run = load_run(args.ckpt, task)
-        cfg = run.cfg
-        rows, cols = completion.code_grid(cfg)
-        generated = completion.region_mask(rows, cols, args.region, args.fraction)
-        source = args.data or cfg.data.source
-        kind = next((str(e.kind) for e in cfg.evals.values()
-                     if str(e.prediction) == "sampled"), None)
-        ds = catalog.load(task.readers, cfg, source, args.split).take(args.num)
-        predictor = Predictor(cfg, run.vae_params, run.givt_params)
-        print(f"completing the {args.region} {args.fraction:g} of the outputs of "
-              f"{args.num} {args.split} image(s) from {args.ckpt} (step {run.givt_step})")
-        metrics = {"completed": task.metric(cfg, kind), "sampled": task.metric(cfg, kind)}
-        raw = ds.as_numpy_iterator()
-        seen = 0
-        for batch in pipeline.eval_batches(ds, lambda ex: task.preprocess(cfg, ex, "eval"),
-                                           args.num):
-            codes = predictor.encode(batch["labels"])
-            outputs = {
-                "completed": predictor.decode(predictor.sample_codes(
-                    args.seed, image=batch["image"], given=codes, keep=~generated)),
-                "sampled": predictor.decode(predictor.sample_codes(args.seed,
-                                                                   image=batch["image"]))}
-            for i in np.flatnonzero(batch["_valid"]):
-                example = next(raw)
-                meta = {k: v[i] for k, v in batch["meta"].items()}
-                for name, logits in outputs.items():
-                    pred = task.postprocess(cfg, {k: np.asarray(v[i])
-                                                  for k, v in logits.items()}, meta)
-                    metrics[name].add(example, pred)
-                    if name == "completed":
-                        marked = dict(example, image=completion.mark_region(
-                            example["image"], generated, rows, cols))
-                        write_png_or_warn(os.path.join(args.out, f"complete_{seen:03d}.png"),
-                                          task.draw(cfg, marked, pred))
-                seen += 1
-        if seen == 0:
-            raise UserError(f"split {args.split!r} of {source} has no examples")
-        result = {"region": args.region, "fraction": args.fraction, "split": args.split,
-                  "data": source, "num_images": seen, "generated_codes": int(generated.sum()),
-                  "seq_len": int(generated.size),
-                  **{name: m.result() for name, m in metrics.items()}}
-        rundir.write_json(os.path.join(args.out, "complete.json"), result)
-        primary = task.metadata.family(kind).primary if task.metadata.family(kind) else None
-        if primary:
-            print(f"{primary}: completed {result['completed'][primary]:.4g}, sampled without "
-                  f"given codes {result['sampled'][primary]:.4g} ({seen} images)")
-        print(f"wrote {os.path.join(args.out, 'complete.json')} and {seen} pictures "
-              f"({os.path.join(args.out, 'complete_NNN.png')})")
-        return result
-    return cli.Command("complete", "complete a partial output: keep the ground truth's codes "
-                       "outside a region, generate the region", add_complete_arguments, run)
+    from uvim_givt.data import catalog
+    from uvim_givt.sampling import completion
+    run = load_run(args.ckpt, task)
+    cfg = run.cfg
+    rows, cols = completion.code_grid(cfg)
+    generated = completion.region_mask(rows, cols, args.region, args.fraction)
+    source = args.data or cfg.data.source
+    kind = next((str(e.kind) for e in cfg.evals.values()
+                 if str(e.prediction) == "sampled"), None)
+    ds = catalog.load(task.readers, cfg, source, args.split).take(args.num)
+    predictor = Predictor(cfg, run.vae_params, run.givt_params)
+    print(f"completing the {args.region} {args.fraction:g} of the outputs of "
+          f"{args.num} {args.split} image(s) from {args.ckpt} (step {run.givt_step})")
+    metrics = {"completed": task.metric(cfg, kind), "sampled": task.metric(cfg, kind)}
+    raw = ds.as_numpy_iterator()
+    seen = 0
+    for batch in pipeline.eval_batches(ds, lambda ex: task.preprocess(cfg, ex, "eval"),
+                                       args.num):
+        codes = predictor.encode(batch["labels"])
+        outputs = {
+            "completed": predictor.decode(predictor.sample_codes(
+                args.seed, image=batch["image"], given=codes, keep=~generated)),
+            "sampled": predictor.decode(predictor.sample_codes(args.seed,
+                                                               image=batch["image"]))}
+        for i in np.flatnonzero(batch["_valid"]):
+            example = next(raw)
+            meta = {k: v[i] for k, v in batch["meta"].items()}
+            for name, logits in outputs.items():
+                pred = task.postprocess(cfg, {k: np.asarray(v[i])
+                                              for k, v in logits.items()}, meta)
+                metrics[name].add(example, pred)
+                if name == "completed":
+                    marked = dict(example, image=completion.mark_region(
+                        example["image"], generated, rows, cols))
+                    write_png_or_warn(os.path.join(args.out, f"complete_{seen:03d}.png"),
+                                      task.draw(cfg, marked, pred))
+            seen += 1
+    if seen == 0:
+        raise UserError(f"split {args.split!r} of {source} has no examples")
+    result = {"region": args.region, "fraction": args.fraction, "split": args.split,
+              "data": source, "num_images": seen, "generated_codes": int(generated.sum()),
+              "seq_len": int(generated.size),
+              **{name: m.result() for name, m in metrics.items()}}
+    rundir.write_json(os.path.join(args.out, "complete.json"), result)
+    primary = task.metadata.family(kind).primary if task.metadata.family(kind) else None
+    if primary:
+        print(f"{primary}: completed {result['completed'][primary]:.4g}, sampled without "
+              f"given codes {result['sampled'][primary]:.4g} ({seen} images)")
+    print(f"wrote {os.path.join(args.out, 'complete.json')} and {seen} pictures "
+          f"({os.path.join(args.out, 'complete_NNN.png')})")
+    return result
 
 
-def standard_commands() -> list[cli.Command]:
-    """``train`` and ``eval``, with the config-declared evaluators."""
-    return [cli.train_command(Evaluators, after=write_model_card),
-            cli.eval_command(evaluate_run, after=write_model_card)]
 
-
-def main(task: Any, extra: list[cli.Command], argv: list[str] | None = None) -> int:
-    return cli.main(task, standard_commands() + extra, argv)
-
+def main(task: Any, commands: Sequence[cli.Command], runs: dict[str, cli.Run],
+         argv: Sequence[str] | None = None, description: str = "") -> int:
+    """A task's command line: ``train`` and ``eval`` with the config-declared evaluators
+    (and the model card after them), plus the task's own ``runs`` by command name."""
+    standard = {"train": cli.train_run(Evaluators, after=write_model_card),
+                "eval": cli.eval_run(evaluate_run, after=write_model_card)}
+    return cli.main(task, commands, {**standard, **runs}, argv, description)

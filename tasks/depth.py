@@ -59,10 +59,17 @@ depth nearest, as the published recipe does, by every route (``train``, ``eval``
 
 from __future__ import annotations
 
+import sys
+
+from uvim_givt import cli
+
+# The command line comes first: ``--help`` answers before TensorFlow and JAX are imported.
+COMMANDS = cli.dense_commands("predict 16-bit depth PNGs (mm) and previews for images")
+cli.exit_if_help(__name__, "depth", COMMANDS, __doc__)
+
 import dataclasses
 import functools
 import os
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -524,10 +531,8 @@ def write_predictions(task: DepthTask, run: Any, args: common.PredictArgs,
 
 def main(argv: list[str] | None = None) -> int:
     """The command line (train / eval / predict / complete); returns the exit status."""
-    return common.main(TASK, [
-        common.predict_command(
-            "predict 16-bit depth PNGs (mm) and previews for images", write_predictions),
-        common.complete_command()], argv)
+    return common.main(TASK, COMMANDS, {"predict": common.predict_run(write_predictions),
+                                        "complete": common.run_complete}, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Class-conditional image generation: a CNN VAE (stage 1) and a decoder-only GIVT (stage 2).
+r"""Class-conditional image generation: a CNN VAE (stage 1) and a decoder-only GIVT (stage 2).
 
     python -m tasks.imagenet train            # embedded digits, tiny config, VAE then GIVT-Causal
     python -m tasks.imagenet train --config configs/imagenet.py:style=masked   # GIVT-MaskGIT
@@ -26,8 +26,130 @@ with ``num_labels``), evaluation the ``generation`` evaluators' (``evals.generat
 
 from __future__ import annotations
 
-import os
 import sys
+from argparse import ArgumentParser
+
+from uvim_givt import cli
+from uvim_givt.errors import non_negative_float, non_negative_int, positive_float, positive_int
+
+
+# ------------------------------------------------------------------------- command line
+# First, so that ``--help`` answers before TensorFlow and JAX are imported. What each
+# command runs is in tasks/imagenet_commands.py.
+def add_probe_arguments(p: ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="run directory")
+    p.add_argument("--layer", type=positive_int, action="append", default=None,
+                   help="decoder block (1-based; repeatable); default: every block")
+    p.add_argument("--max-train", type=positive_int, default=None,
+                   help="cap on training images (default: the whole split)")
+    p.add_argument("--max-eval", type=positive_int, default=None,
+                   help="cap on held-out images")
+    p.add_argument("--batch-size", type=positive_int, default=100,
+                   help="images per feature-extraction call")
+    p.add_argument("--c", type=positive_float, default=1.0,
+                   help="inverse L2 strength of the logistic regression")
+    p.add_argument("--data", default=None, help="data source (default: the run's)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of the probe's data order")
+    p.add_argument("--out", default=None, help="directory for probe.json and probe.png "
+                   "(default RUN/probe)")
+
+
+def add_sample_arguments(s: ArgumentParser) -> None:
+    s.add_argument("--ckpt", required=True, help="run directory")
+    s.add_argument("--classes", required=True, help="comma-separated class labels, e.g. 3,7")
+    s.add_argument("--num", type=positive_int, default=8, help="samples per class")
+    s.add_argument("--temp", type=positive_float, default=None,
+                   help="temperature (default: config)")
+    s.add_argument("--cfg", type=non_negative_float, default=None,
+                   help="DB-CFG weight (default: config)")
+    s.add_argument("--steps", type=positive_int, default=None,
+                   help="MaskGIT decoding steps (default: config)")
+    s.add_argument("--choice-temp", type=positive_float, default=None,
+                   help="MaskGIT choice temperature (default: config)")
+    s.add_argument("--schedule", default=None, help="MaskGIT mask schedule: cosine, linear, "
+                   "pow:K")
+    s.add_argument("--trajectory", action="store_true", help="MaskGIT: also write the "
+                   "decoding steps of one sample per class (OUT_trajectory.png)")
+    s.add_argument("--beam", type=positive_int, default=None,
+                   help="causal: beam size (default: config)")
+    s.add_argument("--fan", type=positive_int, default=None,
+                   help="causal: candidates per beam (default: config)")
+    s.add_argument("--rand-top-k-temp", type=positive_float, default=None,
+                   help="causal beam search: draw the surviving beams from softmax(score/T)")
+    s.add_argument("--unconditional", action="store_true",
+                   help="drop every label (the model's unconditional distribution; rows are "
+                        "then independent draws)")
+    s.add_argument("--cfg-proposals", type=positive_int, default=None,
+                   help="DB-CFG rejection-sampling proposals per token (default: config)")
+    s.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed")
+    s.add_argument("--evaluator", default="sampled", help="whose batch size to sample in")
+    s.add_argument("--out", required=True, help="PNG path (latents go to the same stem .npy)")
+
+
+def add_complete_arguments(c: ArgumentParser) -> None:
+    c.add_argument("--ckpt", required=True, help="run directory")
+    c.add_argument("--region", default="bottom", choices=cli.REGIONS,
+                   help="the part to generate: top/bottom/left/right (that share of the "
+                        "rows or columns), centre (inpainting a centred box), border "
+                        "(outpainting around one); bottom is a prefix for a causal GIVT")
+    c.add_argument("--fraction", type=positive_float, default=0.5,
+                   help="share of the side the region spans, in (0, 1)")
+    c.add_argument("--num", type=positive_int, default=4, help="images of the split")
+    c.add_argument("--samples", type=positive_int, default=4, help="completions per image")
+    c.add_argument("--split", default="validation", help="the split the images come from")
+    c.add_argument("--data", default=None, help="data source (default: the run's)")
+    c.add_argument("--temp", type=positive_float, default=None,
+                   help="temperature (default: config)")
+    c.add_argument("--cfg", type=non_negative_float, default=None,
+                   help="DB-CFG weight (default: config)")
+    c.add_argument("--steps", type=positive_int, default=None,
+                   help="MaskGIT decoding steps (default: config)")
+    c.add_argument("--choice-temp", type=positive_float, default=None,
+                   help="MaskGIT choice temperature (default: config)")
+    c.add_argument("--schedule", default=None, help="MaskGIT mask schedule (default: config)")
+    c.add_argument("--beam", type=positive_int, default=None,
+                   help="causal: beam size (default: config)")
+    c.add_argument("--fan", type=positive_int, default=None,
+                   help="causal: candidates per beam (default: config)")
+    c.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed")
+    c.add_argument("--out", required=True, help="PNG path")
+
+
+def add_sweep_arguments(w: ArgumentParser) -> None:
+    w.add_argument("--ckpt", required=True, help="run directory")
+    w.add_argument("--cfg", default="0,0.2,0.4,1", help="comma-separated CFG weights")
+    w.add_argument("--temps", default="0.8,0.95,1.0", help="comma-separated temperatures")
+    w.add_argument("--steps", type=positive_int, default=None,
+                   help="MaskGIT decoding steps (default: config)")
+    w.add_argument("--choice-temp", type=positive_float, default=None,
+                   help="MaskGIT choice temperature (default: config)")
+    w.add_argument("--schedule", default=None, help="MaskGIT mask schedule (default: config)")
+    w.add_argument("--num-per-class", type=positive_int, default=None,
+                   help="samples per class (default: the evaluator's)")
+    w.add_argument("--evaluator", default="sampled", help="the generation evaluator to sweep")
+    w.add_argument("--data", default=None,
+                   help="data source of the reference images (default: the run's)")
+    w.add_argument("--split", default=None, help="data split (default: the evaluator's)")
+    w.add_argument("--max-eval", type=positive_int, default=None, help="cap on reference images")
+    w.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed")
+    w.add_argument("--out", required=True, help="directory for sweep.json and sweep.png")
+
+
+COMMANDS = (
+    cli.TRAIN, cli.EVAL,
+    cli.Command("sample", "sample a PNG grid (one row per class) and its latents",
+                add_sample_arguments),
+    cli.Command("complete", "inpaint, outpaint or continue real images: keep their codes "
+                "outside a region and generate the region", add_complete_arguments),
+    cli.Command("sweep", "FID and class accuracy over CFG weights x temperatures",
+                add_sweep_arguments),
+    cli.Command("probe", "linear-probe accuracy of the GIVT's decoder features, against "
+                "raw pixels and the VAE's latents", add_probe_arguments),
+)
+cli.exit_if_help(__name__, "imagenet", COMMANDS, __doc__)
+
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -252,9 +374,13 @@ TASK = ImageNetTask()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line (train / eval / sample / sweep / probe); returns the exit status."""
-    from tasks.imagenet_commands import COMMANDS  # models and plots: commands only
-    return common.main(TASK, COMMANDS, argv)
+    """The command line (train / eval / sample / complete / sweep / probe); returns the exit
+    status."""
+    from tasks import imagenet_commands as run  # models and plots: commands only
+
+    return common.main(TASK, COMMANDS, {"sample": run.run_sample, "complete": run.run_complete,
+                                        "sweep": run.run_sweep, "probe": run.run_probe},
+                       argv, __doc__)
 
 
 if __name__ == "__main__":

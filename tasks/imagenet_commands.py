@@ -1,9 +1,9 @@
 """The commands of the imagenet task beyond train and eval: ``sample`` (a labelled grid of
 samples, optionally a MaskGIT decoding trajectory), ``complete`` (inpainting, outpainting
 and prefix completion of real images), ``sweep`` (FID and class accuracy over
-CFG weights x temperatures) and ``probe`` (linear probes of the GIVT's features), with their
-argument parsers and the matplotlib figures they write. ``python -m tasks.imagenet`` wires
-them in (tasks/imagenet.py).
+CFG weights x temperatures) and ``probe`` (linear probes of the GIVT's features), and the
+matplotlib figures they write. Their arguments are declared in tasks/imagenet.py, which
+wires them in (``python -m tasks.imagenet``).
 """
 
 from __future__ import annotations
@@ -26,14 +26,9 @@ from evals.generation_loop import (
     reference_features,
     sample_and_score,
 )
-from uvim_givt import cli
 from uvim_givt.data.images import image_grid
 from uvim_givt.errors import (
     UserError,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
 )
 from uvim_givt.sampling import completion
 from uvim_givt.sampling.predictor import Predictor, to_uint8
@@ -337,105 +332,3 @@ def run_probe(task: Any, args: argparse.Namespace) -> dict[str, Any]:
                                  f"(step {run.givt_step}), {result['num_eval']} held-out images")
     print(f"wrote {os.path.join(out, 'probe.json')} and {png}")
     return result
-
-
-def _probe_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt", required=True, help="run directory")
-    p.add_argument("--layer", type=positive_int, action="append", default=None,
-                   help="decoder block (1-based; repeatable); default: every block")
-    p.add_argument("--max-train", type=positive_int, default=None,
-                   help="cap on training images (default: the whole split)")
-    p.add_argument("--max-eval", type=positive_int, default=None,
-                   help="cap on held-out images")
-    p.add_argument("--batch-size", type=positive_int, default=100)
-    p.add_argument("--c", type=positive_float, default=1.0,
-                   help="inverse L2 strength of the logistic regression")
-    p.add_argument("--data", default=None, help="data source (default: the run's)")
-    p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--out", default=None, help="directory for probe.json and probe.png "
-                   "(default RUN/probe)")
-
-
-def _sample_arguments(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--ckpt", required=True, help="run directory")
-    s.add_argument("--classes", required=True, help="comma-separated class labels, e.g. 3,7")
-    s.add_argument("--num", type=positive_int, default=8, help="samples per class")
-    s.add_argument("--temp", type=positive_float, default=None,
-                   help="temperature (default: config)")
-    s.add_argument("--cfg", type=non_negative_float, default=None,
-                   help="DB-CFG weight (default: config)")
-    s.add_argument("--steps", type=positive_int, default=None, help="MaskGIT decoding steps")
-    s.add_argument("--choice-temp", type=positive_float, default=None,
-                   help="MaskGIT choice temperature")
-    s.add_argument("--schedule", default=None, help="MaskGIT mask schedule: cosine, linear, "
-                   "pow:K")
-    s.add_argument("--trajectory", action="store_true", help="MaskGIT: also write the "
-                   "decoding steps of one sample per class (OUT_trajectory.png)")
-    s.add_argument("--beam", type=positive_int, default=None, help="causal: beam size")
-    s.add_argument("--fan", type=positive_int, default=None, help="causal: candidates per beam")
-    s.add_argument("--rand-top-k-temp", type=positive_float, default=None,
-                   help="causal beam search: draw the surviving beams from softmax(score/T)")
-    s.add_argument("--unconditional", action="store_true",
-                   help="drop every label (the model's unconditional distribution; rows are "
-                        "then independent draws)")
-    s.add_argument("--cfg-proposals", type=positive_int, default=None,
-                   help="DB-CFG rejection-sampling proposals per token (default: config)")
-    s.add_argument("--seed", type=non_negative_int, default=0)
-    s.add_argument("--evaluator", default="sampled", help="whose batch size to sample in")
-    s.add_argument("--out", required=True, help="PNG path (latents go to the same stem .npy)")
-
-
-def _complete_arguments(c: argparse.ArgumentParser) -> None:
-    c.add_argument("--ckpt", required=True, help="run directory")
-    c.add_argument("--region", default="bottom", choices=completion.REGIONS,
-                   help="the part to generate: top/bottom/left/right (that share of the "
-                        "rows or columns), centre (inpainting a centred box), border "
-                        "(outpainting around one); bottom is a prefix for a causal GIVT")
-    c.add_argument("--fraction", type=positive_float, default=0.5,
-                   help="share of the side the region spans, in (0, 1)")
-    c.add_argument("--num", type=positive_int, default=4, help="images of the split")
-    c.add_argument("--samples", type=positive_int, default=4, help="completions per image")
-    c.add_argument("--split", default="validation", help="the split the images come from")
-    c.add_argument("--data", default=None, help="data source (default: the run's)")
-    c.add_argument("--temp", type=positive_float, default=None,
-                   help="temperature (default: config)")
-    c.add_argument("--cfg", type=non_negative_float, default=None,
-                   help="DB-CFG weight (default: config)")
-    c.add_argument("--steps", type=positive_int, default=None, help="MaskGIT decoding steps")
-    c.add_argument("--choice-temp", type=positive_float, default=None,
-                   help="MaskGIT choice temperature")
-    c.add_argument("--schedule", default=None, help="MaskGIT mask schedule")
-    c.add_argument("--beam", type=positive_int, default=None, help="causal: beam size")
-    c.add_argument("--fan", type=positive_int, default=None, help="causal: candidates per beam")
-    c.add_argument("--seed", type=non_negative_int, default=0)
-    c.add_argument("--out", required=True, help="PNG path")
-
-
-def _sweep_arguments(w: argparse.ArgumentParser) -> None:
-    w.add_argument("--ckpt", required=True, help="run directory")
-    w.add_argument("--cfg", default="0,0.2,0.4,1", help="comma-separated CFG weights")
-    w.add_argument("--temps", default="0.8,0.95,1.0", help="comma-separated temperatures")
-    w.add_argument("--steps", type=positive_int, default=None, help="MaskGIT decoding steps")
-    w.add_argument("--choice-temp", type=positive_float, default=None,
-                   help="MaskGIT choice temperature")
-    w.add_argument("--schedule", default=None, help="MaskGIT mask schedule")
-    w.add_argument("--num-per-class", type=positive_int, default=None,
-                   help="default: the evaluator's")
-    w.add_argument("--evaluator", default="sampled", help="the generation evaluator to sweep")
-    w.add_argument("--data", default=None)
-    w.add_argument("--split", default=None, help="default: the evaluator's")
-    w.add_argument("--max-eval", type=positive_int, default=None, help="cap on reference images")
-    w.add_argument("--seed", type=non_negative_int, default=0)
-    w.add_argument("--out", required=True, help="directory for sweep.json and sweep.png")
-
-
-COMMANDS = [
-    cli.Command("sample", "sample a PNG grid (one row per class) and its latents",
-                _sample_arguments, run_sample),
-    cli.Command("complete", "inpaint, outpaint or continue real images: keep their codes "
-                "outside a region and generate the region", _complete_arguments, run_complete),
-    cli.Command("sweep", "FID and class accuracy over CFG weights x temperatures",
-                _sweep_arguments, run_sweep),
-    cli.Command("probe", "linear-probe accuracy of the GIVT's decoder features, against "
-                "raw pixels and the VAE's latents", _probe_arguments, run_probe),
-]

@@ -1,4 +1,4 @@
-"""COCO panoptic segmentation with UViM + GIVT: the task.
+r"""COCO panoptic segmentation with UViM + GIVT: the task.
 
     python -m tasks.panoptic train                      # embedded default, tiny config
     python -m tasks.panoptic train --config configs/panoptic.py:size=paper \
@@ -25,8 +25,15 @@ decoded segments back at the raw size (void outside the box).
 
 from __future__ import annotations
 
-import os
 import sys
+
+from uvim_givt import cli
+
+# The command line comes first: ``--help`` answers before TensorFlow and JAX are imported.
+COMMANDS = cli.dense_commands("predict COCO panoptic PNG+JSON and overlays for images")
+cli.exit_if_help(__name__, "panoptic", COMMANDS, __doc__)
+
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -282,10 +289,8 @@ def write_predictions(task: PanopticTask, run: Any, args: common.PredictArgs,
 
 def main(argv: list[str] | None = None) -> int:
     """The command line (train / eval / predict / complete); returns the exit status."""
-    return common.main(TASK, [
-        common.predict_command(
-            "predict COCO panoptic PNG+JSON and overlays for images", write_predictions),
-        common.complete_command()], argv)
+    return common.main(TASK, COMMANDS, {"predict": common.predict_run(write_predictions),
+                                        "complete": common.run_complete}, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -298,11 +298,15 @@ def test_training_curves_one_series_per_run_and_stage(tmp_path):
     assert curves["vae"].evals[("a", "oracle")] == [(20, 0.2), (40, 0.4)]
     assert curves["givt"].evals[("b", "sampled")] == [(30, 1.3), (60, 1.6)]
     fig = L.figure_training(runs, "depth")
-    axes = fig.axes
+    axes = fig.axes[:6]  # rows: loss, learning rate and gradient norm, eval (then the twins)
     titles = [ax.get_title() for ax in axes]
     assert titles == ["stage 1 (VAE): loss", "stage 2 (GIVT): loss",
+                      "stage 1 (VAE): learning rate (solid), gradient norm (dotted)",
+                      "stage 2 (GIVT): learning rate (solid), gradient norm (dotted)",
                       "stage 1 (VAE): RMSE (eval)", "stage 2 (GIVT): RMSE (eval)"]
     assert not any("num_" in t for t in titles)
+    assert axes[1].get_ylabel() == "NLL per code (nats)"  # units on the loss axes
+    assert axes[4].get_ylabel() == "RMSE (m), lower is better"
     # every drawn loss line stays within one stage's scale (no VAE/GIVT zig-zag)
     for ax, lo, hi in ((axes[0], 0.5, 3.0), (axes[1], 1.5, 20.0)):
         lines = ax.get_lines()
@@ -311,7 +315,43 @@ def test_training_curves_one_series_per_run_and_stage(tmp_path):
             x, y = line.get_xdata(), line.get_ydata()
             assert np.all(np.diff(x) > 0) and np.all((y > lo) & (y < hi))
     assert axes[0].get_yscale() == "linear"
-    assert axes[2].get_xlabel() == "training step of this stage"
+    assert axes[4].get_xlabel() == "training step of this stage"
+    # the learning rate (stage 1 logs it) and gradient norm (stage 2) are drawn
+    lr_lines = {tuple(line.get_ydata()) for line in axes[2].get_lines()}
+    assert lr_lines == {(1e-3,) * 4}
+    twins = fig.axes[6:]
+    assert [len(t.get_lines()) for t in twins] == [0, 2]
+    assert {tuple(line.get_ydata()) for line in twins[1].get_lines()} == {(0.3,) * 6}
+    # two evaluations per series: labelled points, with the images each scored
+    notes = sorted(t.get_text() for t in axes[4].texts)
+    assert notes == ["0.2 (n=8)", "0.4 (n=8)", "1.2 (n=8)", "1.4 (n=8)"]
+    assert all(line.get_linewidth() == 0 for line in axes[4].get_lines())
+    assert axes[4].get_ylim()[0] == 0
+
+
+def test_training_figure_draws_the_loss_parts_and_says_why_the_losses_differ(tmp_path):
+    d = _two_stage_run(tmp_path, "r")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["givt"]["input_noise"] = 0.5
+    (d / "config.json").write_text(json.dumps(cfg))
+    rows = _jsonl(d / "metrics.jsonl")
+    for r in rows:  # stage 1 logs its parts; stage 2's loss is its NLL per token
+        r.update({"xent": r["loss"] * 0.9, "kl": 300.0} if r["stage"] == "vae"
+                 else {"nll_per_token": r["loss"], "nll_per_dim": r["loss"] / 16})
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = L.gather_runs([str(d)], [], [])
+    curves = {c.stage: c for c in L.training_curves(runs, "depth")}
+    assert sorted(p for _, p in curves["vae"].parts) == ["kl", "xent"]
+    assert [p for _, p in curves["givt"].parts] == ["nll_per_dim"]  # not the loss again
+    assert curves["vae"].loss_label == "cross-entropy per pixel + beta x KL (nats)"
+    assert curves["givt"].notes and "givt.input_noise=0.5" in curves["givt"].notes[0]
+    assert curves["vae"].notes == []
+    fig = L.figure_training(runs, "depth")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "stage 1 (VAE): loss parts (training)" in titles
+    parts_ax = fig.axes[titles.index("stage 1 (VAE): loss parts (training)")]
+    assert parts_ax.get_yscale() == "log"  # KL 300 and cross-entropy ~1: decades apart
+    assert any("input_noise" in t.get_text() for t in fig.axes[1].texts)
 
 
 def test_log_loss_scale(tmp_path, monkeypatch):

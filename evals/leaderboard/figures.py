@@ -20,6 +20,7 @@ import numpy as np
 from evals.leaderboard.records import (
     TaskMeta,
     evaluator_of,
+    is_counter,
     is_finite_number,
     is_loss_record,
     metric_items,
@@ -45,6 +46,42 @@ class StageCurves:
     heldout_loss: dict[str, Points]  # run -> (step, loss) from held-out loss records
     metric: str | None  # the stage's headline eval metric
     evals: dict[tuple[str, str], Points]  # (run, evaluator label) -> (step, metric)
+    # (run, part) -> (step, value): the loss's logged parts (xent, kl, nll_per_dim, ...)
+    parts: dict[tuple[str, str], Points] = dataclasses.field(default_factory=dict)
+    # (run, "lr" | "grad_norm") -> (step, value)
+    optim: dict[tuple[str, str], Points] = dataclasses.field(default_factory=dict)
+    # (run, evaluator label) -> {step: images scored}
+    counts: dict[tuple[str, str], dict[int, int]] = dataclasses.field(default_factory=dict)
+    loss_label: str = "loss"  # the training loss and its unit, for the axis
+    notes: list[str] = dataclasses.field(default_factory=list)  # printed under the loss panel
+
+
+# Logged beside the loss but not its parts: the optimiser's panel and bookkeeping.
+OPTIM_KEYS = ("lr", "grad_norm")
+_NOT_PARTS = frozenset({"stage", "step", "time", "loss", *OPTIM_KEYS})
+MAX_PARTS = 6
+
+
+def loss_label(stage: str, row_keys: set[str]) -> str:
+    """The training loss of a stage and its unit, from what its log rows hold."""
+    if "nll_per_token" in row_keys or stage == "givt":
+        return "NLL per code (nats)"
+    if "xent" in row_keys:
+        return "cross-entropy per pixel + beta x KL (nats)"
+    if "rec" in row_keys:
+        return "reconstruction + beta x KL"
+    return "loss"
+
+
+def _noise_note(run: Run, stage: str) -> str | None:
+    """Why a run's stage-2 training loss sits above its held-out loss: the training inputs
+    get noise (``givt.input_noise``), the held-out ones do not (as published)."""
+    givt = run.config.get("givt") if isinstance(run.config, dict) else None
+    noise = givt.get("input_noise") if isinstance(givt, dict) else None
+    if stage != "givt" or not is_finite_number(noise) or float(noise) <= 0:
+        return None
+    return (f"training loss: inputs with noise (givt.input_noise={noise:g});\n"
+            "held-out loss: without (as big_vision's validation)")
 
 
 def _add_point(series: dict, key: Any, step: int, value: float, when: str = "") -> None:
@@ -60,7 +97,8 @@ def _points(series: dict) -> dict[Any, Points]:
 
 def training_curves(runs: Sequence[Run], task: str, meta: TaskMeta | None = None
                     ) -> list[StageCurves]:
-    """Per stage: each run's training loss, held-out losses and headline metric by step.
+    """Per stage: each run's training loss (and its parts, learning rate and gradient
+    norm), held-out losses and headline metric by step.
 
     Stages count their own steps, so a run's stages are separate series (joining them
     would zig-zag between the VAE's and the GIVT's loss scales). The headline metric is
@@ -69,8 +107,13 @@ def training_curves(runs: Sequence[Run], task: str, meta: TaskMeta | None = None
     """
     meta = task_meta(records_of(runs, task)) if meta is None else meta
     train: dict[str, dict] = {}
+    parts: dict[str, dict] = {}
+    optim: dict[str, dict] = {}
+    row_keys: dict[str, set[str]] = {}
+    notes: dict[str, list[str]] = {}
     heldout: dict[str, dict] = {}
     evals: dict[str, dict] = {}
+    counts: dict[str, dict] = {}
     eval_recs: dict[str, list[tuple[Run, dict[str, Any]]]] = {}
     for run in runs:
         if task not in run.tasks:
@@ -82,9 +125,24 @@ def training_curves(runs: Sequence[Run], task: str, meta: TaskMeta | None = None
         rec_stages = {str(r["stage"]) for r in recs}
         unnamed = rec_stages.pop() if len(rec_stages) == 1 else "train"
         for row in run.log:
-            if is_finite_number(row.get("loss")):
-                _add_point(train.setdefault(str(row.get("stage") or unnamed), {}), run.name,
-                           int(row["step"]), float(row["loss"]))
+            if not is_finite_number(row.get("loss")):
+                continue
+            stage, step = str(row.get("stage") or unnamed), int(row["step"])
+            _add_point(train.setdefault(stage, {}), run.name, step, float(row["loss"]))
+            row_keys.setdefault(stage, set()).update(row)
+            for key, value in row.items():
+                if not is_finite_number(value) or is_counter(key):
+                    continue
+                if key in OPTIM_KEYS:
+                    _add_point(optim.setdefault(stage, {}), (run.name, key), step, float(value))
+                elif key not in _NOT_PARTS and not key.startswith("weight/") \
+                        and value != row["loss"]:  # nll_per_token is the stage-2 loss itself
+                    _add_point(parts.setdefault(stage, {}), (run.name, key), step,
+                               float(value))
+        for stage in {str(row.get("stage") or unnamed) for row in run.log}:
+            note = _noise_note(run, stage)
+            if note and note not in notes.get(stage, []):
+                notes.setdefault(stage, []).append(note)
         for r in recs:
             stage, metrics = str(r["stage"]), metric_items(r)
             if is_loss_record(r):
@@ -109,12 +167,24 @@ def training_curves(runs: Sequence[Run], task: str, meta: TaskMeta | None = None
                 label += f" ({r['data']} {r['split']})"
             _add_point(evals.setdefault(stage, {"metric": metric}), (run.name, label),
                        int(r["step"]), value, str(r.get("time", "")))
+            n = r.get("metrics", {}).get("num_images", r.get("num_examples"))
+            if is_finite_number(n):
+                counts.setdefault(stage, {}).setdefault((run.name, label), {})[
+                    int(r["step"])] = int(n)
     out = []
     for stage in sorted(set(train) | set(heldout) | set(evals), key=stage_key):
         ev = dict(evals.get(stage, {}))
         metric = ev.pop("metric", None)
+        kept_parts = _points(parts.get(stage, {}))
+        if len({p for _, p in kept_parts}) > MAX_PARTS:  # the first parts by name
+            names = sorted({p for _, p in kept_parts})[:MAX_PARTS]
+            kept_parts = {k: v for k, v in kept_parts.items() if k[1] in names}
         out.append(StageCurves(stage, _points(train.get(stage, {})),
-                               _points(heldout.get(stage, {})), metric, _points(ev)))
+                               _points(heldout.get(stage, {})), metric, _points(ev),
+                               kept_parts, _points(optim.get(stage, {})),
+                               counts.get(stage, {}),
+                               loss_label(stage, row_keys.get(stage, set())),
+                               notes.get(stage, [])))
     return out
 
 
@@ -127,13 +197,110 @@ def _run_colours(names: Sequence[str]) -> dict[str, Any]:
 
 EVAL_MARKERS = {"oracle": "o", "sampled": "^", "teacher_forced": "v"}
 _EXTRA_MARKERS = ("D", "P", "X", "*", "h", "p")
+_PART_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 2)))
+# A series with at most this many evaluations is drawn as labelled points, not a curve.
+FEW_POINTS = 2
+
+
+def _loss_panel(ax: Any, c: StageCurves, colours: dict, title: str, log_loss: bool) -> None:
+    for name, pts in c.train_loss.items():
+        ax.plot(*zip(*pts, strict=True), color=colours[name], lw=1.5,
+                marker="." if len(pts) < 3 else None)
+    for name, pts in c.heldout_loss.items():
+        ax.plot(*zip(*pts, strict=True), color=colours[name], lw=1.2, ls="--",
+                marker="s", ms=5, mfc="white")
+    values = [v for s in (c.train_loss, c.heldout_loss) for p in s.values() for _, v in p]
+    scale = ""
+    if log_loss and values:
+        if min(values) > 0:
+            from matplotlib.ticker import LogFormatter
+
+            ax.set_yscale("log")
+            # plain numbers ("2", "0.6") instead of "2x10^0" on short ranges
+            for fmt in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                fmt(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
+            scale = ", log scale"
+        else:
+            scale = ", linear: a loss <= 0"
+    ax.set_title(f"{title}: loss{scale}", fontsize=10)
+    ax.set_ylabel(c.loss_label, fontsize=8)
+    if not values:
+        ax.text(0.5, 0.5, "no training log (metrics.jsonl)", ha="center", va="center",
+                transform=ax.transAxes, fontsize=9, color="0.4")
+    if c.notes:  # top right: above a falling loss
+        ax.text(0.98, 0.96, "\n".join(c.notes), transform=ax.transAxes, fontsize=7,
+                ha="right", va="top", color="0.3")
+
+
+def _parts_panel(ax: Any, c: StageCurves, colours: dict, styles: dict, title: str) -> None:
+    """The loss's logged parts, one line style per part; on a log scale when they span
+    more than a decade (KL and cross-entropy differ by orders of magnitude)."""
+    for (run, part), pts in c.parts.items():
+        ax.plot(*zip(*pts, strict=True), color=colours[run], lw=1.1, ls=styles[part])
+    values = [v for p in c.parts.values() for _, v in p]
+    if values and min(values) > 0 and max(values) > 10 * min(values):
+        ax.set_yscale("log")
+    ax.set_title(f"{title}: loss parts (training)", fontsize=10)
+    ax.set_ylabel("value (log scale)" if ax.get_yscale() == "log" else "value", fontsize=8)
+    if not c.parts:
+        ax.text(0.5, 0.5, "no parts logged", ha="center", va="center",
+                transform=ax.transAxes, fontsize=9, color="0.4")
+
+
+def _optim_panel(ax: Any, c: StageCurves, colours: dict, title: str) -> None:
+    """Learning rate (left axis, solid) and gradient norm (right axis, dotted)."""
+    right = ax.twinx()
+    for (run, key), pts in c.optim.items():
+        (ax if key == "lr" else right).plot(*zip(*pts, strict=True), color=colours[run],
+                                            lw=1.2, ls="-" if key == "lr" else ":")
+    ax.set_title(f"{title}: learning rate (solid), gradient norm (dotted)", fontsize=10)
+    ax.set_ylabel("learning rate", fontsize=8)
+    right.set_ylabel("global gradient norm", fontsize=8)
+    right.tick_params(labelsize=8)
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    if not c.optim:
+        ax.text(0.5, 0.5, "no lr or grad_norm logged", ha="center", va="center",
+                transform=ax.transAxes, fontsize=9, color="0.4")
+
+
+def _eval_panel(ax: Any, c: StageCurves, colours: dict, markers: dict, title: str,
+                meta: TaskMeta) -> None:
+    """The headline metric: curves for periodic evaluations, labelled points (value and
+    images scored) for a series of one or two; % metrics on 0-100, others from 0 when
+    every value is positive, so one point does not fill the axes."""
+    values = []
+    for (name, label), pts in c.evals.items():
+        xs, ys = zip(*pts, strict=True)
+        values += ys
+        few = len(pts) <= FEW_POINTS
+        ax.plot(xs, ys, color=colours[name], lw=0 if few else 1.2, marker=markers[label],
+                ms=7 if few else 6)
+        if few:
+            for x, y in pts:
+                n = c.counts.get((name, label), {}).get(x)
+                ax.annotate(f"{format_metric(y)}" + (f" (n={n})" if n else ""), (x, y),
+                            textcoords="offset points", xytext=(6, 4), fontsize=7.5,
+                            color=colours[name])
+    if not c.metric:
+        ax.set_title(f"{title}: no evaluations", fontsize=10)
+        ax.set_yticks([])
+        return
+    ax.set_title(f"{title}: {c.metric} (eval)", fontsize=10)
+    ax.set_ylabel(meta.label(c.metric), fontsize=8)
+    unit = next((m.units.get(c.metric) for m in meta.by_kind.values()
+                 if c.metric in m.units), "")
+    if values and unit == "%" and 0 <= min(values) and max(values) <= 100:
+        ax.set_ylim(0, 105)
+    elif values and min(values) >= 0:
+        ax.set_ylim(0, max(values) * 1.25 or 1.0)
 
 
 def figure_training(runs: Sequence[Run], task: str, log_loss: bool = False,
                     meta: TaskMeta | None = None) -> Any:
-    """A matplotlib Figure: per stage (columns) the training and held-out loss (top) and
-    the headline eval metric (bottom) against the stage's steps; None when nothing to draw.
-    ``log_loss``: the loss panels on a log scale (where every loss is positive)."""
+    """A matplotlib Figure: per stage (columns), against the stage's steps: the training
+    and held-out loss, the loss's parts, the learning rate and gradient norm, and the
+    headline eval metric (rows; a row only when some stage has it). None when nothing to
+    draw. ``log_loss``: the loss panels on a log scale (where every loss is positive)."""
     meta = task_meta(records_of(runs, task)) if meta is None else meta
     curves = training_curves(runs, task, meta)
     if not curves:
@@ -148,52 +315,29 @@ def figure_training(runs: Sequence[Run], task: str, log_loss: bool = False,
     labels = sorted({lab for c in curves for _, lab in c.evals})
     extra = iter(_EXTRA_MARKERS * (1 + len(labels)))
     markers = {lab: EVAL_MARKERS.get(lab.split(" ")[0]) or next(extra) for lab in labels}
-    rows = 2 if any(c.evals for c in curves) else 1
+    kinds = ["loss"] + [k for k, has in (("parts", any(c.parts for c in curves)),
+                                         ("optim", any(c.optim for c in curves)),
+                                         ("evals", any(c.evals for c in curves))) if has]
     cols = len(curves)
-    fig = Figure(figsize=(max(4.6 * cols, 7.0), 3.0 * rows + 1.2), dpi=100,
+    fig = Figure(figsize=(max(4.8 * cols, 7.0), 2.7 * len(kinds) + 1.3), dpi=100,
                  layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False, sharex="col")
+    axes = fig.subplots(len(kinds), cols, squeeze=False, sharex="col")
+    part_names = sorted({p for c in curves for _, p in c.parts})
+    styles = dict(zip(part_names, _PART_STYLES * len(part_names), strict=False))
     for j, c in enumerate(curves):
         title = STAGE_TITLES.get(c.stage, f"stage {c.stage}")
-        ax = axes[0][j]
-        for name, pts in c.train_loss.items():
-            ax.plot(*zip(*pts, strict=True), color=colours[name], lw=1.5,
-                    marker="." if len(pts) < 3 else None)
-        for name, pts in c.heldout_loss.items():
-            ax.plot(*zip(*pts, strict=True), color=colours[name], lw=1.2, ls="--",
-                    marker="s", ms=5, mfc="white")
-        values = [v for s in (c.train_loss, c.heldout_loss) for p in s.values() for _, v in p]
-        scale = ""
-        if log_loss and values:
-            if min(values) > 0:
-                from matplotlib.ticker import LogFormatter
-
-                ax.set_yscale("log")
-                # plain numbers ("2", "0.6") instead of "2x10^0" on short ranges
-                for fmt in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-                    fmt(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
-                scale = ", log scale"
+        for i, kind in enumerate(kinds):
+            ax = axes[i][j]
+            if kind == "loss":
+                _loss_panel(ax, c, colours, title, log_loss)
+            elif kind == "parts":
+                _parts_panel(ax, c, colours, styles, title)
+            elif kind == "optim":
+                _optim_panel(ax, c, colours, title)
             else:
-                scale = ", linear: a loss <= 0"
-        ax.set_title(f"{title}: loss{scale}", fontsize=10)
-        ax.set_ylabel("loss", fontsize=9)
-        if not values:
-            ax.text(0.5, 0.5, "no training log (metrics.jsonl)", ha="center", va="center",
-                    transform=ax.transAxes, fontsize=9, color="0.4")
-        if rows == 2:
-            ax = axes[1][j]
-            for (name, label), pts in c.evals.items():
-                ax.plot(*zip(*pts, strict=True), color=colours[name], lw=1.2,
-                        marker=markers[label], ms=6)
-            if c.metric:
-                ax.set_title(f"{title}: {c.metric} (eval)", fontsize=10)
-                ax.set_ylabel(meta.label(c.metric), fontsize=9)
-            else:
-                ax.set_title(f"{title}: no evaluations", fontsize=10)
-                ax.set_yticks([])
-        for row in axes:
-            row[j].grid(alpha=0.3)
-            row[j].tick_params(labelsize=8)
+                _eval_panel(ax, c, colours, markers, title, meta)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=8)
         axes[-1][j].set_xlabel("training step of this stage", fontsize=9)
     handles = [Line2D([], [], color=colours[n], lw=2.5, label=n) for n in run_names]
     handles += [Line2D([], [], color="0.2", lw=1.5, label="training loss"),
@@ -201,8 +345,10 @@ def figure_training(runs: Sequence[Run], task: str, log_loss: bool = False,
                        label="held-out loss (eval)")]
     handles += [Line2D([], [], color="0.2", ls="none", marker=markers[lab], ms=6,
                        label=f"eval: {lab}") for lab in labels]
+    handles += [Line2D([], [], color="0.3", lw=1.1, ls=styles[n], label=f"part: {n}")
+                for n in part_names]
     fig.legend(handles=handles, loc="outside lower center", fontsize=8, frameon=False,
-               ncols=len(handles) if len(handles) <= 6 else 4)
+               ncols=len(handles) if len(handles) <= 6 else 5)
     fig.suptitle(f"{task}: training curves (colour: run)", fontsize=11)
     return fig
 
