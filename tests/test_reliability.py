@@ -288,6 +288,55 @@ def test_a_failed_asynchronous_write_names_its_own_step(tmp_path, monkeypatch):
         train(_cfg(8, ckpt_every=2), str(tmp_path / "run"), "givt", toy_stage(toy_model()))
 
 
+def test_a_checkpoint_that_cannot_fit_is_refused_before_its_write_starts(
+        tmp_path, monkeypatch):
+    """A disk too full for the next checkpoint: one line naming the step, the space it needs
+    and the space left, before orbax starts a write that would fail in its threads (each
+    failed write printed hundreds of lines there: measured on a real 6 MiB tmpfs, see the
+    #29 note); the steps saved before are kept and the run resumes from them."""
+    from uvim_givt.training import checkpoint
+
+    run = str(tmp_path / "run")
+    train(_cfg(4, ckpt_every=2), run, "givt", toy_stage(toy_model()))  # steps 2, 4 saved
+    need = []
+
+    def free(directory):  # room for what is there, not for one more checkpoint
+        need.append(directory)
+        return 4096
+
+    monkeypatch.setattr(checkpoint, "free_bytes", free)
+    with pytest.raises(CheckpointError, match=r"could not save checkpoint step 6 in .*givt: "
+                                              r"it needs about [\d.]+ MiB and 0\.0 MiB are "
+                                              r"free\. Free space, then rerun to resume from "
+                                              r"step 4"):
+        train(_cfg(8, ckpt_every=2), run, "givt", toy_stage(toy_model()))
+    assert need and sorted(os.listdir(os.path.join(run, "checkpoints", "givt"))) == ["2", "4"]
+    monkeypatch.undo()
+    train(_cfg(8, ckpt_every=2), run, "givt", toy_stage(toy_model()))  # space again: resumes
+    assert sorted(os.listdir(os.path.join(run, "checkpoints", "givt")))[-1] == "8"
+
+
+def test_orbax_reports_of_a_storage_failure_are_dropped_and_others_kept():
+    """The background threads' tracebacks of a full disk are dropped (the one line says it);
+    any other orbax record, and storage errors of other libraries, pass."""
+    import logging
+
+    from uvim_givt.training.checkpoint import _StorageFailureFilter
+
+    def record(path, exc=None, msg="m"):
+        info = (type(exc), exc, None) if exc else None
+        return logging.LogRecord("absl", logging.ERROR, path, 1, msg, None, info)
+
+    f = _StorageFailureFilter()
+    full = ValueError("RESOURCE_EXHAUSTED: Failed to write [os_error_code='28']")
+    orbax = "/site-packages/orbax/checkpoint/_src/x.py"
+    assert not f.filter(record(orbax, full))
+    assert not f.filter(record(orbax, msg=f"Save failed: {full}"))
+    assert f.filter(record(orbax, ValueError("shape mismatch")))
+    assert f.filter(record("/site-packages/other/x.py", full))
+    assert f.filter(record(orbax))
+
+
 def test_sigterm_saves_a_checkpoint_and_the_resumed_run_repeats_and_loses_no_step(tmp_path):
     """What a scheduler sends before preemption: the run finishes its step, saves, says so
     and exits 143; rerun, it goes on from that step, and its per-step losses equal an

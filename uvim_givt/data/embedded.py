@@ -11,12 +11,18 @@ later, so `tfds.load(embedded_name(...), data_dir=...)` reads the same dataset.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import tensorflow_datasets as tfds
 
 from uvim_givt.data.embedded_builder import EmbeddedBuilder, config_fields, make_config
+from uvim_givt.quiet import verbose_requested
 
 __all__ = ["builder_class", "embedded_name", "ensure_built"]
 
@@ -68,16 +74,42 @@ def ensure_built(name: str | type[EmbeddedBuilder], data_dir: str | None = None,
     """Returns the prepared builder of an embedded dataset, generating it on first use.
 
     `data_dir` defaults to TFDS's usual (`$TFDS_DATA_DIR` or `~/tensorflow_datasets`).
-    Generation is deterministic by the config's seed and shows TFDS's progress bars.
+    Generation is deterministic by the config's seed. It says one line when it starts and
+    one when it is done; TFDS's own messages and progress bars (nested bars with cursor
+    codes, an absl warning about the folder it is about to fill) only with ``--verbose``.
     """
     full_name = embedded_name(name, **config)
-    builder = tfds.builder(full_name, data_dir=data_dir)
-    if not builder.is_prepared():
-        print(
-            f"Building embedded dataset {full_name} into {builder.data_dir} "
-            "(first use; generated locally, nothing is downloaded)...",
-            file=sys.stderr,
-            flush=True,
-        )
-        builder.download_and_prepare()
+    with _quiet_tfds():  # our lines go to stderr, which stays open
+        builder = tfds.builder(full_name, data_dir=data_dir)
+        if not builder.is_prepared():
+            print(f"Building embedded dataset {full_name} into {builder.data_dir} "
+                  "(first use; generated locally, nothing is downloaded)...",
+                  file=sys.stderr, flush=True)
+            start = time.perf_counter()
+            builder.download_and_prepare()
+            sizes = ", ".join(f"{split} {info.num_examples}"
+                              for split, info in sorted(builder.info.splits.items()))
+            print(f"built {full_name} in {time.perf_counter() - start:.0f} s ({sizes} "
+                  "examples)", file=sys.stderr, flush=True)
     return builder
+
+
+@contextlib.contextmanager
+def _quiet_tfds() -> Iterator[None]:
+    """TFDS without its progress bars, its stdout messages and absl records below ERROR
+    (unless ``--verbose``); errors still raise."""
+    if verbose_requested():
+        yield
+        return
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    absl_logger = logging.getLogger("absl")
+    bars, level = tqdm_utils._active, absl_logger.level
+    tfds.display_progress_bar(False)
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tfds.display_progress_bar(bars)
+        absl_logger.setLevel(level)

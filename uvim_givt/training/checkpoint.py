@@ -22,6 +22,7 @@ space or permission removes its temporary folder and names the folder and the ca
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
 import sys
@@ -34,8 +35,52 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from uvim_givt.errors import CheckpointError, storage_errno
-from uvim_givt.quiet import held_stderr
+from uvim_givt.quiet import held_stderr, verbose_requested
 from uvim_givt.training import sharding
+
+
+class _StorageFailureFilter(logging.Filter):
+    """Drops orbax's own reports of a write that failed for lack of space or permission
+    (each a logged traceback from its background threads, hundreds of lines per save):
+    :meth:`StageCheckpoints._guard` reports that failure in one line naming its step.
+    ``--verbose`` keeps them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "orbax" not in record.pathname or verbose_requested():
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and storage_errno(exc) is not None:
+            return False
+        return storage_errno(ValueError(record.getMessage())) is None
+
+
+def _quiet_storage_failures() -> None:
+    """Installs :class:`_StorageFailureFilter` on absl's logger (orbax logs through it),
+    once per process."""
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _StorageFailureFilter) for f in logger.filters):
+        logger.addFilter(_StorageFailureFilter())
+
+
+def tree_nbytes(*trees: Any) -> int:
+    """Bytes of the arrays in ``trees`` (what a checkpoint of them writes, before
+    compression)."""
+    return sum(int(getattr(x, "nbytes", 0)) for t in trees
+               for x in jax.tree_util.tree_leaves(t))
+
+
+def free_bytes(directory: str) -> int | None:
+    """Free bytes of the local file system holding ``directory`` (or its nearest existing
+    parent); None for a remote path (gs://...), where the check is left to the store."""
+    if "://" in directory:
+        return None
+    path = os.path.abspath(directory)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
 
 
 def stage_dir(run_dir: str, stage: str) -> str:
@@ -56,6 +101,7 @@ class StageCheckpoints:
             self.directory, options=options,
             item_names=("params", "opt_state", "meta", "state"))
         self._writing: int | None = None  # the step whose asynchronous write may be running
+        _quiet_storage_failures()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -69,8 +115,26 @@ class StageCheckpoints:
         # The previous write finishes first, so a failure of it names its own step, not
         # this one's (orbax would raise it from this save).
         self._guard(self._writing, self.manager.wait_until_finished)
+        self._writing = None
+        self._check_space(step, tree_nbytes(params, opt_state, state))
         self._guard(step, lambda: self.manager.save(step, args=ocp.args.Composite(**items)))
         self._writing = step
+
+    def _check_space(self, step: int, need: int) -> None:
+        """Refuses a save that cannot fit before it starts (one process: with several, the
+        store is shared and each writes a part). A write that starts and then runs out of
+        space fails inside orbax's threads, whose callbacks print a traceback each; this
+        check turns the common case, a disk already too full, into one line."""
+        free = free_bytes(self.directory) if jax.process_count() == 1 else None
+        margin = 1 << 20  # metadata and the JSON items
+        if free is None or free >= need + margin:
+            return
+        kept = self.manager.latest_step()
+        raise CheckpointError(
+            f"could not save checkpoint step {step} in {self.directory}: it needs about "
+            f"{(need + margin) / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free. Free "
+            "space, then rerun to resume from "
+            + (f"step {kept}" if kept is not None else "the start"))
 
     def _guard(self, step: int | None, fn: Callable[[], Any]) -> Any:
         """Runs a save (or the wait for one); a storage failure becomes one line, after
