@@ -27,9 +27,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from evals.evaluators import evaluate_run
 from uvim_givt import provenance, rundir
-from uvim_givt.compat.big_vision import convert
 from uvim_givt.errors import (
     ArgumentParser,
     UserError,
@@ -101,6 +99,10 @@ def write_table(path: str, rows: list[dict[str, Any]], provenance: dict[str, Any
 
 
 def reproduce(args: argparse.Namespace) -> dict[str, Any]:
+    # the models and evaluators: imported here, so --help and bad flags answer at once
+    from evals.evaluators import evaluate_run
+    from uvim_givt.compat.big_vision import convert
+
     for flag, path in (("--vae-npz", args.vae_npz), ("--givt-npz", args.givt_npz)):
         if path and not os.path.isfile(path):
             raise UserError(f"{flag} {path}: no such file")

@@ -1,9 +1,11 @@
-"""notebooks/demo.ipynb: stored without outputs, parameterised in its first code cell, and
-run from top to bottom (its own smoke defaults: a few steps per stage) through nbclient,
-drawing its pictures and writing nothing into the repository."""
+"""notebooks/demo.ipynb: parameterised in its first code cell, stored with the outputs of the
+default runs (notebooks/execute.py) and clean ones (no absolute paths, terminal codes or
+library noise), and run from top to bottom (its own smoke defaults: a few steps per stage)
+through nbclient, drawing its pictures and writing nothing into the repository."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -43,11 +45,46 @@ def _pictures(cell: nbformat.NotebookNode) -> int:
                for o in cell.outputs)
 
 
-def test_notebook_is_stored_clean_and_parameterised():
+def _execute_module():
+    spec = importlib.util.spec_from_file_location("nb_execute", ROOT / "notebooks" / "execute.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# What no stored or fresh output may hold: a path of the machine that ran it, terminal
+# control codes, TFDS's build chatter, absl records, a traceback.
+_DIRTY = re.compile(r"(?<![\w.])/(tmp|home|root|work|Users|var)/|\x1b\[|Downloading and "
+                    r"preparing|Generating splits|WARNING:absl|Traceback \(most recent")
+
+
+def _dirty_outputs(nb: nbformat.NotebookNode, own: str = "") -> list[str]:
+    """What the outputs hold that they should not (``own``: a folder the run may name)."""
+    found = []
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            if out.output_type == "error":
+                found.append(f"cell {i}: error {out.ename}")
+            text = out.get("text", "") + str(out.get("data", {}).get("text/plain", ""))
+            text = text.replace(own, "OWN") if own else text
+            found += [f"cell {i}: {m.group(0)!r}" for m in _DIRTY.finditer(text)]
+    return found
+
+
+def test_notebook_is_stored_with_clean_outputs_and_parameterised():
     nb = _read()
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs and c.execution_count is None for c in code)
+    # run top to bottom once (notebooks/execute.py), every picture drawn, nothing dirty
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+    for cell in code:
+        for tag in cell.metadata.get("tags", []):
+            if tag in PICTURES:
+                assert _pictures(cell) == PICTURES[tag], tag
+    assert _dirty_outputs(nb) == []
+    injected = nb.cells[_parameters_index(nb) + 1]
+    assert injected.metadata.get("tags") == ["injected-parameters"]
+    assert re.search(r"^STEPS = None$", injected.source, re.M)  # the default runs
     params = nb.cells[_parameters_index(nb)]
     assert "parameters" in params.metadata.get("tags", [])
     for name in ("RUN_ROOT", "STEPS", "IMAGE_DIR"):
@@ -62,7 +99,8 @@ def test_notebook_is_stored_clean_and_parameterised():
 
 @pytest.mark.slow
 def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
-    nb = _read()
+    nb = _execute_module().strip(_read())  # as stored, less its outputs and injected cell
+    assert all(not c.outputs for c in nb.cells if c.cell_type == "code")
     runs = tmp_path / "runs"
     # As papermill does: a cell after the parameters overrides them (the run folder here).
     nb.cells.insert(_parameters_index(nb) + 1,
@@ -97,6 +135,7 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
             if tag in PICTURES:
                 assert _pictures(cell) == PICTURES[tag], (tag, [o.output_type for o in
                                                                 cell.outputs])
+    assert _dirty_outputs(nb, str(tmp_path)) == []  # quiet cells: no build chatter or codes
     trained = sorted(p.name for p in runs.iterdir())
     assert [re.sub(r"_smoke_\d+steps$", "", n) for n in trained] == [
         "depth", "imagenet", "panoptic"], trained

@@ -55,3 +55,38 @@ def test_verbose_is_read_from_argv_and_environment(monkeypatch):
     assert not quiet.verbose_requested(["prog", "train"])
     monkeypatch.setenv("UVIM_GIVT_VERBOSE", "1")
     assert quiet.verbose_requested(["prog"])
+
+
+def test_an_embedded_dataset_builds_with_two_lines_and_no_tfds_chatter(tmp_path, capfd,
+                                                                       monkeypatch):
+    """TFDS's nested progress bars (cursor codes in a notebook), its stdout messages and its
+    absl warning about the folder it fills are replaced by a start and an end line; the
+    builder's bars come back afterwards, and --verbose keeps TFDS's own output."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    from tasks.datasets.synthetic_panoptic import SyntheticPanoptic
+    from uvim_givt.data import embedded
+
+    monkeypatch.delenv("UVIM_GIVT_VERBOSE", raising=False)
+    monkeypatch.setattr(sys, "argv", ["x"])
+    tfds.display_progress_bar(True)
+    builder = embedded.ensure_built(SyntheticPanoptic, data_dir=str(tmp_path),
+                                    num_train=4, num_validation=2)
+    out, err = capfd.readouterr()
+    assert builder.info.splits["train"].num_examples == 4
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith("Building embedded dataset synthetic_panoptic/")
+    assert lines[1].startswith("built synthetic_panoptic/") and lines[1].endswith(
+        "(train 4, validation 2 examples)")
+    assert tqdm_utils._active  # the bars are TFDS's again
+    embedded.ensure_built(SyntheticPanoptic, data_dir=str(tmp_path), num_train=4,
+                          num_validation=2)
+    assert capfd.readouterr() == ("", "")  # built: nothing to say
+    monkeypatch.setattr(sys, "argv", ["x", "--verbose"])
+    embedded.ensure_built(SyntheticPanoptic, data_dir=str(tmp_path), num_train=3,
+                          num_validation=2)
+    out, err = capfd.readouterr()
+    assert "Generating splits" in err or "Downloading and preparing" in out + err

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from evals.evaluators import HELDOUT_KEY, heldout_loss_fn
+from evals.loops import HELDOUT_KEY, heldout_loss_fn
 from uvim_givt import config as config_lib
 from uvim_givt.training import runner, stages
 from uvim_givt.training.trainer import split_weights
