@@ -128,7 +128,7 @@ def evaluator(kind: str, prediction: str, *, split: str = "validation", num_exam
 def dense_evaluators(kind: str, size: str, baseline: bool = False,
                      heldout_split: str = "validation", every: dict | None = None,
                      extra_splits: dict | None = None, uncertainty: dict | None = None,
-                     stage2: bool = True) -> dict:
+                     discrete: bool = False) -> dict:
     """The dense tasks' evaluators, as the published configs declare theirs:
 
     * ``vae_loss`` / ``givt_loss``: held-out losses (stage-1 loss, reconstruction and KL;
@@ -145,8 +145,9 @@ def dense_evaluators(kind: str, size: str, baseline: bool = False,
       ``oracle_<suffix>`` / ``sampled_<suffix>`` on more splits (e.g. the held-out one).
 
     ``every`` maps evaluator names to their period in steps (0 or absent: after the stage).
-    ``stage2=False`` (a stage 1 without a stage 2 yet, the VQ-VAE): stage 1's evaluators
-    only.
+    ``discrete`` (the original UViM: VQ-VAE and VTT): the stage-2 loss is scored as
+    big_vision's validation_fn does it, without dropout (``codes="mean"``: the code ids are
+    deterministic), and the research evaluators (exposure, uncertainty) are left out.
     """
     every = every or {}
     bs = 8 if size == "paper" else 50
@@ -154,7 +155,8 @@ def dense_evaluators(kind: str, size: str, baseline: bool = False,
         vae_loss=evaluator("loss", "oracle", split=heldout_split, batch_size=bs,
                            every=every.get("vae_loss", 0)),
         givt_loss=evaluator("loss", "teacher_forced", split=heldout_split, batch_size=bs,
-                            every=every.get("givt_loss", 0)),
+                            every=every.get("givt_loss", 0),
+                            **({"codes": "mean"} if discrete else {})),
         oracle=evaluator(kind, "oracle", batch_size=bs, overlays=8,
                          every=every.get("oracle", 0)),
         sampled=evaluator(kind, "sampled", batch_size=bs, overlays=8,
@@ -177,8 +179,8 @@ def dense_evaluators(kind: str, size: str, baseline: bool = False,
                                                 every=every.get(name, 0), overlays=0)
     if baseline:
         out["baseline"] = evaluator(kind, "baseline", batch_size=bs, overlays=0)
-    if not stage2:
-        out = {k: v for k, v in out.items() if v["prediction"] in ("oracle", "baseline")}
+    if discrete:
+        out = {k: v for k, v in out.items() if k not in ("exposure", "uncertainty")}
     return out
 
 
@@ -238,13 +240,15 @@ def published_vae_train(epochs: float, num_examples: int) -> ml_collections.Conf
 
 
 def published_givt_train(epochs: float, num_examples: int, warmup_steps: int = 0,
-                         warmup_fraction: float = 0.0) -> ml_collections.ConfigDict:
-    """givt_coco_panoptic.py / givt_nyu_depth.py: big_vision's scale_by_adafactor (beta2
-    cap 0.95), lr 1e-3, no clipping, cosine, weight decay 1e-6 on kernels (schedule-scaled),
-    the image encoder (pretrained there) at 0.1x, batch 512; replicated (they name no
-    sharding, unlike their VAEs)."""
-    t = train_group("paper", epochs_to_steps(epochs, num_examples, 512), 512, lr=1e-3, wd=1e-6,
-                    lr_mults=ENCODER_LR_MULT)
+                         warmup_fraction: float = 0.0, batch_size: int = 512
+                         ) -> ml_collections.ConfigDict:
+    """givt_coco_panoptic.py / givt_nyu_depth.py (and the original UViM's stage 2,
+    train_*_pretrained.py, the same recipe): big_vision's scale_by_adafactor (beta2 cap
+    0.95), lr 1e-3, no clipping, cosine, weight decay 1e-6 on kernels (schedule-scaled), the
+    image encoder (pretrained there) at 0.1x, batch 512; replicated (they name no sharding,
+    unlike their VAEs)."""
+    t = train_group("paper", epochs_to_steps(epochs, num_examples, batch_size), batch_size,
+                    lr=1e-3, wd=1e-6, lr_mults=ENCODER_LR_MULT)
     t.log_every, t.ckpt_every = 50, 1000
     t.optim.update(optimizer="big_vision_adafactor", grad_clip=0.0, schedule="cosine",
                    warmup_steps=warmup_steps, warmup_fraction=warmup_fraction,
@@ -353,6 +357,42 @@ def dense_vqvae_group(model: dict, ignore_zero: tuple[str, ...],
                 ignore_zero=ignore_zero, w_commitment=0.0, freeze_dict=False, train=train)
 
 
+def vtt_model(size: str, vq: dict) -> dict:
+    """The original UViM's stage 2 (big_vision proj/uvim/vtt.py) over the VQ-VAE ``vq``
+    (its model group): paper: VTT_MODELS["large"] of train_*_pretrained.py (ViT-L/16 at
+    512 px, the decoder as deep), learned position embeddings, vocab = dict_size + 1.
+    base: a ViT-S-like 6-layer pair; tiny: two layers of width 96 on 8 px patches."""
+    common = dict(vocab_size=vq["dict_size"] + 1, seq_len=vq["code_len"],
+                  input_size=tuple(vq["input_size"]), posemb_type="learn",
+                  zero_decoder_seq=False, **model_precision())
+    if size == "paper":
+        return dict(common, num_layers=24, num_heads=16, mlp_dim=4096, emb_dim=1024,
+                    patches=(16, 16), dropout_rate=0.0)
+    if size == "base":
+        return dict(common, num_layers=6, num_heads=6, mlp_dim=1536, emb_dim=384,
+                    patches=(8, 8), dropout_rate=0.1)
+    return dict(common, num_layers=2, num_heads=4, mlp_dim=384, emb_dim=96, patches=(8, 8),
+                dropout_rate=0.0)
+
+
+def dense_vtt_group(size: str, vq: dict, train: ml_collections.ConfigDict) -> dict:
+    """``givt`` of the original UViM: the VTT (``givt.kind="vtt"``, :func:`vtt_model`) over
+    the VQ-VAE ``vq``'s code ids, greedy decoding (the published predict_fn's temperature
+    1e-7), the image encoder from howto-i21k-L/16 in the paper preset, as published. The
+    keys that only a GIVT reads (posterior, input noise, adaptor) keep their off values."""
+    return dict(
+        init=init_group(),
+        kind="vtt",
+        model=vtt_model(size, vq),
+        train=train,
+        posterior="mean",  # code ids are deterministic (a GIVT's key, unused)
+        input_noise=0.0,
+        sampling=sampling_group(temperature=1e-7, beam_size=1, fan_size=1),
+        init_encoder="howto-i21k-L/16" if size == "paper" else "",
+        adaptor=adaptor_group(1),  # off: code ids are modelled as they are
+    )
+
+
 def dense_givt_group(size: str, vae: dict, train: ml_collections.ConfigDict,
                      input_noise: float, sampling: dict) -> dict:
     """``givt``: a dense task's stage-2 encoder-decoder GIVT predicting the codes of the
@@ -360,6 +400,7 @@ def dense_givt_group(size: str, vae: dict, train: ml_collections.ConfigDict,
     Gaussian noise on the teacher-forcing inputs (0 = the published recipe)."""
     return dict(
         init=init_group(),
+        kind="givt",  # stage 2's kind: a GIVT (vtt: the original UViM's, dense_vtt_group)
         model=givt_encdec_model(size, out_dim=vae["codeword_dim"], seq_len=vae["code_len"],
                                 input_size=vae["input_size"]),
         train=train,

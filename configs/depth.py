@@ -17,6 +17,7 @@ from configs.common import (
     dense_train,
     dense_vae_group,
     dense_vqvae_group,
+    dense_vtt_group,
     givt_tiny_recipe,
     published_givt_train,
     published_vae_train,
@@ -133,16 +134,24 @@ def _original_uvim(c: ml_collections.ConfigDict, size: str, channels: dict) -> N
     """tokens=vq: stage 1 is the original UViM's VQ-VAE (paper: vqvae_nyu_depth.py, 200
     epochs at batch 1024, lr 1e-3, wd 1e-5); its evaluators are the held-out loss every 250
     steps and the depth metrics every 2,000 on validation (and the mean-depth baseline).
-    The ``givt`` group only mirrors the code shape."""
+    Stage 2 is the VTT (train_nyu_depth_pretrained.py), greedy-decoded."""
     paper = size == "paper"
     vae = vqvae_model(size, channels)
     c.vae = dense_vqvae_group(
         vae, ignore_zero=("depth",),
         train=published_vqvae_train(200, NYU_TRAIN_EXAMPLES, lr=1e-3, wd=1e-5) if paper
         else dense_train(size, tiny_steps=1000, lr=2e-3 if size == "tiny" else 1e-3))
-    c.givt.model.update(out_dim=vae["codeword_dim"], seq_len=vae["code_len"])
+    # Stage 2, the VTT: train_nyu_depth_pretrained.py as its get_config() returns it (its
+    # default arg is singlehost=True: batch 32, 20 epochs; 4,000 warm-up steps).
+    c.givt = dense_vtt_group(
+        size, vae,
+        published_givt_train(20, NYU_TRAIN_EXAMPLES, warmup_steps=4000, batch_size=32)
+        if paper else dense_train(size, tiny_steps=1000, lr=1e-3))
     if paper:
         c.data.shuffle_buffer = 25_000  # the VQ-VAE's (the GIVTs': 50,000)
+    # Paper: held-out losses every 250 (VQ-VAE) / 1,000 (VTT) steps, depth metrics every
+    # 2,000 on validation.
     c.evals = dense_evaluators(
         "depth", size, baseline=True,
-        every=dict(vae_loss=250, oracle=2000) if paper else None, stage2=False)
+        every=dict(vae_loss=250, oracle=2000, givt_loss=1000, sampled=2000) if paper
+        else None, discrete=True)

@@ -168,6 +168,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     givt = givt_model(a.size, a.style, vae, num_classes, a.model)
     c.givt = dict(
         init=init_group(),
+        kind="givt",  # stage 2's kind (a GIVT)
         model=givt,
         posterior="sample",  # stage-2 targets: a sample of q(z|x) ("mean" = its mean)
         input_noise=0.0,     # std of noise on the teacher-forcing inputs (0 = published)

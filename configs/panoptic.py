@@ -17,6 +17,7 @@ from configs.common import (
     dense_train,
     dense_vae_group,
     dense_vqvae_group,
+    dense_vtt_group,
     givt_tiny_recipe,
     published_givt_train,
     published_vae_train,
@@ -113,18 +114,27 @@ def _original_uvim(c: ml_collections.ConfigDict, size: str, channels: dict) -> N
     """tokens=vq: stage 1 is the original UViM's VQ-VAE (paper: vqvae_coco_panoptic.py,
     1,000 epochs of train[4096:] at batch 1024, lr 4e-4, wd 4e-5); its evaluators are the
     held-out loss on train[:4096] every 250 steps and PQ every 10,000 steps on validation,
-    train[:4096] and train[4096:8192]. The ``givt`` group only mirrors the code shape."""
+    train[:4096] and train[4096:8192]. Stage 2 is the VTT (train_coco_panoptic_pretrained.py),
+    greedy-decoded."""
     paper = size == "paper"
     vae = vqvae_model(size, channels)
     c.vae = dense_vqvae_group(
         vae, ignore_zero=(),
         train=published_vqvae_train(1000, COCO_TRAIN_EXAMPLES, lr=4e-4, wd=4e-5) if paper
         else dense_train(size, tiny_steps=1500, lr=5e-3 if size == "tiny" else 3e-3))
-    c.givt.model.update(out_dim=vae["codeword_dim"], seq_len=vae["code_len"])
+    # Stage 2, the VTT: train_coco_panoptic_pretrained.py, 200 epochs at batch 512.
+    c.givt = dense_vtt_group(
+        size, vae,
+        published_givt_train(200, COCO_TRAIN_EXAMPLES, warmup_steps=4000) if paper else
+        dense_train(size, tiny_steps=1300, lr=1e-3))
     if paper:
         c.data.shuffle_buffer = 25_000  # the VQ-VAE's (the GIVTs': 50,000)
+    # Paper: the VQ-VAE's held-out loss every 250 steps and PQ every 10,000; the VTT's
+    # held-out loss every 1,000 steps on train[:4096] and PQ every 10,000 on validation, the
+    # held-out and the train[4096:8192] images.
     c.evals = dense_evaluators(
         "panoptic", size, heldout_split="train[:4096]" if paper else "validation",
-        every=dict(vae_loss=250, oracle=10_000) if paper else None,
+        every=dict(vae_loss=250, oracle=10_000, givt_loss=1000, sampled=10_000) if paper
+        else None,
         extra_splits=dict(holdout="train[:4096]", train="train[4096:8192]") if paper else None,
-        stage2=False)
+        discrete=True)

@@ -36,6 +36,7 @@ import ml_collections
 
 from evals import loops
 from evals.loops import HELDOUT_CODES, LOOPS
+from uvim_givt import config as config_lib
 from uvim_givt import rundir, schema
 from uvim_givt.data import catalog
 from uvim_givt.errors import ConfigError, UserError
@@ -153,7 +154,7 @@ class Evaluators:
             specs = {n: s for n, s in specs.items() if n in set(names)}
         if kind is not None:
             specs = {n: s for n, s in specs.items() if s.kind == kind}
-        if cfg.givt.model.style != "ar":  # MaskGIT decodes no teacher-forced means
+        if config_lib.stage2_style(cfg) != "ar":  # MaskGIT decodes no teacher-forced means
             tf = [n for n, s in specs.items()
                   if s.prediction == "teacher_forced" and s.kind != "loss"]
             if tf:

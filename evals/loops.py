@@ -221,7 +221,8 @@ def uncertainty_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str
     for batch in pipeline.eval_batches(ds, lambda ex: task.preprocess(cfg, ex, "eval"),
                                        spec.batch_size):
         decoded = [jax.tree_util.tree_map(np.asarray, predictor.decode(
-            predictor.sample_codes(seen, k, image=batch["image"]))) for k in range(draws)]
+            predictor.sample_codes(seen, k, image=batch["image"]), batch["image"]))
+            for k in range(draws)]
         probs = {name: np.mean([softmax(d[name]) for d in decoded], axis=0)
                  for name in channels}
         for i in np.flatnonzero(batch["_valid"]):

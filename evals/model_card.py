@@ -62,8 +62,10 @@ def render(run_dir: str) -> str:
     params = info.get("num_params", {})
     times = info.get("train_time_s", {})
     lines = [f"# Model card: {name}", "",
-             f"{cfg.task} with UViM + GIVT: stage 1 a `{cfg.vae.kind}` VAE over the task's "
-             f"outputs, stage 2 a GIVT (`{cfg.givt.model.style}`) generating its codes.", "",
+             f"{cfg.task} with UViM: stage 1 a `{cfg.vae.kind}` VAE over the task's outputs, "
+             + ("stage 2 the original UViM's VTT generating its code ids." if
+                str(cfg.givt.kind) == "vtt" else
+                f"stage 2 a GIVT (`{cfg.givt.model.style}`) generating its codes."), "",
              "| | |", "|---|---|",
              f"| config | `config.json`, preset `{cfg.size}`, hash "
              f"`{rundir.config_hash(cfg)[:12]}` |",

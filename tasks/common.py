@@ -286,12 +286,13 @@ def run_complete(task: Any, args: argparse.Namespace) -> dict[str, Any]:
     seen = 0
     for batch in pipeline.eval_batches(ds, lambda ex: task.preprocess(cfg, ex, "eval"),
                                        args.num):
-        codes = predictor.encode(batch["labels"])
+        image = batch["image"]
+        codes = predictor.encode(batch["labels"], image)
         outputs = {
             "completed": predictor.decode(predictor.sample_codes(
-                args.seed, image=batch["image"], given=codes, keep=~generated)),
-            "sampled": predictor.decode(predictor.sample_codes(args.seed,
-                                                               image=batch["image"]))}
+                args.seed, image=image, given=codes, keep=~generated), image),
+            "sampled": predictor.decode(predictor.sample_codes(args.seed, image=image),
+                                        image)}
         for i in np.flatnonzero(batch["_valid"]):
             example = next(raw)
             meta = {k: v[i] for k, v in batch["meta"].items()}

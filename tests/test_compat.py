@@ -44,6 +44,8 @@ def write_npz(path, params) -> str:
 
 
 def cfg_of(**groups) -> ml_collections.ConfigDict:
+    if "givt" in groups:  # every config names its stage-2 kind (configs/common.py)
+        groups["givt"] = {"kind": "givt", **groups["givt"]}
     return ml_collections.ConfigDict(groups)
 
 

@@ -608,7 +608,14 @@ def test_a_run_says_where_it_came_from_and_what_it_scores(tiny_run, tmp_path):
     assert str(tmp_path.parent) not in page
 
 
-VQ_TINY = ["--config", "configs/panoptic.py:tokens=vq", "--stage", "vae",
+VTT_TINY = ["--set", "givt.model.seq_len=16", "--set", "givt.model.vocab_size=17",
+            "--set", "givt.model.num_layers=1", "--set", "givt.model.emb_dim=16",
+            "--set", "givt.model.mlp_dim=32", "--set", "givt.model.num_heads=2",
+            "--set", "givt.train.total_steps=3", "--set", "givt.train.batch_size=8",
+            "--set", "givt.train.log_every=1",
+            "--set", "evals.sampled.batch_size=4", "--set", "evals.sampled.overlays=1",
+            "--set", "evals.teacher_forced.batch_size=4", "--set", "evals.givt_loss.batch_size=4"]
+VQ_TINY = ["--config", "configs/panoptic.py:tokens=vq", "--stage", "vae", *VTT_TINY,
            "--set", "data.embedded_num_train=48", "--set", "data.embedded_num_validation=8",
            "--set", "vae.train.total_steps=3", "--set", "vae.train.batch_size=8",
            "--set", "vae.model.width=32", "--set", "vae.model.mlp_dim=64",
@@ -622,8 +629,9 @@ def test_tiny_vq_stage1_run_and_its_oracle(tiny_run, tmp_path, capsys):
     """tokens=vq: the original UViM's stage 1 trains through the same runner (on the
     embedded data the fixture built), its oracle (ground truth and image -> code ids ->
     labels) is scored by the panoptic evaluator, and the eval command reloads the run (its
-    dictionary from the checkpoint's state) and scores the same PQ. A GIVT stage 2 on
-    discrete codes is refused before anything is written."""
+    dictionary from the checkpoint's state) and scores the same PQ. Stage 2, the VTT,
+    then trains on the code ids, and its sampled and teacher-forced predictions are scored
+    by the same evaluators as a GIVT's."""
     run = str(tmp_path / "vq")
     assert P.main(["train", "--workdir", run, *VQ_TINY]) == 0
     records = sorted(os.listdir(os.path.join(run, "eval")))
@@ -640,10 +648,25 @@ def test_tiny_vq_stage1_run_and_its_oracle(tiny_run, tmp_path, capsys):
              for r in os.listdir(os.path.join(run, "eval")) if r.startswith("vae_oracle")
              and r.endswith("_eval.json")]
     assert len(again) == 1 and again[0]["metrics"] == oracle["metrics"]
-    other = str(tmp_path / "vq_all")
+    # stage 2: a VTT whose vocabulary disagrees with the VQ-VAE is refused, nothing written
     capsys.readouterr()
-    assert P.main(["train", "--workdir", other, *VQ_TINY, "--stage", "all"]) == 2
-    assert "--stage vae" in capsys.readouterr().err and not os.path.exists(other)
+    other = str(tmp_path / "vq_other")
+    assert P.main(["train", "--workdir", other, *VQ_TINY, "--set", "givt.model.vocab_size=129",
+                   "--stage", "all"]) == 2
+    assert "givt.model.vocab_size=129" in capsys.readouterr().err
+    assert not os.path.exists(other)
+    assert P.main(["train", "--workdir", run, *VQ_TINY, "--stage", "givt"]) == 0
+    records = {r.split("_validation")[0]: json.load(open(os.path.join(run, "eval", r)))
+               for r in os.listdir(os.path.join(run, "eval")) if r.startswith("givt_")}
+    assert set(records) == {"givt_sampled", "givt_teacher_forced", "givt_givt_loss"}
+    for name in ("givt_sampled", "givt_teacher_forced"):
+        assert records[name]["metrics"]["num_images"] == 8
+        assert 0 <= records[name]["metrics"]["PQ"] <= 100
+    loss = records["givt_givt_loss"]["metrics"]
+    assert 0 < loss["nll_per_token"] < 10 and 0 <= loss["accuracy"] <= 1
+    rows = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
+    assert [r["step"] for r in rows if r.get("stage") == "givt" and "loss" in r] == [1, 2, 3]
+
 
 
 def test_eval_commands_run_the_declared_evaluators_without_overwriting(tiny_run, capsys):

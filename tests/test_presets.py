@@ -317,7 +317,69 @@ def test_vq_paper_preset_equals_the_published_config(task):
     wrong = {k: (_get(cfg, k), v) for k, v in PUBLISHED_VQ[task].items()
              if _norm(_get(cfg, k)) != _norm(v)}
     assert wrong == {}, "ours vs published: " + repr(wrong)
-    # stage 1 only: no evaluator needs a stage 2 (the discrete one is not built yet)
-    assert {e.prediction for e in cfg.evals.values()} <= {"oracle", "baseline"}
+    # no research evaluators: the exposure and uncertainty ones are the GIVT side's
+    assert not {e.prediction for e in cfg.evals.values()} & {"completed", "uncertainty"}
     from configs.common import COCO_TRAIN_EXAMPLES, epochs_to_steps
     assert epochs_to_steps(1000, COCO_TRAIN_EXAMPLES, 1024) == 111_515
+
+
+# The original UViM's stage 2, the VTT, from big_vision configs/proj/uvim/
+# train_coco_panoptic_pretrained.py and train_nyu_depth_pretrained.py (as get_config()
+# returns them: NYU's default arg is singlehost=True, batch 32 and 20 epochs).
+VTT = {
+    "givt.kind": "vtt",
+    # VTT_MODELS["large"], patches 16, learned position embeddings, 512 px, 256 codes
+    "givt.model.num_layers": 24, "givt.model.num_heads": 16, "givt.model.mlp_dim": 4096,
+    "givt.model.emb_dim": 1024, "givt.model.patches": (16, 16),
+    "givt.model.vocab_size": 4097,  # dict_size + 1
+    "givt.model.posemb_type": "learn", "givt.model.input_size": (512, 512),
+    "givt.model.seq_len": 256, "givt.model.zero_decoder_seq": False,
+    "givt.model.dropout_rate": 0.0,  # the Model's default
+    "givt.init_encoder": "howto-i21k-L/16",  # model_init = {"encoder": ...}
+    # big_vision.scale_by_adafactor(beta2_cap=0.95), lr 1e-3, wd 1e-6, no clipping, cosine
+    # with 4,000 warm-up steps; lr_mults: pos_embedding_encoder, EmbedPatches, encoder x0.1
+    "givt.train.optim.optimizer": "big_vision_adafactor",
+    "givt.train.optim.big_vision_adafactor.beta2_cap": 0.95,
+    "givt.train.optim.lr": 1e-3, "givt.train.optim.wd": 1e-6,
+    "givt.train.optim.grad_clip": 0.0, "givt.train.optim.schedule": "cosine",
+    "givt.train.optim.warmup_steps": 4000,
+    "givt.train.optim.lr_mults": [("^(encoder|EmbedPatches|pos_embedding_encoder)/", 0.1)],
+    "givt.train.log_every": 50, "givt.train.ckpt_every": 1000,
+    # predict_fn: temperature_sampling at temperature 1e-7 (greedy), one sample, no beam
+    "givt.sampling.temperature": 1e-7, "givt.sampling.beam_size": 1,
+    "givt.sampling.fan_size": 1, "givt.sampling.num_samples": 1,
+    # validation_fn: the loss with train=False (no dropout)
+    "evals.givt_loss.codes": "mean",
+}
+PUBLISHED_VTT = {
+    "panoptic": {
+        **VTT, "givt.train.batch_size": 512,
+        "givt.train.total_steps": 44_606,  # 200 epochs of 114,191 / 512
+        # val (compute_mean) on train[:4096] every 1,000; coco_panoptic every 10,000 on
+        # validation, train[:4096] and train[4096:8192]
+        "evals.givt_loss.split": "train[:4096]", "evals.givt_loss.every": 1000,
+        "evals.sampled.split": "validation", "evals.sampled.every": 10_000,
+        "evals.sampled_holdout.split": "train[:4096]", "evals.sampled_holdout.every": 10_000,
+        "evals.sampled_train.split": "train[4096:8192]", "evals.sampled_train.every": 10_000,
+    },
+    "depth": {
+        **VTT, "givt.train.batch_size": 32,
+        "givt.train.total_steps": 29_740,  # 20 epochs of 47,584 / 32
+        # val (compute_mean) on validation every 1,000; nyu_depth_val every 2,000
+        "evals.givt_loss.split": "validation", "evals.givt_loss.every": 1000,
+        "evals.sampled.split": "validation", "evals.sampled.every": 2000,
+    },
+}
+
+
+@pytest.mark.parametrize("task", sorted(PUBLISHED_VTT))
+def test_vtt_paper_preset_equals_the_published_config(task):
+    cfg = config_lib.load_config(f"configs/{task}.py:size=paper,tokens=vq")
+    wrong = {k: (_get(cfg, k), v) for k, v in PUBLISHED_VTT[task].items()
+             if _norm(_get(cfg, k)) != _norm(v)}
+    assert wrong == {}, "ours vs published: " + repr(wrong)
+    # the model the preset builds is the published tree's size (715,729,921 parameters
+    # for panoptic: ../shared/reference/uvim_param_trees.json)
+    from uvim_givt.models import builders
+    model = builders.build_model("givt", cfg)
+    assert type(model).__name__ == "VTT" and model.vocab_size == cfg.vae.model.dict_size + 1

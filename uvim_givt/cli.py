@@ -218,11 +218,12 @@ def load_task_config(task: Any, args: argparse.Namespace):
 
 
 def default_workdir(cfg) -> str:
+    from uvim_givt import config as config_lib
     from uvim_givt import rundir
     from uvim_givt.data import catalog
 
     kind, arg = catalog.parse_source(cfg.data.source)
-    style = cfg.givt.model.style
+    style = config_lib.stage2_style(cfg)
     return rundir.default_workdir(cfg, kind, arg, suffix="masked" if style == "masked" else "")
 
 

@@ -178,6 +178,12 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ConfigDict:
     return cfg
 
 
+def stage2_style(cfg: ConfigDict) -> str:
+    """How stage 2 decodes: ``givt.model.style`` of a GIVT ("ar" causal, "masked"
+    MaskGIT); "ar" for the original UViM's VTT (``givt.kind="vtt"``), which is causal."""
+    return "ar" if str(cfg.givt.kind) == "vtt" else str(cfg.givt.model.style)
+
+
 def to_dict(cfg: ConfigDict) -> dict[str, Any]:
     return json.loads(cfg.to_json_best_effort())
 
@@ -186,7 +192,7 @@ def to_dict(cfg: ConfigDict) -> dict[str, Any]:
 #: with what changed, unless every change since is one of :data:`FORMAT_UPGRADES` (one policy:
 #: no silent defaults for keys an old run lacks, except values that reproduce exactly what the
 #: old run did).
-RUN_FORMAT = 4
+RUN_FORMAT = 5
 FORMAT_KEY = "uvim_givt_format"
 FORMAT_CHANGES = {
     2: "givt.sampling holds every sampling setting (cfg_weight, cfg_max_samples, "
@@ -199,6 +205,8 @@ FORMAT_CHANGES = {
        "data.random_crop)",
     4: "the train groups have grad_accum (micro-batches per step) and cached_codes (stage 2 "
        "from precomputed stage-1 codes)",
+    5: "stage 2 has a kind (givt.kind: givt, or vtt for the original UViM's discrete "
+       "stage 2)",
 }
 
 
@@ -213,8 +221,15 @@ def _format_4(saved: dict[str, Any]) -> None:
             train.setdefault("cached_codes", False)
 
 
+def _format_5(saved: dict[str, Any]) -> None:
+    """Format 4 -> 5: every stage 2 before format 5 was a GIVT."""
+    group = saved.get("givt")
+    if isinstance(group, dict):
+        group.setdefault("kind", "givt")
+
+
 #: format -> the function that brings a config of the format before it up to it (in place)
-FORMAT_UPGRADES = {4: _format_4}
+FORMAT_UPGRADES = {4: _format_4, 5: _format_5}
 
 
 def save_config(cfg: ConfigDict, run_dir: str, name: str = "config.json") -> str:

@@ -309,6 +309,7 @@ LIBRARY_RULES: Rules = (
     (r"givt\.init_encoder", Text(r"|none|.*\.npz|howto-i21k-[BL]/16",
                                  "empty, none, a .npz file or a published ViT's name "
                                  "(howto-i21k-L/16)", bad="weights.txt")),
+    (r"givt\.kind", OneOf(("givt", "vtt"))),
     (r"givt\.model\.style", OneOf(("ar", "masked"))),
     (r"givt\.model\.head_kind", OneOf(("per_channel", "diag", "full"))),
     (r"givt\.model\.mask_style", OneOf(("concat", "replace"))),

@@ -52,7 +52,11 @@ def _construct(cls: type, where: str, **kw: Any) -> Any:
 
 
 def build_model(stage: Stage, cfg: ml_collections.ConfigDict) -> Any:
-    """The flax module of a stage: ``GIVT`` (givt), ``ViTVAE`` or ``CNNVAE`` (vae)."""
+    """The flax module of a stage: ``GIVT`` or ``VTT`` (givt, by ``givt.kind``), ``ViTVAE``,
+    ``VQVAE`` or ``CNNVAE`` (vae)."""
+    if stage == "givt" and str(cfg.givt.kind) == "vtt":
+        from uvim_givt.models.vtt import VTT
+        return _construct(VTT, "givt.model", **_kwargs(cfg.givt.model))
     if stage == "givt":
         from uvim_givt.models.givt import GIVT
         return _construct(GIVT, "givt.model", **_kwargs(cfg.givt.model))

@@ -42,7 +42,8 @@ SPECIAL_LABELS = ("mask", "nomask", "replace", "nolabel")
 
 
 class EncDecBlock(nn.Module):
-    """Pre-norm decoder block with optional cross-attention; no biases in norms/attention."""
+    """Pre-norm decoder block with optional cross-attention; no biases in attention, nor in
+    the norms unless ``norm_bias`` (GIVT's have none, the original UViM VTT's have them)."""
 
     mlp_dim: int
     num_heads: int
@@ -51,6 +52,7 @@ class EncDecBlock(nn.Module):
     deterministic: bool = True
     dtype: Any = jnp.float32  # compute dtype; LayerNorm statistics are float32 regardless
     attention: AttentionKind = "fused"
+    norm_bias: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, encoded: jax.Array | None = None,
@@ -59,16 +61,17 @@ class EncDecBlock(nn.Module):
         attn = dict(num_heads=self.num_heads, use_bias=False, broadcast_dropout=False,
                     dropout_rate=self.dropout_rate, dtype=self.dtype,
                     attention_fn=attention_fn(self.attention))
-        y = nn.LayerNorm(name="LayerNorm1", use_bias=False, dtype=self.dtype)(x)
+        norm = dict(use_bias=self.norm_bias, dtype=self.dtype)
+        y = nn.LayerNorm(name="LayerNorm1", **norm)(x)
         y = nn.MultiHeadDotProductAttention(decode=self.decode, name="SelfAttn", **attn)(
             y, y, mask=mask, deterministic=det)
         x = x + nn.Dropout(rate=self.dropout_rate)(y, det)
         if encoded is not None:
-            y = nn.LayerNorm(name="LayerNorm2", use_bias=False, dtype=self.dtype)(x)
+            y = nn.LayerNorm(name="LayerNorm2", **norm)(x)
             y = nn.MultiHeadDotProductAttention(name="CrossAttn", **attn)(
                 y, encoded, deterministic=det)
             x = x + nn.Dropout(rate=self.dropout_rate)(y, det)
-        y = nn.LayerNorm(name="LayerNorm3", use_bias=False, dtype=self.dtype)(x)
+        y = nn.LayerNorm(name="LayerNorm3", **norm)(x)
         y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout_rate, dtype=self.dtype,
                      name="MLP")(y, det)
         return x + y, None
@@ -80,6 +83,11 @@ class Decoder(nn.Module):
     The blocks run in ``dtype``; the final LayerNorm and ``LogitsDense`` in float32 (a
     small matmul), so the Gaussian means and scales are not rounded to bfloat16's 8-bit
     mantissa. The logits are float32 whatever ``dtype``.
+
+    The original UViM VTT (``models/vtt.py``) uses the same stack with ``vocab_size`` > 0
+    (its inputs are token ids, embedded here by ``EmbedTargets``, then dropout after the
+    position embedding), ``norm_bias`` and the position embedding passed in (``pos_emb``:
+    the VTT keeps it at its top level).
     """
 
     emb_dim: int
@@ -93,14 +101,22 @@ class Decoder(nn.Module):
     remat_policy: str = "nothing_saveable"
     dtype: Any = jnp.float32
     attention: AttentionKind = "fused"
+    vocab_size: int = 0  # > 0: the inputs are token ids (the VTT)
+    norm_bias: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, encoded: jax.Array | None = None,
                  mask: jax.Array | None = None, decode: bool = False,
-                 deterministic: bool = True, skip: jax.Array | None = None) -> jax.Array:
+                 deterministic: bool = True, skip: jax.Array | None = None,
+                 pos_emb: jax.Array | None = None) -> jax.Array:
         """``skip`` [B, seq_len, E], if given, is added to the inputs by position like the
         position embedding (cached decoding included)."""
-        pos_emb = learned_posemb(self, "pos_emb", self.seq_len, self.emb_dim)
+        if self.vocab_size:
+            x = nn.Embed(self.vocab_size, self.emb_dim, name="EmbedTargets",
+                         embedding_init=nn.initializers.normal(stddev=1.0),
+                         dtype=self.dtype)(x.astype(jnp.int32))
+        if pos_emb is None:
+            pos_emb = learned_posemb(self, "pos_emb", self.seq_len, self.emb_dim)
         if skip is not None:
             pos_emb = pos_emb + skip
         # The residual stream in the compute dtype (float32 parameters would promote it).
@@ -119,9 +135,11 @@ class Decoder(nn.Module):
                 x = x + pos_emb[:, :length]
         else:
             x = x + pos_emb[:, :length]
+        if self.vocab_size:  # the VTT's dropout of the embedded inputs
+            x = nn.Dropout(rate=self.dropout_rate)(x, deterministic)
         kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout_rate=self.dropout_rate,
                   decode=decode, deterministic=deterministic, dtype=self.dtype,
-                  attention=self.attention)
+                  attention=self.attention, norm_bias=self.norm_bias)
         if self.scan:
             block = nn.remat(EncDecBlock, prevent_cse=False,
                              policy=getattr(jax.checkpoint_policies, self.remat_policy, None))

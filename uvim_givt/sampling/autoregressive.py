@@ -1,4 +1,5 @@
-"""Autoregressive sampling for causal GIVT: KV cache inside a ``lax`` loop.
+"""Autoregressive sampling for causal GIVT (and the original UViM's VTT, whose code ids
+come from a categorical head with the same interface): KV cache inside a ``lax`` loop.
 
 Supports temperature (scales) and mixture-logit temperature, beam search with
 fan-out (each beam draws ``fan_size`` candidates, the best ``beam_size`` of all
@@ -20,7 +21,7 @@ from uvim_givt.models.givt import GIVT
 from uvim_givt.sampling.cfg import sample_cfg
 
 
-def _apply(model: GIVT, params: Any, cache: Any, method, *args, **kwargs):
+def _apply(model: GIVT, params: Any, cache: Any, method: str, *args, **kwargs):
     variables = {"params": params} if cache is None else {"params": params, "cache": cache}
     out, mutated = model.apply(variables, *args, method=method, mutable=["cache"], **kwargs)
     return out, mutated["cache"]
@@ -28,14 +29,14 @@ def _apply(model: GIVT, params: Any, cache: Any, method, *args, **kwargs):
 
 def _start(model: GIVT, params: Any, labels, batch: int, encoded, drop: bool):
     """Fresh cache with the label/BOS fed; returns (logits of token 0 [B, N], cache)."""
-    _, cache = _apply(model, params, None, GIVT.init_cache, batch, encoded)
+    _, cache = _apply(model, params, None, "init_cache", batch, encoded)
     drop_labels = jnp.ones((batch,), bool) if drop else None
-    logits, cache = _apply(model, params, cache, GIVT.prefill, labels, batch, encoded, drop_labels)
+    logits, cache = _apply(model, params, cache, "prefill", labels, batch, encoded, drop_labels)
     return logits[:, 0], cache
 
 
 def _step(model: GIVT, params: Any, cache: Any, token: jax.Array, encoded):
-    logits, cache = _apply(model, params, cache, GIVT.decode_step, token[:, None], encoded)
+    logits, cache = _apply(model, params, cache, "decode_step", token[:, None], encoded)
     return logits[:, 0], cache
 
 
@@ -71,7 +72,8 @@ def sample_autoregressive(
     keep_gt: jax.Array | None = None,
     gt: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Samples token sequences [B, seq_len, out_dim] and their log-probabilities [B].
+    """Samples token sequences [B, seq_len, out_dim] (a VTT's: ids [B, seq_len]) and their
+    log-probabilities [B].
 
     ``labels`` [B] (class-conditional) or ``batch_size`` (BOS only); ``image``
     [B, H, W, 3] for encoder-decoder models. The log-probability is under the
@@ -91,9 +93,10 @@ def sample_autoregressive(
     """
     if model.style != "ar":
         raise ValueError("sample_autoregressive needs a causal (style='ar') model")
-    batch = labels.shape[0] if labels is not None else batch_size
+    batch = (labels.shape[0] if labels is not None else image.shape[0] if image is not None
+             else batch_size)
     if batch is None:
-        raise ValueError("give labels or batch_size")
+        raise ValueError("give labels, image or batch_size")
     use_cfg = cfg_weight is not None and not (
         isinstance(cfg_weight, int | float) and cfg_weight == 0)
     if use_cfg and (beam_size > 1 or fan_size > 1):
@@ -109,18 +112,25 @@ def sample_autoregressive(
         raise ValueError("give keep_gt and gt together")
     if keep_gt is not None:
         keep_gt = jnp.asarray(keep_gt, bool)
-        gt = jnp.asarray(gt, jnp.float32)
-        if keep_gt.shape != (model.seq_len,) or gt.shape != (batch, model.seq_len,
-                                                             model.out_dim):
-            raise ValueError(f"keep_gt must be [{model.seq_len}] and gt [{batch}, "
-                             f"{model.seq_len}, {model.out_dim}]; got {keep_gt.shape} and "
-                             f"{gt.shape}")
+        shape, dtype = _tokens(model, batch)
+        gt = jnp.asarray(gt, dtype)
+        if keep_gt.shape != (model.seq_len,) or gt.shape != shape:
+            raise ValueError(f"keep_gt must be [{model.seq_len}] and gt {list(shape)}; got "
+                             f"{keep_gt.shape} and {gt.shape}")
     temps = dict(temperature=temperature, temperature_probs=temperature_probs)
     opts = dict(rand_top_k=bool(rand_top_k), unconditional=bool(unconditional),
                 use_cfg=use_cfg, cfg_max_samples=int(cfg_max_samples))
     return _sample_jit(model, params, rng, labels, batch, image, temps, beam_size, fan_size,
                        cfg_weight if use_cfg else None, rand_top_k_temperature, keep_gt, gt,
                        **opts)
+
+
+def _tokens(model: Any, batch: int) -> tuple[tuple[int, ...], Any]:
+    """Shape and dtype of a batch of token sequences: [B, seq_len, out_dim] float32 for a
+    GIVT's Gaussian mixture, [B, seq_len] ids for a categorical head."""
+    head = model.head
+    token_shape = getattr(head, "token_shape", (model.out_dim,))
+    return (batch, model.seq_len, *token_shape), getattr(head, "token_dtype", jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 7, 8), static_argnames=(
@@ -130,7 +140,7 @@ def _sample_jit(model, params, rng, labels, batch, image, temps, beam_size, fan_
                 use_cfg, cfg_max_samples):
     encoded = None
     if image is not None:
-        encoded = model.apply({"params": params}, image, method=GIVT.encode)
+        encoded = model.apply({"params": params}, image, method="encode")
     if beam_size == 1 and fan_size == 1:
         return _sample_plain(model, params, rng, labels, batch, encoded, temps, use_cfg,
                              cfg_weight, cfg_max_samples, unconditional, keep_gt, gt)
@@ -141,19 +151,20 @@ def _sample_jit(model, params, rng, labels, batch, image, temps, beam_size, fan_
 
 def _force(i, tok, logp, keep_gt, gt):
     """Position ``i``'s token: ``gt``'s where ``keep_gt[i]`` (adding no log-probability),
-    else the sample. ``tok`` [B, ..., D] and ``logp`` [B, ...] broadcast against
-    ``gt[:, i]`` [B, D]."""
+    else the sample. ``tok`` [B, ..., *token] and ``logp`` [B, ...] broadcast against
+    ``gt[:, i]`` [B, *token] (token: (D,) vectors or () ids)."""
     if keep_gt is None:
         return tok, logp
     keep = keep_gt[i]
-    given = gt[:, i].reshape(gt.shape[:1] + (1,) * (tok.ndim - 2) + gt.shape[2:])
+    extra = tok.ndim - (gt.ndim - 1)  # the candidate axes between batch and token
+    given = gt[:, i].reshape(gt.shape[:1] + (1,) * extra + gt.shape[2:])
     return jnp.where(keep, jnp.broadcast_to(given, tok.shape), tok), jnp.where(keep, 0.0, logp)
 
 
 def _sample_plain(model, params, rng, labels, batch, encoded, temps, use_cfg, cfg_weight,
                   cfg_max_samples, unconditional, keep_gt, gt):
     """One sample per example; with CFG, a second (label-dropped) cache runs alongside."""
-    head, seq_len, dim = model.head, model.seq_len, model.out_dim
+    head = model.head
     logits, cache = _start(model, params, labels, batch, encoded, drop=unconditional)
     logits_u, cache_u = (_start(model, params, labels, batch, encoded, drop=True)
                          if use_cfg else (None, None))
@@ -175,10 +186,10 @@ def _sample_plain(model, params, rng, labels, batch, encoded, temps, use_cfg, cf
             logits_u, cache_u = _step(model, params, cache_u, tok, encoded)
         return tokens, total + logp, logits, cache, logits_u, cache_u
 
-    init = (jnp.zeros((batch, seq_len, dim)), jnp.zeros((batch,)), logits, cache,
-            logits_u, cache_u)
-    tokens, total, logits, _, logits_u, _ = jax.lax.fori_loop(0, seq_len - 1, body, init)
-    last = seq_len - 1
+    shape, dtype = _tokens(model, batch)
+    init = (jnp.zeros(shape, dtype), jnp.zeros((batch,)), logits, cache, logits_u, cache_u)
+    tokens, total, logits, _, logits_u, _ = jax.lax.fori_loop(0, model.seq_len - 1, body, init)
+    last = model.seq_len - 1
     tok, logp = _force(last, *draw(jax.random.fold_in(rng, last), logits, logits_u), keep_gt, gt)
     return tokens.at[:, -1].set(tok), total + logp
 
@@ -187,15 +198,17 @@ def _sample_beam(model, params, rng, labels, batch, encoded, temps, beam_size, f
                  top_k_temperature, keep_gt, gt, unconditional=False):
     """Beam search with fan-out; beams live in the batch axis as [B * nb]. With a
     ``top_k_temperature`` the survivors are drawn (``rand_top_k``)."""
-    head, seq_len, dim = model.head, model.seq_len, model.out_dim
+    head, seq_len = model.head, model.seq_len
     nb, nf = beam_size, fan_size
+    shape, dtype = _tokens(model, batch * nb)
     beam_labels = None if labels is None else jnp.repeat(labels, nb, axis=0)
     beam_encoded = None if encoded is None else jnp.repeat(encoded, nb, axis=0)
     logits, cache = _start(model, params, beam_labels, batch * nb, beam_encoded,
                            drop=unconditional)
 
     def expand(i, key, logits, total):
-        """Draws nf candidates per beam; returns tokens [B, nb*nf, D], scores [B, nb*nf].
+        """Draws nf candidates per beam; returns tokens [B, nb*nf, *token], scores
+        [B, nb*nf].
         A given position makes every candidate the given token (all beams still equal
         there: given tokens can only be a prefix of what differs)."""
         cand_logits = jnp.repeat(logits.reshape(batch, nb, -1), nf, axis=1)
@@ -219,7 +232,8 @@ def _sample_beam(model, params, rng, labels, batch, encoded, temps, beam_size, f
         parent = top // nf
         flat_parent = (parent + jnp.arange(batch)[:, None] * nb).reshape(-1)
         tokens = jnp.take(tokens, flat_parent, axis=0)
-        new_tok = jnp.take_along_axis(tok, top[..., None], axis=1).reshape(batch * nb, dim)
+        index = top.reshape(top.shape + (1,) * (tok.ndim - 2))
+        new_tok = jnp.take_along_axis(tok, index, axis=1).reshape(batch * nb, *shape[2:])
         tokens = tokens.at[:, i].set(new_tok)
         cache = _gather_batch(cache, flat_parent, model.scan)
         return tokens, top_score.reshape(-1), new_tok, cache
@@ -237,7 +251,7 @@ def _sample_beam(model, params, rng, labels, batch, encoded, temps, beam_size, f
         logits, cache = _step(model, params, cache, new_tok, beam_encoded)
         return tokens, total, logits, cache
 
-    init = (jnp.zeros((batch * nb, seq_len, dim)), jnp.zeros((batch * nb,)), logits, cache)
+    init = (jnp.zeros(shape, dtype), jnp.zeros((batch * nb,)), logits, cache)
     tokens, total, logits, cache = jax.lax.fori_loop(0, seq_len - 1, body, init)
     key_draw, key_keep = step_keys(seq_len - 1)
     tok, score = expand(seq_len - 1, key_draw, logits, total)

@@ -39,6 +39,10 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.round((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def _array(x: Any) -> Any:
+    return None if x is None else jnp.asarray(x)
+
+
 @jax.jit
 def _log_mean_softmax(logits: jax.Array) -> jax.Array:
     """log(mean_k softmax(logits[k])) over the leading axis, computed stably."""
@@ -70,11 +74,22 @@ class Predictor:
                          settings)
 
     # ------------------------------------------------------------------ stage 1
-    def encode(self, x: np.ndarray) -> jax.Array:
-        """Posterior means of a batch of VAE inputs (label maps or images)."""
+    @property
+    def discrete(self) -> bool:
+        """Whether stage 1 makes code ids (a VQ-VAE, which reads the image as context)."""
+        return bool(getattr(self.stage1, "discrete", False))
+
+    def encode(self, x: np.ndarray, image: Any = None) -> jax.Array:
+        """Posterior means of a batch of VAE inputs (label maps or images); a VQ-VAE's code
+        ids, given the ``image`` as its context."""
+        if self.discrete:
+            return self.stage1.encode(self.vae_params, jnp.asarray(x), _array(image))
         return self.stage1.encode(self.vae_params, jnp.asarray(x))[0]
 
-    def decode(self, z: Any) -> Any:
+    def decode(self, z: Any, image: Any = None) -> Any:
+        """Decoded codes (a VQ-VAE's ids, given the ``image`` as its decoder's context)."""
+        if self.discrete:
+            return self.stage1.decode(self.vae_params, jnp.asarray(z), _array(image))
         return self.stage1.decode(self.vae_params, jnp.asarray(z))
 
     def oracle(self, x: np.ndarray, image: np.ndarray | None = None) -> Any:
@@ -118,8 +133,8 @@ class Predictor:
                      labels: np.ndarray | None = None) -> np.ndarray:
         """Stage 2's teacher-forced NLL [B, seq_len] (nats) of each code of the posterior
         means of ``x`` (its stage-1 input) given the true codes before it."""
-        return np.asarray(self._stage2().position_nll(self.givt_params, self.encode(x),
-                                                      images, labels))
+        return np.asarray(self._stage2().position_nll(
+            self.givt_params, self.encode(x, images), images, labels))
 
     def teacher_forced(self, images: np.ndarray | None, x: np.ndarray,
                        labels: np.ndarray | None = None) -> Any:
@@ -130,11 +145,9 @@ class Predictor:
         if self.model.style != "ar":
             raise UserError("teacher_forced predictions need a causal GIVT "
                             f"(givt.model.style='ar', not {self.model.style!r})")
-        y = self.adapt(self.encode(x))
-        mu = stage2.teacher_forced_means(self.givt_params, y,
-                                         None if images is None else jnp.asarray(images),
-                                         None if labels is None else jnp.asarray(labels))
-        return jax.tree_util.tree_map(np.asarray, self.decode(self.unadapt(mu)))
+        y = self.adapt(self.encode(x, images))
+        mu = stage2.teacher_forced_means(self.givt_params, y, _array(images), _array(labels))
+        return jax.tree_util.tree_map(np.asarray, self.decode(self.unadapt(mu), images))
 
     def predict(self, images: np.ndarray, seed: int = 0, mirror_equivariant: bool = False,
                 given: np.ndarray | None = None, num_given: int = 0
@@ -156,17 +169,19 @@ class Predictor:
             raise ConfigError(f"givt.sampling.test_time_flip=True: the {self.cfg.task} task's "
                               "labels do not mirror with the image")
         codes = keep = None
-        if num_given:
-            codes, keep = self.encode(given), np.arange(self.model.seq_len) < num_given
-            flip = False
         views = [jnp.asarray(images)]  # one host-to-device copy for all draws
+        if num_given:
+            codes = self.encode(given, views[0])
+            keep = np.arange(self.model.seq_len) < num_given
+            flip = False
         if flip:
             views.append(views[0][:, :, ::-1])
         decoded = []
         for k in range(n):
+            view = views[int(flip and k % 2 == 1)]
             mirrored = flip and k % 2 == 1
-            logits = self.decode(self.sample_codes(seed, k, image=views[int(mirrored)],
-                                                   given=codes, keep=keep))
+            logits = self.decode(self.sample_codes(seed, k, image=view, given=codes,
+                                                   keep=keep), view)
             decoded.append({name: v[:, :, ::-1] for name, v in logits.items()} if mirrored
                            else logits)
         if n == 1:

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from uvim_givt import config as config_lib
 from uvim_givt.errors import ConfigError
 
 
@@ -55,7 +56,7 @@ class SamplingSettings:
         if unknown:
             raise ConfigError(f"no sampling setting {unknown[0]!r} (settings: {names})")
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        return cls._checked(str(cfg.givt.model.style), values)
+        return cls._checked(config_lib.stage2_style(cfg), values)
 
     @classmethod
     def _checked(cls, style: str, values: Mapping[str, Any]) -> SamplingSettings:
