@@ -103,3 +103,12 @@ def test_bad_flag_values_are_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1
     assert "--fraction" in err and "-1 must be > 0" in err
+
+
+def test_default_run_folders_keep_the_token_kinds_apart():
+    from uvim_givt import config as config_lib
+
+    folders = {arg: cli.default_workdir(config_lib.load_config(f"configs/panoptic.py{arg}"))
+               for arg in ("", ":tokens=vq")}
+    assert folders == {"": os.path.join("runs", "panoptic_tiny_embedded"),
+                       ":tokens=vq": os.path.join("runs", "panoptic_tiny_embedded_vq")}

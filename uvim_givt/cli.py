@@ -224,7 +224,9 @@ def default_workdir(cfg) -> str:
 
     kind, arg = catalog.parse_source(cfg.data.source)
     style = config_lib.stage2_style(cfg)
-    return rundir.default_workdir(cfg, kind, arg, suffix="masked" if style == "masked" else "")
+    # the original UViM's runs (VQ-VAE codes) beside the GIVT ones, not in their folder
+    suffix = "vq" if str(cfg.vae.kind) == "vqvae" else "masked" if style == "masked" else ""
+    return rundir.default_workdir(cfg, kind, arg, suffix=suffix)
 
 
 def train_run(evaluators: type, after: Callable[[str], Any] | None = None) -> Run:
