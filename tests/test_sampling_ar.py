@@ -206,7 +206,7 @@ def test_errors(ar_model):
     with pytest.raises(ValueError, match="CFG"):
         sample_autoregressive(model, params, jax.random.PRNGKey(0), labels=labels,
                               cfg_weight=0.5, fan_size=2)
-    with pytest.raises(ValueError, match="labels or batch_size"):
+    with pytest.raises(ValueError, match="labels, image or batch_size"):
         sample_autoregressive(model, params, jax.random.PRNGKey(0))
     masked = GIVT(**{**TINY_AR, "style": "masked"})
     with pytest.raises(ValueError, match="causal"):

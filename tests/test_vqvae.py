@@ -247,9 +247,18 @@ def test_shapes_that_cannot_work_are_refused_naming_the_key(override, key):
 
 
 def test_a_givt_stage_2_is_refused_for_discrete_codes():
+    """tokens=vq's stage 2 is the VTT; a GIVT asked for on code ids is refused, as is a VTT
+    on a VAE's real-valued codes."""
     cfg = config_lib.load_config("configs/panoptic.py:tokens=vq")
+    assert type(stages.stage_of(cfg, "givt")).__name__ == "VTTStage"
+    cfg.givt.kind = "givt"
+    cfg.givt.model = config_lib.load_config("configs/panoptic.py").givt.model
     with pytest.raises(ConfigError, match="--stage vae"):
         stages.stage_of(cfg, "givt")
+    continuous = config_lib.load_config("configs/panoptic.py")
+    continuous.givt.kind = "vtt"
+    with pytest.raises(ConfigError, match="vae.kind='vqvae'"):
+        stages.stage_of(continuous, "givt")
 
 
 def test_codebook_collapse_is_said_in_the_log():

@@ -318,6 +318,12 @@ LIBRARY_RULES: Rules = (
      r"|seq_len)", POSITIVE_INT),
     (r"givt\.model\.num_layers", COUNT),  # 0: decoder-only
     (r"givt\.model\.(input_size|patches)", SIZE_2),
+    # the VTT's (givt.kind "vtt"); its emb_dim, num_heads, mlp_dim, num_layers, seq_len,
+    # input_size and patches are covered by the GIVT rules above
+    (r"givt\.model\.vocab_size", Num(lo=2)),
+    (r"givt\.model\.dropout_rate", PROBABILITY),
+    (r"givt\.model\.posemb_type", OneOf(("learn",))),
+    (r"givt\.model\.zero_decoder_seq", Flag()),
     (r"givt\.model\.stem", Nums(POSITIVE_INT)),
     (r"givt\.model\.(enc_dropout_rate|dec_dropout_rate|drop_labels_probability)",
      FRACTION_BELOW_1),
