@@ -1,0 +1,130 @@
+"""The original UViM's stage-2 kind, ``vtt`` (``givt.kind="vtt"``): the VTT's loss on the
+frozen VQ-VAE's code ids and the prediction interface of the GIVT stage, on ids. Registered
+with :mod:`uvim_givt.training.stages` when that module loads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from uvim_givt.errors import ConfigError
+from uvim_givt.models import builders
+from uvim_givt.training.stages import Batch, Params, register, stage_of
+
+
+@register("vtt")
+class VTTStage:
+    """Stage 2 of the original UViM: the VTT's (``models/vtt.py``) cross-entropy of the
+    frozen VQ-VAE's code ids given the image, as big_vision's ``trainers/proj/uvim/train.py``:
+    the ids enter as ``code + 1`` (0 is the padding symbol) and the loss is the mean over
+    tokens of -log softmax. Training and held-out loss are the same function (held-out:
+    no dropout). It offers the GIVT stage's prediction interface, on code ids: ``sample``
+    (the shared autoregressive sampler with the categorical head: temperature, top-k
+    through ``temperature`` 0 = greedy, beam search), ``teacher_forced_means`` (the most
+    likely id at each position given the true ones before it) and ``position_nll``."""
+
+    name = "givt"
+    discrete = True
+
+    def __init__(self, cfg: ml_collections.ConfigDict):
+        self.vae = stage_of(cfg, "vae")
+        if not getattr(self.vae, "discrete", False):
+            raise ConfigError(f"givt.kind='vtt' models a VQ-VAE's code ids, but vae.kind="
+                              f"{cfg.vae.kind!r} makes real-valued codes: use vae.kind="
+                              "'vqvae' (the dense configs' tokens=vq) or givt.kind='givt'")
+        self.model = model = builders.build_model("givt", cfg)
+        vq = self.vae.model
+        problems = []
+        if int(model.vocab_size) != int(vq.dict_size) + 1:
+            problems.append(f"givt.model.vocab_size={model.vocab_size}: the VQ-VAE's "
+                            f"dictionary has {vq.dict_size} codes, so it must be "
+                            f"{vq.dict_size + 1} (code ids + 1; 0 pads)")
+        if int(model.seq_len) != int(vq.code_len):
+            problems.append(f"givt.model.seq_len={model.seq_len} but the VQ-VAE makes "
+                            f"{vq.code_len} codes")
+        if problems:
+            raise ConfigError("; ".join(problems))
+        self.adaptor = None
+        self.conditioning_inputs = ("image",)
+        self.inputs = tuple(dict.fromkeys((self.vae.input_key, "image")))
+        self.teacher_forced_means = jax.jit(self._teacher_forced_ids)
+        self._jit_position_nll = jax.jit(self._position_nll)
+
+    def init(self, key: jax.Array) -> Params:
+        ids = jnp.zeros((1, self.model.seq_len), jnp.int32)
+        image = jnp.zeros((1, *self.model.input_size, 3), jnp.float32)
+        return self.model.init(key, ids, image=image)["params"]
+
+    def conditioning(self, batch: Batch) -> dict[str, Any]:
+        return {"image": batch["image"], "labels": None}
+
+    def codes(self, vae_params: Params, batch: Batch, rng: jax.Array = None,
+              train: bool = False) -> jax.Array:
+        """The frozen VQ-VAE's code ids [B, code_len] of the batch (deterministic)."""
+        return jax.lax.stop_gradient(self.vae.encode(vae_params, batch[self.vae.input_key],
+                                                     batch["image"]))
+
+    def loss(self, params: Params, batch: Batch, rng: jax.Array, train: bool,
+             frozen: Params = None, input_noise: bool = True
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Mean NLL per token (nats) of the VQ-VAE's code ids, and the teacher-forced
+        accuracy of the most likely id. ``input_noise`` has no meaning for ids."""
+        del input_noise
+        if frozen is None:
+            raise ValueError("the VTT's loss needs the frozen VQ-VAE's variables")
+        tokens = self.codes(frozen, batch) + 1
+        logits = self.model.apply({"params": params}, tokens, image=batch["image"],
+                                  train=train, rngs={"dropout": rng} if train else {})
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        nll = -jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+        loss = jnp.mean(nll)
+        accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == tokens).astype(jnp.float32))
+        return loss, {"nll_per_token": loss, "accuracy": accuracy}
+
+    # -------------------------------------------------------------- prediction
+    def adapt(self, params: Params, z: Any) -> jax.Array:
+        return jnp.asarray(z)  # no adaptor: code ids are what the VTT models
+
+    def unadapt(self, params: Params, y: Any) -> jax.Array:
+        return jnp.asarray(y)
+
+    def _logits(self, params: Params, ids: jax.Array, image: Any) -> jax.Array:
+        return self.model.apply({"params": params}, ids.astype(jnp.int32) + 1,
+                                image=jnp.asarray(image))
+
+    def _teacher_forced_ids(self, params: Params, ids: jax.Array, image: Any, labels: Any
+                            ) -> jax.Array:
+        return self.model.head.mean(self._logits(params, ids, image)) - 1
+
+    def _position_nll(self, params: Params, ids: jax.Array, image: Any, labels: Any
+                      ) -> jax.Array:
+        logits = self._logits(params, ids, image)
+        return -self.model.head.log_prob(logits, ids.astype(jnp.int32) + 1)
+
+    def position_nll(self, params: Params, ids: Any, image: Any = None, labels: Any = None
+                     ) -> jax.Array:
+        """Teacher-forced NLL [B, seq_len] (nats) of each code id given the true ones before
+        it."""
+        return self._jit_position_nll(params, jnp.asarray(ids), jnp.asarray(image), None)
+
+    def sample(self, params: Params, rng: jax.Array, settings: Any, *, image: Any = None,
+               labels: Any = None, batch_size: int | None = None,
+               return_trace: bool = False, given: Any = None, keep: Any = None) -> Any:
+        """Code ids [B, code_len] sampled given the images (``settings``: temperature, 0 or
+        1e-7 as published = greedy; beam and fan); ``given`` ids with ``keep`` bool
+        [code_len]: the kept positions are those ids, the rest sampled given them."""
+        from uvim_givt.sampling.settings import sample_by_style
+        if image is None:
+            raise ValueError("the VTT samples code ids given images")
+        if return_trace:
+            raise ConfigError("a decoding trace is MaskGIT's; the VTT decodes causally")
+        kept = {}
+        if keep is not None and bool(jnp.any(jnp.asarray(keep))):
+            kept = dict(keep_gt=jnp.asarray(keep, bool),
+                        gt=jnp.asarray(given, jnp.int32) + 1)
+        tokens = sample_by_style(self.model, params, rng, settings, batch_size=len(image),
+                                 image=jnp.asarray(image), labels=None, **kept)
+        return tokens - 1
