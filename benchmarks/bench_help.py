@@ -1,5 +1,7 @@
 """How long a task's ``--help`` takes, against importing the task (what help cost before the
-command line answered it ahead of TensorFlow and JAX) and against an empty interpreter.
+command line answered it ahead of TensorFlow and JAX) and against an empty interpreter. The
+checkpoint converter (``uvim_givt.compat.big_vision``) is compared with importing it together
+with the trainer and model builders, which it loaded at import before.
 
 Each figure is the median wall time of ``--repeats`` fresh processes (``python -m
 tasks.<task> --help``, ``python -c "import tasks.<task>"``, ``python -c pass``), run one after
@@ -34,8 +36,9 @@ COLUMNS = ("task", "help_s", "import_s", "ratio")
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tasks", default="panoptic,depth,imagenet",
-                   help="comma-separated task modules (default: all three)")
+    p.add_argument("--tasks", default="panoptic,depth,imagenet,uvim_givt.compat.big_vision",
+                   help="comma-separated task names or dotted module names (default: the three "
+                        "tasks and the checkpoint converter)")
     p.add_argument("--repeats", type=errors.positive_int, default=5,
                    help="processes per figure (the median is reported)")
     _machine.add_output_arguments(p, __file__)
@@ -61,9 +64,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
         print(f"{task}: --help and import, {args.repeats} processes each ...", flush=True)
-        help_s = median_wall_s([sys.executable, "-m", f"tasks.{task}", "--help"],
-                               args.repeats)
-        import_s = median_wall_s([sys.executable, "-c", f"import tasks.{task}"], args.repeats)
+        module = task if "." in task else f"tasks.{task}"
+        help_s = median_wall_s([sys.executable, "-m", module, "--help"], args.repeats)
+        # What help cost before: the module with everything it uses imported.
+        heavy = "; import uvim_givt.training.trainer" if "." in task else ""
+        import_s = median_wall_s([sys.executable, "-c", f"import {module}{heavy}"],
+                                 args.repeats)
         rows.append({"task": task, "help_s": help_s, "import_s": import_s,
                      "ratio": help_s / import_s})
     _machine.print_table(rows, COLUMNS, markdown=args.markdown,

@@ -17,13 +17,13 @@ from uvim_givt import cli
 TASKS = ("panoptic", "depth", "imagenet")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Runs a task module as ``python -m`` does, with --help, and reports which heavy packages the
-# help path imported.
+# Runs a module as ``python -m`` does, with --help, and reports which heavy packages the help
+# path imported.
 _PROBE = """
 import json, runpy, sys
 sys.argv = ["x", *sys.argv[1:]]
 try:
-    runpy.run_module("tasks." + sys.argv.pop(1), run_name="__main__", alter_sys=True)
+    runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)
 except SystemExit as e:
     code = e.code
 heavy = sorted(m for m in ("tensorflow", "jax", "flax", "tensorflow_datasets", "cv2")
@@ -37,13 +37,23 @@ print(json.dumps({"code": code, "heavy": heavy}))
                                        ("imagenet", ["sample", "-h"]),
                                        ("panoptic", [])])
 def test_help_imports_neither_tensorflow_nor_jax(task, argv):
-    out = subprocess.run([sys.executable, "-c", _PROBE, task, *argv], cwd=ROOT,
+    result, stdout = _probe_help("tasks." + task, argv)
+    assert result == {"code": 0 if argv else 2, "heavy": []}
+    assert "usage: python -m tasks." in stdout
+
+
+def test_converter_help_imports_neither_tensorflow_nor_jax():
+    result, stdout = _probe_help("uvim_givt.compat.big_vision", ["--help"])
+    assert result == {"code": 0, "heavy": []}
+    assert "--msgpack-params {ema_params,g_params}" in stdout
+
+
+def _probe_help(module: str, argv: list[str]) -> tuple[dict, str]:
+    out = subprocess.run([sys.executable, "-c", _PROBE, module, *argv], cwd=ROOT,
                          capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": ROOT})
     assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result == {"code": 0 if argv else 2, "heavy": []}
-    assert "usage: python -m tasks." in out.stdout
+    return json.loads(out.stdout.strip().splitlines()[-1]), out.stdout
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -534,3 +534,9 @@ def test_init_encoder_refuses_bad_values(tmp_path, bad):
         with pytest.raises(UserError, match=rf"givt\.init_encoder=.*parameter '{key}'"
                                             rf".*{re.escape(expect)}"):
             warm_start_fn(cfg, "givt")(params)
+
+
+def test_converter_msgpack_choices_are_the_loaders_groups():
+    # The converter spells the groups so that its --help needs no JAX; they must stay the
+    # loader's.
+    assert bv._MSGPACK_CHOICES == pf.MSGPACK_PARAM_GROUPS

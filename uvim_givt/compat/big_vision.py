@@ -20,13 +20,12 @@ the stage-1 model of a new stage-2 run.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
-
-import ml_collections
+from typing import TYPE_CHECKING, Any
 
 from uvim_givt.errors import (
     ArgumentParser,
@@ -34,23 +33,36 @@ from uvim_givt.errors import (
     non_negative_int,
     run_command,
 )
-from uvim_givt.models.adaptor import PARAMS_KEY as ADAPTOR_PARAMS_KEY
-from uvim_givt.models.builders import (  # noqa: F401 (re-exported)
-    Stage,
-    abstract_params,
-    build_model,
-    label_channels,
-)
-from uvim_givt.training.param_files import (  # noqa: F401 (re-exported)
-    MSGPACK_PARAM_GROUPS,
-    CheckpointFileError,
-    CheckpointMismatch,
-    CheckpointValueError,
-    convert_layout,
-    load_npz,
-    save_npz,
-)
-from uvim_givt.training.trainer import count_params
+
+if TYPE_CHECKING:
+    import ml_collections
+
+    from uvim_givt.models.builders import Stage
+    from uvim_givt.training.param_files import CheckpointMismatch
+
+# Names re-exported for existing importers -> the module that defines them. They load on
+# first use (PEP 562), so ``--help`` answers without importing JAX (tests/test_cli.py).
+_REEXPORTS = {
+    "Stage": "uvim_givt.models.builders",
+    "abstract_params": "uvim_givt.models.builders",
+    "build_model": "uvim_givt.models.builders",
+    "label_channels": "uvim_givt.models.builders",
+    "CheckpointFileError": "uvim_givt.training.param_files",
+    "CheckpointMismatch": "uvim_givt.training.param_files",
+    "CheckpointValueError": "uvim_givt.training.param_files",
+    "convert_layout": "uvim_givt.training.param_files",
+    "load_npz": "uvim_givt.training.param_files",
+    "save_npz": "uvim_givt.training.param_files",
+}
+# ``--msgpack-params`` choices; equal to param_files.MSGPACK_PARAM_GROUPS (tests/test_compat.py
+# checks), spelled here so that the parser needs no JAX.
+_MSGPACK_CHOICES = ("ema_params", "g_params")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _REEXPORTS:
+        return getattr(importlib.import_module(_REEXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------- models from configs
@@ -59,6 +71,9 @@ def load_into(model_kind: Stage, cfg: ml_collections.ConfigDict,
     """Checkpoint arrays (from :func:`load_npz`; read from ``file``, named in errors) -> the
     parameter tree of ``cfg``'s model. Raises :class:`CheckpointMismatch` for keys/shapes
     that do not fit, :class:`CheckpointValueError` for non-float or non-finite values."""
+    from uvim_givt.models.builders import abstract_params
+    from uvim_givt.training.param_files import convert_layout
+
     target = abstract_params(model_kind, cfg)
     return convert_layout(flat, target, context=f"{model_kind} model of the config", file=file)
 
@@ -66,6 +81,8 @@ def load_into(model_kind: Stage, cfg: ml_collections.ConfigDict,
 def _adaptor_hint(e: CheckpointMismatch) -> str:
     """What to set when only the invertible adaptor (``params_adaptor/``, as big_vision's
     generative trainer stores it next to the GIVT) is what differs."""
+    from uvim_givt.models.adaptor import PARAMS_KEY as ADAPTOR_PARAMS_KEY
+
     prefix = f"{ADAPTOR_PARAMS_KEY}/"
     if any(k.startswith(prefix) for k in e.unexpected):
         return ("; the checkpoint has an invertible adaptor: --set givt.adaptor.enabled=True "
@@ -77,6 +94,8 @@ def _adaptor_hint(e: CheckpointMismatch) -> str:
 
 def infer_stage(keys: Sequence[str]) -> Stage:
     """``givt`` if the checkpoint embeds target tokens, ``vae`` if it has a VAE encoder."""
+    from uvim_givt.training.param_files import CheckpointFileError
+
     tops = {k.split("/", 1)[0] for k in keys}
     if "EmbedTargets" in tops:
         return "givt"
@@ -123,6 +142,8 @@ def _update_run_info(run_dir: str, stage: str, num_params: int, source: str) -> 
 def _check_same_config(run_dir: str, cfg: ml_collections.ConfigDict) -> None:
     from uvim_givt import config as config_lib
     from uvim_givt import rundir
+    from uvim_givt.training.param_files import CheckpointFileError
+
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         return
@@ -140,6 +161,8 @@ def convert(npz: str, config: str, out: str, overrides: Sequence[str] = (),
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """The command line's work: checkpoint file + config -> run directory ``out``."""
     from uvim_givt.config import load_config, save_config
+    from uvim_givt.training.param_files import CheckpointMismatch, load_npz
+    from uvim_givt.training.trainer import count_params
 
     flat = load_npz(npz, msgpack_params)
     n_src = sum(math.prod(v.shape) for v in flat.values())
@@ -181,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="default: inferred from the checkpoint's keys")
     p.add_argument("--step", type=non_negative_int, default=0,
                    help="checkpoint step to write (default 0)")
-    p.add_argument("--msgpack-params", choices=MSGPACK_PARAM_GROUPS, default=None,
+    p.add_argument("--msgpack-params", choices=_MSGPACK_CHOICES, default=None,
                    help="flax msgpack checkpoints: which weights (default ema_params if present)")
     p.add_argument("--out", required=True, help="run directory to write")
     add_verbose_argument(p)
