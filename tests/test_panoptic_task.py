@@ -666,7 +666,12 @@ def test_tiny_vq_stage1_run_and_its_oracle(tiny_run, tmp_path, capsys):
     assert 0 < loss["nll_per_token"] < 10 and 0 <= loss["accuracy"] <= 1
     rows = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
     assert [r["step"] for r in rows if r.get("stage") == "givt" and "loss" in r] == [1, 2, 3]
-
+    # the eval command reloads the VTT from the checkpoint (its tree built from code ids)
+    assert P.main(["eval", "--ckpt", run, "--evaluator", "givt_loss"]) == 0
+    (again,) = [json.load(open(os.path.join(run, "eval", r)))
+                for r in os.listdir(os.path.join(run, "eval"))
+                if r.startswith("givt_givt_loss") and r.endswith("_eval.json")]
+    assert again["metrics"] == loss
 
 
 def test_eval_commands_run_the_declared_evaluators_without_overwriting(tiny_run, capsys):

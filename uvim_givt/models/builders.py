@@ -120,8 +120,12 @@ def vae_dummy_input(model: Any) -> jax.Array:
 
 
 def init_givt(model: Any, key: jax.Array) -> dict[str, Any]:
-    """Initial parameters of a GIVT (any style, with or without an encoder) from dummy inputs."""
-    targets = jnp.zeros((1, model.seq_len, model.out_dim), jnp.float32)
+    """Initial parameters of a stage-2 model from dummy inputs: a GIVT (any style, with or
+    without an encoder; real-valued tokens) or a VTT (code ids)."""
+    if getattr(model.head, "token_shape", None) == ():  # the VTT: one id per position
+        targets = jnp.zeros((1, model.seq_len), jnp.int32)
+    else:
+        targets = jnp.zeros((1, model.seq_len, model.out_dim), jnp.float32)
     labels = None if model.num_labels is None else jnp.zeros((1,), jnp.int32)
     image = jnp.zeros((1, *model.input_size, 3), jnp.float32) if model.has_encoder else None
     mask = jnp.zeros((1, model.seq_len), bool) if model.style == "masked" else None

@@ -54,9 +54,7 @@ class VTTStage:
         self._jit_position_nll = jax.jit(self._position_nll)
 
     def init(self, key: jax.Array) -> Params:
-        ids = jnp.zeros((1, self.model.seq_len), jnp.int32)
-        image = jnp.zeros((1, *self.model.input_size, 3), jnp.float32)
-        return self.model.init(key, ids, image=image)["params"]
+        return builders.init_givt(self.model, key)
 
     def conditioning(self, batch: Batch) -> dict[str, Any]:
         return {"image": batch["image"], "labels": None}
