@@ -540,3 +540,131 @@ def test_converter_msgpack_choices_are_the_loaders_groups():
     # The converter spells the groups so that its --help needs no JAX; they must stay the
     # loader's.
     assert bv._MSGPACK_CHOICES == pf.MSGPACK_PARAM_GROUPS
+
+
+# ------------------------------------------------------ the original UViM's checkpoints
+UVIM_TREES = json.loads((Path(__file__).parent / "data" / "uvim_param_trees.json").read_text())
+UVIM_CASES = {  # reference entry -> (stage, config of its tokens=vq preset)
+    "uvim_vqvae_coco_panoptic": ("vae", "configs/panoptic.py:size=paper,tokens=vq"),
+    "uvim_vqvae_nyu_depth": ("vae", "configs/depth.py:size=paper,tokens=vq"),
+    "uvim_vtt_large_stage2": ("givt", "configs/panoptic.py:size=paper,tokens=vq"),
+}
+
+
+@pytest.mark.parametrize("name", list(UVIM_CASES))
+def test_uvim_reference_trees_load_name_for_name(name):
+    """The published VQ-VAE (params + dictionary state) and VTT trees convert (shapes only)
+    into our paper presets, every key to the same key."""
+    ref = UVIM_TREES[name]
+    stage, spec = UVIM_CASES[name]
+    source = {k: SDS(tuple(v), jnp.float32) for k, v in ref["params"].items()}
+    state = {k: SDS(tuple(v), jnp.float32) for k, v in ref.get("state", {}).items()}
+    assert bv.infer_stage(list(source)) == stage
+    out = bv.load_into(stage, load_config(spec), source, state=state)
+    params = out["params"] if state else out
+    assert {k: list(v.shape) for k, v in flat_of(params).items()} == ref["params"]
+    assert count_params(params) == ref["num_params"]
+    if state:
+        assert {k: list(v.shape) for k, v in out["state"].items()} == ref["state"]
+
+
+# A ViT block's modules in the order they are called (a pre-linen counter's order).
+_CALL_ORDER = ("LayerNorm_0", "MultiHeadDotProductAttention_0", "LayerNorm_1", "MlpBlock_0")
+
+
+def _pre_linen(flat: dict) -> dict:
+    """The same tree under pre-linen names: one counter over each module's numbered children
+    (in call order for a ViT block, else by class name and number), and
+    ``Encoder``/``Decoder`` on top."""
+    children: dict[str, set[str]] = {}
+    for key in flat:
+        parts = key.split("/")
+        for i in range(len(parts) - 1):
+            children.setdefault("/".join(parts[:i]), set()).add(parts[i])
+    rename = {}
+    for parent, names in children.items():
+        numbered = sorted(
+            ((n.rsplit("_", 1)[0], int(n.rsplit("_", 1)[1]), n) for n in names
+             if re.fullmatch(r".*_\d+", n)),
+            key=lambda t: (_CALL_ORDER.index(t[2]) if t[2] in _CALL_ORDER else 9, t))
+        if len({c for c, _, _ in numbered}) > 1:  # several classes: one shared counter
+            rename.update({(parent, n): f"{c}_{i}" for i, (c, _, n) in enumerate(numbered)})
+    out = {}
+    for key, v in flat.items():
+        parts = key.split("/")
+        new = [rename.get(("/".join(parts[:i]), p), p) for i, p in enumerate(parts)]
+        new[0] = {"encoder": "Encoder", "decoder": "Decoder"}.get(new[0], new[0])
+        out["/".join(new)] = v
+    return out
+
+
+@pytest.mark.parametrize("names", ["linen", "pre_linen"])
+def test_cli_converts_uvim_checkpoints_into_a_run(tmp_path, capsys, names):
+    """Tiny tokens=vq panoptic: a VQ-VAE training checkpoint (params/ and state/, as
+    big_vision saves it) and a VTT parameter file go into one run directory, which the
+    runner's loaders read back value for value."""
+    from uvim_givt.training import runner
+
+    spec = "configs/panoptic.py:size=tiny,tokens=vq"
+    cfg = load_config(spec)
+    variables = builders.abstract_params("vae", cfg)
+    vq_params = random_params(variables["params"], 0)
+    rng = np.random.default_rng(2)
+    state = {"dictionary": rng.normal(size=variables["state"]["dictionary"].shape),
+             "counts": rng.uniform(0.5, 3.0, size=variables["state"]["counts"].shape)}
+    vtt_params = random_params(builders.abstract_params("givt", cfg), 1)
+    vq_flat = {f"params/{k}": v for k, v in flat_of(vq_params).items()}
+    vtt_flat = flat_of(vtt_params)
+    if names == "pre_linen":
+        vq_flat = {"params/" + k: v for k, v in
+                   _pre_linen({k[7:]: v for k, v in vq_flat.items()}).items()}
+        vtt_flat = _pre_linen(vtt_flat)
+        assert "params/Encoder/encoderblock_0/MultiHeadDotProductAttention_1/key/kernel" \
+            in vq_flat  # the renaming is real
+    vq_flat.update({f"state/{k}": np.asarray(v, np.float32) for k, v in state.items()})
+    np.savez(tmp_path / "stageI.npz", **vq_flat)
+    np.savez(tmp_path / "stageII.npz", **vtt_flat)
+    run = str(tmp_path / "run")
+
+    assert bv.main(["--npz", str(tmp_path / "stageI.npz"), "--config", spec, "--out", run]) == 0
+    assert bv.main(["--npz", str(tmp_path / "stageII.npz"), "--config", spec,
+                    "--out", run]) == 0
+    printed = capsys.readouterr().out
+    assert "a state (counts, dictionary)" in printed and "a vae checkpoint" in printed
+    assert "a givt checkpoint" in printed
+
+    got, _, _ = runner.load_vae_params(run, cfg)
+    for k, v in flat_of(vq_params).items():
+        np.testing.assert_array_equal(np.asarray(flat_of(got["params"])[k]), v)
+    for k, v in state.items():
+        np.testing.assert_array_equal(np.asarray(got["state"][k]), v.astype(np.float32))
+    got_vtt, _ = runner.load_givt_params(run, cfg)
+    assert set(flat_of(got_vtt)) == set(vtt_flat if names == "linen" else flat_of(vtt_params))
+    for k, v in flat_of(vtt_params).items():
+        np.testing.assert_array_equal(np.asarray(flat_of(got_vtt)[k]), v)
+
+
+def test_vq_checkpoint_and_continuous_config_disagree_in_one_line(tmp_path, capsys):
+    spec = "configs/panoptic.py:size=tiny"
+    vq = builders.abstract_params("vae", load_config(spec + ",tokens=vq"))
+    flat = {f"params/{k}": v for k, v in flat_of(random_params(vq["params"])).items()}
+    flat.update({f"state/{k}": np.ones(v.shape, np.float32) for k, v in vq["state"].items()})
+    np.savez(tmp_path / "vq.npz", **flat)
+    vae = flat_of(random_params(builders.abstract_params("vae", load_config(spec))))
+    np.savez(tmp_path / "vae.npz", **vae)
+    for npz, config, expect in (("vq.npz", spec, "use the config's tokens=vq variant"),
+                                ("vae.npz", spec + ",tokens=vq", "has no dictionary")):
+        assert bv.main(["--npz", str(tmp_path / npz), "--config", config,
+                        "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and expect in err and "Traceback" not in err
+
+
+def test_linen_names_keep_linen_and_ambiguous_trees():
+    linen = {"b/LayerNorm_0/scale": 1, "b/LayerNorm_1/scale": 2, "b/MlpBlock_0/Dense_0/k": 3,
+             "b/MlpBlock_0/Dense_1/k": 4, "encoder/encoderblock_0/x": 5}
+    assert pf.linen_names(linen) == linen
+    gap = {"encoder/encoderblock_0/x": 1, "encoder/encoderblock_2/x": 2}  # a missing layer
+    assert pf.linen_names(gap) == gap
+    assert pf.linen_names({"Encoder/LayerNorm_0/s": 1, "Encoder/Dense_1/k": 2}) == {
+        "encoder/LayerNorm_0/s": 1, "encoder/Dense_0/k": 2}

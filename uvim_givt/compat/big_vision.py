@@ -1,7 +1,11 @@
 """Released big_vision GIVT / UViM checkpoints as such: into a config's model, into a run.
 
+GIVT-UViM and GIVT ImageNet checkpoints (VAE, GIVT) and the original UViM's (VQ-VAE with
+its dictionary state, VTT: ``*_stageI_params.npz``, ``*_stageII_params.npz``; convert them
+with the config's ``tokens=vq`` variant).
+
 :func:`load_into` maps a released checkpoint (read by
-:func:`uvim_givt.training.param_files.load_npz`, layouts converted by ``convert_layout``
+:func:`uvim_givt.training.param_files.read_checkpoint`, layouts converted by ``convert_layout``
 there) onto the parameter tree of a config's model; :func:`convert` writes it as a stage
 checkpoint of a run directory. Starting training from a checkpoint (``<stage>.init``,
 ``givt.init_encoder``) lives in :mod:`uvim_givt.training.warm_start`; the names that moved
@@ -13,7 +17,10 @@ the frozen stage 1 of a stage-2 run)::
     python -m uvim_givt.compat.big_vision --npz givt_panoptic.npz \\
         --config configs/panoptic.py:size=paper --out runs/panoptic_published
 
-Converted run directories hold parameters only (no optimiser state): the
+    python -m uvim_givt.compat.big_vision --npz panoptic_stageI_params.npz \
+        --config configs/panoptic.py:size=paper,tokens=vq --out runs/uvim_panoptic_published
+
+Converted run directories hold parameters (and a VQ-VAE's dictionary), no optimiser state: the
 trainer cannot *resume* from them; they are for inference, evaluation and as
 the stage-1 model of a new stage-2 run.
 """
@@ -53,6 +60,7 @@ _REEXPORTS = {
     "convert_layout": "uvim_givt.training.param_files",
     "load_npz": "uvim_givt.training.param_files",
     "save_npz": "uvim_givt.training.param_files",
+    "read_checkpoint": "uvim_givt.training.param_files",
 }
 # ``--msgpack-params`` choices; equal to param_files.MSGPACK_PARAM_GROUPS (tests/test_compat.py
 # checks), spelled here so that the parser needs no JAX.
@@ -67,14 +75,24 @@ def __getattr__(name: str) -> Any:
 
 # ------------------------------------------------------------------- models from configs
 def load_into(model_kind: Stage, cfg: ml_collections.ConfigDict,
-              flat: Mapping[str, Any], file: str | None = None) -> dict[str, Any]:
-    """Checkpoint arrays (from :func:`load_npz`; read from ``file``, named in errors) -> the
-    parameter tree of ``cfg``'s model. Raises :class:`CheckpointMismatch` for keys/shapes
-    that do not fit, :class:`CheckpointValueError` for non-float or non-finite values."""
+              flat: Mapping[str, Any], file: str | None = None,
+              state: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Checkpoint arrays (from :func:`read_checkpoint`; read from ``file``, named in errors)
+    -> the parameter tree of ``cfg``'s model. A model with state (the UViM VQ-VAE: its
+    dictionary and counts, ``state``) gives its variables ``{"params", "state"}``. Raises
+    :class:`CheckpointMismatch` for keys/shapes that do not fit, :class:`CheckpointValueError`
+    for non-float or non-finite values."""
     from uvim_givt.models.builders import abstract_params
     from uvim_givt.training.param_files import convert_layout
 
     target = abstract_params(model_kind, cfg)
+    if set(target) == {"params", "state"} or state:
+        # Both trees in one conversion, so that a missing dictionary (or a state the model
+        # has none of) is listed with the parameters.
+        flat = {**{f"params/{k}": v for k, v in flat.items()},
+                **{f"state/{k}": v for k, v in (state or {}).items()}}
+        if set(target) != {"params", "state"}:
+            target = {"params": target}
     return convert_layout(flat, target, context=f"{model_kind} model of the config", file=file)
 
 
@@ -93,27 +111,31 @@ def _adaptor_hint(e: CheckpointMismatch) -> str:
 
 
 def infer_stage(keys: Sequence[str]) -> Stage:
-    """``givt`` if the checkpoint embeds target tokens, ``vae`` if it has a VAE encoder."""
+    """``givt`` (stage 2: GIVT or VTT) if the checkpoint embeds target tokens, ``vae`` (stage
+    1: VAE or VQ-VAE) if it has a VAE encoder."""
     from uvim_givt.training.param_files import CheckpointFileError
 
     tops = {k.split("/", 1)[0] for k in keys}
-    if "EmbedTargets" in tops:
-        return "givt"
+    if "EmbedTargets" in tops or any(k.startswith("decoder/EmbedTargets/") for k in keys):
+        return "givt"  # GIVT (top-level) or UViM VTT (in its decoder)
     if tops & {"encoder_head", "cnn_encoder"}:
         return "vae"
     raise CheckpointFileError(
-        "cannot tell whether the checkpoint is a GIVT (EmbedTargets/...) or a "
-        f"VAE (encoder_head/..., cnn_encoder/...); top-level keys: "
+        "cannot tell whether the checkpoint is a stage 2 (EmbedTargets/..., "
+        "decoder/EmbedTargets/...) or a stage 1 (encoder_head/..., cnn_encoder/...); "
+        "top-level keys: "
         f"{sorted(tops)[:12]}; pass --stage")
 
 
 # ---------------------------------------------------------------------- run directories
 def write_stage_checkpoint(run_dir: str, stage: Stage, params: Any, step: int = 0,
-                           meta: Mapping[str, Any] | None = None) -> str:
-    """Saves ``params`` (no optimiser state) as the ``stage`` checkpoint at ``step``.
+                           meta: Mapping[str, Any] | None = None,
+                           state: Any | None = None) -> str:
+    """Saves ``params`` (no optimiser state) and ``state`` when given (a VQ dictionary) as
+    the ``stage`` checkpoint at ``step``.
 
-    ``training.checkpoint.load_params(run_dir, stage)`` reads it back; resuming
-    training from it is not possible (no ``opt_state`` item).
+    ``training.checkpoint.load_params(run_dir, stage)`` reads it back (``item="state"``
+    the state); resuming training from it is not possible (no ``opt_state`` item).
     """
     import orbax.checkpoint as ocp
 
@@ -125,8 +147,10 @@ def write_stage_checkpoint(run_dir: str, stage: Stage, params: Any, step: int = 
             raise CheckpointError(f"{ckpt.directory} already has a checkpoint at step {step}; "
                                   "pass another --step or --out")
         meta = dict(meta or {}, step=step, train_time_s=0.0)
-        ckpt.manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
+        items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
+        if state is not None:
+            items["state"] = ocp.args.StandardSave(state)
+        ckpt.manager.save(step, args=ocp.args.Composite(**items))
         ckpt.wait()
     finally:
         ckpt.close()
@@ -161,32 +185,51 @@ def convert(npz: str, config: str, out: str, overrides: Sequence[str] = (),
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """The command line's work: checkpoint file + config -> run directory ``out``."""
     from uvim_givt.config import load_config, save_config
-    from uvim_givt.training.param_files import CheckpointMismatch, load_npz
+    from uvim_givt.training.param_files import CheckpointMismatch, read_checkpoint
     from uvim_givt.training.trainer import count_params
 
-    flat = load_npz(npz, msgpack_params)
+    flat, state = read_checkpoint(npz, msgpack_params)
     n_src = sum(math.prod(v.shape) for v in flat.values())
     stage = stage or infer_stage(list(flat))
-    log(f"read {len(flat)} arrays ({n_src:,} parameters) from {npz}: a {stage} checkpoint")
+    held = f" and a state ({', '.join(sorted(state))})" if state else ""
+    log(f"read {len(flat)} arrays ({n_src:,} parameters){held} from {npz}: a {stage} "
+        "checkpoint")
     cfg = load_config(config, overrides)
     try:
-        params = load_into(stage, cfg, flat, file=npz)
+        params = load_into(stage, cfg, flat, file=npz, state=state)
     except CheckpointMismatch as e:
         raise CheckpointMismatch(e.missing, e.unexpected, e.shapes,
                                  f"{npz} vs the {stage} model of {config}"
-                                 + _adaptor_hint(e)) from None
+                                 + _adaptor_hint(e) + _state_hint(e, stage)) from None
     del flat
+    state = params.pop("state", None) if set(params) == {"params", "state"} else None
+    params = params["params"] if state is not None else params
     _check_same_config(out, cfg)
     written = {"config": save_config(cfg, out)}
     log(f"wrote {written['config']}")
     source = f"big_vision npz: {npz}"
     written["checkpoint"] = write_stage_checkpoint(out, stage, params, step,
-                                                   meta={"source": source})
-    log(f"wrote {written['checkpoint']} ({stage} parameters only, no optimiser state)")
+                                                   meta={"source": source}, state=state)
+    what = "parameters and the dictionary" if state is not None else "parameters only"
+    log(f"wrote {written['checkpoint']} ({stage} {what}, no optimiser state)")
     n = count_params(params)
     written["run_info"] = _update_run_info(out, stage, n, source)
     log(f"wrote {written['run_info']} ({stage}: {n:,} parameters)")
     return {"stage": stage, "num_params": n, "step": step, **written}
+
+
+def _state_hint(e: CheckpointMismatch, stage: str) -> str:
+    """What to set when the checkpoint and the config differ in having a VQ dictionary."""
+    if stage != "vae":
+        return ""
+    if any(k.startswith("state/") for k in e.unexpected):
+        return ("; the checkpoint is a VQ-VAE (it has a dictionary): use the config's "
+                "tokens=vq variant, e.g. configs/panoptic.py:size=paper,tokens=vq")
+    if any(k.startswith("state/") for k in e.missing):
+        return ("; the config's stage 1 is a VQ-VAE but the checkpoint has no dictionary "
+                "(state/dictionary, state/counts): a continuous VAE's checkpoint needs the "
+                "config without tokens=vq")
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -195,7 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m uvim_givt.compat.big_vision",
         description="Convert a released big_vision GIVT/UViM checkpoint into a run directory "
                     "(parameters only: for inference, evaluation, or as stage 1 of stage 2).")
-    p.add_argument("--npz", required=True, help=".npz file (or flax msgpack for the CNN VAE)")
+    p.add_argument("--npz", required=True,
+                   help=".npz file (GIVT, VAE, UViM VQ-VAE with its dictionary, VTT; or "
+                        "flax msgpack for the CNN VAE)")
     p.add_argument("--config", required=True, help="FILE[:args], e.g. configs/panoptic.py:"
                                                    "size=paper")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

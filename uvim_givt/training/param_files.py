@@ -109,12 +109,62 @@ def _fix_dtype(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _strip_train_state(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A big_vision training checkpoint (``params/...``, ``opt/...``): keep the params."""
+def _split_train_state(flat: dict[str, np.ndarray]
+                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(params, state) of a big_vision checkpoint. A training checkpoint (``params/...``,
+    ``opt/...``) keeps its params; a UViM VQ-VAE's ``state/...`` (the dictionary and its
+    counts) is the state. A bare parameter file is all params."""
+    state = {k[len("state/"):]: v for k, v in flat.items() if k.startswith("state/")}
     for prefix in ("params/", "opt/target/"):
         if any(k.startswith(prefix) for k in flat):
-            return {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
-    return flat
+            return {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}, state
+    return flat, state
+
+
+_NUMBERED = re.compile(r"^(.*)_(\d+)$")
+
+
+def linen_names(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Module names of older big_vision checkpoints as flax linen names them (what
+    big_vision's UViM loaders do on load): top-level ``Encoder``/``Decoder`` become
+    ``encoder``/``decoder``, and pre-linen numbering (one counter over all of a module's
+    numbered children: ``LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2``) becomes
+    one counter per module class (``LayerNorm_0, MultiHeadDotProductAttention_0,
+    LayerNorm_1``).
+
+    Only a parent whose numbered children are of two or more classes with all numbers
+    distinct is renumbered; linen names (each class from 0) and anything ambiguous (one
+    class with a gap, e.g. a missing layer) are kept, so a mismatch is reported, not hidden.
+    """
+    tops = {k.split("/", 1)[0] for k in flat}
+    renames = {old: old.lower() for old in ("Encoder", "Decoder")
+               if old in tops and old.lower() not in tops}
+    children: dict[str, set[str]] = {}
+    for key in flat:
+        parts = key.split("/")
+        for i in range(len(parts) - 1):  # module names only, not the leaf parameter
+            children.setdefault("/".join(parts[:i]), set()).add(parts[i])
+    renumber: dict[tuple[str, str], str] = {}
+    for parent, names in children.items():
+        numbered = [(m.group(1), int(m.group(2)), n) for n in names
+                    if (m := _NUMBERED.match(n))]
+        numbers = [i for _, i, _ in numbered]
+        if len({c for c, _, _ in numbered}) < 2 or len(set(numbers)) < len(numbers):
+            continue
+        per_class: dict[str, int] = {}
+        for cls, _, name in sorted(numbered, key=lambda t: t[1]):
+            renumber[(parent, name)] = f"{cls}_{per_class.setdefault(cls, 0)}"
+            per_class[cls] += 1
+    if not renames and not renumber:
+        return dict(flat)
+    out = {}
+    for key, value in flat.items():
+        parts = key.split("/")
+        new = [renumber.get(("/".join(parts[:i]), p), p) if i < len(parts) - 1 else p
+               for i, p in enumerate(parts)]
+        new[0] = renames.get(new[0], new[0])
+        out["/".join(new)] = value
+    return out
 
 
 def _load_msgpack(path: str, data: bytes, group: str | None) -> dict[str, np.ndarray]:
@@ -145,12 +195,20 @@ def _load_msgpack(path: str, data: bytes, group: str | None) -> dict[str, np.nda
 
 
 def load_npz(path: str, msgpack_params: str | None = None) -> dict[str, np.ndarray]:
-    """Reads a released checkpoint into flat '/'-joined keys -> arrays.
+    """Reads a released checkpoint's parameters into flat '/'-joined keys -> arrays (see
+    :func:`read_checkpoint`; a state such as a VQ dictionary is left out)."""
+    return read_checkpoint(path, msgpack_params)[0]
 
-    ``.npz`` (big_vision): keys as stored (a training checkpoint's ``params/``
-    prefix is dropped). flax msgpack (the ImageNet CNN VAE): the generator
-    weights under ``msgpack_params`` ("ema_params" or "g_params"; default EMA
-    when present), with that prefix renamed to ``cnn_`` (-> ``cnn_encoder/...``).
+
+def read_checkpoint(path: str, msgpack_params: str | None = None
+                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Reads a released checkpoint: (params, state), each flat '/'-joined keys -> arrays.
+
+    ``.npz`` (big_vision): keys as stored, with a training checkpoint's ``params/`` prefix
+    dropped, ``state/...`` (a UViM VQ-VAE's dictionary and counts) as the state, and older
+    module names made linen's (:func:`linen_names`). flax msgpack (the ImageNet CNN VAE):
+    the generator weights under ``msgpack_params`` ("ema_params" or "g_params"; default EMA
+    when present), with that prefix renamed to ``cnn_`` (-> ``cnn_encoder/...``); no state.
     """
     if msgpack_params is not None and msgpack_params not in MSGPACK_PARAM_GROUPS:
         raise CheckpointFileError(f"msgpack_params must be one of {MSGPACK_PARAM_GROUPS}, "
@@ -168,7 +226,8 @@ def load_npz(path: str, msgpack_params: str | None = None) -> dict[str, np.ndarr
                 flat = {k: _fix_dtype(z[k]) for k in z.files}
             if not flat:
                 raise CheckpointFileError(f"{path}: the .npz archive holds no arrays")
-            return _strip_train_state(flat)
+            params, state = _split_train_state(flat)
+            return linen_names(params), state
         with open(path, "rb") as f:
             data = f.read()
     except CheckpointFileError:
@@ -178,7 +237,7 @@ def load_npz(path: str, msgpack_params: str | None = None) -> dict[str, np.ndarr
                                   f"({type(e).__name__}: {e})") from None
     if not data:
         raise CheckpointFileError(f"{path}: the file is empty")
-    return _load_msgpack(path, data, msgpack_params)
+    return _load_msgpack(path, data, msgpack_params), {}
 
 
 def save_npz(path: str, params: Mapping[str, Any]) -> str:
