@@ -300,6 +300,8 @@ LIBRARY_RULES: Rules = (
     (r"vae\.freeze_dict", Flag()),
     # (first channel index, number of classes >= 2)
     (r"vae\.model\.label_channels\.\w+", Nums(COUNT, length=2)),
+    # (first channel index, number of real values)
+    (r"vae\.model\.value_channels\.\w+", Nums(COUNT, length=2)),
     (r"vae\.(perceptual|adversarial)\.weight", NON_NEGATIVE),
     (r"vae\.perceptual\.weights", Text()),
     (r"vae\.adversarial\.(filters|num_layers)", POSITIVE_INT),

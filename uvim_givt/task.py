@@ -72,7 +72,7 @@ class MetricFamily:
 
 #: The held-out losses (evaluator kind "loss") are the stages' own, the same for every task.
 HELDOUT_LOSSES = MetricFamily(
-    order=("loss", "xent", "rec", "kl", "nll_per_token", "nll_per_dim"),
+    order=("loss", "xent", "mse", "rec", "kl", "nll_per_token", "nll_per_dim"),
     higher_is_better=False,
     units=(("xent", "nats/pixel"), ("kl", "nats"), ("nll_per_token", "nats/code"),
            ("nll_per_dim", "nats/dim")))

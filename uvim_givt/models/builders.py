@@ -31,11 +31,20 @@ def vae_kind(cfg: ml_collections.ConfigDict) -> str:
 
 
 def label_channels(cfg: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
-    """The ViT VAE's label channels: name -> (index in the label map, number of classes)."""
+    """The label VAE's class channels: name -> (index in the label map, number of classes)
+    (may be empty when the config has value channels)."""
     channels = cfg.vae.model.get("label_channels")
-    if not channels:
-        raise ConfigError("vae.model.label_channels is missing: a ViT VAE needs "
-                          "{name: (index in the label map, number of classes)}")
+    if not channels and not value_channels(cfg):
+        raise ConfigError("vae.model.label_channels is missing: a label VAE needs "
+                          "{name: (index in the label map, number of classes)} (or "
+                          "vae.model.value_channels {name: (first index, number of values)})")
+    return {str(k): (int(v[0]), int(v[1])) for k, v in dict(channels or {}).items()}
+
+
+def value_channels(cfg: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
+    """The label VAE's value channels: name -> (first index in the label map, number of
+    real values), e.g. colorization's ``{"color": (0, 3)}``; empty for class-only tasks."""
+    channels = cfg.vae.model.get("value_channels") or {}
     return {str(k): (int(v[0]), int(v[1])) for k, v in dict(channels).items()}
 
 
@@ -66,6 +75,7 @@ def build_model(stage: Stage, cfg: ml_collections.ConfigDict) -> Any:
             from uvim_givt.models.cnn_vae import CNNVAE
             return _construct(CNNVAE, "vae.model", **kw)
         kw["label_channels"] = label_channels(cfg)
+        kw["value_channels"] = value_channels(cfg)
         if vae_kind(cfg) == "vqvae":
             from uvim_givt.models.vqvae import VQVAE
             return _construct(VQVAE, "vae.model", **kw)
@@ -114,8 +124,8 @@ def init_givt_stage(model: Any, adaptor: Any, key: jax.Array) -> dict[str, Any]:
 def vae_dummy_input(model: Any) -> jax.Array:
     """A one-example input of a stage-1 VAE: an image (CNN) or an int label map (ViT)."""
     if hasattr(model, "label_channels"):
-        channels = 1 + max(i for i, _ in model.label_channels.values())
-        return jnp.zeros((1, *model.input_size, channels), jnp.int32)
+        from uvim_givt.models import label_maps
+        return label_maps.dummy(model.input_size, model.label_channels, model.value_channels)
     return jnp.zeros((1, *model.input_size, 3), jnp.float32)
 
 

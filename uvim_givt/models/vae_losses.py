@@ -117,18 +117,31 @@ def label_xent(
     *,
     label_channels: Mapping[str, tuple[int, int]],
     ignore_zero: Collection[str] | bool = (),
+    value_channels: Mapping[str, tuple[int, int]] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The reconstruction term of the label VAEs: per example, the sum over channels of
-    their pixel-averaged cross-entropies (:func:`pixel_xent`), averaged over the batch.
-    Returns (xent, {"xent/<name>": ...})."""
+    """The reconstruction term of the label VAEs: per example, the sum over class channels
+    of their pixel-averaged cross-entropies (:func:`pixel_xent`) plus, over value channels
+    (``value_channels``: name -> (first index, number of values)), their squared errors
+    averaged over pixels and values (big_vision's colorization loss), averaged over the
+    batch. Returns (reconstruction, {"xent/<name>" or "mse/<name>", and the totals "xent"
+    (class channels) and "mse" (value channels) of those the config has}).
+    """
     metrics: dict[str, jax.Array] = {}
-    total_xent = jnp.zeros((labels.shape[0],), jnp.float32)
+    totals = {"xent": jnp.zeros((labels.shape[0],), jnp.float32)} if label_channels else {}
     for name, (index, _) in label_channels.items():
         ign = ignore_zero if isinstance(ignore_zero, bool) else name in ignore_zero
         xent = pixel_xent(logits[name], labels[..., index], ignore_zero=ign)
         metrics[f"xent/{name}"] = jnp.mean(xent)
-        total_xent = total_xent + xent
-    return jnp.mean(total_xent), metrics
+        totals["xent"] = totals["xent"] + xent
+    for name, (start, n) in (value_channels or {}).items():
+        b = labels.shape[0]
+        err = (logits[name].astype(jnp.float32)
+               - labels[..., start:start + n].astype(jnp.float32)).reshape(b, -1)
+        mse = jnp.mean(jnp.square(err), axis=1)
+        metrics[f"mse/{name}"] = jnp.mean(mse)
+        totals["mse"] = totals.get("mse", 0.0) + mse
+    metrics.update({k: jnp.mean(v) for k, v in totals.items()})
+    return jnp.mean(sum(totals.values())), metrics
 
 
 def label_vae_loss(
@@ -141,6 +154,7 @@ def label_vae_loss(
     beta: float,
     ignore_zero: Collection[str] | bool = (),
     kl_token_reduction: TokenReduction = "sum",
+    value_channels: Mapping[str, tuple[int, int]] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """beta-VAE loss of the ViT VAE over label maps (UViM stage 1).
 
@@ -148,15 +162,17 @@ def label_vae_loss(
     per-example pixel-averaged softmax cross-entropy of channel ``c`` (logits
     ``logits[c]`` against ``labels[..., label_channels[c][0]]``) and KL is
     ``gaussian_kl(mu, logvar, kl_token_reduction)``. ``ignore_zero``: channel names
-    (or True for all) whose target class 0 means "unknown" (e.g. invalid depth).
+    (or True for all) whose target class 0 means "unknown" (e.g. invalid depth). Value
+    channels add their mean squared error (:func:`label_xent`).
 
-    Returns (loss, metrics) with metrics ``xent/<name>``, ``xent``, ``kl``, ``loss``.
+    Returns (loss, metrics) with metrics ``xent/<name>``, ``xent`` (``mse/<name>``,
+    ``mse`` for value channels), ``kl``, ``loss``.
     """
-    xent, metrics = label_xent(logits, labels, label_channels=label_channels,
-                               ignore_zero=ignore_zero)
+    rec, metrics = label_xent(logits, labels, label_channels=label_channels,
+                              ignore_zero=ignore_zero, value_channels=value_channels)
     kl = jnp.mean(gaussian_kl(mu, logvar, kl_token_reduction))
-    loss = xent + beta * kl
-    metrics.update(xent=xent, kl=kl, loss=loss)
+    loss = rec + beta * kl
+    metrics.update(kl=kl, loss=loss)
     return loss, metrics
 
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax.core import FrozenDict
 
-from uvim_givt.models import vae_losses
+from uvim_givt.models import label_maps, vae_losses
 from uvim_givt.models.common import (
     AttentionKind,
     ComputeDtype,
@@ -44,7 +44,9 @@ class ViTVAE(nn.Module):
     """Gaussian ViT VAE over label maps (parameter names as the released GIVT-UViM VAEs).
 
     ``label_channels`` maps an output name to (input channel index in the label
-    map, number of classes), e.g. ``{"semantics": (0, 134), "instances": (1, 100)}``.
+    map, number of classes), e.g. ``{"semantics": (0, 134), "instances": (1, 100)}``;
+    ``value_channels`` a name to (first index, number of real values), e.g. colorization's
+    ``{"color": (0, 3)}`` (:mod:`uvim_givt.models.label_maps`).
     ``code_dropout`` ("none", "seq", "random"): in training, zeroes a random
     subset of the sampled code tokens before decoding, see
     ``vae_losses.code_dropout_mask``.
@@ -54,6 +56,7 @@ class ViTVAE(nn.Module):
     """
 
     label_channels: Mapping[str, tuple[int, int]]
+    value_channels: Mapping[str, tuple[int, int]] = FrozenDict()
     input_size: Sequence[int] = (512, 512)
     patch_size: Sequence[int] = (16, 16)
     width: int = 768
@@ -73,8 +76,8 @@ class ViTVAE(nn.Module):
 
     def __post_init__(self) -> None:
         # Hashable, JSON-friendly fields: lists (e.g. from a JSON config) -> tuples.
-        self.label_channels = FrozenDict(
-            {str(k): tuple(int(i) for i in v) for k, v in self.label_channels.items()})
+        self.label_channels = label_maps.frozen(self.label_channels)
+        self.value_channels = label_maps.frozen(self.value_channels)
         self.input_size = tuple(self.input_size)
         self.patch_size = tuple(self.patch_size)
         super().__post_init__()
@@ -98,15 +101,20 @@ class ViTVAE(nn.Module):
     @property
     def channel_order(self) -> tuple[str, ...]:
         """Channel names in their layout order (alphabetical, as big_vision)."""
-        return tuple(sorted(self.label_channels.keys()))
+        return label_maps.order(self.label_channels, self.value_channels)
+
+    def channel_width(self, name: str) -> int:
+        """Outputs of a channel per pixel: its classes (logits) or its values."""
+        return label_maps.width(name, self.label_channels, self.value_channels)
 
     @property
     def num_classes_total(self) -> int:
-        return sum(n for _, n in self.label_channels.values())
+        return sum(self.channel_width(n) for n in self.channel_order)
 
     def setup(self) -> None:
-        if not self.label_channels:
-            raise ValueError("ViTVAE needs at least one label channel")
+        problems = label_maps.check(self.label_channels, self.value_channels)
+        if problems:
+            raise ValueError(f"ViTVAE channels: {'; '.join(problems)}")
         gh, gw = self.patch_grid
         if gh * self.patch_size[0] != self.input_size[0] or \
                 gw * self.patch_size[1] != self.input_size[1]:
@@ -143,12 +151,10 @@ class ViTVAE(nn.Module):
 
     # -------------------------------------------------------------- pieces
     def one_hot(self, labels: jax.Array) -> jax.Array:
-        """Int labels [B, H, W, C] -> concatenated one-hots [B, H, W, sum(classes)]."""
-        parts = []
-        for name in self.channel_order:
-            index, n = self.label_channels[name]
-            parts.append(jax.nn.one_hot(labels[..., index], n, dtype=jnp.float32))
-        return jnp.concatenate(parts, axis=-1)
+        """Labels [B, H, W, C] -> concatenated features [B, H, W, sum(widths)]: one-hot
+        classes, values as they are."""
+        parts = label_maps.features(labels, self.label_channels, self.value_channels)
+        return jnp.concatenate([parts[n] for n in self.channel_order], axis=-1)
 
     def encode(self, labels: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
         """Int labels [B, H, W, C] -> (mu, logvar), each [B, code_len, codeword_dim]."""
@@ -177,7 +183,7 @@ class ViTVAE(nn.Module):
         """[B, H, W, sum(classes)] -> {name: [B, H, W, classes]}."""
         out, start = {}, 0
         for name in self.channel_order:
-            n = self.label_channels[name][1]
+            n = self.channel_width(name)
             out[name] = x[..., start:start + n]
             start += n
         return out

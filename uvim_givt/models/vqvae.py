@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import FrozenDict
 
-from uvim_givt.models import vae_losses
+from uvim_givt.models import label_maps, vae_losses
 from uvim_givt.models.common import (
     AttentionKind,
     ComputeDtype,
@@ -141,11 +141,14 @@ def patches_to_pixels(y: jax.Array, grid: tuple[int, int], patch: tuple[int, int
 class VQVAE(nn.Module):
     """The UViM VQ-VAE (parameter names as big_vision's ``proj.uvim.vit``).
 
-    ``label_channels``: name -> (index in the label map, number of classes), as the ViT
-    VAE's. ``code_dropout`` ("none", "seq", "random"): in training, zeroes a random subset
-    of the quantised codes before decoding (``vae_losses.code_dropout_mask``)."""
+    ``label_channels``: name -> (index in the label map, number of classes), and
+    ``value_channels``: name -> (first index, number of real values), as the ViT VAE's
+    (:mod:`uvim_givt.models.label_maps`). ``code_dropout`` ("none", "seq", "random"): in
+    training, zeroes a random subset of the quantised codes before decoding
+    (``vae_losses.code_dropout_mask``)."""
 
     label_channels: Mapping[str, tuple[int, int]]
+    value_channels: Mapping[str, tuple[int, int]] = FrozenDict()
     input_size: Sequence[int] = (512, 512)
     patch_size: Sequence[int] = (16, 16)
     width: int = 768
@@ -170,8 +173,8 @@ class VQVAE(nn.Module):
     attention: AttentionKind = "fused"
 
     def __post_init__(self) -> None:
-        self.label_channels = FrozenDict(
-            {str(k): tuple(int(i) for i in v) for k, v in self.label_channels.items()})
+        self.label_channels = label_maps.frozen(self.label_channels)
+        self.value_channels = label_maps.frozen(self.value_channels)
         self.input_size = tuple(self.input_size)
         self.patch_size = tuple(self.patch_size)
         super().__post_init__()
@@ -191,11 +194,16 @@ class VQVAE(nn.Module):
 
     @property
     def channel_order(self) -> tuple[str, ...]:
-        return tuple(sorted(self.label_channels))
+        return label_maps.order(self.label_channels, self.value_channels)
+
+    def channel_width(self, name: str) -> int:
+        """Outputs of a channel per pixel: its classes (logits) or its values."""
+        return label_maps.width(name, self.label_channels, self.value_channels)
 
     def problems(self) -> list[tuple[str, str]]:
         """(config key, why) for every shape that cannot work (checked before a run)."""
-        out = []
+        out = [("label_channels", why)
+               for why in label_maps.check(self.label_channels, self.value_channels)]
         for s, p in zip(self.input_size, self.patch_size, strict=True):
             if p > s or s % p:
                 out.append(("patch_size", f"{tuple(self.patch_size)} does not tile "
@@ -231,7 +239,7 @@ class VQVAE(nn.Module):
             for name in self.channel_order}
         head_kw = {"kernel_init": nn.initializers.zeros} if self.head_zeroinit else {}
         self.heads = {
-            name: nn.DenseGeneral((self.label_channels[name][1], p2), dtype=dtype,
+            name: nn.DenseGeneral((self.channel_width(name), p2), dtype=dtype,
                                   name=f"head_{name}", **head_kw)
             for name in self.channel_order}
         conv = dict(kernel_size=self.patch_size, strides=self.patch_size, padding="VALID",
@@ -265,15 +273,17 @@ class VQVAE(nn.Module):
 
     # -------------------------------------------------------------- pieces
     def one_hot_patches(self, labels: jax.Array) -> dict[str, jax.Array]:
-        """Int labels [B, H, W, C] -> {name: one-hot patches [B, patches, classes, p^2]}."""
+        """Labels [B, H, W, C] -> {name: patches [B, patches, width, p^2]} of each channel's
+        features (one-hot classes, values as they are), as big_vision's task input_pp."""
         b, h, w = labels.shape[:3]
         p, q = self.patch_size
         out = {}
-        for name in self.channel_order:
-            index, n = self.label_channels[name]
-            x = labels[..., index].reshape(b, h // p, p, w // q, q)
-            x = jnp.transpose(x, (0, 1, 3, 2, 4)).reshape(b, (h // p) * (w // q), p * q)
-            out[name] = jax.nn.one_hot(x, n, axis=-2, dtype=jnp.float32)
+        for name, x in label_maps.features(labels, self.label_channels,
+                                           self.value_channels).items():
+            n = x.shape[-1]
+            x = x.reshape(b, h // p, p, w // q, q, n)
+            out[name] = jnp.transpose(x, (0, 1, 3, 5, 2, 4)).reshape(
+                b, (h // p) * (w // q), n, p * q)
         return out
 
     def _ctx(self, conv: nn.Module, image: jax.Array) -> jax.Array:
@@ -343,7 +353,6 @@ class VQVAE(nn.Module):
 def init_variables(model: VQVAE, key: jax.Array) -> dict[str, Any]:
     """{"params", "state"} of a VQ-VAE, from dummy inputs (the dictionary drawn from
     ``key`` too)."""
-    channels = 1 + max(i for i, _ in model.label_channels.values())
-    labels = jnp.zeros((1, *model.input_size, channels), jnp.int32)
+    labels = label_maps.dummy(model.input_size, model.label_channels, model.value_channels)
     image = jnp.zeros((1, *model.input_size, 3), jnp.float32)
     return dict(model.init(key, labels, image))

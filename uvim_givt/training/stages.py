@@ -141,6 +141,7 @@ class ViTVAEStage(_VAEStage):
     def __init__(self, cfg: ml_collections.ConfigDict):
         super().__init__(cfg)
         self.channels = builders.label_channels(cfg)
+        self.values = builders.value_channels(cfg)
         self.ignore_zero = tuple(cfg.vae.ignore_zero)
 
     def init(self, key: jax.Array) -> Params:
@@ -153,7 +154,8 @@ class ViTVAEStage(_VAEStage):
         logits, aux = self._forward(self.model, params, labels, k_z, train, k_drop)
         return vae_losses.label_vae_loss(logits, labels, aux["mu"], aux["logvar"],
                                          label_channels=self.channels, beta=self.beta,
-                                         ignore_zero=self.ignore_zero)
+                                         ignore_zero=self.ignore_zero,
+                                         value_channels=self.values)
 
 
 @register("cnn")
@@ -247,6 +249,7 @@ class VQVAEStage:
                               "VQ-VAE would decode with a dictionary learnt for other "
                               "parameters; set it to 0")
         self.channels = builders.label_channels(cfg)
+        self.values = builders.value_channels(cfg)
         self.ignore_zero = tuple(cfg.vae.ignore_zero)
         self.w_commitment = float(cfg.vae.w_commitment)
         self.update_dict = not bool(cfg.vae.freeze_dict)
@@ -288,12 +291,13 @@ class VQVAEStage:
         vae, labels = self.model, batch["labels"]
         logits, aux = vae.apply(variables, labels, self._image_of(batch), train=train,
                                 rng=rng, rngs={"dropout": rng} if train else {})
-        xent, parts = vae_losses.label_xent(logits, labels, label_channels=self.channels,
-                                            ignore_zero=self.ignore_zero)
+        rec, parts = vae_losses.label_xent(logits, labels, label_channels=self.channels,
+                                           ignore_zero=self.ignore_zero,
+                                           value_channels=self.values)
         commitment = jnp.mean(jnp.square(
             aux["bottleneck"] - jax.lax.stop_gradient(aux["bottleneck_q"])))
-        loss = xent + self.w_commitment * commitment
-        parts.update(xent=xent, commitment=commitment, loss=loss)
+        loss = rec + self.w_commitment * commitment
+        parts.update(commitment=commitment, loss=loss)
         return loss, parts, aux
 
     def train_loss(self, params: Params, state: Params, batch: Batch, rng: jax.Array
