@@ -335,12 +335,14 @@ def dense_vae_group(model: dict, ignore_zero: tuple[str, ...], beta: float,
     )
 
 
-def published_vqvae_train(epochs: float, num_examples: int, lr: float, wd: float
-                          ) -> ml_collections.ConfigDict:
-    """vqvae_coco_panoptic.py / vqvae_nyu_depth.py: big_vision's scale_by_adafactor (beta2
-    cap 0.95), clip 1, cosine with 4,000 warm-up steps, weight decay on kernels
-    (schedule-scaled, as the GIVT recipes here), batch 1024."""
-    t = train_group("paper", epochs_to_steps(epochs, num_examples, 1024), 1024, lr=lr, wd=wd)
+def published_vqvae_train(epochs: float, num_examples: int, lr: float, wd: float,
+                          batch_size: int = 1024) -> ml_collections.ConfigDict:
+    """vqvae_coco_panoptic.py / vqvae_nyu_depth.py / vqvae_imagenet2012_colorization.py:
+    big_vision's scale_by_adafactor (beta2 cap 0.95), clip 1, cosine with 4,000 warm-up
+    steps, weight decay on kernels (schedule-scaled, as the GIVT recipes here), batch 1024
+    (the colorization one's default: 128)."""
+    t = train_group("paper", epochs_to_steps(epochs, num_examples, batch_size), batch_size,
+                    lr=lr, wd=wd)
     t.log_every, t.ckpt_every = 50, 1000
     t.optim.update(optimizer="big_vision_adafactor", grad_clip=1.0, schedule="cosine",
                    warmup_steps=4000, wd_mode="schedule_scaled", wd_pattern="/kernel$")

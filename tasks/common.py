@@ -101,6 +101,19 @@ def place_in_box(prediction: np.ndarray, meta: dict[str, Any], fill: Any,
     return out
 
 
+def folder_split_dir(root: str, split: str) -> str:
+    """A folder source's split: ``root/train`` for train; ``root/val`` or
+    ``root/validation`` for validation (a missing one names what was looked for)."""
+    names = {"train": ("train",), "validation": ("val", "validation"),
+             "val": ("val", "validation")}.get(split, (split,))
+    for name in names:
+        path = os.path.join(root, name)
+        if os.path.isdir(path):
+            return path
+    raise DataError(f"folder:{root}: no split folder for {split!r} "
+                    f"(looked for {', '.join(names)})")
+
+
 def list_images(images: str) -> list[str]:
     """The image file names in folder ``images``, sorted; a missing or empty folder names
     itself."""

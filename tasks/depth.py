@@ -198,18 +198,6 @@ def resize_depth(depth: np.ndarray, shape: tuple[int, int], method: str) -> np.n
 
 
 # --------------------------------------------------------------------------- HDF5 folders
-def folder_split_dir(root: str, split: str) -> str:
-    """``root/train`` for train; ``root/val`` or ``root/validation`` for validation."""
-    names = {"train": ("train",), "validation": ("val", "validation"),
-             "val": ("val", "validation")}.get(split, (split,))
-    for name in names:
-        path = os.path.join(root, name)
-        if os.path.isdir(path):
-            return path
-    raise DataError(f"folder:{root}: no split folder for {split!r} "
-                    f"(looked for {', '.join(names)})")
-
-
 def read_h5_frame(path: str) -> dict[str, np.ndarray]:
     """One NYU HDF5 frame as the TFDS nyu_depth_v2 builder reads it: ``rgb`` [3, H, W] uint8
     -> image [H, W, 3]; ``depth`` [H, W] -> float16 metres. Problems name the file."""
@@ -250,7 +238,7 @@ def scan_nyu_folder(root: str, split: str, skip_bad: bool = False
     key = (os.path.abspath(root), split, skip_bad)
     if key in _SCANS:
         return _SCANS[key]
-    split_dir = folder_split_dir(root, split)
+    split_dir = common.folder_split_dir(root, split)
     paths = sorted(os.path.join(d, f) for d, _, files in os.walk(split_dir) for f in files
                    if f.lower().endswith(H5_SUFFIXES))
     if not paths:

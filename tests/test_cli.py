@@ -14,7 +14,7 @@ import pytest
 
 from uvim_givt import cli
 
-TASKS = ("panoptic", "depth", "imagenet")
+TASKS = ("panoptic", "depth", "imagenet", "colorization")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs a module as ``python -m`` does, with --help, and reports which heavy packages the help

@@ -13,7 +13,7 @@ from evals.evaluators import Evaluators
 from uvim_givt import config as config_lib
 from uvim_givt import schema
 
-TASKS = ("panoptic", "depth", "imagenet")
+TASKS = ("panoptic", "depth", "imagenet", "colorization")
 
 
 def _rules(task_name: str) -> schema.Rules:
@@ -32,7 +32,7 @@ def _wrong_type(value):
 
 @pytest.mark.parametrize("task_name,size", [(t, s) for t in TASKS for s in ("tiny", "paper")]
                          + [("panoptic", "base"), ("depth", "base")]
-                         + [(t, f"{s},tokens=vq") for t in ("panoptic", "depth")
+                         + [(t, f"{s},tokens=vq") for t in ("panoptic", "depth", "colorization")
                             for s in ("tiny", "paper")])
 def test_every_key_of_every_preset_has_a_rule(task_name, size):
     cfg = config_lib.load_config(f"configs/{task_name}.py:size={size}")
