@@ -20,7 +20,9 @@ inception-style crop (``data.crop_area_min``) and a random mirror.
 Metric (``colorization``): ``PSNR``, big_vision's ``resizedPSNR``: per image, the PSNR
 (dynamic range 2) between the prediction at the model's resolution, clipped to [-1, 1], and
 the label (the frame resized to the model's input), averaged over images; ``PSNR_full``
-scores the prediction resized back to the frame (bilinear) against the frame itself. The
+scores the prediction resized back to the frame (bilinear) against the frame itself, and
+``PSNR_gray`` the grayscale input itself as ``PSNR`` scores a prediction (no colour at all:
+the reference a colorization must beat on the same images). The
 published ColTran FID (5,000 ImageNet validation images) is not computed here (README
 "Deviations").
 
@@ -60,7 +62,7 @@ from uvim_givt.errors import ConfigError, DataError
 from uvim_givt.models import builders
 from uvim_givt.task import ROUTES, MetricFamily, TaskMetadata
 
-METRIC_NAMES = ("PSNR", "PSNR_full")
+METRIC_NAMES = ("PSNR", "PSNR_full", "PSNR_gray")
 IMAGENET_VAL = "ImageNet 2012 val"
 CHANNEL = "color"  # the value channel of the label VAE
 
@@ -168,7 +170,7 @@ class ColorizationTask:
         title="Colorization",
         metrics={"colorization": MetricFamily(
             order=METRIC_NAMES, primary="PSNR", higher_is_better=True,
-            units=(("PSNR", "dB"), ("PSNR_full", "dB")))},
+            units=(("PSNR", "dB"), ("PSNR_full", "dB"), ("PSNR_gray", "dB")))},
         datasets=(("embedded", "synthetic indoor scenes' colour frames "
                                "(tasks/datasets/synthetic_depth.py)"),
                   ("imagenet2012", IMAGENET_VAL)))
@@ -235,24 +237,28 @@ class ColorizationTask:
 
 
 class ColorizationMetric:
-    """``PSNR`` (big_vision's resizedPSNR, at the model's resolution) and ``PSNR_full`` (at
-    the frame's), per image, averaged."""
+    """``PSNR`` (big_vision's resizedPSNR, at the model's resolution), ``PSNR_full`` (at
+    the frame's) and ``PSNR_gray`` (the grayscale input as the prediction), per image,
+    averaged."""
 
     def __init__(self, image_size: int):
         self.image_size = image_size
-        self.per_image: list[tuple[float, float]] = []
+        self.per_image: list[tuple[float, float, float]] = []
 
     def add(self, example: dict, prediction: Colorized) -> None:
-        label = model_colour(example["image"], self.image_size)
-        frame = example["image"].astype(np.float32) / 127.5 - 1.0
+        image = example["image"]
+        label = model_colour(image, self.image_size)
+        frame = image.astype(np.float32) / 127.5 - 1.0
+        gray = gray_rgb(image, self.image_size).numpy()
         self.per_image.append((psnr(prediction.model, label),
-                               psnr(prediction.frame.astype(np.float32) / 127.5 - 1.0, frame)))
+                               psnr(prediction.frame.astype(np.float32) / 127.5 - 1.0, frame),
+                               psnr(gray, label)))
 
     def result(self) -> dict[str, float]:
         if not self.per_image:
             return {"num_images": 0.0}
         values = np.asarray(self.per_image, np.float64)
-        return {"PSNR": float(values[:, 0].mean()), "PSNR_full": float(values[:, 1].mean()),
+        return {**{name: float(values[:, i].mean()) for i, name in enumerate(METRIC_NAMES)},
                 "num_images": float(len(values))}
 
 

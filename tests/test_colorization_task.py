@@ -69,6 +69,10 @@ def test_psnr_is_tensorflows_and_postprocess_unflips_and_resizes():
     np.testing.assert_allclose(
         result["PSNR_full"], float(tf.image.psnr(pred.frame / 127.5 - 1, image / 127.5 - 1,
                                                  2.0)), rtol=1e-5)
+    gray = label @ np.array([0.2989, 0.5870, 0.1140], np.float32)
+    np.testing.assert_allclose(
+        result["PSNR_gray"], float(tf.image.psnr(np.repeat(gray[..., None], 3, -1), label,
+                                                 2.0)), rtol=1e-4)
     assert result["num_images"] == 1
 
 

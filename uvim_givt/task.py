@@ -6,7 +6,8 @@ Examples flow as dicts of arrays, through one of three declared routes::
     catalog.load(task.readers, cfg, source, split)   raw examples, fixed order
       -> task.preprocess(cfg, ex, mode, seed)         mode "train" | "eval" | "predict":
            {"image": float [S, S, 3] in [-1, 1],      model inputs
-            "labels": int [S, S, C] (dense) | "label": int,
+            "labels": [S, S, C] (dense: int classes,
+                      float values of value channels) | "label": int,
             "meta": {...}}                            what postprocess needs (raw size,
                                                       crop box, flip), fixed shapes
       -> the stage's inputs (uvim_givt.training.stages: each stage kind names the keys

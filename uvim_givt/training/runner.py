@@ -397,8 +397,10 @@ def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: s
     with rundir.locked(run_dir) if primary else contextlib.nullcontext():
         rundir.start_run(run_dir, cfg, write=primary)
         sharding.sync_processes("start_run")
-        what = {"all": "stage 1 (VAE) and stage 2 (GIVT)", "vae": "stage 1 (VAE)",
-                "givt": "stage 2 (GIVT)"}[stage]
+        s1 = "VQ-VAE" if str(cfg.vae.kind) == "vqvae" else "VAE"
+        s2 = "VTT" if str(cfg.givt.kind) == "vtt" else "GIVT"
+        what = {"all": f"stage 1 ({s1}) and stage 2 ({s2})", "vae": f"stage 1 ({s1})",
+                "givt": f"stage 2 ({s2})"}[stage]
         log(f"training {task.name} {what}, {cfg.size} config, data "
             f"{cfg.data.source}; run directory: {run_dir}")
         stages_trained = ["vae", "givt"] if stage == "all" else [stage]
