@@ -100,6 +100,8 @@ FLAG_CASES = [
     ("evals.generation", ["--samples", "s", "--reference", "r"], "--is-splits", "x", "0"),
     ("uvim_givt.compat.big_vision", ["--npz", "x.npz", "--config", "configs/panoptic.py",
                                      "--out", "O"], "--step", "x", "-1"),
+    ("evals.compare", ["--runs", "A", "B", "--out", "O"], "--batch", "x", "0"),
+    ("evals.compare", ["--runs", "A", "B", "--out", "O"], "--repeats", "x", "-1"),
 ]
 
 

@@ -171,15 +171,45 @@ TINY_VQ = ["--config", "configs/colorization.py:tokens=vq",
            "--set", "evals.sampled.overlays=1", "--set", "evals.oracle.overlays=1"]
 
 
-def test_tiny_vq_run_scores_reloads_and_predicts(tmp_path, capsys, monkeypatch):
+TINY_GIVT = ["--set", "data.embedded_num_train=32", "--set", "data.embedded_num_validation=6",
+             "--set", "vae.train.total_steps=3", "--set", "givt.train.total_steps=3",
+             "--set", "vae.train.batch_size=8", "--set", "givt.train.batch_size=8",
+             "--set", "vae.model.width=32", "--set", "vae.model.mlp_dim=64",
+             "--set", "vae.model.depth=1", "--set", "vae.model.decoder_depth=1",
+             "--set", "givt.model.emb_dim=32", "--set", "givt.model.mlp_dim=64",
+             "--set", "givt.model.num_layers=1", "--set", "givt.model.num_decoder_layers=1",
+             "--set", "vae.model.code_len=16", "--set", "givt.model.seq_len=16",
+             "--set", "givt.model.patches=(16,16)",
+             "--set", "givt.sampling.beam_size=1", "--set", "givt.sampling.fan_size=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """A tiny run of each token kind on the embedded colour frames."""
+    root = tmp_path_factory.mktemp("colorization")
+    old = os.environ.get("TFDS_DATA_DIR")
+    os.environ["TFDS_DATA_DIR"] = str(root / "tfds")
+    runs = {"vq": str(root / "vq"), "continuous": str(root / "continuous")}
+    assert C.main(["train", "--workdir", runs["vq"], *TINY_VQ]) == 0
+    assert C.main(["train", "--workdir", runs["continuous"], *TINY_GIVT]) == 0
+    yield runs
+    if old is None:
+        os.environ.pop("TFDS_DATA_DIR")
+    else:
+        os.environ["TFDS_DATA_DIR"] = old
+
+
+def _records(run: str) -> dict[str, dict]:
+    return {r.split("_validation")[0]: json.load(open(os.path.join(run, "eval", r)))
+            for r in os.listdir(os.path.join(run, "eval")) if r.endswith("_train.json")}
+
+
+def test_tiny_vq_run_scores_reloads_and_predicts(tiny_runs, tmp_path):
     """tokens=vq end to end: VQ-VAE and VTT train on the embedded colour frames, their
     PSNR records are written, eval reloads the run and scores the same, predict colours a
     folder of photos at their size."""
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-    run = str(tmp_path / "run")
-    assert C.main(["train", "--workdir", run, *TINY_VQ]) == 0
-    records = {r.split("_validation")[0]: json.load(open(os.path.join(run, "eval", r)))
-               for r in os.listdir(os.path.join(run, "eval"))}
+    run = tiny_runs["vq"]
+    records = _records(run)
     assert set(records) == {"vae_oracle", "vae_vae_loss", "givt_givt_loss", "givt_sampled",
                             "givt_teacher_forced"}
     for name in ("vae_oracle", "givt_sampled"):
@@ -200,3 +230,30 @@ def test_tiny_vq_run_scores_reloads_and_predicts(tmp_path, capsys, monkeypatch):
     written = cv2.imread(str(out / png))
     assert written is not None and written.shape == (24, 32, 3)  # the photo's size
     assert os.path.isfile(out / "previews" / png)
+
+
+def test_compare_tables_both_token_kinds(tiny_runs, tmp_path, capsys):
+    """evals.compare: one row per run, its values those of the run's records and config
+    (code bits: 16 ids of a 16-word dictionary = 64 bits; 16 float32 codes of 8 dims)."""
+    from evals import compare
+    out = tmp_path / "cmp"
+    assert compare.main(["--runs", tiny_runs["continuous"], tiny_runs["vq"], "--out", str(out),
+                         "--batch", "2", "--repeats", "1"]) == 0
+    rows = {os.path.basename(r["run"]): r
+            for r in json.load(open(out / "compare.json"))["rows"]}
+    for kind, bits in (("continuous", 16 * 8 * 32), ("vq", 16 * math.log2(16))):
+        r, recs = rows[kind], _records(tiny_runs[kind])
+        info = json.load(open(os.path.join(tiny_runs[kind], "run_info.json")))["num_params"]
+        assert r["code_bits"] == bits and r["metric"] == "PSNR"
+        assert r["sampled"] == recs["givt_sampled"]["metrics"]["PSNR"]
+        assert r["oracle"] == recs["vae_oracle"]["metrics"]["PSNR"]
+        assert r["teacher_forced"] == recs["givt_teacher_forced"]["metrics"]["PSNR"]
+        assert r["nll_per_image"] == pytest.approx(
+            16 * recs["givt_givt_loss"]["metrics"]["nll_per_token"])
+        assert (r["params_stage1"], r["params_stage2"]) == (info["vae"], info["givt"])
+        assert r["sample_s_per_image"] > 0
+    assert rows["vq"]["tokens"].startswith("discrete")
+    table = (out / "compare.md").read_text()
+    assert "| vq | discrete (VQ-VAE + VTT) | PSNR |" in table
+    assert compare.main(["--runs", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

@@ -1,0 +1,216 @@
+r"""Both token kinds of a dense task side by side: GIVT-UViM (continuous codes: a ViT VAE and
+a GIVT) against the original UViM (discrete codes: a VQ-VAE and the VTT), in one table.
+
+    python -m evals.compare --task colorization --out report/compare_colorization
+    python -m evals.compare --task panoptic --size tiny --out DIR --workdir runs/compare
+    python -m evals.compare --runs RUN_A RUN_B --out DIR      # runs that exist already
+
+With ``--task`` it trains ``configs/<task>.py:size=S,tokens=continuous`` and ``...,tokens=vq``
+(``python -m tasks.<task> train``; the dense presets give both kinds the same steps and
+batch), or resumes them, or reuses them when finished, then compares. Columns, per run:
+
+* the task's primary metric of stage 2's samples, of its teacher-forced means and of the
+  stage-1 oracle (the latest record of each, from the run's ``eval/``);
+* ``code bits``: what one image's codes take to store: ``code_len * log2(dict_size)`` for
+  code ids, ``code_len * codeword_dim * 32`` for float32 codes;
+* ``NLL / image``: stage 2's held-out NLL per code times the codes per image, in nats (a
+  probability of ids for the VTT, a density of real vectors for the GIVT: not the same
+  quantity, shown for each side's own progress);
+* ``sampling s / image``: stage 2 sampling and stage-1 decoding of one batch of validation
+  images (``--batch``), the median of ``--repeats`` timed calls after a compiling one,
+  divided by the batch (measured here, now, on this machine);
+* parameters of stage 1 and stage 2.
+
+Writes ``OUT/compare.md`` and ``OUT/compare.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from uvim_givt import errors, rundir
+from uvim_givt.errors import UserError
+
+TOKENS = ("continuous", "vq")
+COLUMNS = ("run", "tokens", "metric", "sampled", "teacher_forced", "oracle", "code_bits",
+           "nll_per_image", "sample_s_per_image", "params_stage1", "params_stage2")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = errors.ArgumentParser(prog="python -m evals.compare",
+                              description=__doc__.split("\n\n")[0].replace("\n", " "))
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--task", help="a dense task with both token kinds (panoptic, depth, "
+                                     "colorization): train or reuse its two runs")
+    what.add_argument("--runs", nargs="+", metavar="RUN", help="compare these run folders")
+    p.add_argument("--size", default="tiny", help="the preset of --task (default tiny)")
+    p.add_argument("--workdir", default="runs/compare",
+                   help="where --task's runs go: WORKDIR/<task>_<size>_<tokens>")
+    p.add_argument("--out", required=True, help="folder for compare.md and compare.json")
+    p.add_argument("--batch", type=errors.positive_int, default=8,
+                   help="validation images per timed sampling call (default 8)")
+    p.add_argument("--repeats", type=errors.positive_int, default=3,
+                   help="timed sampling calls, after a compiling one (default 3)")
+    errors.add_verbose_argument(p)
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------ the runs
+def train_both(task: str, size: str, workdir: str) -> list[str]:
+    """Trains (or resumes, or reuses) the two token kinds of ``task``; returns their runs."""
+    runs = []
+    for tokens in TOKENS:
+        run = os.path.join(workdir, f"{task}_{size}_{tokens}")
+        cmd = [sys.executable, "-m", f"tasks.{task}", "train", "--config",
+               f"configs/{task}.py:size={size},tokens={tokens}", "--workdir", run]
+        print("$ " + " ".join(cmd[1:]), flush=True)
+        if subprocess.run(cmd).returncode != 0:
+            raise UserError(f"training the {tokens} run of {task} failed (above); rerun to "
+                            "resume it")
+        runs.append(run)
+    return runs
+
+
+def latest(records: Sequence[dict[str, Any]], stage: str, evaluator: str
+           ) -> dict[str, Any] | None:
+    """The record of ``evaluator`` of ``stage`` at the highest step (a rerun's last)."""
+    found = [r for r in records if r.get("stage") == stage and r.get("evaluator") == evaluator]
+    return max(found, key=lambda r: (int(r["step"]), r.get("time", ""))) if found else None
+
+
+def code_bits(cfg: Any) -> float:
+    """Bits to store one image's codes: ids of a dictionary, or float32 vectors."""
+    m = cfg.vae.model
+    if str(cfg.vae.kind) == "vqvae":
+        return int(m.code_len) * math.log2(int(m.dict_size))
+    return int(m.code_len) * int(m.codeword_dim) * 32.0
+
+
+def sampling_seconds(run_dir: str, batch: int, repeats: int) -> float:
+    """Seconds per image of stage 2 sampling plus stage-1 decoding on validation images."""
+    import jax
+    import numpy as np
+
+    from uvim_givt.data import catalog, pipeline
+    from uvim_givt.sampling.predictor import Predictor
+    from uvim_givt.training.runner import load_run
+
+    run = load_run(run_dir)
+    cfg, task = run.cfg, run.task
+    ds = catalog.load(task.readers, cfg, str(cfg.data.source), str(cfg.data.val_split))
+    images = next(iter(pipeline.eval_batches(
+        ds.take(batch), lambda ex: task.preprocess(cfg, ex, "eval"), batch)))["image"]
+    predictor = Predictor(cfg, run.vae_params, run.givt_params)
+
+    def once(seed: int) -> float:
+        t0 = time.perf_counter()
+        jax.block_until_ready(predictor.predict(images, seed=seed,
+                                                mirror_equivariant=task.mirror_equivariant))
+        return time.perf_counter() - t0
+
+    once(0)  # compiles
+    return statistics.median(once(i + 1) for i in range(repeats)) / int(np.shape(images)[0])
+
+
+def row(run_dir: str, batch: int, repeats: int) -> dict[str, Any]:
+    """One run's line of the table."""
+    from uvim_givt import config as config_lib
+
+    cfg = rundir.load_run_config(run_dir)
+    records = rundir.read_eval_records(run_dir)
+    sampled = latest(records, "givt", "sampled")
+    if sampled is None:
+        raise UserError(f"{run_dir} has no stage-2 'sampled' record: train or evaluate it "
+                        "first (python -m tasks.<task> eval --ckpt RUN)")
+    metric = sampled["metric_meta"]["primary"]
+
+    def value(stage: str, evaluator: str, key: str = metric) -> float | None:
+        rec = latest(records, stage, evaluator)
+        return None if rec is None else rec["metrics"].get(key)
+
+    nll = value("givt", "givt_loss", "nll_per_token")
+    info_path = os.path.join(run_dir, "run_info.json")
+    params = {}
+    if os.path.isfile(info_path):
+        with open(info_path) as f:
+            params = json.load(f).get("num_params", {})
+    discrete = str(cfg.vae.kind) == "vqvae"
+    print(f"timing sampling of {run_dir} ...", flush=True)
+    return {
+        "run": run_dir,
+        "tokens": ("discrete (VQ-VAE + VTT)" if discrete else
+                   f"continuous ({cfg.vae.kind} VAE + GIVT)"),
+        "metric": metric,
+        "sampled": sampled["metrics"][metric],
+        "teacher_forced": value("givt", "teacher_forced"),
+        "oracle": value("vae", "oracle"),
+        "code_bits": code_bits(cfg),
+        "nll_per_image": None if nll is None else nll * int(
+            config_lib.to_dict(cfg.vae.model)["code_len"]),
+        "sample_s_per_image": sampling_seconds(run_dir, batch, repeats),
+        "params_stage1": params.get("vae"),
+        "params_stage2": params.get("givt"),
+        "num_images": sampled["metrics"].get("num_images"),
+        "data": sampled.get("data"),
+    }
+
+
+# ------------------------------------------------------------------------------ the table
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return (f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.2f}" if abs(v) >= 1 else
+                f"{v:.3g}")
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The table as Markdown, with what each column is."""
+    head = ["run", "tokens", "metric", "stage 2 samples", "teacher-forced", "stage-1 oracle",
+            "code bits / image", "stage-2 NLL / image (nats)", "sampling s / image",
+            "params stage 1", "params stage 2"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r[c]) if c != "run" else os.path.basename(
+            os.path.normpath(r[c])) for c in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    runs = train_both(args.task, args.size, args.workdir) if args.task else list(args.runs)
+    rows = [row(r, args.batch, args.repeats) for r in runs]
+    tasks = {rundir.load_run_config(r).task for r in runs}
+    if len(tasks) > 1:
+        raise UserError(f"the runs are of different tasks ({', '.join(sorted(tasks))}): "
+                        "compare runs of one task")
+    os.makedirs(args.out, exist_ok=True)
+    table = markdown(rows)
+    note = ("NLL / image: nats of code ids (discrete) or a density of real codes "
+            "(continuous), not comparable across kinds. Sampling time measured now, on this "
+            f"machine, batch {args.batch}, median of {args.repeats}.\n")
+    with open(os.path.join(args.out, "compare.md"), "w") as f:
+        f.write(f"# {tasks.pop()}: continuous against discrete tokens\n\n{table}\n{note}")
+    rundir.write_json(os.path.join(args.out, "compare.json"),
+                      {"rows": rows, "batch": args.batch, "repeats": args.repeats})
+    print(table + note + f"wrote {os.path.join(args.out, 'compare.md')} and compare.json")
+    return {"rows": rows}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return errors.run_cli(parse_args, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
