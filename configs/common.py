@@ -147,7 +147,8 @@ def dense_evaluators(kind: str, size: str, baseline: bool = False,
     ``every`` maps evaluator names to their period in steps (0 or absent: after the stage).
     ``discrete`` (the original UViM: VQ-VAE and VTT): the stage-2 loss is scored as
     big_vision's validation_fn does it, without dropout (``codes="mean"``: the code ids are
-    deterministic), and the research evaluators (exposure, uncertainty) are left out.
+    deterministic); the research evaluators serve both token kinds (the VTT completes
+    given code ids and draws its samples as the GIVT does).
     """
     every = every or {}
     bs = 8 if size == "paper" else 50
@@ -179,8 +180,6 @@ def dense_evaluators(kind: str, size: str, baseline: bool = False,
                                                 every=every.get(name, 0), overlays=0)
     if baseline:
         out["baseline"] = evaluator(kind, "baseline", batch_size=bs, overlays=0)
-    if discrete:
-        out = {k: v for k, v in out.items() if k not in ("exposure", "uncertainty")}
     return out
 
 

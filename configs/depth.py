@@ -154,4 +154,5 @@ def _original_uvim(c: ml_collections.ConfigDict, size: str, channels: dict) -> N
     c.evals = dense_evaluators(
         "depth", size, baseline=True,
         every=dict(vae_loss=250, oracle=2000, givt_loss=1000, sampled=2000) if paper
-        else None, discrete=True)
+        else None, uncertainty=dict(channels=("depth",), value_key="depth", std_scale=1.0),
+        discrete=True)

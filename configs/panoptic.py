@@ -137,4 +137,4 @@ def _original_uvim(c: ml_collections.ConfigDict, size: str, channels: dict) -> N
         every=dict(vae_loss=250, oracle=10_000, givt_loss=1000, sampled=10_000) if paper
         else None,
         extra_splits=dict(holdout="train[:4096]", train="train[4096:8192]") if paper else None,
-        discrete=True)
+        uncertainty=dict(channels=("semantics",)), discrete=True)

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from uvim_givt import config as config_lib
 from uvim_givt.data import catalog, pipeline
 from uvim_givt.data.images import write_png_or_warn
 from uvim_givt.errors import ConfigError, UserError
@@ -134,8 +135,8 @@ def completion_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
     of each code position (nats, ``extra["nll_per_position"]``): where in the sequence the
     model is unsure."""
     cfg = run.cfg
-    if cfg.givt.model.style != "ar":
-        raise ConfigError(f"evals.{spec.name}: completing given codes needs a causal GIVT "
+    if config_lib.stage2_style(cfg) != "ar":
+        raise ConfigError(f"evals.{spec.name}: completing given codes needs a causal stage 2 "
                           f"(givt.model.style='ar', not {cfg.givt.model.style!r})")
     seq_len = int(cfg.givt.model.seq_len)
     fractions = [float(f) for f in spec.options.keep]

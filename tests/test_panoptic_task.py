@@ -672,6 +672,20 @@ def test_tiny_vq_stage1_run_and_its_oracle(tiny_run, tmp_path, capsys):
                 for r in os.listdir(os.path.join(run, "eval"))
                 if r.startswith("givt_givt_loss") and r.endswith("_eval.json")]
     assert again["metrics"] == loss
+    # the research evaluators serve the VTT: the exposure curve (its ends are the sampled
+    # and oracle scores, the VTT completing given code ids) and the uncertainty of 8 draws
+    assert P.main(["eval", "--ckpt", run, "--evaluator", "exposure", "--evaluator", "sampled",
+                   "--evaluator", "oracle", "--evaluator", "uncertainty",
+                   "--set", "evals.exposure.batch_size=4",
+                   "--set", "evals.uncertainty.batch_size=4"]) == 0
+    tagged = {r.split("_validation")[0]: json.load(open(os.path.join(run, "eval", r)))
+              for r in os.listdir(os.path.join(run, "eval")) if "_set-" in r}
+    curve = tagged["givt_exposure"]["metrics"]
+    assert tagged["givt_exposure"]["extra"]["num_given"] == [0, 4, 8, 12, 16]
+    for key in ("PQ", "SQ", "RQ"):
+        assert curve[f"keep_0/{key}"] == pytest.approx(tagged["givt_sampled"]["metrics"][key])
+        assert curve[f"keep_1/{key}"] == pytest.approx(tagged["vae_oracle"]["metrics"][key])
+    assert 0 <= tagged["givt_uncertainty"]["metrics"]["semantics/ECE"] <= 1
 
 
 def test_eval_commands_run_the_declared_evaluators_without_overwriting(tiny_run, capsys):
