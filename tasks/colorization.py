@@ -130,16 +130,6 @@ def read_folder(cfg: ml_collections.ConfigDict, root: str, split: str) -> tf.dat
         "name": tf.TensorSpec((), tf.string)})
 
 
-def embedded_overrides(cfg: ml_collections.ConfigDict) -> dict[str, int]:
-    """Builder-config overrides of synthetic_depth asked for by the config."""
-    h, w = (int(x) for x in cfg.data.embedded_frame_size)
-    out = {"height": h, "width": w}
-    for key in ("num_train", "num_validation"):
-        if int(cfg.data[f"embedded_{key}"]):
-            out[key] = int(cfg.data[f"embedded_{key}"])
-    return out
-
-
 def raw_fields(ds: tf.data.Dataset, split: str) -> tf.data.Dataset:
     """{image, name} of any source (TFDS and embedded examples named ``<split>_<index>``)."""
     if "name" in ds.element_spec:
@@ -163,7 +153,8 @@ class ColorizationTask:
     name = "colorization"
     mirror_equivariant = True  # a mirrored image's colours are the mirrored colours
     readers = catalog.Readers(
-        embedded=SyntheticDepth, embedded_config=embedded_overrides, folder=read_folder,
+        embedded=SyntheticDepth, embedded_config=common.embedded_frame_overrides,
+        folder=read_folder,
         fields=raw_fields,
         prepare_hint="`tfds build NAME` (needs the ImageNet archives, downloaded by hand)")
     metadata = TaskMetadata(

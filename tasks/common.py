@@ -114,6 +114,18 @@ def folder_split_dir(root: str, split: str) -> str:
                     f"(looked for {', '.join(names)})")
 
 
+def embedded_frame_overrides(cfg: ml_collections.ConfigDict) -> dict[str, int]:
+    """Builder-config overrides of an embedded dataset of frames asked for by the config:
+    ``data.embedded_frame_size`` (H, W), and ``data.embedded_num_{train,validation}`` when
+    not 0 (0 = the builder's default)."""
+    h, w = (int(x) for x in cfg.data.embedded_frame_size)
+    out = {"height": h, "width": w}
+    for key in ("num_train", "num_validation"):
+        if int(cfg.data[f"embedded_{key}"]):
+            out[key] = int(cfg.data[f"embedded_{key}"])
+    return out
+
+
 def list_images(images: str) -> list[str]:
     """The image file names in folder ``images``, sorted; a missing or empty folder names
     itself."""

@@ -272,16 +272,6 @@ def read_nyu_folder(root: str, split: str, skip_bad: bool = False
 
 
 # ------------------------------------------------------------------------------- readers
-def embedded_overrides(cfg: ml_collections.ConfigDict) -> dict[str, int]:
-    """Builder-config overrides of synthetic_depth asked for by the config."""
-    h, w = (int(x) for x in cfg.data.embedded_frame_size)
-    out = {"height": h, "width": w}  # the default config's 60x80 names no override
-    for key in ("num_train", "num_validation"):
-        if int(cfg.data[f"embedded_{key}"]):
-            out[key] = int(cfg.data[f"embedded_{key}"])
-    return out
-
-
 def read_folder(cfg: ml_collections.ConfigDict, root: str, split: str) -> tf.data.Dataset:
     """``folder:ROOT``: the NYU HDF5 frames of a split, validated first (a bad frame raises
     here, in Python, naming the file, unless ``data.skip_bad``)."""
@@ -332,7 +322,8 @@ class DepthTask:
     name = "depth"
     mirror_equivariant = True  # a mirrored frame's depth is the mirrored depth
     readers = catalog.Readers(
-        embedded=SyntheticDepth, embedded_config=embedded_overrides, folder=read_folder,
+        embedded=SyntheticDepth, embedded_config=common.embedded_frame_overrides,
+        folder=read_folder,
         fields=raw_fields, prepare_hint="`tfds build NAME` (downloads NYU Depth v2)")
     metadata = TaskMetadata(
         title="NYU Depth v2 monocular depth",
