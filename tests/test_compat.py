@@ -598,11 +598,11 @@ def _pre_linen(flat: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize("names", ["linen", "pre_linen"])
-def test_cli_converts_uvim_checkpoints_into_a_run(tmp_path, capsys, names):
+def test_cli_converts_uvim_checkpoints_into_a_run(tmp_path, capsys):
     """Tiny tokens=vq panoptic: a VQ-VAE training checkpoint (params/ and state/, as
-    big_vision saves it) and a VTT parameter file go into one run directory, which the
-    runner's loaders read back value for value."""
+    big_vision saves it) in older module names (pre-linen numbering, ``Encoder``) and a VTT
+    parameter file in linen names go into one run directory, which the runner's loaders
+    read back value for value."""
     from uvim_givt.training import runner
 
     spec = "configs/panoptic.py:size=tiny,tokens=vq"
@@ -615,12 +615,10 @@ def test_cli_converts_uvim_checkpoints_into_a_run(tmp_path, capsys, names):
     vtt_params = random_params(builders.abstract_params("givt", cfg), 1)
     vq_flat = {f"params/{k}": v for k, v in flat_of(vq_params).items()}
     vtt_flat = flat_of(vtt_params)
-    if names == "pre_linen":
-        vq_flat = {"params/" + k: v for k, v in
-                   _pre_linen({k[7:]: v for k, v in vq_flat.items()}).items()}
-        vtt_flat = _pre_linen(vtt_flat)
-        assert "params/Encoder/encoderblock_0/MultiHeadDotProductAttention_1/key/kernel" \
-            in vq_flat  # the renaming is real
+    vq_flat = {"params/" + k: v for k, v in
+               _pre_linen({k[7:]: v for k, v in vq_flat.items()}).items()}
+    assert "params/Encoder/encoderblock_0/MultiHeadDotProductAttention_1/key/kernel" \
+        in vq_flat  # the renaming is real
     vq_flat.update({f"state/{k}": np.asarray(v, np.float32) for k, v in state.items()})
     np.savez(tmp_path / "stageI.npz", **vq_flat)
     np.savez(tmp_path / "stageII.npz", **vtt_flat)
@@ -639,7 +637,7 @@ def test_cli_converts_uvim_checkpoints_into_a_run(tmp_path, capsys, names):
     for k, v in state.items():
         np.testing.assert_array_equal(np.asarray(got["state"][k]), v.astype(np.float32))
     got_vtt, _ = runner.load_givt_params(run, cfg)
-    assert set(flat_of(got_vtt)) == set(vtt_flat if names == "linen" else flat_of(vtt_params))
+    assert set(flat_of(got_vtt)) == set(vtt_flat)
     for k, v in flat_of(vtt_params).items():
         np.testing.assert_array_equal(np.asarray(flat_of(got_vtt)[k]), v)
 

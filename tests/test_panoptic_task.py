@@ -674,8 +674,9 @@ def test_tiny_vq_stage1_run_and_its_oracle(tiny_run, tmp_path, capsys):
     assert again["metrics"] == loss
     # the research evaluators serve the VTT: the exposure curve (its ends are the sampled
     # and oracle scores, the VTT completing given code ids) and the uncertainty of 8 draws
-    assert P.main(["eval", "--ckpt", run, "--evaluator", "exposure", "--evaluator", "sampled",
-                   "--evaluator", "oracle", "--evaluator", "uncertainty",
+    assert P.main(["eval", "--ckpt", run, "--max-eval", "4", "--evaluator", "exposure",
+                   "--evaluator", "sampled", "--evaluator", "oracle",
+                   "--evaluator", "uncertainty",
                    "--set", "evals.exposure.batch_size=4",
                    "--set", "evals.uncertainty.batch_size=4"]) == 0
     tagged = {r.split("_validation")[0]: json.load(open(os.path.join(run, "eval", r)))
