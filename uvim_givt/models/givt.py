@@ -12,6 +12,10 @@ Three shapes from one module:
 * encoder-decoder (``num_layers > 0``): a ViT encodes the image patches and
   every decoder block cross-attends to it (UViM stage 2).
 
+With ``vocab_size`` > 0 the same module models discrete tokens (a VQ tokenizer's code ids):
+an id lookup replaces the linear input projection and a softmax (``models/categorical.py``)
+the Gaussian mixture, everything else equal: the discrete baseline on the same backbone.
+
 Parameter names and shapes follow the released big_vision checkpoints.
 """
 
@@ -25,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from uvim_givt.models.categorical import CategoricalHead
 from uvim_givt.models.common import (
     AttentionKind,
     ComputeDtype,
@@ -200,6 +205,11 @@ class GIVT(nn.Module):
     # grid must equal the encoder's token grid): a direct, aligned path from the image to
     # each code. False = the published model, which reaches the image by cross-attention only.
     encoder_skip: bool = False
+    # Discrete tokens: > 0 makes the tokens ids in [0, vocab_size) (a VQ tokenizer's codes),
+    # embedded by a lookup and predicted by a softmax (``models/categorical.py``) in place of
+    # the linear projection and the Gaussian mixture; out_dim and the head_* / mixture
+    # fields are then unused. 0 = GIVT (real-valued tokens).
+    vocab_size: int = 0
     # Head.
     num_mixtures: int = 16
     head_kind: Literal["per_channel", "diag", "full"] = "diag"
@@ -218,7 +228,9 @@ class GIVT(nn.Module):
     attention: AttentionKind = "fused"
 
     @property
-    def head(self) -> GMMHead:
+    def head(self) -> GMMHead | CategoricalHead:
+        if self.vocab_size:
+            return CategoricalHead(self.vocab_size, pad_id=None)
         return GMMHead(self.out_dim, self.num_mixtures, self.head_kind, self.scale_tol,
                        self.fix_square_plus)
 
@@ -275,7 +287,9 @@ class GIVT(nn.Module):
         init = (nn.initializers.zeros if self.zero_embedding_init
                 else nn.initializers.normal(stddev=1.0))
         self.EmbedLabels = nn.Embed(rows, self.emb_dim, embedding_init=init, dtype=dtype)
-        self.EmbedTargets = nn.Dense(self.emb_dim, dtype=dtype)
+        self.EmbedTargets = (nn.Embed(self.vocab_size, self.emb_dim, dtype=dtype,
+                                      embedding_init=nn.initializers.normal(stddev=1.0))
+                             if self.vocab_size else nn.Dense(self.emb_dim, dtype=dtype))
         self.decoder = Decoder(
             emb_dim=self.emb_dim, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
             num_layers=self.num_decoder_layers, num_logits=self.head.num_logits,
@@ -311,9 +325,13 @@ class GIVT(nn.Module):
     def _special(self, name: str, shape: tuple[int, ...]) -> jax.Array:
         return self.EmbedLabels(jnp.full(shape, self.special_labels[name], jnp.int32))
 
+    def embed_targets(self, targets: jax.Array) -> jax.Array:
+        """Tokens [B, L, D] (ids [B, L] with ``vocab_size``) -> embeddings [B, L, E]."""
+        return self.EmbedTargets(targets.astype(jnp.int32) if self.vocab_size else targets)
+
     def embed_masked_inputs(self, targets: jax.Array, input_mask: jax.Array) -> jax.Array:
-        b, s, _ = targets.shape
-        emb = self.EmbedTargets(targets)
+        b, s = targets.shape[:2]
+        emb = self.embed_targets(targets)
         m = input_mask[..., None]
         if self.mask_style == "replace":
             return jnp.where(m, self._special("mask", (b, s)), emb)
@@ -334,11 +352,12 @@ class GIVT(nn.Module):
     def decode(self, targets: jax.Array, labels: jax.Array | None = None,
                encoded: jax.Array | None = None, input_mask: jax.Array | None = None,
                drop_labels: jax.Array | None = None, train: bool = False) -> jax.Array:
-        """Teacher-forced logits [B, L, num_logits] for the whole sequence."""
-        b, s, _ = targets.shape
+        """Teacher-forced logits [B, L, num_logits] for the whole sequence (``targets``
+        [B, L, D] real tokens, or ids [B, L] with ``vocab_size``)."""
+        b, s = targets.shape[:2]
         label_emb = self.EmbedLabels(self.label_ids(labels, b, drop_labels))[:, None]
         if self.style == "ar":
-            x = jnp.concatenate([label_emb, self.EmbedTargets(targets)[:, :-1]], axis=1)
+            x = jnp.concatenate([label_emb, self.embed_targets(targets)[:, :-1]], axis=1)
             mask = nn.make_causal_mask(jnp.zeros((b, s)))
             return self.decoder(x, encoded, mask, deterministic=not train,
                                 skip=self._skip(encoded))
@@ -369,6 +388,7 @@ class GIVT(nn.Module):
         return self.decoder(x, encoded, None, decode=True, skip=self._skip(encoded))
 
     def decode_step(self, token: jax.Array, encoded: jax.Array | None = None) -> jax.Array:
-        """Feeds one sampled token [B, 1, D]; returns logits [B, 1, num_logits] of the next."""
-        return self.decoder(self.EmbedTargets(token), encoded, None, decode=True,
+        """Feeds one sampled token [B, 1, D] (an id [B, 1]); returns logits [B, 1,
+        num_logits] of the next."""
+        return self.decoder(self.embed_targets(token), encoded, None, decode=True,
                             skip=self._skip(encoded))

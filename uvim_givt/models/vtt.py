@@ -12,7 +12,7 @@ every published config sets) and kept at the top level (``pos_embedding_encoder`
 
 The model offers the interface of a causal GIVT to the autoregressive sampler
 (``sampling/autoregressive.py``: ``init_cache``, ``prefill``, ``decode_step``, ``head``),
-with a categorical :class:`CategoricalHead` in place of the Gaussian mixture: one sampler,
+with a categorical head (``models/categorical.py``) in place of the Gaussian mixture: one sampler,
 KV cache and beam search serve both token kinds.
 """
 
@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from uvim_givt.models.categorical import CategoricalHead
 from uvim_givt.models.common import (
     AttentionKind,
     ComputeDtype,
@@ -37,56 +38,7 @@ from uvim_givt.models.givt import Decoder
 from uvim_givt.models.vit import Encoder
 
 PAD = 0  # the padding / start symbol; code id k is token k + 1
-
-
-class CategoricalHead:
-    """A softmax over token ids, with the sampler interface of ``GMMHead``.
-
-    Tokens are int32 ids (``token_shape`` ``()``). The padding id 0 is never a target, so
-    it is never drawn (its logit is masked). ``temperature`` divides the logits; 0 takes the
-    most likely id (the published predictions use 1e-7, the same thing); ``top_k`` > 0
-    draws among the k most likely ids only. ``temperature_probs`` (the GMM's mixture
-    temperature) has no meaning here and is ignored.
-    """
-
-    token_shape: tuple[int, ...] = ()
-    token_dtype: Any = jnp.int32
-
-    def __init__(self, vocab_size: int, top_k: int = 0):
-        if vocab_size < 2:
-            raise ValueError(f"vocab_size={vocab_size}: needs the padding id and one code")
-        self.num_logits = int(vocab_size)
-        self.top_k = int(top_k)
-
-    def _tempered(self, logits: jax.Array, temperature: Any) -> jax.Array:
-        logits = logits.astype(jnp.float32).at[..., PAD].set(-jnp.inf)
-        if self.top_k:
-            kth = jax.lax.top_k(logits, self.top_k)[0][..., -1:]
-            logits = jnp.where(logits < kth, -jnp.inf, logits)
-        t = jnp.asarray(temperature, jnp.float32)
-        return logits / jnp.where(t > 0, t, 1.0)
-
-    def sample(self, key: jax.Array, logits: jax.Array, temperature: Any = 1.0,
-               temperature_probs: Any = 1.0) -> jax.Array:
-        """Ids [...] drawn from softmax(logits / temperature) over the non-padding ids."""
-        del temperature_probs
-        tempered = self._tempered(logits, temperature)
-        drawn = jax.random.categorical(key, tempered, axis=-1)
-        best = jnp.argmax(tempered, axis=-1)
-        return jnp.where(jnp.asarray(temperature) > 0, drawn, best).astype(jnp.int32)
-
-    def log_prob(self, logits: jax.Array, tokens: jax.Array, temperature: Any = 1.0,
-                 temperature_probs: Any = 1.0) -> jax.Array:
-        """log p(tokens) [...] under the tempered distribution (0 where temperature is 0:
-        the argmax is certain)."""
-        del temperature_probs
-        logp = jax.nn.log_softmax(self._tempered(logits, temperature), axis=-1)
-        picked = jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
-        return jnp.where(jnp.asarray(temperature) > 0, picked, 0.0)
-
-    def mean(self, logits: jax.Array) -> jax.Array:
-        """The most likely id (the mode; what "teacher-forced means" are for ids)."""
-        return jnp.argmax(self._tempered(logits, 1.0), axis=-1).astype(jnp.int32)
+__all__ = ["PAD", "VTT", "CategoricalHead"]
 
 
 class VTT(nn.Module):
@@ -118,7 +70,7 @@ class VTT(nn.Module):
 
     @property
     def head(self) -> CategoricalHead:
-        return CategoricalHead(self.vocab_size)
+        return CategoricalHead(self.vocab_size, pad_id=PAD)
 
     @property
     def out_dim(self) -> int:  # noqa: D102 - tokens are scalar ids

@@ -1,12 +1,13 @@
-"""Autoregressive sampling for causal GIVT (and the original UViM's VTT, whose code ids
-come from a categorical head with the same interface): KV cache inside a ``lax`` loop.
+"""Autoregressive sampling for causal GIVT (and the discrete-token models, the original UViM's
+VTT and the causal VQ transformer, whose code ids come from a categorical head with the same
+interface): KV cache inside a ``lax`` loop.
 
 Supports temperature (scales) and mixture-logit temperature, beam search with
 fan-out (each beam draws ``fan_size`` candidates, the best ``beam_size`` of all
 candidates by cumulative log-probability survive; with ``rand_top_k`` the survivors are
-drawn instead), distribution-based CFG, unconditional sampling of a class-conditional
-model, and completion of given tokens (``keep_gt``/``gt``: those positions take the given
-value, the others are sampled given everything before them).
+drawn instead), distribution-based CFG (for ids: CFG on the logits), unconditional
+sampling of a class-conditional model, and completion of given tokens (``keep_gt``/``gt``:
+those positions take the given value, the others are sampled given everything before them).
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def sample_autoregressive(
         raise ValueError("give keep_gt and gt together")
     if keep_gt is not None:
         keep_gt = jnp.asarray(keep_gt, bool)
-        shape, dtype = _tokens(model, batch)
+        shape, dtype = token_spec(model, batch)
         gt = jnp.asarray(gt, dtype)
         if keep_gt.shape != (model.seq_len,) or gt.shape != shape:
             raise ValueError(f"keep_gt must be [{model.seq_len}] and gt {list(shape)}; got "
@@ -125,9 +126,10 @@ def sample_autoregressive(
                        **opts)
 
 
-def _tokens(model: Any, batch: int) -> tuple[tuple[int, ...], Any]:
+def token_spec(model: Any, batch: int) -> tuple[tuple[int, ...], Any]:
     """Shape and dtype of a batch of token sequences: [B, seq_len, out_dim] float32 for a
-    GIVT's Gaussian mixture, [B, seq_len] ids for a categorical head."""
+    GIVT's Gaussian mixture, [B, seq_len] int32 ids for a categorical head (the samplers'
+    one rule for both token kinds)."""
     head = model.head
     token_shape = getattr(head, "token_shape", (model.out_dim,))
     return (batch, model.seq_len, *token_shape), getattr(head, "token_dtype", jnp.float32)
@@ -186,7 +188,7 @@ def _sample_plain(model, params, rng, labels, batch, encoded, temps, use_cfg, cf
             logits_u, cache_u = _step(model, params, cache_u, tok, encoded)
         return tokens, total + logp, logits, cache, logits_u, cache_u
 
-    shape, dtype = _tokens(model, batch)
+    shape, dtype = token_spec(model, batch)
     init = (jnp.zeros(shape, dtype), jnp.zeros((batch,)), logits, cache, logits_u, cache_u)
     tokens, total, logits, _, logits_u, _ = jax.lax.fori_loop(0, model.seq_len - 1, body, init)
     last = model.seq_len - 1
@@ -200,7 +202,7 @@ def _sample_beam(model, params, rng, labels, batch, encoded, temps, beam_size, f
     ``top_k_temperature`` the survivors are drawn (``rand_top_k``)."""
     head, seq_len = model.head, model.seq_len
     nb, nf = beam_size, fan_size
-    shape, dtype = _tokens(model, batch * nb)
+    shape, dtype = token_spec(model, batch * nb)
     beam_labels = None if labels is None else jnp.repeat(labels, nb, axis=0)
     beam_encoded = None if encoded is None else jnp.repeat(encoded, nb, axis=0)
     logits, cache = _start(model, params, beam_labels, batch * nb, beam_encoded,

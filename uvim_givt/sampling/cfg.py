@@ -1,4 +1,5 @@
-"""Distribution-based classifier-free guidance (DB-CFG) for GIVT heads.
+"""Distribution-based classifier-free guidance (DB-CFG) for GIVT heads (and guidance on the
+logits for the discrete-token heads, :func:`sample_cfg`).
 
 For one Gaussian per channel (or the mixture component chosen from the
 conditional mixture, the same component then read from the unconditional
@@ -20,6 +21,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from uvim_givt.models.categorical import CategoricalHead, guided_logits
 from uvim_givt.models.gmm import GMMHead, normal_logpdf
 
 
@@ -57,15 +59,24 @@ def rejection_sample_guided(rng: jax.Array, loc_c: jax.Array, scale_c: jax.Array
     return jnp.where(ok, chosen, fallback), ok
 
 
-def sample_cfg(rng: jax.Array, head: GMMHead, logits_c: jax.Array, logits_u: jax.Array,
-               w: float | jax.Array, temperature: float | jax.Array | None = None,
+def sample_cfg(rng: jax.Array, head: GMMHead | CategoricalHead, logits_c: jax.Array,
+               logits_u: jax.Array, w: float | jax.Array,
+               temperature: float | jax.Array | None = None,
                temperature_probs: float | jax.Array | None = None,
                max_samples: int = 128) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """DB-CFG sample of one token per position.
+    """A guided sample of one token per position: DB-CFG for a GIVT's Gaussian mixture;
+    for ids (a ``CategoricalHead``) CFG on the logits (``models.categorical.guided_logits``,
+    tempered after guidance).
 
-    Returns (tokens [..., D], unnormalised guided log-density [...] of the tokens
-    (for ranking/confidence), fraction of elements accepted by rejection sampling).
+    Returns (tokens [..., D] (ids [...]), unnormalised guided log-density [...] of the
+    tokens (for ranking/confidence; ids: their log-probability under the guided softmax),
+    fraction of elements accepted by rejection sampling (1 for ids)).
     """
+    if isinstance(head, CategoricalHead):
+        t = 1.0 if temperature is None else temperature
+        guided = guided_logits(logits_c, logits_u, w)
+        tok = head.sample(rng, guided, t)
+        return tok, head.log_prob(guided, tok, t), jnp.ones((), jnp.float32)
     if head.kind == "full":
         raise ValueError("DB-CFG needs per-channel or diagonal Gaussians, not a full covariance")
     pc = head.parse(logits_c, temperature, temperature_probs)

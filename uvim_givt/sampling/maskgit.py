@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from uvim_givt.models.givt import GIVT
 from uvim_givt.models.mask_schedule import check_schedule, mask_ratio
+from uvim_givt.sampling.autoregressive import token_spec
 from uvim_givt.sampling.cfg import sample_cfg
 
 
@@ -57,14 +58,15 @@ def sample_maskgit(
     keep_gt: jax.Array | None = None,
     gt: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
-    """Samples token sequences [B, seq_len, out_dim] by MaskGIT decoding.
+    """Samples token sequences [B, seq_len, out_dim] (ids [B, seq_len] for a discrete model,
+    ``vocab_size`` > 0) by MaskGIT decoding.
 
     ``labels`` [B] (or None with ``batch_size`` for unconditional models);
     ``image`` [B, H, W, 3] for encoder-decoder models. ``cfg_weight`` None or 0
     samples the conditional model exactly; otherwise DB-CFG against a pass with
-    the labels dropped. ``unconditional`` samples a class-conditional model with every
-    label dropped (the NOLABEL embedding label dropout trained). With ``return_trace``
-    also returns a dict with, per step,
+    the labels dropped (ids: CFG on the logits). ``unconditional`` samples a
+    class-conditional model with every label dropped (the NOLABEL embedding label dropout
+    trained). With ``return_trace`` also returns a dict with, per step,
     ``uncovered`` [S, B, L] (bool), ``inputs`` [S, B, L, D] (the inputs after
     the step; zeros where still masked), ``num_masked`` [S, B] and
     ``log_confidence`` [S, B, L] (log-density of each new sample before the choice
@@ -89,17 +91,18 @@ def sample_maskgit(
     if (use_cfg or unconditional) and "nolabel" not in model.special_labels:
         raise ValueError("CFG and unconditional sampling need a model trained with label "
                          "dropout (drop_labels_probability > 0)")
-    if use_cfg and model.head.kind == "full":
+    if use_cfg and getattr(model.head, "kind", None) == "full":
         raise ValueError("DB-CFG needs per-channel or diagonal Gaussians, not a full covariance")
     if (keep_gt is None) != (gt is None):
         raise ValueError("give keep_gt and gt together")
+    shape, dtype = token_spec(model, batch)
     if keep_gt is None:
         keep_gt = jnp.zeros((model.seq_len,), bool)
-        gt = jnp.zeros((batch, model.seq_len, model.out_dim), jnp.float32)
-    keep_gt, gt = jnp.asarray(keep_gt, bool), jnp.asarray(gt, jnp.float32)
-    if keep_gt.shape != (model.seq_len,) or gt.shape != (batch, model.seq_len, model.out_dim):
+        gt = jnp.zeros(shape, dtype)
+    keep_gt, gt = jnp.asarray(keep_gt, bool), jnp.asarray(gt, dtype)
+    if keep_gt.shape != (model.seq_len,) or gt.shape != shape:
         raise ValueError(f"keep_gt {keep_gt.shape} / gt {gt.shape}: need [{model.seq_len}] / "
-                         f"[{batch}, {model.seq_len}, {model.out_dim}]")
+                         f"{list(shape)}")
     temps = dict(temperature=temperature, temperature_probs=temperature_probs)
     tokens, trace = _maskgit_jit(
         model, params, rng, labels, batch, image, keep_gt, gt, temps, choice_temperature,
@@ -117,7 +120,11 @@ def _maskgit_jit(model, params, rng, labels, batch, image, keep_gt, gt, temps,
                  choice_temperature,
                  cfg_weight, *, num_steps, anneal, schedule, use_cfg, unconditional,
                  cfg_max_samples, return_trace):
-    head, seq_len, dim = model.head, model.seq_len, model.out_dim
+    head, seq_len = model.head, model.seq_len
+    shape, dtype = token_spec(model, batch)
+
+    def per_token(m):  # [B, L] -> broadcastable against tokens [B, L, *token_shape]
+        return m.reshape(m.shape + (1,) * (len(shape) - 2))
     variables = {"params": params}
     encoded = None
     if image is not None:
@@ -150,7 +157,7 @@ def _maskgit_jit(model, params, rng, labels, batch, image, keep_gt, gt, temps,
         inputs, masked, trace = carry
         key_sample, key_choice = jax.random.split(jax.random.fold_in(rng, step))
         sampled, log_conf = draw(key_sample, logits_of(inputs, masked))
-        sampled = jnp.where(masked[..., None], sampled, inputs)
+        sampled = jnp.where(per_token(masked), sampled, inputs)
         log_conf = jnp.where(jnp.isnan(log_conf), -jnp.inf, log_conf)
         # Uncovered tokens are never chosen to stay masked.
         log_conf = jnp.where(masked, log_conf, jnp.inf)
@@ -163,7 +170,7 @@ def _maskgit_jit(model, params, rng, labels, batch, image, keep_gt, gt, temps,
         # Rank of each token by confidence (0 = least confident); stable on ties.
         rank = jnp.argsort(jnp.argsort(log_conf, axis=-1), axis=-1)
         new_masked = rank < mask_len[:, None]
-        new_inputs = jnp.where(new_masked[..., None], 0.0, sampled)
+        new_inputs = jnp.where(per_token(new_masked), jnp.zeros((), dtype), sampled)
         if return_trace:
             trace = {"uncovered": trace["uncovered"].at[step].set(~new_masked),
                      "inputs": trace["inputs"].at[step].set(new_inputs),
@@ -172,11 +179,11 @@ def _maskgit_jit(model, params, rng, labels, batch, image, keep_gt, gt, temps,
         return new_inputs, new_masked, trace
 
     masked = jnp.broadcast_to(~keep_gt, (batch, seq_len))
-    inputs = jnp.where(masked[..., None], 0.0, gt)
+    inputs = jnp.where(per_token(masked), jnp.zeros((), dtype), gt)
     trace = {}
     if return_trace:
         trace = {"uncovered": jnp.zeros((num_steps, batch, seq_len), bool),
-                 "inputs": jnp.zeros((num_steps, batch, seq_len, dim), jnp.float32),
+                 "inputs": jnp.zeros((num_steps, *shape), dtype),
                  "num_masked": jnp.zeros((num_steps, batch), jnp.int32),
                  "log_confidence": jnp.zeros((num_steps, batch, seq_len), jnp.float32)}
     inputs, _, trace = jax.lax.fori_loop(0, num_steps, body, (inputs, masked, trace))

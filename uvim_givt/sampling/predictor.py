@@ -215,21 +215,27 @@ class Predictor:
             key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
             out.append(np.asarray(self.sample_codes(seed, labels=padded, rng=key))[:len(chunk)])
         if not out:
-            return np.zeros((0, self.model.seq_len, self.model.out_dim), np.float32)
+            from uvim_givt.sampling.autoregressive import token_spec
+            shape, dtype = token_spec(self.model, 0)
+            return np.zeros(shape, dtype)
         return np.concatenate(out)
 
     def random_latents(self, n: int, seed: int = 0) -> np.ndarray:
-        """N(0, I) latents [n, code_len, codeword_dim] (the prior: a baseline)."""
+        """N(0, I) latents [n, code_len, codeword_dim] (the prior: a baseline); for a VQ
+        tokenizer, uniformly random code ids [n, code_len]."""
         rng = np.random.default_rng(seed)
+        if self.discrete:
+            return rng.integers(0, self.vae.dict_size, (n, self.vae.code_len), np.int32)
         return rng.standard_normal((n, self.vae.code_len, self.vae.code_dim)).astype(
             np.float32)
 
     def decode_images(self, z: np.ndarray) -> np.ndarray:
-        """Latents [N, L, D] -> uint8 images [N, H, W, 3], in padded chunks."""
+        """Latents [N, L, D] (a VQ tokenizer's ids [N, L]) -> uint8 images [N, H, W, 3], in
+        padded chunks."""
         out = []
         for _, start, stop, bs in self._chunks(len(z)):
             chunk = z[start:stop]
-            pad = np.zeros((bs - len(chunk), *chunk.shape[1:]), np.float32)
+            pad = np.zeros((bs - len(chunk), *chunk.shape[1:]), chunk.dtype)
             out.append(to_uint8(self.decode(np.concatenate([chunk, pad])))[:len(chunk)])
         return np.concatenate(out)
 

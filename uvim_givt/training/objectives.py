@@ -1,4 +1,5 @@
-"""Training objectives shared by tasks (stage 2: GIVT negative log-likelihood)."""
+"""Training objectives shared by tasks (stage 2: the negative log-likelihood of a GIVT, or of
+a discrete-token transformer over code ids)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ def givt_nll_loss(model: GIVT, params: Any, tokens: jax.Array, key: jax.Array, *
                   train: bool = True, input_noise: float = 0.0,
                   adaptor: InvertibleAdaptor | None = None
                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Mean negative log-likelihood per token (nats) of ``tokens`` [B, L, D].
+    """Mean negative log-likelihood per token (nats) of ``tokens`` [B, L, D] (or of code
+    ids [B, L], int, for a discrete model, ``vocab_size`` > 0: the softmax cross-entropy,
+    with the same teacher forcing, masking and label dropout; no input noise).
 
     Causal models are teacher-forced; masked models draw a training mask
     (cosine schedule) and are scored on the masked tokens only. Labels are
@@ -48,7 +51,9 @@ def givt_nll_loss(model: GIVT, params: Any, tokens: jax.Array, key: jax.Array, *
     elif isinstance(params, Mapping) and ADAPTOR_PARAMS_KEY in params:
         raise ValueError("these GIVT parameters have an adaptor (params_adaptor): pass "
                          "adaptor=builders.build_adaptor(cfg)")
-    b, s, d = tokens.shape
+    discrete = jnp.issubdtype(tokens.dtype, jnp.integer)  # ids of a VQ tokenizer
+    b, s = tokens.shape[:2]
+    d = 1 if discrete else tokens.shape[2]
     k_drop, k_mask, k_dropout, k_noise = jax.random.split(key, 4)
     drop = None
     if train and model.drop_labels_probability > 0 and labels is not None:
@@ -58,7 +63,7 @@ def givt_nll_loss(model: GIVT, params: Any, tokens: jax.Array, key: jax.Array, *
         mask = random_training_mask(k_mask, b, s, model.min_masking_rate_training,
                                     model.mask_schedule_train)
     inputs = tokens
-    if train and input_noise > 0:
+    if train and input_noise > 0 and not discrete:
         inputs = tokens + input_noise * jax.random.normal(k_noise, tokens.shape, tokens.dtype)
     if model.has_encoder != (image is not None):
         raise ValueError("pass image= if and only if the model has an encoder")
@@ -69,7 +74,8 @@ def givt_nll_loss(model: GIVT, params: Any, tokens: jax.Array, key: jax.Array, *
     logits = model.apply(variables, inputs, labels, encoded, mask, drop, train,
                          method=GIVT.decode, rngs=rngs)
     # float32 whatever the model's compute dtype (the head casts too; explicit here).
-    logp = model.head.log_prob(logits.astype(jnp.float32), tokens.astype(jnp.float32))  # [B, L]
+    targets = tokens if discrete else tokens.astype(jnp.float32)
+    logp = model.head.log_prob(logits.astype(jnp.float32), targets)  # [B, L]
     count = None
     if mask is None:
         nll = -jnp.mean(logp)
