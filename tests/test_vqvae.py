@@ -253,7 +253,7 @@ def test_a_givt_stage_2_is_refused_for_discrete_codes():
     assert type(stages.stage_of(cfg, "givt")).__name__ == "VTTStage"
     cfg.givt.kind = "givt"
     cfg.givt.model = config_lib.load_config("configs/panoptic.py").givt.model
-    with pytest.raises(ConfigError, match="--stage vae"):
+    with pytest.raises(ConfigError, match="givt.kind='vtt'"):
         stages.stage_of(cfg, "givt")
     continuous = config_lib.load_config("configs/panoptic.py")
     continuous.givt.kind = "vtt"

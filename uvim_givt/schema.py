@@ -298,6 +298,11 @@ LIBRARY_RULES: Rules = (
     (r"vae\.model\.(with_encoder_ctx|with_decoder_ctx|bottleneck_resize)", Flag()),
     (r"vae\.w_commitment", NON_NEGATIVE),
     (r"vae\.freeze_dict", Flag()),
+    # the VQ tokenizer over images (vae.kind "vqgan"): ViT-VQGAN's factorised lookup
+    # (0 = off) and MaskGIT's codebook entropy loss
+    (r"vae\.model\.factorized_dim", COUNT),
+    (r"vae\.w_entropy", NON_NEGATIVE),
+    (r"vae\.entropy_temperature", POSITIVE),
     # (first channel index, number of classes >= 2)
     (r"vae\.model\.label_channels\.\w+", Nums(COUNT, length=2)),
     # (first channel index, number of real values)
@@ -311,7 +316,7 @@ LIBRARY_RULES: Rules = (
     (r"givt\.init_encoder", Text(r"|none|.*\.npz|howto-i21k-[BL]/16",
                                  "empty, none, a .npz file or a published ViT's name "
                                  "(howto-i21k-L/16)", bad="weights.txt")),
-    (r"givt\.kind", OneOf(("givt", "vtt"))),
+    (r"givt\.kind", OneOf(("givt", "vtt", "discrete"))),
     (r"givt\.model\.style", OneOf(("ar", "masked"))),
     (r"givt\.model\.head_kind", OneOf(("per_channel", "diag", "full"))),
     (r"givt\.model\.mask_style", OneOf(("concat", "replace"))),
@@ -320,7 +325,8 @@ LIBRARY_RULES: Rules = (
      r"|seq_len)", POSITIVE_INT),
     (r"givt\.model\.num_layers", COUNT),  # 0: decoder-only
     (r"givt\.model\.(input_size|patches)", SIZE_2),
-    # the VTT's (givt.kind "vtt"); its emb_dim, num_heads, mlp_dim, num_layers, seq_len,
+    # the VTT's (givt.kind "vtt") and the discrete GIVT's (givt.kind "discrete": the
+    # dictionary's size); the VTT's emb_dim, num_heads, mlp_dim, num_layers, seq_len,
     # input_size and patches are covered by the GIVT rules above
     (r"givt\.model\.vocab_size", Num(lo=2)),
     (r"givt\.model\.dropout_rate", PROBABILITY),

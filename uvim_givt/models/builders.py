@@ -3,7 +3,8 @@
 ``build_model("givt", cfg)`` -> ``GIVT(**cfg.givt.model)``; ``build_model("vae", cfg)`` -> the
 stage-1 VAE named by ``cfg.vae.kind``: ``"vit"`` (``ViTVAE`` over label maps, whose
 ``label_channels`` the config states), ``"vqvae"`` (``VQVAE``, the original UViM's, over
-label maps with the image as context) or ``"cnn"`` (``CNNVAE`` over images);
+label maps with the image as context), ``"cnn"`` (``CNNVAE`` over images) or ``"vqgan"``
+(``CNNVQ``, a VQ tokenizer over images on the CNN VAE's backbone);
 ``build_adaptor(cfg)`` -> the invertible adaptor of ``givt.adaptor`` (or None when off),
 whose parameters live in the GIVT stage's tree under ``params_adaptor``. Nothing here
 knows a task.
@@ -20,7 +21,7 @@ import ml_collections
 from uvim_givt.errors import ConfigError
 
 Stage = Literal["givt", "vae"]
-VAE_KINDS = ("vit", "vqvae", "cnn")
+VAE_KINDS = ("vit", "vqvae", "cnn", "vqgan")
 
 
 def vae_kind(cfg: ml_collections.ConfigDict) -> str:
@@ -61,8 +62,9 @@ def _construct(cls: type, where: str, **kw: Any) -> Any:
 
 
 def build_model(stage: Stage, cfg: ml_collections.ConfigDict) -> Any:
-    """The flax module of a stage: ``GIVT`` or ``VTT`` (givt, by ``givt.kind``), ``ViTVAE``,
-    ``VQVAE`` or ``CNNVAE`` (vae)."""
+    """The flax module of a stage: ``GIVT`` (also for ``givt.kind="discrete"``: a GIVT with
+    ``vocab_size``) or ``VTT`` (givt, by ``givt.kind``), ``ViTVAE``, ``VQVAE``, ``CNNVAE``
+    or ``CNNVQ`` (vae)."""
     if stage == "givt" and str(cfg.givt.kind) == "vtt":
         from uvim_givt.models.vtt import VTT
         return _construct(VTT, "givt.model", **_kwargs(cfg.givt.model))
@@ -74,6 +76,9 @@ def build_model(stage: Stage, cfg: ml_collections.ConfigDict) -> Any:
         if vae_kind(cfg) == "cnn":
             from uvim_givt.models.cnn_vae import CNNVAE
             return _construct(CNNVAE, "vae.model", **kw)
+        if vae_kind(cfg) == "vqgan":
+            from uvim_givt.models.vqgan import CNNVQ
+            return _construct(CNNVQ, "vae.model", **kw)
         kw["label_channels"] = label_channels(cfg)
         kw["value_channels"] = value_channels(cfg)
         if vae_kind(cfg) == "vqvae":
@@ -131,8 +136,8 @@ def vae_dummy_input(model: Any) -> jax.Array:
 
 def init_givt(model: Any, key: jax.Array) -> dict[str, Any]:
     """Initial parameters of a stage-2 model from dummy inputs: a GIVT (any style, with or
-    without an encoder; real-valued tokens) or a VTT (code ids)."""
-    if getattr(model.head, "token_shape", None) == ():  # the VTT: one id per position
+    without an encoder; real-valued tokens or, with ``vocab_size``, ids) or a VTT (ids)."""
+    if getattr(model.head, "token_shape", None) == ():  # one id per position
         targets = jnp.zeros((1, model.seq_len), jnp.int32)
     else:
         targets = jnp.zeros((1, model.seq_len, model.out_dim), jnp.float32)

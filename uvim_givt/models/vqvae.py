@@ -67,12 +67,15 @@ def codewords(dictionary: jax.Array, counts: jax.Array) -> jax.Array:
     return e / jnp.linalg.norm(e, axis=-1, keepdims=True)
 
 
+def squared_distances(x: jax.Array, e: jax.Array) -> jax.Array:
+    """||x - e_k||^2 [..., K] of vectors ``x`` [..., D] to every row of ``e`` [K, D]."""
+    return jnp.sum(x * x, axis=-1, keepdims=True) - 2.0 * x @ e.T + jnp.sum(e * e, axis=-1)
+
+
 def quantize(x: jax.Array, e: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(x_q, ids): each vector of ``x`` [..., D] replaced by its nearest (euclidean) row of
     ``e`` [K, D], and that row's index. The gradient passes straight through to ``x``."""
-    dist = (jnp.sum(x * x, axis=-1, keepdims=True) - 2.0 * x @ e.T
-            + jnp.sum(e * e, axis=-1))
-    ids = jnp.argmin(dist, axis=-1)
+    ids = jnp.argmin(squared_distances(x, e), axis=-1)
     x_q = x + jax.lax.stop_gradient(e[ids] - x)  # e[ids] forward, identity backward
     return x_q, ids
 

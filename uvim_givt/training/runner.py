@@ -397,8 +397,8 @@ def train_run(task: Task, cfg: ml_collections.ConfigDict, run_dir: str, stage: s
     with rundir.locked(run_dir) if primary else contextlib.nullcontext():
         rundir.start_run(run_dir, cfg, write=primary)
         sharding.sync_processes("start_run")
-        s1 = "VQ-VAE" if str(cfg.vae.kind) == "vqvae" else "VAE"
-        s2 = "VTT" if str(cfg.givt.kind) == "vtt" else "GIVT"
+        s1 = {"vqvae": "VQ-VAE", "vqgan": "VQ tokenizer"}.get(str(cfg.vae.kind), "VAE")
+        s2 = {"vtt": "VTT", "discrete": "discrete transformer"}.get(str(cfg.givt.kind), "GIVT")
         what = {"all": f"stage 1 ({s1}) and stage 2 ({s2})", "vae": f"stage 1 ({s1})",
                 "givt": f"stage 2 ({s2})"}[stage]
         log(f"training {task.name} {what}, {cfg.size} config, data "

@@ -20,8 +20,10 @@ use the same definition, so each stage's maths is written once, here.
 Stage kinds are registered by name (:func:`register`): stage 1 by ``vae.kind`` (``vit``:
 ViT VAE over label maps; ``vqvae``: the original UViM's VQ-VAE over label maps with the
 image as context, discrete codes; ``cnn``: CNN VAE over images, optionally with a perceptual
-loss and a PatchGAN critic), stage 2 by ``givt_<givt.model.style>`` (``givt_ar`` causal,
-``givt_masked`` MaskGIT). A new kind is one class registered here or in its own module.
+loss and a PatchGAN critic; ``vqgan``: a VQ tokenizer on the CNN VAE's backbone and losses,
+discrete codes), stage 2 by ``givt_<givt.model.style>`` (``givt_ar`` causal, ``givt_masked``
+MaskGIT) or by ``givt.kind`` (``vtt``: the original UViM's; ``discrete``: a GIVT over ids,
+either style). A new kind is one class registered here or in its own module.
 Definitions are built once per config (:func:`stage_of`), so their compiled functions are
 shared by every evaluation and predictor of a run.
 """
@@ -99,7 +101,6 @@ class _VAEStage:
 
     def __init__(self, cfg: ml_collections.ConfigDict):
         self.model = vae = builders.build_model("vae", cfg)
-        self.beta = float(cfg.vae.beta)
         self.inputs = (self.input_key,)
         self.encode = jax.jit(lambda p, x: vae.apply({"params": p}, x, method=vae.encode))
         self.decode = jax.jit(lambda p, z: vae.apply({"params": p}, z, method=vae.decode))
@@ -140,6 +141,7 @@ class ViTVAEStage(_VAEStage):
 
     def __init__(self, cfg: ml_collections.ConfigDict):
         super().__init__(cfg)
+        self.beta = float(cfg.vae.beta)
         self.channels = builders.label_channels(cfg)
         self.values = builders.value_channels(cfg)
         self.ignore_zero = tuple(cfg.vae.ignore_zero)
@@ -170,12 +172,16 @@ class CNNVAEStage(_VAEStage):
     def __init__(self, cfg: ml_collections.ConfigDict):
         super().__init__(cfg)
         self.train_model = self.model.clone(clip_output=False)  # gradients outside [-1, 1]
+        self._bottleneck_weights(cfg)
         self.w_perc = float(cfg.vae.perceptual.weight)
         self.w_adv = float(cfg.vae.adversarial.weight)
         self._vgg_file = str(cfg.vae.perceptual.weights)
         self.disc = (image_losses.PatchDiscriminator(int(cfg.vae.adversarial.filters),
                                                      int(cfg.vae.adversarial.num_layers))
                      if self.w_adv > 0 else None)
+
+    def _bottleneck_weights(self, cfg: ml_collections.ConfigDict) -> None:
+        self.beta = float(cfg.vae.beta)  # the KL's
 
     @functools.cached_property
     def vgg(self) -> Any:
@@ -197,11 +203,10 @@ class CNNVAEStage(_VAEStage):
     def stage_params(self, vae_params: Params) -> Params:
         return {"vae": vae_params}
 
-    def loss(self, params: Params, batch: Batch, rng: jax.Array, train: bool,
-             frozen: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-        x = batch["image"]
-        # no dropout in the CNN VAE: the forward pass draws z (and code dropout) from rng
-        recon, aux = self._forward(self.train_model, params["vae"], x, rng, train, rng)
+    def _image_losses(self, params: Params, recon: jax.Array, x: jax.Array
+                      ) -> tuple[dict[str, jax.Array], Any]:
+        """The weighted perceptual and generator terms of the reconstructions, and a
+        function adding the critic's hinge loss (and its metrics) to the total."""
         disc = self.disc if "disc" in params else None
         extras = {}
         if self.vgg is not None:
@@ -210,20 +215,112 @@ class CNNVAEStage(_VAEStage):
         if disc is not None:  # generator step: the critic's params are constants
             d_fake_g = disc.apply({"params": jax.lax.stop_gradient(params["disc"])}, recon)
             extras["generator"] = self.w_adv * image_losses.hinge_g_loss(d_fake_g)
+
+        def with_critic(loss: jax.Array, metrics: dict[str, jax.Array]) -> jax.Array:
+            if disc is not None:  # critic step: the reconstructions are constants
+                d_real = disc.apply({"params": params["disc"]}, x)
+                d_fake = disc.apply({"params": params["disc"]}, jax.lax.stop_gradient(recon))
+                d_loss = image_losses.hinge_d_loss(d_real, d_fake)
+                loss = loss + d_loss
+                metrics.update(disc=d_loss, d_real=jnp.mean(d_real), d_fake=jnp.mean(d_fake))
+            metrics["mse"] = jnp.mean(jnp.square(jnp.clip(recon, -1, 1) - x))
+            return loss
+        return extras, with_critic
+
+    def loss(self, params: Params, batch: Batch, rng: jax.Array, train: bool,
+             frozen: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        x = batch["image"]
+        # no dropout in the CNN VAE: the forward pass draws z (and code dropout) from rng
+        recon, aux = self._forward(self.train_model, params["vae"], x, rng, train, rng)
+        extras, with_critic = self._image_losses(params, recon, x)
         loss, metrics = vae_losses.vae_loss(recon, x, aux["mu"], aux["logvar"], beta=self.beta,
                                             extra_losses=extras)
-        if disc is not None:  # critic step: the reconstructions are constants
-            d_real = disc.apply({"params": params["disc"]}, x)
-            d_fake = disc.apply({"params": params["disc"]}, jax.lax.stop_gradient(recon))
-            d_loss = image_losses.hinge_d_loss(d_real, d_fake)
-            loss = loss + d_loss
-            metrics.update(disc=d_loss, d_real=jnp.mean(d_real), d_fake=jnp.mean(d_fake))
-        metrics["mse"] = jnp.mean(jnp.square(jnp.clip(recon, -1, 1) - x))
-        return loss, metrics
+        return with_critic(loss, metrics), metrics
+
+
+class _CodebookUsage:
+    """What the discrete stage-1 kinds share: a codebook collapse said at the end of
+    training (the usage ratios, ``vqvae.usage_metrics``, are in every step's metrics)."""
+
+    #: a logged ``codebook_max_ratio`` above this: (nearly) every code on one codeword
+    COLLAPSE_RATIO = 0.9
+
+    def training_warnings(self, history: list[dict[str, float]]) -> list[str]:
+        """Codebook collapse at the end of training, said in the log (the ratios are in the
+        metrics of every step)."""
+        last = [h for h in history if "codebook_max_ratio" in h][-1:]
+        if not last or last[0]["codebook_max_ratio"] <= self.COLLAPSE_RATIO:
+            return []
+        h = last[0]
+        return [f"warning: codebook collapse at step {int(h['step'])}: "
+                f"{100 * h['codebook_max_ratio']:.0f}% of the codes on one codeword "
+                f"(perplexity {h['codebook_perplexity']:.1f} of {self.model.dict_size}); "
+                "see codebook_* in metrics.jsonl"]
+
+
+@register("vqgan")
+class VQGANStage(_CodebookUsage, CNNVAEStage):
+    """A VQ tokenizer over images (``models/vqgan.py``: VQGAN as MaskGIT trains it, or
+    ViT-VQGAN's factorised l2 codes) on the CNN VAE's backbone and image losses: L2 +
+    the perceptual and PatchGAN terms as the CNN VAE's, + the codebook loss
+    mean((sg(x) - e)^2) + ``vae.w_commitment`` x mean((x - sg(e))^2) + ``vae.w_entropy`` x
+    MaskGIT's entropy loss (at ``vae.entropy_temperature``). The codebook learns by
+    gradient (no state). Codebook usage of every step is in the training metrics, and a
+    collapse is said at the end of training (:class:`_CodebookUsage`).
+
+    For a discrete stage 2: :meth:`encode` gives ids [B, code_len], :meth:`decode` takes
+    them (the ``image`` argument of the dense VQ-VAE's signature is unused)."""
+
+    discrete = True
+
+    def __init__(self, cfg: ml_collections.ConfigDict):
+        super().__init__(cfg)
+        vq = self.model
+
+        def encode(p, x, image=None):  # ``image``: the dense VQ-VAE's signature, unused
+            return vq.apply({"params": p}, x, method=vq.encode)
+
+        def decode(p, ids, image=None):
+            return vq.apply({"params": p}, ids, method=vq.decode)
+        self.encode, self.decode = jax.jit(encode), jax.jit(decode)
+
+    def _bottleneck_weights(self, cfg: ml_collections.ConfigDict) -> None:
+        problems = self.model.problems()
+        if problems:
+            raise ConfigError("; ".join(f"vae.model.{k}: {why}" for k, why in problems))
+        self.w_commitment = float(cfg.vae.w_commitment)
+        self.w_entropy = float(cfg.vae.w_entropy)
+        self.entropy_temperature = float(cfg.vae.entropy_temperature)
+
+    def oracle(self, vae_params: Params, x: Any, image: Any = None) -> Any:
+        """The decoded code ids of the images ``x``."""
+        ids = self.encode(vae_params, jnp.asarray(x))
+        return self.decode(vae_params, ids)
+
+    def loss(self, params: Params, batch: Batch, rng: jax.Array, train: bool,
+             frozen: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        from uvim_givt.models import vqgan, vqvae
+        x = batch["image"]
+        model = self.train_model if train else self.model
+        recon, aux = model.apply({"params": params["vae"]}, x)
+        extras, with_critic = self._image_losses(params, recon, x)
+        sg = jax.lax.stop_gradient
+        extras["codebook"] = jnp.mean(jnp.square(sg(aux["x"]) - aux["e"]))
+        commitment = jnp.mean(jnp.square(aux["x"] - sg(aux["e"])))
+        extras["commitment"] = self.w_commitment * commitment
+        if self.w_entropy:
+            extras["entropy"] = self.w_entropy * vqgan.entropy_loss(
+                aux["distances"], self.entropy_temperature)
+        rec = jnp.mean(jnp.square(recon - x))
+        loss = rec + sum(extras.values())
+        metrics = {"rec": rec, **extras, "loss": loss}
+        counts, _ = vqvae.batch_statistics(aux["x"], aux["ids"], self.model.dict_size)
+        metrics.update(vqvae.usage_metrics(counts))
+        return with_critic(loss, metrics), metrics
 
 
 @register("vqvae")
-class VQVAEStage:
+class VQVAEStage(_CodebookUsage):
     """The original UViM stage 1 (``models/vqvae.py``): label maps (and the image, its
     context) -> code ids -> label logits. Loss: the label cross-entropy (as the ViT VAE's,
     ``vae.ignore_zero`` included) + ``vae.w_commitment`` x the commitment term
@@ -328,21 +425,6 @@ class VQVAEStage:
         parts.update(vqvae.usage_metrics(counts))
         return loss, parts
 
-    #: a logged ``codebook_max_ratio`` above this: (nearly) every code on one codeword
-    COLLAPSE_RATIO = 0.9
-
-    def training_warnings(self, history: list[dict[str, float]]) -> list[str]:
-        """Codebook collapse at the end of training, said in the log (the ratios are in the
-        metrics of every step)."""
-        last = [h for h in history if "codebook_max_ratio" in h][-1:]
-        if not last or last[0]["codebook_max_ratio"] <= self.COLLAPSE_RATIO:
-            return []
-        h = last[0]
-        return [f"warning: codebook collapse at step {int(h['step'])}: "
-                f"{100 * h['codebook_max_ratio']:.0f}% of the codes on one codeword "
-                f"(perplexity {h['codebook_perplexity']:.1f} of {self.model.dict_size}); "
-                "see codebook_* in metrics.jsonl"]
-
     # -------------------------------------------------------------- prediction
     def oracle(self, vae_params: Params, x: Any, image: Any = None) -> Any:
         """The decoded code ids of the ground truth ``x``, given the image."""
@@ -367,8 +449,8 @@ class GIVTStage:
         self.vae = stage_of(cfg, "vae")
         if getattr(self.vae, "discrete", False):
             raise ConfigError(f"vae.kind={cfg.vae.kind!r} makes discrete code ids; a GIVT "
-                              "models real-valued codes. Train stage 1 alone (--stage vae); "
-                              "a discrete stage 2 (VTT) is not part of the suite yet")
+                              "models real-valued codes: stage 2 over ids is givt.kind='vtt' "
+                              "(the original UViM's) or 'discrete' (a GIVT with vocab_size)")
         self.model = model = builders.build_model("givt", cfg)
         self.adaptor = builders.build_adaptor(cfg)  # None when off
         self.sample_posterior = cfg.givt.posterior == "sample"
@@ -460,7 +542,9 @@ class GIVTStage:
             {"params": params}, image, False, method=model.encode)
         logits = model.apply({"params": params}, y, labels, encoded, None, None, False,
                              method=model.decode)
-        return -model.head.log_prob(logits.astype(jnp.float32), y.astype(jnp.float32))
+        ids = jnp.issubdtype(y.dtype, jnp.integer)  # a discrete model's code ids stay ints
+        return -model.head.log_prob(logits.astype(jnp.float32),
+                                    y if ids else y.astype(jnp.float32))
 
     def position_nll(self, params: Params, z: Any, image: Any = None, labels: Any = None
                      ) -> jax.Array:
@@ -499,6 +583,62 @@ class GIVTStage:
 
 register("givt_ar")(GIVTStage)
 register("givt_masked")(GIVTStage)
+
+
+@register("discrete")
+class DiscreteStage(GIVTStage):
+    """Stage 2 over a VQ tokenizer's code ids (``givt.kind="discrete"``): the GIVT module
+    with ``vocab_size`` = the dictionary's size, i.e. the same transformer (causal, or
+    MaskGIT with ``givt.model.style="masked"``; class-conditional with label dropout, or
+    with an image encoder) with an id lookup in place of the linear input projection and a
+    softmax in place of the Gaussian mixture. Its loss is the GIVT stage's (the
+    cross-entropy of the frozen tokenizer's ids: teacher-forced, or on a random mask), its
+    samplers the GIVT's, with classifier-free guidance on the logits. The baseline every
+    GIVT claim is measured against (VQGAN's transformer, MaskGIT), on the same backbone."""
+
+    discrete = True
+
+    def __init__(self, cfg: ml_collections.ConfigDict):
+        self.vae = stage_of(cfg, "vae")
+        if not getattr(self.vae, "discrete", False):
+            raise ConfigError(f"givt.kind='discrete' models code ids, but vae.kind="
+                              f"{cfg.vae.kind!r} makes real-valued codes: use a VQ tokenizer "
+                              "(vae.kind='vqgan'; the imagenet config's tokens=vq) or "
+                              "givt.kind='givt'")
+        self.model = model = builders.build_model("givt", cfg)
+        vq, problems = self.vae.model, []
+        if int(model.vocab_size) != int(vq.dict_size):
+            problems.append(f"givt.model.vocab_size={model.vocab_size}: the tokenizer's "
+                            f"dictionary has {vq.dict_size} codes (vae.model.dict_size)")
+        if int(model.seq_len) != int(vq.code_len):
+            problems.append(f"givt.model.seq_len={model.seq_len} but the tokenizer makes "
+                            f"{vq.code_len} codes")
+        if builders.adaptor_enabled(cfg):
+            problems.append("givt.adaptor.enabled=True: the invertible adaptor maps real "
+                            "vectors, not ids")
+        if float(cfg.givt.input_noise) > 0:
+            problems.append(f"givt.input_noise={cfg.givt.input_noise}: ids take no noise")
+        if bool(cfg.givt.train.get("cached_codes", False)):
+            problems.append("givt.train.cached_codes=True: the code cache holds real-valued "
+                            "posteriors; code ids are encoded in the step")
+        if problems:
+            raise ConfigError("; ".join(problems))
+        self.adaptor = None
+        self.sample_posterior = False
+        self.input_noise = 0.0
+        self.conditioning_inputs = (("image",) if model.has_encoder else ()) + \
+            (("label",) if model.num_labels is not None else ())
+        self.inputs = tuple(dict.fromkeys((self.vae.input_key,) + self.conditioning_inputs
+                                          + (("image",) if self.vae.input_key == "labels"
+                                             else ())))
+        self.teacher_forced_means = jax.jit(self._teacher_forced_means)
+        self._jit_position_nll = jax.jit(self._position_nll)
+
+    def codes(self, vae_params: Params, batch: Batch, rng: jax.Array = None,
+              train: bool = False) -> jax.Array:
+        """The frozen tokenizer's code ids [B, code_len] (deterministic)."""
+        return jax.lax.stop_gradient(self.vae.encode(
+            vae_params, batch[self.vae.input_key], batch.get("image")))
 
 
 def require_givt(params: Params) -> None:
