@@ -10,6 +10,10 @@
     res:     paper: 256 | 512 (the CNN VAE's 16x downsampling: 16x16 or 32x32 latents)
     model:   paper: base | default | large (the published GIVT sizes, givt_imagenet2012.py)
     adaptor: paper: False | True (the invertible adaptor, trained with the GIVT)
+    tokens:  continuous (GIVT, default) | vq (discrete: a VQ tokenizer on the same CNN
+             backbone and losses, and the same transformer over its ids with a softmax)
+    quantizer: tokens=vq: vqgan (MaskGIT's VQGAN lookup) | vit_vqgan (ViT-VQGAN's
+             factorised, l2-normalised codes)
 
 ``paper`` follows big_vision's ``givt_imagenet2012.py`` for every combination: at 256px
 (default model) it builds exactly the published parameter trees (``vae_imagenet256_cnn``,
@@ -20,6 +24,18 @@ channels, with 32 mixture components, dropout 0.1, the adaptor's bottleneck 8 x 
 samples at temperature 0.9 with DB-CFG 0.9; the large model's VAE has beta 1e-5.
 ``tiny`` is tuned so that ``python -m tasks.imagenet train`` finishes in well under 10
 minutes on a 2-core CPU.
+
+``tokens=vq`` is the discrete-token baseline on the same backbone, data and protocol: stage 1
+is a VQ tokenizer (``vae.kind="vqgan"``, ``models/vqgan.py``) with the CNN VAE's encoder,
+decoder, image losses and schedule, and the MaskGIT tokenizer's bottleneck (paper: 1024
+codewords of 256 dims, commitment 0.25, entropy loss 0.1 at temperature 0.01;
+``quantizer=vit_vqgan``: 8192 codewords looked up in 32 l2-normalised dims, ViT-VQGAN's
+factorised codes); stage 2 (``givt.kind="discrete"``) is the GIVT of the same size and
+recipe with an id lookup and a softmax over the codewords, causal (VQGAN's transformer) or
+MaskGIT; samples are guided on the logits. The paper VQ samplers take the published
+MaskGIT decoding (8 steps, choice temperature 4.5, no guidance; causal: temperature 1, no
+guidance); tiny guides the causal models of both kinds alike (0.4), and samples the MaskGIT
+VQ model unguided at choice temperature 60 (its sweep, docs/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -38,6 +54,8 @@ from uvim_givt.config import parse_arg
 from uvim_givt.errors import ConfigError
 
 SIZES = ("tiny", "paper")
+TOKENS = ("continuous", "vq")
+QUANTIZERS = ("vqgan", "vit_vqgan")
 STYLES = ("ar", "masked")
 RESOLUTIONS = (256, 512)
 # The published GIVT sizes (givt_imagenet2012.py GIVT_MODELS).
@@ -74,6 +92,26 @@ def cnn_vae_model(size: str, res: int = 256, pixel_shuffle: bool = False) -> dic
                 **model_precision(attention=False))
 
 
+def vq_model(size: str, res: int = 256, quantizer: str = "vqgan") -> dict:
+    """Keyword arguments of ``CNNVQ``: the CNN VAE's backbone with a codebook."""
+    vae = cnn_vae_model(size, res)
+    if size == "paper":  # MaskGIT's tokenizer: 1024 x 256; ViT-VQGAN: 8192 in 32 dims
+        lookup = {"vqgan": dict(dict_size=1024, codeword_dim=256, factorized_dim=0),
+                  "vit_vqgan": dict(dict_size=8192, codeword_dim=256, factorized_dim=32)
+                  }[quantizer]
+    else:  # digits: 8x8 codes of 128 codewords (448 bits an image)
+        lookup = dict(dict_size=128, codeword_dim=16,
+                      factorized_dim=0 if quantizer == "vqgan" else 4)
+    return dict(vae, **lookup)
+
+
+def discrete_model(givt: dict, dict_size: int) -> dict:
+    """The GIVT ``givt`` over code ids: the same transformer, ``vocab_size`` codewords, no
+    Gaussian-mixture keys (the softmax head has none)."""
+    gmm = ("out_dim", "num_mixtures", "head_kind", "fix_square_plus", "scale_tol")
+    return dict({k: v for k, v in givt.items() if k not in gmm}, vocab_size=dict_size)
+
+
 def givt_model(size: str, style: str, vae: dict, num_classes: int,
                model: str = "default") -> dict:
     """Keyword arguments of a decoder-only, class-conditional ``GIVT``."""
@@ -97,13 +135,22 @@ def givt_model(size: str, style: str, vae: dict, num_classes: int,
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, size="tiny", style="ar", res=256, model="default", adaptor=False)
+    a = parse_arg(arg, size="tiny", style="ar", res=256, model="default", adaptor=False,
+                  tokens="continuous", quantizer="vqgan")
     if a.size not in SIZES:
         raise ConfigError(f"unknown size preset {a.size!r}: one of {SIZES}")
     if a.style not in STYLES:
         raise ConfigError(f"unknown style {a.style!r}: one of {STYLES}")
     if a.res not in RESOLUTIONS:
         raise ConfigError(f"res={a.res}: one of {RESOLUTIONS}")
+    if a.tokens not in TOKENS:
+        raise ConfigError(f"unknown tokens {a.tokens!r}: one of {TOKENS}")
+    if a.quantizer not in QUANTIZERS:
+        raise ConfigError(f"unknown quantizer {a.quantizer!r}: one of {QUANTIZERS}")
+    vq = a.tokens == "vq"
+    if vq and (a.adaptor or a.res != 256 or a.model != "default"):
+        raise ConfigError("tokens=vq: the discrete baseline of the 256px default GIVT "
+                          "(res=256, model=default, adaptor=False)")
     if a.model not in GIVT_SIZES:
         raise ConfigError(f"unknown model size {a.model!r}: one of {sorted(GIVT_SIZES)}")
     paper = a.size == "paper"
@@ -219,4 +266,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                           max_classes=0,       # 0 = all classes
                           grid_per_class=10),  # samples per class in the PNG grids
     )
+    if vq:
+        discrete_tokens(c, a)
     return c
+
+
+def discrete_tokens(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> None:
+    """tokens=vq in place: the VQ tokenizer as stage 1 (the CNN VAE's backbone, image losses,
+    EMA and schedule; the KL's beta replaced by the codebook's losses) and the same GIVT
+    over its ids (``givt.kind="discrete"``)."""
+    paper = a.size == "paper"
+    vq = vq_model(a.size, a.res, a.quantizer)
+    c.vae.kind = "vqgan"
+    c.vae.model = vq
+    del c.vae["beta"]
+    c.vae.w_commitment = 0.25  # VQ-VAE / VQGAN / MaskGIT: beta of the commitment loss
+    c.vae.w_entropy = 0.1  # MaskGIT's tokenizer: entropy_loss_ratio (0 = off)
+    c.vae.entropy_temperature = 0.01
+    c.givt.kind = "discrete"
+    c.givt.model = discrete_model(c.givt.model.to_dict(), vq["dict_size"])
+    if paper:  # the published samplers of the VQ models (MaskGIT; VQGAN's transformer)
+        masked = a.style == "masked"
+        c.givt.sampling.update(temperature=1.0, cfg_weight=0.0,
+                               num_steps=8 if masked else 16,
+                               choice_temperature=4.5 if masked else 35.0)
+    elif a.style == "masked":
+        # digits: chosen by `python -m tasks.imagenet sweep` on the tiny run (docs/RESULTS.md):
+        # MaskGIT's t_C 4.5 and 8 steps draw near-copies per class (FID 35.1 on 200
+        # samples); t_C 60 and 16 steps 25.2; guidance 0.4 costs diversity (32.7 at t_C 200)
+        c.givt.sampling.update(num_steps=16, choice_temperature=60.0, cfg_weight=0.0)

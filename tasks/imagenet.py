@@ -285,7 +285,14 @@ class ImageNetTask:
                               3.35),
                     Reference("GIVT-MaskGIT 256px, t_C=35, DB-CFG 0.1", "ImageNet 256",
                               "FID", 4.53),
-                    Reference("GIVT-MaskGIT 512px, t_C=140", "ImageNet 512", "FID", 4.86))),
+                    Reference("GIVT-MaskGIT 512px, t_C=140", "ImageNet 512", "FID", 4.86),
+                    # the discrete-token systems GIVT is compared with (their papers)
+                    Reference("MaskGIT (VQ, Chang et al. 2022), 8 steps", "ImageNet 256",
+                              "FID", 6.18),
+                    Reference("VQGAN + transformer (Esser et al. 2021)", "ImageNet 256",
+                              "FID", 15.78),
+                    Reference("ViT-VQGAN + VIM-L (Yu et al. 2022)", "ImageNet 256", "FID",
+                              4.17))),
         },
         datasets=(("embedded", "scikit-learn digits (tasks/datasets/digits.py)"),
                   ("imagenet2012", "ImageNet 256")))

@@ -353,7 +353,10 @@ def test_metadata_declares_the_published_fids():
     assert {(r.model, r.data, r.value) for r in family.references} == {
         ("GIVT-Causal 256px, t=0.95, DB-CFG 0.4", "ImageNet 256", 3.35),
         ("GIVT-MaskGIT 256px, t_C=35, DB-CFG 0.1", "ImageNet 256", 4.53),
-        ("GIVT-MaskGIT 512px, t_C=140", "ImageNet 512", 4.86)}
+        ("GIVT-MaskGIT 512px, t_C=140", "ImageNet 512", 4.86),
+        ("MaskGIT (VQ, Chang et al. 2022), 8 steps", "ImageNet 256", 6.18),
+        ("VQGAN + transformer (Esser et al. 2021)", "ImageNet 256", 15.78),
+        ("ViT-VQGAN + VIM-L (Yu et al. 2022)", "ImageNet 256", 4.17)}
     loss = I.TASK.metadata.family("loss")
     assert loss.primary is None and loss.order[0] == "loss"
 
