@@ -95,7 +95,11 @@ def score_images(extractor: Any, images: np.ndarray, ref_feats: np.ndarray,
     if len(feats) > 3 and len(ref_feats) > 3:
         out.update(precision_recall(ref_feats, feats))
         out["KID"] = kernel_inception_distance(ref_feats, feats)[0]
-    out["IS"] = inception_score(probs, splits=min(10, len(probs)))[0]
+    # The samples come grouped by class; IS splits in order, so a split of one class would
+    # score ~1 however good the samples: split a fixed shuffle instead (as random-order
+    # samples are split in the usual protocol).
+    order = np.random.default_rng(0).permutation(len(probs))
+    out["IS"] = inception_score(probs[order], splits=min(10, len(probs)))[0]
     if labels is not None and probs.shape[1] == num_classes:
         out["class_accuracy"] = class_consistency_accuracy(probs.argmax(1), labels)
     return out

@@ -276,3 +276,29 @@ def test_inception_random_weights_tiny_batch():
     assert feats.shape == (2, 2048) and probs.shape == (2, 1000)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
     assert isinstance(ext, X.FeatureExtractor)
+
+
+def test_inception_score_of_class_sorted_samples_is_not_split_by_class():
+    """score_images gets samples grouped by class (np.repeat of the labels); perfect,
+    evenly spread samples of 10 classes must score IS near 10, not the ~1 of splits that
+    each hold one class."""
+    from evals.generation_loop import score_images
+
+    class OneHot:  # an "extractor" whose class probabilities are the true labels
+        def features_and_probs(self, images):
+            return images.reshape(len(images), -1)[:, :4], self.probs
+
+    labels = np.repeat(np.arange(10), 20)
+    probs = np.full((200, 10), 1e-6)
+    probs[np.arange(200), labels] = 1.0
+    probs /= probs.sum(1, keepdims=True)
+    ext = OneHot()
+    ext.probs = probs
+    images = np.random.default_rng(0).integers(0, 255, (200, 8, 8, 3)).astype(np.uint8)
+    ref = np.random.default_rng(1).normal(size=(50, 4))
+    assert M.inception_score(probs, splits=10)[0] < 1.01  # the in-order splits' trap
+    out = score_images(ext, images, ref, labels, 10)
+    # 20 random-order samples per split: exp(entropy of each split's class histogram),
+    # below 10 by sampling alone
+    assert 6.0 < out["IS"] <= 10.0
+    assert out["class_accuracy"] == 1.0
