@@ -1,24 +1,28 @@
-r"""Both token kinds of a dense task side by side: GIVT-UViM (continuous codes: a ViT VAE and
-a GIVT) against the original UViM (discrete codes: a VQ-VAE and the VTT), in one table.
+r"""Both token kinds of a task side by side, in one table: GIVT (continuous codes: a VAE and a
+GIVT) against the discrete-token systems (a VQ-VAE and the VTT, the original UViM, for the
+dense tasks; a VQ tokenizer and the same transformer over ids for generation).
 
     python -m evals.compare --task colorization --out report/compare_colorization
     python -m evals.compare --task panoptic --size tiny --out DIR --workdir runs/compare
+    python -m evals.compare --task imagenet --args style=masked --out DIR   # digits, MaskGIT
     python -m evals.compare --runs RUN_A RUN_B --out DIR      # runs that exist already
 
 With ``--task`` it trains ``configs/<task>.py:size=S,tokens=continuous`` and ``...,tokens=vq``
-(``python -m tasks.<task> train``; the dense presets give both kinds the same steps and
-batch), or resumes them, or reuses them when finished, then compares. Columns, per run:
+(plus ``--args``; ``python -m tasks.<task> train``; the presets give both kinds the same
+steps and batch), or resumes them, or reuses them when finished, then compares. Columns,
+per run:
 
-* the task's primary metric of stage 2's samples, of its teacher-forced means and of the
-  stage-1 oracle (the latest record of each, from the run's ``eval/``);
+* the task's primary metric of stage 2's samples, of its teacher-forced means (dense
+  tasks) and of the stage-1 oracle (generation: ``FID_recon``), the latest record of each
+  from the run's ``eval/``;
 * ``code bits``: what one image's codes take to store: ``code_len * log2(dict_size)`` for
-  code ids, ``code_len * codeword_dim * 32`` for float32 codes;
+  code ids, ``code_len * code_dim * 32`` for float32 codes;
 * ``NLL / image``: stage 2's held-out NLL per code times the codes per image, in nats (a
   probability of ids for the VTT, a density of real vectors for the GIVT: not the same
   quantity, shown for each side's own progress);
-* ``sampling s / image``: stage 2 sampling and stage-1 decoding of one batch of validation
-  images (``--batch``), the median of ``--repeats`` timed calls after a compiling one,
-  divided by the batch (measured here, now, on this machine);
+* ``sampling s / image``: stage 2 sampling and stage-1 decoding of one batch (``--batch``)
+  of validation images (generation: of class labels), the median of ``--repeats`` timed
+  calls after a compiling one, divided by the batch (measured here, now, on this machine);
 * parameters of stage 1 and stage 2.
 
 Writes ``OUT/compare.md`` and ``OUT/compare.json``.
@@ -41,6 +45,7 @@ from uvim_givt import errors, rundir
 from uvim_givt.errors import UserError
 
 TOKENS = ("continuous", "vq")
+DISCRETE_KINDS = ("vqvae", "vqgan")  # stage-1 kinds whose codes are ids
 COLUMNS = ("run", "tokens", "metric", "sampled", "teacher_forced", "oracle", "code_bits",
            "nll_per_image", "sample_s_per_image", "params_stage1", "params_stage2")
 
@@ -49,10 +54,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = errors.ArgumentParser(prog="python -m evals.compare",
                               description=__doc__.split("\n\n")[0].replace("\n", " "))
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--task", help="a dense task with both token kinds (panoptic, depth, "
-                                     "colorization): train or reuse its two runs")
+    what.add_argument("--task", help="a task with both token kinds (panoptic, depth, "
+                                     "colorization, imagenet): train or reuse its two runs")
     what.add_argument("--runs", nargs="+", metavar="RUN", help="compare these run folders")
     p.add_argument("--size", default="tiny", help="the preset of --task (default tiny)")
+    p.add_argument("--args", default="", metavar="K=V,...",
+                   help="more config arguments of --task's two runs (e.g. style=masked)")
     p.add_argument("--workdir", default="runs/compare",
                    help="where --task's runs go: WORKDIR/<task>_<size>_<tokens>")
     p.add_argument("--out", required=True, help="folder for compare.md and compare.json")
@@ -65,13 +72,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------ the runs
-def train_both(task: str, size: str, workdir: str) -> list[str]:
+def train_both(task: str, size: str, workdir: str, args: str = "") -> list[str]:
     """Trains (or resumes, or reuses) the two token kinds of ``task``; returns their runs."""
     runs = []
+    extra = "".join(f",{a}" for a in args.split(",") if a.strip())
+    tag = "".join(f"_{a.strip().replace('=', '-')}" for a in args.split(",") if a.strip())
     for tokens in TOKENS:
-        run = os.path.join(workdir, f"{task}_{size}_{tokens}")
+        run = os.path.join(workdir, f"{task}_{size}{tag}_{tokens}")
         cmd = [sys.executable, "-m", f"tasks.{task}", "train", "--config",
-               f"configs/{task}.py:size={size},tokens={tokens}", "--workdir", run]
+               f"configs/{task}.py:size={size},tokens={tokens}{extra}", "--workdir", run]
         print("$ " + " ".join(cmd[1:]), flush=True)
         if subprocess.run(cmd).returncode != 0:
             raise UserError(f"training the {tokens} run of {task} failed (above); rerun to "
@@ -87,12 +96,21 @@ def latest(records: Sequence[dict[str, Any]], stage: str, evaluator: str
     return max(found, key=lambda r: (int(r["step"]), r.get("time", ""))) if found else None
 
 
+def is_discrete(cfg: Any) -> bool:
+    return str(cfg.vae.kind) in DISCRETE_KINDS
+
+
+def code_len(cfg: Any) -> int:
+    """Codes per image (the stage-1 model's, built without parameters)."""
+    from uvim_givt.models import builders
+    return int(builders.build_model("vae", cfg).code_len)
+
+
 def code_bits(cfg: Any) -> float:
     """Bits to store one image's codes: ids of a dictionary, or float32 vectors."""
-    m = cfg.vae.model
-    if str(cfg.vae.kind) == "vqvae":
-        return int(m.code_len) * math.log2(int(m.dict_size))
-    return int(m.code_len) * int(m.codeword_dim) * 32.0
+    if is_discrete(cfg):
+        return code_len(cfg) * math.log2(int(cfg.vae.model.dict_size))
+    return code_len(cfg) * int(cfg.givt.model.out_dim) * 32.0
 
 
 def sampling_seconds(run_dir: str, batch: int, repeats: int) -> float:
@@ -109,12 +127,17 @@ def sampling_seconds(run_dir: str, batch: int, repeats: int) -> float:
     ds = catalog.load(task.readers, cfg, str(cfg.data.source), str(cfg.data.val_split))
     images = next(iter(pipeline.eval_batches(
         ds.take(batch), lambda ex: task.preprocess(cfg, ex, "eval"), batch)))["image"]
-    predictor = Predictor(cfg, run.vae_params, run.givt_params)
+    predictor = Predictor(cfg, run.vae_params, run.givt_params, batch_size=batch)
+    generation = not predictor.model.has_encoder  # class-conditional: labels, not images
+    labels = np.arange(batch, dtype=np.int32) % int(predictor.model.num_labels or 1)
 
     def once(seed: int) -> float:
         t0 = time.perf_counter()
-        jax.block_until_ready(predictor.predict(images, seed=seed,
-                                                mirror_equivariant=task.mirror_equivariant))
+        if generation:
+            predictor.decode_images(predictor.sample_latents(labels, seed=seed))
+        else:
+            jax.block_until_ready(predictor.predict(
+                images, seed=seed, mirror_equivariant=task.mirror_equivariant))
         return time.perf_counter() - t0
 
     once(0)  # compiles
@@ -123,7 +146,6 @@ def sampling_seconds(run_dir: str, batch: int, repeats: int) -> float:
 
 def row(run_dir: str, batch: int, repeats: int) -> dict[str, Any]:
     """One run's line of the table."""
-    from uvim_givt import config as config_lib
 
     cfg = rundir.load_run_config(run_dir)
     records = rundir.read_eval_records(run_dir)
@@ -135,7 +157,10 @@ def row(run_dir: str, batch: int, repeats: int) -> dict[str, Any]:
 
     def value(stage: str, evaluator: str, key: str = metric) -> float | None:
         rec = latest(records, stage, evaluator)
-        return None if rec is None else rec["metrics"].get(key)
+        if rec is None:
+            return None
+        # a generation oracle scores reconstructions: FID_recon for FID
+        return rec["metrics"].get(key, rec["metrics"].get(f"{key}_recon"))
 
     nll = value("givt", "givt_loss", "nll_per_token")
     info_path = os.path.join(run_dir, "run_info.json")
@@ -143,25 +168,32 @@ def row(run_dir: str, batch: int, repeats: int) -> dict[str, Any]:
     if os.path.isfile(info_path):
         with open(info_path) as f:
             params = json.load(f).get("num_params", {})
-    discrete = str(cfg.vae.kind) == "vqvae"
     print(f"timing sampling of {run_dir} ...", flush=True)
     return {
         "run": run_dir,
-        "tokens": ("discrete (VQ-VAE + VTT)" if discrete else
-                   f"continuous ({cfg.vae.kind} VAE + GIVT)"),
+        "tokens": _tokens_label(cfg),
         "metric": metric,
         "sampled": sampled["metrics"][metric],
         "teacher_forced": value("givt", "teacher_forced"),
         "oracle": value("vae", "oracle"),
         "code_bits": code_bits(cfg),
-        "nll_per_image": None if nll is None else nll * int(
-            config_lib.to_dict(cfg.vae.model)["code_len"]),
+        "nll_per_image": None if nll is None else nll * code_len(cfg),
         "sample_s_per_image": sampling_seconds(run_dir, batch, repeats),
         "params_stage1": params.get("vae"),
         "params_stage2": params.get("givt"),
         "num_images": sampled["metrics"].get("num_images"),
         "data": sampled.get("data"),
     }
+
+
+def _tokens_label(cfg: Any) -> str:
+    style = "" if str(cfg.givt.kind) == "vtt" else f", {cfg.givt.model.style}"
+    if str(cfg.vae.kind) == "vqvae":
+        return "discrete (VQ-VAE + VTT)"
+    if is_discrete(cfg):
+        lookup = "factorised l2" if int(cfg.vae.model.get("factorized_dim", 0)) else "VQGAN"
+        return f"discrete ({lookup} tokenizer + transformer{style})"
+    return f"continuous ({cfg.vae.kind} VAE + GIVT{style})"
 
 
 # ------------------------------------------------------------------------------ the table
@@ -189,7 +221,8 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    runs = train_both(args.task, args.size, args.workdir) if args.task else list(args.runs)
+    runs = (train_both(args.task, args.size, args.workdir, args.args) if args.task
+            else list(args.runs))
     rows = [row(r, args.batch, args.repeats) for r in runs]
     tasks = {rundir.load_run_config(r).task for r in runs}
     if len(tasks) > 1:
