@@ -104,14 +104,18 @@ def _original_uvim(c: ml_collections.ConfigDict, size: str) -> None:
 
 
 def _evaluators(size: str, discrete: bool) -> dict:
-    """Held-out losses on train[:4096] (published; tiny/base: validation) and PSNR on
-    validation: paper every 250 / 1,000 (stage 1 / 2) and 2,500 steps, as published; the
-    per-pixel uncertainty maps are the dense tasks' with class or depth outputs, not
-    declared here."""
+    """Held-out losses on train[:4096] (published; tiny/base: validation) and PSNR (FID with
+    an extractor) on validation: paper every 250 / 1,000 (stage 1 / 2) and 2,500 steps, as
+    published; the per-pixel uncertainty maps are the dense tasks' with class or depth
+    outputs, not declared here."""
     paper = size == "paper"
     evals = dense_evaluators(
         "colorization", size, heldout_split="train[:4096]" if paper else "validation",
         every=dict(vae_loss=250, givt_loss=1000, oracle=2500, sampled=2500) if paper
         else None, discrete=discrete)
     evals.pop("uncertainty", None)
+    # FID, the published metric (ColTran's protocol), when a feature extractor is named:
+    # --set evals.sampled.extractor=fid_inception:PATH (no weights are downloaded).
+    for name in ("oracle", "sampled", "teacher_forced"):
+        evals[name]["extractor"] = ""
     return evals

@@ -2,10 +2,11 @@ r"""Both token kinds of a task side by side, in one table: GIVT (continuous code
 GIVT) against the discrete-token systems (a VQ-VAE and the VTT, the original UViM, for the
 dense tasks; a VQ tokenizer and the same transformer over ids for generation).
 
-    python -m evals.compare --task colorization --out report/compare_colorization
-    python -m evals.compare --task panoptic --size tiny --out DIR --workdir runs/compare
-    python -m evals.compare --task imagenet --args style=masked --out DIR   # digits, MaskGIT
+    python -m evals.compare --task colorization        # runs/compare/colorization_tiny_*
+    python -m evals.compare --task panoptic --size tiny --workdir runs/compare
+    python -m evals.compare --task imagenet --args style=masked     # digits, MaskGIT
     python -m evals.compare --runs RUN_A RUN_B --out DIR      # runs that exist already
+    python -m evals.leaderboard                     # shows the tables under runs/ too
 
 With ``--task`` it trains ``configs/<task>.py:size=S,tokens=continuous`` and ``...,tokens=vq``
 (plus ``--args``; ``python -m tasks.<task> train``; the presets give both kinds the same
@@ -25,7 +26,8 @@ per run:
   calls after a compiling one, divided by the batch (measured here, now, on this machine);
 * parameters of stage 1 and stage 2.
 
-Writes ``OUT/compare.md`` and ``OUT/compare.json``.
+Writes ``OUT/compare.md`` and ``OUT/compare.json`` (default ``OUT`` with ``--task``:
+``WORKDIR/<task>_<size>_compared``, beside the two runs, where the leaderboard finds it).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from uvim_givt.errors import UserError
 
 TOKENS = ("continuous", "vq")
 DISCRETE_KINDS = ("vqvae", "vqgan")  # stage-1 kinds whose codes are ids
+COMPARE_FILE = "compare.json"
 COLUMNS = ("run", "tokens", "metric", "sampled", "teacher_forced", "oracle", "code_bits",
            "nll_per_image", "sample_s_per_image", "params_stage1", "params_stage2")
 
@@ -62,23 +65,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="more config arguments of --task's two runs (e.g. style=masked)")
     p.add_argument("--workdir", default="runs/compare",
                    help="where --task's runs go: WORKDIR/<task>_<size>_<tokens>")
-    p.add_argument("--out", required=True, help="folder for compare.md and compare.json")
+    p.add_argument("--out", help="folder for compare.md and compare.json (default with "
+                                 "--task: WORKDIR/<task>_<size>_compared, which the "
+                                 "leaderboard of WORKDIR's root shows)")
     p.add_argument("--batch", type=errors.positive_int, default=8,
                    help="validation images per timed sampling call (default 8)")
     p.add_argument("--repeats", type=errors.positive_int, default=3,
                    help="timed sampling calls, after a compiling one (default 3)")
     errors.add_verbose_argument(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.runs and not args.out:
+        p.error("--runs needs --out (the folder for compare.md and compare.json)")
+    return args
 
 
 # ------------------------------------------------------------------------------ the runs
+def _tag(args: str) -> str:
+    """``style=masked`` -> ``_style-masked``: the config arguments in folder names."""
+    return "".join(f"_{a.strip().replace('=', '-')}" for a in args.split(",") if a.strip())
+
+
 def train_both(task: str, size: str, workdir: str, args: str = "") -> list[str]:
     """Trains (or resumes, or reuses) the two token kinds of ``task``; returns their runs."""
     runs = []
     extra = "".join(f",{a}" for a in args.split(",") if a.strip())
-    tag = "".join(f"_{a.strip().replace('=', '-')}" for a in args.split(",") if a.strip())
     for tokens in TOKENS:
-        run = os.path.join(workdir, f"{task}_{size}{tag}_{tokens}")
+        run = os.path.join(workdir, f"{task}_{size}{_tag(args)}_{tokens}")
         cmd = [sys.executable, "-m", f"tasks.{task}", "train", "--config",
                f"configs/{task}.py:size={size},tokens={tokens}{extra}", "--workdir", run]
         print("$ " + " ".join(cmd[1:]), flush=True)
@@ -200,6 +212,8 @@ def _tokens_label(cfg: Any) -> str:
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
+    if isinstance(v, float) and v.is_integer() and abs(v) >= 100:
+        v = int(v)  # 448.0 code bits
     if isinstance(v, float):
         return (f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.2f}" if abs(v) >= 1 else
                 f"{v:.3g}")
@@ -208,15 +222,25 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+HEAD = ("run", "tokens", "metric", "stage 2 samples", "teacher-forced", "stage-1 oracle",
+        "code bits / image", "stage-2 NLL / image (nats)", "sampling s / image",
+        "params stage 1", "params stage 2")
+NOTE = ("NLL / image: nats of code ids (discrete) or a density of real codes (continuous), "
+        "not comparable across kinds. Sampling time measured when the table was written, on "
+        "that machine, batch {batch}, median of {repeats}.")
+
+
+def cells(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The table's formatted cells, a list per row in ``HEAD``'s order (this command's
+    Markdown and the leaderboard's comparison tables)."""
+    return [[_fmt(r.get(c)) if c != "run" else os.path.basename(os.path.normpath(r[c]))
+             for c in COLUMNS] for r in rows]
+
+
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """The table as Markdown, with what each column is."""
-    head = ["run", "tokens", "metric", "stage 2 samples", "teacher-forced", "stage-1 oracle",
-            "code bits / image", "stage-2 NLL / image (nats)", "sampling s / image",
-            "params stage 1", "params stage 2"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r[c]) if c != "run" else os.path.basename(
-            os.path.normpath(r[c])) for c in COLUMNS) + " |")
+    """The table as Markdown."""
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells(rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -228,16 +252,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if len(tasks) > 1:
         raise UserError(f"the runs are of different tasks ({', '.join(sorted(tasks))}): "
                         "compare runs of one task")
-    os.makedirs(args.out, exist_ok=True)
+    task = tasks.pop()
+    out = args.out or os.path.join(args.workdir, f"{args.task}_{args.size}{_tag(args.args)}"
+                                                 "_compared")
+    os.makedirs(out, exist_ok=True)
     table = markdown(rows)
-    note = ("NLL / image: nats of code ids (discrete) or a density of real codes "
-            "(continuous), not comparable across kinds. Sampling time measured now, on this "
-            f"machine, batch {args.batch}, median of {args.repeats}.\n")
-    with open(os.path.join(args.out, "compare.md"), "w") as f:
-        f.write(f"# {tasks.pop()}: continuous against discrete tokens\n\n{table}\n{note}")
-    rundir.write_json(os.path.join(args.out, "compare.json"),
-                      {"rows": rows, "batch": args.batch, "repeats": args.repeats})
-    print(table + note + f"wrote {os.path.join(args.out, 'compare.md')} and compare.json")
+    note = NOTE.format(batch=args.batch, repeats=args.repeats) + "\n"
+    with open(os.path.join(out, "compare.md"), "w") as f:
+        f.write(f"# {task}: continuous against discrete tokens\n\n{table}\n{note}")
+    # The leaderboard shows every compare.json under its roots (evals/leaderboard).
+    rundir.write_json(os.path.join(out, COMPARE_FILE),
+                      {"task": task, "rows": rows, "batch": args.batch,
+                       "repeats": args.repeats})
+    print(table + note + f"wrote {os.path.join(out, 'compare.md')} and {COMPARE_FILE}")
     return {"rows": rows}
 
 

@@ -71,10 +71,11 @@ CONFIG_RULES: schema.Rules = (
     (_E + "channels", schema.Names()),
     (_E + "value_key", schema.Text(r"\w*", "an example's field (or empty)", bad="a b")),
     (_E + "(batch_size|samples_per_class|grid_per_class)", schema.POSITIVE_INT),
-    (_E + "extractor", schema.Text(r"digits|(fid_|keras_)?inception:.+",
+    (_E + "extractor", schema.Text(r"(digits|(fid_|keras_)?inception:.*)?",
                                    "digits, fid_inception:PATH (pytorch-fid's FID Inception "
-                                   "weights: FIDs comparable to published ones) or "
-                                   "keras_inception:PATH (Keras' InceptionV3 .h5)",
+                                   "weights: FIDs comparable to published ones), "
+                                   "keras_inception:PATH (Keras' InceptionV3 .h5) or empty "
+                                   "(a dense metric without its FID)",
                                    bad="inception")),
 )
 

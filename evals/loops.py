@@ -59,6 +59,16 @@ def _progress(desc: str, periodic: bool, ds: Any = None, cap: int | None = None)
                 mininterval=progress_interval(), dynamic_ncols=True)
 
 
+def task_metric(task: Any, cfg: Any, spec: Spec) -> Any:
+    """The task's accumulator of ``spec.kind``; one with a ``configure(options)`` method
+    also gets its evaluator's options (e.g. colorization's FID ``extractor``)."""
+    metric = task.metric(cfg, spec.kind)
+    configure = getattr(metric, "configure", None)
+    if configure is not None:
+        configure(spec.options)
+    return metric
+
+
 def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
                max_examples: int | None, step: int, periodic: bool
                ) -> tuple[dict[str, float], dict[str, Any]]:
@@ -69,7 +79,7 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
     ds = catalog.load(task.readers, cfg, source, split)
     if max_examples:
         ds = ds.take(max_examples)
-    metric = task.metric(cfg, spec.kind)
+    metric = task_metric(task, cfg, spec)
     n_overlays = 0 if periodic else int(spec.options.overlays)
     overlay_dir = os.path.join(run.run_dir, "predictions")
     extra: dict[str, Any] = {}
@@ -116,7 +126,9 @@ def dense_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
         raise UserError(f"split {split!r} of {source} has no examples")
     if hasattr(metric, "details"):
         extra = dict(extra, **metric.details())
-    return metric.result(), dict(extra, pngs=_relative(pngs, run.run_dir))
+    result = metric.result()  # record_extra: e.g. the network of a dense FID's features
+    extra.update(getattr(metric, "record_extra", dict)())
+    return result, dict(extra, pngs=_relative(pngs, run.run_dir))
 
 
 def _relative(paths: Iterable[str | None], run_dir: str) -> list[str]:
@@ -141,7 +153,7 @@ def completion_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
     seq_len = int(cfg.givt.model.seq_len)
     fractions = [float(f) for f in spec.options.keep]
     num_given = [int(round(f * seq_len)) for f in fractions]
-    metrics = [task.metric(cfg, spec.kind) for _ in fractions]
+    metrics = [task_metric(task, cfg, spec) for _ in fractions]
     ds = catalog.load(task.readers, cfg, source, split)
     if max_examples:
         ds = ds.take(max_examples)

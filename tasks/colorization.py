@@ -22,9 +22,12 @@ Metric (``colorization``): ``PSNR``, big_vision's ``resizedPSNR``: per image, th
 the label (the frame resized to the model's input), averaged over images; ``PSNR_full``
 scores the prediction resized back to the frame (bilinear) against the frame itself, and
 ``PSNR_gray`` the grayscale input itself as ``PSNR`` scores a prediction (no colour at all:
-the reference a colorization must beat on the same images). The
-published ColTran FID (5,000 ImageNet validation images) is not computed here (README
-"Deviations").
+the reference a colorization must beat on the same images). ``FID``, the published metric
+(ColTran's protocol: the colorized images against the true colour images of the same split,
+5,000 ImageNet validation images in the paper), is added when an evaluator names a feature
+extractor (``--set evals.sampled.extractor=fid_inception:PATH``: the FID Inception, whose
+weights are never downloaded; empty by default, and the embedded scenes have no extractor
+of their own); here both sets are taken at the model's resolution.
 
 Data: ``embedded`` (the colour frames of the suite's synthetic indoor scenes,
 tasks/datasets/synthetic_depth.py, their depth unused), ``tfds:imagenet2012`` (the
@@ -230,11 +233,19 @@ class ColorizationTask:
 class ColorizationMetric:
     """``PSNR`` (big_vision's resizedPSNR, at the model's resolution), ``PSNR_full`` (at
     the frame's) and ``PSNR_gray`` (the grayscale input as the prediction), per image,
-    averaged."""
+    averaged; with an ``extractor``, ``FID`` of the colorized images against the true colour
+    images, both at the model's resolution."""
 
-    def __init__(self, image_size: int):
+    def __init__(self, image_size: int, extractor: Any = None):
         self.image_size = image_size
+        self.extractor = extractor  # None, a spec ("fid_inception:PATH") or an extractor
         self.per_image: list[tuple[float, float, float]] = []
+        self.images: dict[str, list[np.ndarray]] = {"predicted": [], "true": []}
+        self.extractor_record: dict[str, Any] = {}
+
+    def configure(self, options: Any) -> None:
+        """The evaluator's options: ``extractor`` (empty: no FID)."""
+        self.extractor = str(options.get("extractor", "")) or None
 
     def add(self, example: dict, prediction: Colorized) -> None:
         image = example["image"]
@@ -244,13 +255,36 @@ class ColorizationMetric:
         self.per_image.append((psnr(prediction.model, label),
                                psnr(prediction.frame.astype(np.float32) / 127.5 - 1.0, frame),
                                psnr(gray, label)))
+        if self.extractor is not None:
+            self.images["predicted"].append(to_uint8(prediction.model))
+            self.images["true"].append(to_uint8(label))
+
+    def fid(self) -> float:
+        """FID of the colorized images against the true ones (the extractor's features)."""
+        from evals.features import extractor_record
+        from evals.generation_loop import make_extractor
+        from evals.generation_metrics import fid_from_features
+        ex = make_extractor(self.extractor) if isinstance(self.extractor, str) \
+            else self.extractor
+        self.extractor_record = extractor_record(ex)
+        feats = {k: ex.features(np.stack(v)) for k, v in self.images.items()}
+        return fid_from_features(feats["predicted"], feats["true"])
+
+    def record_extra(self) -> dict[str, Any]:
+        """Beside the metrics in the eval record: which network the FID's features are."""
+        return self.extractor_record
 
     def result(self) -> dict[str, float]:
         if not self.per_image:
             return {"num_images": 0.0}
         values = np.asarray(self.per_image, np.float64)
-        return {**{name: float(values[:, i].mean()) for i, name in enumerate(METRIC_NAMES)},
-                "num_images": float(len(values))}
+        out = {**{name: float(values[:, i].mean()) for i, name in enumerate(METRIC_NAMES)},
+               "num_images": float(len(values))}
+        if self.extractor is not None:
+            if len(self.per_image) < 2:
+                raise ConfigError("colorization FID needs at least 2 images")
+            out["FID"] = self.fid()
+        return out
 
 
 TASK = ColorizationTask()

@@ -76,6 +76,44 @@ def test_psnr_is_tensorflows_and_postprocess_unflips_and_resizes():
     assert result["num_images"] == 1
 
 
+class _MeanColourFeatures:
+    """A stand-in extractor: per-image channel means and standard deviations (6 dims)."""
+
+    name = "mean_colour"
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        x = images.astype(np.float64)
+        return np.concatenate([x.mean((1, 2)), x.std((1, 2))], axis=1)
+
+    def probs(self, images: np.ndarray) -> np.ndarray:
+        raise AssertionError("FID needs features only")
+
+
+def test_fid_of_colorized_against_true_colours_is_the_frechet_distance():
+    """With an extractor, the metric adds the FID of the predicted colours against the true
+    ones at the model's resolution: scipy's sqrtm on the stand-in's features; without one
+    (an empty ``extractor`` option), no FID."""
+    from scipy import linalg
+    size, rng = 16, np.random.default_rng(3)
+    frames = [_image(i, 24, 32) for i in range(12)]
+    preds = [rng.uniform(-1, 1, (size, size, 3)).astype(np.float32) for _ in frames]
+    metric, plain = C.ColorizationMetric(size, _MeanColourFeatures()), C.ColorizationMetric(size)
+    plain.configure({"extractor": ""})
+    for frame, pred in zip(frames, preds, strict=True):
+        for m in (metric, plain):
+            m.add({"image": frame}, C.Colorized(pred, frame))
+    feats = _MeanColourFeatures().features
+    a = feats(np.stack([C.to_uint8(p) for p in preds]))
+    b = feats(np.stack([C.to_uint8(C.model_colour(f, size)) for f in frames]))
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    expected = (np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(s1) + np.trace(s2)
+                - 2 * np.trace(linalg.sqrtm(s1 @ s2).real))
+    result = metric.result()
+    assert result["FID"] == pytest.approx(expected, rel=1e-6) and result["FID"] > 0
+    assert metric.record_extra()["extractor"] == "mean_colour"
+    assert "FID" not in plain.result() and plain.result()["PSNR"] == result["PSNR"]
+
+
 def test_config_must_have_the_colour_value_channel():
     cfg = load_config("configs/colorization.py")
     C.TASK.check_config(cfg)
@@ -232,6 +270,21 @@ def test_tiny_vq_run_scores_reloads_and_predicts(tiny_runs, tmp_path):
     assert os.path.isfile(out / "previews" / png)
 
 
+def test_eval_with_an_extractor_records_the_fid(tiny_runs):
+    """--set evals.oracle.extractor=digits reaches the metric (the FID and the network in
+    the record); a bad extractor is refused by the schema before anything runs."""
+    run = tiny_runs["vq"]
+    assert C.main(["eval", "--ckpt", run, "--oracle", "--evaluator", "oracle",
+                   "--set", "evals.oracle.extractor=digits"]) == 0
+    (rec,) = [r for r in (json.load(open(os.path.join(run, "eval", f)))
+                          for f in os.listdir(os.path.join(run, "eval")))
+              if "FID" in r["metrics"]]
+    assert rec["metrics"]["FID"] > 0 and rec["extra"]["extractor"] == "digits"
+    assert rec["metrics"]["PSNR"] == _records(run)["vae_oracle"]["metrics"]["PSNR"]
+    assert C.main(["eval", "--ckpt", run, "--oracle",
+                   "--set", "evals.oracle.extractor=inception"]) == 2
+
+
 def test_compare_tables_both_token_kinds(tiny_runs, tmp_path, capsys):
     """evals.compare: one row per run, its values those of the run's records and config
     (code bits: 16 ids of a 16-word dictionary = 64 bits; 16 float32 codes of 8 dims)."""
@@ -239,8 +292,9 @@ def test_compare_tables_both_token_kinds(tiny_runs, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert compare.main(["--runs", tiny_runs["continuous"], tiny_runs["vq"], "--out", str(out),
                          "--batch", "2", "--repeats", "1"]) == 0
-    rows = {os.path.basename(r["run"]): r
-            for r in json.load(open(out / "compare.json"))["rows"]}
+    written = json.load(open(out / "compare.json"))
+    assert written["task"] == "colorization"  # the leaderboard's section for it
+    rows = {os.path.basename(r["run"]): r for r in written["rows"]}
     for kind, bits in (("continuous", 16 * 8 * 32), ("vq", 16 * math.log2(16))):
         r, recs = rows[kind], _records(tiny_runs[kind])
         info = json.load(open(os.path.join(tiny_runs[kind], "run_info.json")))["num_params"]
@@ -257,3 +311,6 @@ def test_compare_tables_both_token_kinds(tiny_runs, tmp_path, capsys):
     assert "| vq | discrete (VQ-VAE + VTT) | PSNR |" in table
     assert compare.main(["--runs", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+    with pytest.raises(SystemExit):  # --runs names no default folder
+        compare.main(["--runs", tiny_runs["vq"]])
+    assert "--runs needs --out" in capsys.readouterr().err

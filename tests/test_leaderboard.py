@@ -664,3 +664,54 @@ def test_thumbnails_follow_the_records_by_priority_not_file_times(tmp_path):
             ("sampled_000", "sampled_001", "oracle_000", "uncertainty_000")]
     assert runs_module._find_images(str(d), records) == want
     assert runs_module._find_images(str(d), []) == want  # by name when no record says
+
+
+def _compare_row(run, tokens, sampled, bits, seconds):
+    return {"run": run, "tokens": tokens, "metric": "PQ", "sampled": sampled,
+            "teacher_forced": None, "oracle": 81.22, "code_bits": bits,
+            "nll_per_image": 1013.1, "sample_s_per_image": seconds, "params_stage1": 234_832,
+            "params_stage2": None, "num_images": 200, "data": "embedded"}
+
+
+def test_token_kind_comparisons_are_shown_in_their_tasks_sections(runs_root, tmp_path):
+    """evals.compare's compare.json under the root (or named by --compare) becomes a table
+    in the task's section with the command's own cells; its folder is not a skipped one; a
+    broken file is a warning naming it; a task with a comparison only gets a section."""
+    cmp_dir = runs_root / "compare" / "depth_tiny_compared"
+    cmp_dir.mkdir(parents=True)
+    rows = [_compare_row("runs/compare/depth_tiny_continuous", "continuous (vit VAE + GIVT, ar)",
+                         41.84, 16384.0, 0.0054),
+            _compare_row("runs/compare/depth_tiny_vq", "discrete (VQ-VAE + VTT)", 29.5, 448.0,
+                         0.0073)]
+    (cmp_dir / "compare.json").write_text(json.dumps(
+        {"task": "depth", "rows": rows, "batch": 8, "repeats": 3}))
+    broken = runs_root / "compare" / "broken_compared"
+    broken.mkdir()
+    (broken / "compare.json").write_text(json.dumps({"rows": []}))  # no task
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "compare.json").write_text(json.dumps(
+        {"task": "colorization", "rows": rows[:1], "batch": 4, "repeats": 5}))
+    out = tmp_path / "report"
+    assert L.main(["--root", str(runs_root), "--out", str(out),
+                   "--compare", str(elsewhere)]) == 0
+    md = (out / "leaderboard.md").read_text()
+    depth = md.split("## depth")[1].split("\n## ")[0]
+    assert "Token kinds compared" in depth and "batch 8, median of 3" in depth
+    tables = _tables(md)
+    header = tables["depth"][-3]
+    assert header[:3] == ["run", "tokens", "metric"] and "code bits / image" in header
+    cont, vq = tables["depth"][-2:]
+    col = {c: i for i, c in enumerate(header)}
+    assert cont[0] == "depth_tiny_continuous" and vq[0] == "depth_tiny_vq"
+    assert cont[col["stage 2 samples"]] == "41.84" and vq[col["stage 2 samples"]] == "29.50"
+    assert cont[col["code bits / image"]] == "16,384" and vq[col["code bits / image"]] == "448"
+    assert cont[col["sampling s / image"]] == "0.0054"
+    assert cont[col["params stage 1"]] == "234,832" and cont[col["teacher-forced"]] == "-"
+    assert "colorization" in tables and tables["colorization"][1][0] == "depth_tiny_continuous"
+    assert "batch 4, median of 5" in md
+    assert "compare/depth_tiny_compared" not in md.split("## Skipped folders")[-1]
+    assert re.search(r"unreadable comparison \S*broken_compared\S*compare\.json.*no key "
+                     r"'task'", md)
+    page = (out / "leaderboard.html").read_text()
+    assert "Token kinds compared" in page and "<td>discrete (VQ-VAE + VTT)</td>" in page

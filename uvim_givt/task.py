@@ -134,7 +134,8 @@ class DenseTask(Task, Protocol):
 
     def metric(self, cfg: ml_collections.ConfigDict, kind: str) -> Any:
         """A fresh accumulator (``add(example, prediction)``, ``result() -> dict``) of the
-        evaluator family ``kind``."""
+        evaluator family ``kind``; if it has ``configure(options)``, the evaluation loops
+        call it with the evaluator's declared options first."""
 
     def draw(self, cfg: ml_collections.ConfigDict, example: dict, prediction: Any) -> Any:
         """An RGB uint8 picture (image | ground truth if any | prediction)."""

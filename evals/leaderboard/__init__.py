@@ -1,7 +1,7 @@
 """Leaderboard: every run's eval records in one table per task, with plots and samples.
 
     python -m evals.leaderboard [RUN_DIR ...] [--root runs/] [--out report/]
-                                [--format md|html|both] [--log-loss]
+                                [--format md|html|both] [--compare PATH] [--log-loss]
 
 Writes ``report/leaderboard.md`` (plots and thumbnails as files next to it) and
 ``report/leaderboard.html`` (one self-contained file: images inlined as data URIs).
@@ -20,6 +20,8 @@ Modules, by job:
   files (eval records, config, training log, run info, images)
 * :mod:`.records`: an eval record's fields, the task's metric metadata, counters
 * :mod:`.tables`: the per-task tables (metric order, ranking, formatting)
+* :mod:`.comparisons`: the token-kind tables of ``python -m evals.compare``
+  (``compare.json`` under the roots or named by ``--compare``), in their tasks' sections
 * :mod:`.figures`: training curves, the primary-metric chart, thumbnails
 * :mod:`.report`: gathering it all, rendering markdown and HTML
 * :mod:`.cli`: the command line (``__main__`` runs it)

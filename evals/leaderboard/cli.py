@@ -1,5 +1,5 @@
 """The command line: ``python -m evals.leaderboard [RUN_DIR ...] [--root runs/]
-[--out report/] [--format md|html|both] [--log-loss]``."""
+[--out report/] [--format md|html|both] [--compare PATH] [--log-loss]``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from evals.leaderboard.comparisons import gather_comparisons
 from evals.leaderboard.report import (
     build_report,
     render_html,
@@ -31,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report", help="output folder (default: report/)")
     p.add_argument("--format", choices=["md", "html", "both"], default="both",
                    help="md also prints the markdown to stdout")
+    p.add_argument("--compare", action="append", default=[], metavar="PATH",
+                   help="also show this token-kind comparison (a compare.json of "
+                        "python -m evals.compare, or its folder; repeatable; those under the "
+                        "roots are found anyway)")
     p.add_argument("--log-loss", action="store_true",
                    help="draw the training-curve loss panels on a log scale")
     add_verbose_argument(p)
@@ -50,7 +55,10 @@ def _main(args: argparse.Namespace) -> int:
         roots = []
     skipped: list[tuple[str, str]] = []
     runs = gather_runs(args.run_dirs, roots, warnings, skipped)
-    report = build_report(runs, warnings, skipped, log_loss=args.log_loss)
+    searched = roots + [d for d in args.run_dirs if os.path.isdir(d)]
+    comparisons = gather_comparisons(args.compare, searched, warnings)
+    report = build_report(runs, warnings, skipped, log_loss=args.log_loss,
+                          comparisons=comparisons)
     os.makedirs(args.out, exist_ok=True)
     written = []
     if args.format in ("md", "both"):

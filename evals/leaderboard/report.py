@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Sequence
 
+from evals.leaderboard.comparisons import Comparison
 from evals.leaderboard.figures import plot_task, thumbnail_png
 from evals.leaderboard.research import uncertainty_lines
 from evals.leaderboard.runs import Run
@@ -51,11 +52,25 @@ class Report:
     warnings: list[str]
     created: str
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (folder, why)
+    comparisons: list[Comparison] = dataclasses.field(default_factory=list)
+
+    def sections(self) -> list[str]:
+        """The tasks with a section: those with runs, then those with comparisons only."""
+        tasks = [t.task for t in self.tables]
+        return tasks + sorted({c.task for c in self.comparisons} - set(tasks))
+
+    def table_of(self, task: str) -> Table | None:
+        return next((t for t in self.tables if t.task == task), None)
+
+    def comparisons_of(self, task: str) -> list[Comparison]:
+        return [c for c in self.comparisons if c.task == task]
 
 
 def build_report(runs: list[Run], warnings: list[str],
-                 skipped: Sequence[tuple[str, str]] = (), log_loss: bool = False) -> Report:
-    """Tables, plots and thumbnails of ``runs``; ``skipped``: folders passed over."""
+                 skipped: Sequence[tuple[str, str]] = (), log_loss: bool = False,
+                 comparisons: Sequence[Comparison] = ()) -> Report:
+    """Tables, plots and thumbnails of ``runs``; ``skipped``: folders passed over;
+    ``comparisons``: token-kind tables of evals.compare, shown in their tasks' sections."""
     tables = [build_table(t, runs) for t in report_tasks(runs)]
     plots = {}
     for t in tables:
@@ -75,7 +90,7 @@ def build_report(runs: list[Run], warnings: list[str],
                  if r.log else "no eval records and no training log: nothing to show")
                 for r in runs if not r.records]
     created = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return Report(runs, tables, plots, images, warnings, created, skipped)
+    return Report(runs, tables, plots, images, warnings, created, skipped, list(comparisons))
 
 
 _INTRO = (
@@ -112,11 +127,18 @@ def render_markdown(report: Report, asset_prefix: str | None, out_dir: str | Non
     out = ["# Leaderboard", "",
            f"Generated {report.created} from {len(report.runs)} run(s).", "",
            _INTRO.format(label=PUBLISHED_LABEL), ""]
-    for table in report.tables:
-        out += [f"## {table.task}", ""]
-        if not table.rows:
-            out += ["_No evaluated runs yet._", ""]
-        out += [markdown_table(table), ""]
+    for task in report.sections():
+        out += [f"## {task}", ""]
+        table = report.table_of(task)
+        if table is not None:
+            if not table.rows:
+                out += ["_No evaluated runs yet._", ""]
+            out += [markdown_table(table), ""]
+        for c in report.comparisons_of(task):
+            out += [f"Token kinds compared (`{_shown_path(c.path, out_dir)}`, "
+                    "python -m evals.compare):", "", markdown_table(c.table), "", c.note, ""]
+        if table is None:
+            continue
         if asset_prefix is not None:
             out += [f"![{caption}]({asset_prefix}/plots/{_slug(stem)}.png)\n"
                     for stem, caption, _ in report.plots.get(table.task, [])]
@@ -180,6 +202,18 @@ p > img { max-width: 100%; height: auto; }
 """
 
 
+def _html_table(table: Table) -> list[str]:
+    out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+           + "</tr></thead><tbody>"]
+    for cls, rows in (("run", table.rows), ("published", table.published)):
+        for row in rows:
+            tds = "".join(f'<td class="num">{html.escape(c)}</td>' if num else
+                          f"<td>{html.escape(c)}</td>"
+                          for c, num in zip(row, table.numeric, strict=True))
+            out.append(f'<tr class="{cls}">{tds}</tr>')
+    return out + ["</tbody></table>"]
+
+
 def render_html(report: Report, out_dir: str | None = None) -> str:
     """One self-contained HTML page (styles inline, images as data URIs); links to the runs'
     model cards and the names of pictures are relative to ``out_dir``."""
@@ -189,18 +223,19 @@ def render_html(report: Report, out_dir: str | None = None) -> str:
            "<h1>Leaderboard</h1>",
            f"<p>Generated {e(report.created)} from {len(report.runs)} run(s).</p>",
            f"<p>{e(_INTRO.format(label=PUBLISHED_LABEL).replace('*', ''))}</p>"]
-    for table in report.tables:
-        out.append(f"<h2>{e(table.task)}</h2>")
-        if not table.rows:
-            out.append("<p><em>No evaluated runs yet.</em></p>")
-        out.append("<table><thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in table.columns)
-                   + "</tr></thead><tbody>")
-        for cls, rows in (("run", table.rows), ("published", table.published)):
-            for row in rows:
-                tds = "".join(f'<td class="num">{e(c)}</td>' if num else f"<td>{e(c)}</td>"
-                              for c, num in zip(row, table.numeric, strict=True))
-                out.append(f'<tr class="{cls}">{tds}</tr>')
-        out.append("</tbody></table>")
+    for task in report.sections():
+        out.append(f"<h2>{e(task)}</h2>")
+        table = report.table_of(task)
+        if table is not None:
+            if not table.rows:
+                out.append("<p><em>No evaluated runs yet.</em></p>")
+            out += _html_table(table)
+        for c in report.comparisons_of(task):
+            out.append(f"<p>Token kinds compared (<code>{e(_shown_path(c.path, out_dir))}"
+                       "</code>, python -m evals.compare):</p>")
+            out += [*_html_table(c.table), f"<p>{e(c.note)}</p>"]
+        if table is None:
+            continue
         for _, caption, png in report.plots.get(table.task, []):
             out.append(f'<p><img alt="{e(caption)}" src="{_data_uri(png)}"></p>')
         calibration = uncertainty_lines(_runs_of(report, table.task), table.task)

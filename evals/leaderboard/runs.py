@@ -21,6 +21,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from evals.compare import COMPARE_FILE
 from uvim_givt.errors import UserError
 from uvim_givt.rundir import read_eval_records
 
@@ -88,6 +89,7 @@ def find_run_dirs(root: str, skipped: list[tuple[str, str]] | None = None) -> li
     found: list[str] = []
     seen = {os.path.realpath(root): root}  # real path -> the first path it was reached by
     empty: list[str] = []  # searched folders that are no run
+    compared: list[str] = []  # folders with an evals.compare table
 
     def unreadable(e: OSError) -> None:
         skipped.append((str(e.filename), f"unreadable ({e.strerror or e})"))
@@ -99,7 +101,9 @@ def find_run_dirs(root: str, skipped: list[tuple[str, str]] | None = None) -> li
             found.append(dirpath)
             dirnames[:] = []
             continue
-        if dirpath != root:
+        if COMPARE_FILE in filenames:  # a token-kind comparison: shown, not skipped
+            compared.append(dirpath)
+        elif dirpath != root:
             empty.append(dirpath)
         here = os.path.realpath(dirpath)
         keep = []
@@ -122,8 +126,8 @@ def find_run_dirs(root: str, skipped: list[tuple[str, str]] | None = None) -> li
             link = os.path.join(dirpath, f)
             if os.path.islink(link) and not os.path.exists(link):
                 skipped.append((link, f"a broken symlink (to {os.readlink(link)})"))
-    above_runs = set()  # the walked folders with a run somewhere below
-    for r in found:
+    above_runs = set()  # the walked folders with a run (or a comparison) somewhere below
+    for r in found + compared:
         while r not in above_runs and r != root and os.path.dirname(r) != r:
             above_runs.add(r)
             r = os.path.dirname(r)
