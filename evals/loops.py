@@ -168,8 +168,9 @@ def completion_loop(task: Any, run: Run, spec: Spec, *, source: str, split: str,
         nll = predictor.position_nll(batch["image"], batch["labels"])
         nll_sum += nll[rows].sum(0)
         for metric, k in zip(metrics, num_given, strict=True):
+            # with no code given, the plain samples (test-time flip too, where declared)
             logits = predictor.predict(batch["image"], seed=seen, given=batch["labels"],
-                                       num_given=k)
+                                       num_given=k, mirror_equivariant=task.mirror_equivariant)
             for example, i in zip(examples, rows, strict=True):
                 meta = {name: v[i] for name, v in batch["meta"].items()}
                 metric.add(example, task.postprocess(

@@ -357,6 +357,23 @@ def test_test_time_flip_is_refused_for_a_task_whose_labels_do_not_mirror(tiny_ru
         predictor.predict(np.zeros((1, 64, 64, 3), np.float32), mirror_equivariant=False)
 
 
+def test_exposure_curve_under_test_time_flip_starts_at_the_sampled_score(tiny_run):
+    """The depth preset samples with test-time flip (2 draws here, as tiny's 4): the
+    exposure curve's no-code point is those plain samples (the evaluator once refused the
+    flip), and keeping every true code needs no flip."""
+    run, _ = tiny_run
+    flip = ["--set", "givt.sampling.num_samples=2", "--set", "givt.sampling.test_time_flip=True"]
+    assert D.main(["eval", "--ckpt", run, "--max-eval", "2", "--evaluator", "exposure",
+                   "--evaluator", "sampled", "--set", "evals.exposure.batch_size=2",
+                   "--set", "evals.sampled.batch_size=2", *flip]) == 0
+    tagged = {r["evaluator"]: r for r in (json.load(open(os.path.join(run, "eval", f)))
+                                          for f in os.listdir(os.path.join(run, "eval")))
+              if "test_time_flip=True" in str(r["extra"].get("settings"))}
+    curve = tagged["exposure"]["metrics"]
+    assert curve["keep_0/RMSE"] == pytest.approx(tagged["sampled"]["metrics"]["RMSE"])
+    assert curve["keep_1/RMSE"] > 0
+
+
 def test_uncertainty_evaluator_scores_calibration_and_coverage(tiny_run):
     """``eval --evaluator uncertainty``: depth-bin calibration and the coverage of the
     true depth by the draws' intervals, with entropy and spread pictures; never run by
