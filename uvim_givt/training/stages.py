@@ -585,66 +585,11 @@ register("givt_ar")(GIVTStage)
 register("givt_masked")(GIVTStage)
 
 
-@register("discrete")
-class DiscreteStage(GIVTStage):
-    """Stage 2 over a VQ tokenizer's code ids (``givt.kind="discrete"``): the GIVT module
-    with ``vocab_size`` = the dictionary's size, i.e. the same transformer (causal, or
-    MaskGIT with ``givt.model.style="masked"``; class-conditional with label dropout, or
-    with an image encoder) with an id lookup in place of the linear input projection and a
-    softmax in place of the Gaussian mixture. Its loss is the GIVT stage's (the
-    cross-entropy of the frozen tokenizer's ids: teacher-forced, or on a random mask), its
-    samplers the GIVT's, with classifier-free guidance on the logits. The baseline every
-    GIVT claim is measured against (VQGAN's transformer, MaskGIT), on the same backbone."""
-
-    discrete = True
-
-    def __init__(self, cfg: ml_collections.ConfigDict):
-        self.vae = stage_of(cfg, "vae")
-        if not getattr(self.vae, "discrete", False):
-            raise ConfigError(f"givt.kind='discrete' models code ids, but vae.kind="
-                              f"{cfg.vae.kind!r} makes real-valued codes: use a VQ tokenizer "
-                              "(vae.kind='vqgan'; the imagenet config's tokens=vq) or "
-                              "givt.kind='givt'")
-        self.model = model = builders.build_model("givt", cfg)
-        vq, problems = self.vae.model, []
-        if int(model.vocab_size) != int(vq.dict_size):
-            problems.append(f"givt.model.vocab_size={model.vocab_size}: the tokenizer's "
-                            f"dictionary has {vq.dict_size} codes (vae.model.dict_size)")
-        if int(model.seq_len) != int(vq.code_len):
-            problems.append(f"givt.model.seq_len={model.seq_len} but the tokenizer makes "
-                            f"{vq.code_len} codes")
-        if builders.adaptor_enabled(cfg):
-            problems.append("givt.adaptor.enabled=True: the invertible adaptor maps real "
-                            "vectors, not ids")
-        if float(cfg.givt.input_noise) > 0:
-            problems.append(f"givt.input_noise={cfg.givt.input_noise}: ids take no noise")
-        if bool(cfg.givt.train.get("cached_codes", False)):
-            problems.append("givt.train.cached_codes=True: the code cache holds real-valued "
-                            "posteriors; code ids are encoded in the step")
-        if problems:
-            raise ConfigError("; ".join(problems))
-        self.adaptor = None
-        self.sample_posterior = False
-        self.input_noise = 0.0
-        self.conditioning_inputs = (("image",) if model.has_encoder else ()) + \
-            (("label",) if model.num_labels is not None else ())
-        self.inputs = tuple(dict.fromkeys((self.vae.input_key,) + self.conditioning_inputs
-                                          + (("image",) if self.vae.input_key == "labels"
-                                             else ())))
-        self.teacher_forced_means = jax.jit(self._teacher_forced_means)
-        self._jit_position_nll = jax.jit(self._position_nll)
-
-    def codes(self, vae_params: Params, batch: Batch, rng: jax.Array = None,
-              train: bool = False) -> jax.Array:
-        """The frozen tokenizer's code ids [B, code_len] (deterministic)."""
-        return jax.lax.stop_gradient(self.vae.encode(
-            vae_params, batch[self.vae.input_key], batch.get("image")))
-
-
 def require_givt(params: Params) -> None:
     if params is None:
         raise UserError("this run has no trained GIVT (train stage 2 first: --stage givt)")
 
 
-# The original UViM's stage 2 lives in its own module; importing it registers "vtt".
+# The stage-2 kinds over code ids (the original UViM's VTT, the discrete GIVT) live in their
+# own module; importing it registers "vtt" and "discrete".
 from uvim_givt.training import vtt_stage  # noqa: E402, F401
