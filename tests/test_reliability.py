@@ -21,7 +21,7 @@ from uvim_givt import config as config_lib
 from uvim_givt import rundir
 from uvim_givt.data.images import read_rgb, truncation
 from uvim_givt.errors import CheckpointError, ConfigError, DataError, UserError, run_command
-from uvim_givt.training.metrics import drop_rows_after
+from uvim_givt.training.metrics import MetricsWriter, drop_rows_after, write_eval_board
 from uvim_givt.training.toy import toy_model, toy_stage
 from uvim_givt.training.trainer import train
 
@@ -52,6 +52,29 @@ def test_drop_rows_after_keeps_other_stages_and_drops_a_torn_line(tmp_path):
     assert drop_rows_after(path, "givt", 1) == 3  # steps 2, 3 and the torn line
     kept = [json.loads(x) for x in open(path)]
     assert kept == rows[:3] + [{"stage": "givt", "step": 1}]
+
+
+def test_evaluations_written_in_the_same_second_keep_their_own_board_events(tmp_path,
+                                                                            monkeypatch):
+    """tensorboardX names event files by the second: two evaluations (or a resumed stage)
+    writing in one second must not share, and so overwrite, one file."""
+    import tensorboardX.event_file_writer as event_file_writer
+    import tensorflow as tf
+
+    monkeypatch.setattr(event_file_writer.time, "time", lambda: 1_700_000_000.0)
+    for name in ("oracle", "sampled"):
+        write_eval_board(str(tmp_path), {"evaluator": name, "step": 3, "metrics": {"PQ": 1.0}})
+    for _ in range(2):
+        board = MetricsWriter(str(tmp_path), "givt")
+        board.write(1, {"loss": 2.0})
+        board.close()
+    tags = {}
+    for stage in ("eval", "givt"):
+        folder = tmp_path / "tensorboard" / stage
+        tags[stage] = sorted(v.tag for f in os.listdir(folder)
+                             for e in tf.compat.v1.train.summary_iterator(str(folder / f))
+                             for v in e.summary.value)
+    assert tags == {"eval": ["oracle/PQ", "sampled/PQ"], "givt": ["givt/loss", "givt/loss"]}
 
 
 def test_a_run_directory_has_one_writer(tmp_path):

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 
 from tensorboardX import SummaryWriter
@@ -40,6 +41,13 @@ def progress_interval() -> float:
     return 0.1 if sys.stderr.isatty() else 30.0
 
 
+def _board(folder: str) -> SummaryWriter:
+    """A TensorBoard writer with a file of its own. tensorboardX names event files by the
+    second and the host only, so two writers opened in the same second (two quick
+    evaluations, a resume) would write one file and the first one's events would be lost."""
+    return SummaryWriter(folder, filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}")
+
+
 def write_eval_board(run_dir: str, record: Mapping) -> None:
     """An evaluation record in TensorBoard (``RUN/tensorboard/eval``): every metric as the
     scalar ``<evaluator>[@tag]/<metric>`` at the record's step, and the pictures it wrote
@@ -50,7 +58,7 @@ def write_eval_board(run_dir: str, record: Mapping) -> None:
 
     name = record["evaluator"] + (f"@{record['tag']}" if record.get("tag") else "")
     step = int(record["step"])
-    tb = SummaryWriter(os.path.join(run_dir, "tensorboard", "eval"))
+    tb = _board(os.path.join(run_dir, "tensorboard", "eval"))
     try:
         for key, value in record["metrics"].items():
             tb.add_scalar(f"{name}/{key}", float(value), step)
@@ -81,7 +89,7 @@ class MetricsWriter:
         self.path = os.path.join(run_dir, "metrics.jsonl")
         if enabled:
             drop_rows_after(self.path, stage, resume_from)
-        self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard", stage)) if enabled else None
+        self._tb = _board(os.path.join(run_dir, "tensorboard", stage)) if enabled else None
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
