@@ -40,7 +40,10 @@ def _free_port() -> int:
 def _env(n_proc: int, proc: int, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("JAX_", "SLURM_", "TPU_")) and k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+    # of XLA_FLAGS only the suite's compile setting (tests/conftest.py), no device count
+    opt = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if f.startswith("--xla_backend_optimization_level")]
+    env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS=" ".join(opt))
     if n_proc > 1:
         env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(n_proc),
                    JAX_PROCESS_ID=str(proc))

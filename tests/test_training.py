@@ -96,8 +96,8 @@ def test_four_devices_match_one():
     gradient accumulation (the toy loss has no random draw)."""
     from tests._multidevice_run import losses
 
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(filter(None, [
+        os.environ.get("XLA_FLAGS"), "--xla_force_host_platform_device_count=4"])))
     script = os.path.join(os.path.dirname(__file__), "_multidevice_run.py")
     out = subprocess.run([sys.executable, script, "dp", "fsdp", "fsdp_accum"], env=env,
                          capture_output=True, text=True, timeout=600, check=True)

@@ -202,8 +202,8 @@ def test_training_updates_the_dictionary_and_resumes_exactly(full_run, tmp_path)
 def test_four_devices_give_the_dictionary_of_one(full_run):
     """The statistics are sums over the global batch: a batch sharded over 4 devices updates
     the dictionary as one device does with the same global batch."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(filter(None, [
+        os.environ.get("XLA_FLAGS"), "--xla_force_host_platform_device_count=4"])))
     script = os.path.join(os.path.dirname(__file__), "_vq_run.py")
     out = subprocess.run([sys.executable, script, str(STEPS)], env=env, capture_output=True,
                          text=True, timeout=600, check=True)
