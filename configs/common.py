@@ -310,12 +310,13 @@ def train_group(size: str, steps: int, batch_size: int, lr: float, wd: float,
 
 
 # ------------------------------------------------------- the dense tasks' two stages
-def dense_train(size: str, tiny_steps: int, lr: float) -> ml_collections.ConfigDict:
-    """A dense task's stage trained at tiny or base size: ``tiny_steps`` (tiny) or 20,000
-    (base) steps at batch 32 / 128, weight decay 1e-4 (paper: the published recipes,
-    :func:`published_vae_train` / :func:`published_givt_train`)."""
+def dense_train(size: str, tiny_steps: int, lr: float, tiny_batch: int = 32
+                ) -> ml_collections.ConfigDict:
+    """A dense task's stage trained at tiny or base size: ``tiny_steps`` at batch
+    ``tiny_batch`` (tiny) or 20,000 steps at batch 128 (base), weight decay 1e-4 (paper: the
+    published recipes, :func:`published_vae_train` / :func:`published_givt_train`)."""
     return train_group(size, steps={"tiny": tiny_steps, "base": 20_000}[size],
-                       batch_size={"tiny": 32, "base": 128}[size], lr=lr, wd=1e-4)
+                       batch_size={"tiny": tiny_batch, "base": 128}[size], lr=lr, wd=1e-4)
 
 
 def dense_vae_group(model: dict, ignore_zero: tuple[str, ...], beta: float,

@@ -386,3 +386,15 @@ def test_vtt_paper_preset_equals_the_published_config(task):
     from uvim_givt.models import builders
     model = builders.build_model("givt", cfg)
     assert type(model).__name__ == "VTT" and model.vocab_size == cfg.vae.model.dict_size + 1
+
+
+@pytest.mark.parametrize("size", ["tiny", "base"])
+@pytest.mark.parametrize("task", ["panoptic", "depth", "colorization"])
+def test_both_token_kinds_train_at_the_same_steps_and_batch(task, size):
+    """evals.compare promises an equal budget: the tiny and base presets give the GIVT side
+    and the original UViM's side (tokens=vq) the same steps and batch in each stage."""
+    def budget(tokens):
+        cfg = config_lib.load_config(f"configs/{task}.py:size={size},tokens={tokens}")
+        return {f"{stage}.{key}": cfg[stage].train[key] for stage in ("vae", "givt")
+                for key in ("total_steps", "batch_size", "grad_accum")}
+    assert budget("continuous") == budget("vq")
