@@ -97,6 +97,13 @@ def test_notebook_is_stored_with_clean_outputs_and_parameterised():
             assert prev.cell_type == "markdown" and len(prev.source) > 100, cell.source[:80]
 
 
+def test_stored_notebook_fits_the_limit_for_tracked_files():
+    # The repository tracks no file over 2 MiB; the notebook's pictures are what grows it
+    # (at matplotlib's 100 dpi its figures once took it to 4.2 MB).
+    size = os.path.getsize(NOTEBOOK)
+    assert size < 2 * 2**20, f"{NOTEBOOK}: {size:,} bytes"
+
+
 @pytest.mark.slow
 def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     nb = _execute_module().strip(_read())  # as stored, less its outputs and injected cell
