@@ -34,6 +34,9 @@ from configs.common import (
 # train[4096:] of ImageNet 2012 (1,281,167 images; the first 4,096 are held out)
 IMAGENET_TRAIN_EXAMPLES = 1_281_167 - 4_096
 VALUES = {"color": (0, 3)}  # RGB in [-1, 1], the label VAE's one value channel
+# tiny: each stage's steps, the same for both token kinds (evals.compare's equal budget).
+TINY_VAE = dict(tiny_steps=800)
+TINY_GIVT = dict(tiny_steps=1000)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -71,12 +74,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # KL weight is too (a depth-sized beta collapses the posterior).
         beta=2e-6,
         train=published_vae_train(20, IMAGENET_TRAIN_EXAMPLES) if paper else
-        dense_train(a.size, tiny_steps=800, lr=2e-3 if a.size == "tiny" else 1e-3))
+        dense_train(a.size, lr=2e-3 if a.size == "tiny" else 1e-3, **TINY_VAE))
     recipe = givt_tiny_recipe(a.size)
     c.givt = dense_givt_group(
         a.size, vae,
         train=published_givt_train(50, IMAGENET_TRAIN_EXAMPLES, warmup_steps=4000) if paper
-        else dense_train(a.size, tiny_steps=1000, lr=recipe["lr"]),
+        else dense_train(a.size, lr=recipe["lr"], **TINY_GIVT),
         input_noise=recipe["input_noise"],
         sampling=sampling_group(temperature={"tiny": 1.0, "base": 0.5, "paper": 0.9}[a.size],
                                 beam_size=2, fan_size=8))
@@ -95,11 +98,11 @@ def _original_uvim(c: ml_collections.ConfigDict, size: str) -> None:
         vae, ignore_zero=(),
         train=published_vqvae_train(20, IMAGENET_TRAIN_EXAMPLES, lr=4e-4, wd=4e-5,
                                     batch_size=128) if paper
-        else dense_train(size, tiny_steps=800, lr=2e-3 if size == "tiny" else 1e-3))
+        else dense_train(size, lr=2e-3 if size == "tiny" else 1e-3, **TINY_VAE))
     c.givt = dense_vtt_group(
         size, vae,
         published_givt_train(50, IMAGENET_TRAIN_EXAMPLES, warmup_steps=4000) if paper
-        else dense_train(size, tiny_steps=1000, lr=1e-3))
+        else dense_train(size, lr=1e-3, **TINY_GIVT))
     c.evals = _evaluators(size, discrete=True)
 
 
