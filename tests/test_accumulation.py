@@ -28,7 +28,7 @@ from uvim_givt.training.trainer import (
 SMALL = ["givt.input_noise=0.0", "givt.posterior='mean'", "vae.model.depth=1",
          "vae.model.decoder_depth=1", "vae.model.width=32", "vae.model.mlp_dim=64",
          "givt.model.num_layers=1", "givt.model.emb_dim=32", "givt.model.mlp_dim=64",
-         "givt.model.stem=()"]
+         "givt.model.stem=()", "givt.model.stem_strides=()"]
 BATCH = 8
 
 

@@ -27,6 +27,12 @@ CONFIGS = Path(__file__).parent.parent / "configs"
 SDS = jax.ShapeDtypeStruct
 
 
+
+# The tiny encoder without its conv stem, the published plain patch embedding (a big_vision
+# ViT .npz has none).
+NO_STEM = ["givt.model.stem=()", "givt.model.stem_strides=()"]
+
+
 def flat_of(tree) -> dict:
     return traverse_util.flatten_dict(tree, sep="/")
 
@@ -323,19 +329,22 @@ def test_vae_kind_and_label_channels_come_from_the_config():
 def test_cli_end_to_end(tmp_path, capsys):
     """Tiny panoptic config: a scanned .npz goes into the (unrolled) tiny model's run dir."""
     spec = "configs/panoptic.py:size=tiny"
-    scanned = load_config(spec, ["givt.model.scan=True", "vae.model.scan=True"])
+    layers = ["givt.model.num_layers=3"]  # the tiny preset has 1: slice 2 of 3 is checked
+    scanned = load_config(spec, ["givt.model.scan=True", "vae.model.scan=True", *layers])
     givt_src = random_params(builders.abstract_params("givt", scanned), 0)
     vae_src = random_params(builders.abstract_params("vae", scanned), 1)
     givt_npz = write_npz(tmp_path / "givt.npz", givt_src)
     vae_npz = write_npz(tmp_path / "vae.npz", vae_src)
     run = str(tmp_path / "run")
 
-    assert bv.main(["--npz", givt_npz, "--config", spec, "--out", run]) == 0
-    assert bv.main(["--npz", vae_npz, "--config", spec, "--out", run, "--step", "5"]) == 0
+    sets = [a for s in layers for a in ("--set", s)]
+    assert bv.main(["--npz", givt_npz, "--config", spec, "--out", run, *sets]) == 0
+    assert bv.main(["--npz", vae_npz, "--config", spec, "--out", run, "--step", "5",
+                    *sets]) == 0
     printed = capsys.readouterr().out
     assert "a givt checkpoint" in printed and "a vae checkpoint" in printed
 
-    cfg = load_config(spec)
+    cfg = load_config(spec, layers)
     for stage, src, step in (("givt", givt_src, 0), ("vae", vae_src, 5)):
         params, got_step = load_params(run, stage)
         assert got_step == step
@@ -411,7 +420,8 @@ def _stage2_params(cfg):
 
 def test_init_encoder_loads_a_big_vision_vit(tmp_path, capsys):
     from uvim_givt.errors import UserError
-    cfg = load_config("configs/depth.py", ["givt.model.stem=()"])
+    # 3 encoder layers (the tiny preset has 1), so that slice 2 of the stack is checked
+    cfg = load_config("configs/depth.py", [*NO_STEM, "givt.model.num_layers=3"])
     stage_cfg = ml_collections.ConfigDict(cfg.to_dict())
     params = _stage2_params(cfg)
     npz = str(tmp_path / "vit.npz")
@@ -439,7 +449,7 @@ def test_init_encoder_loads_a_big_vision_vit(tmp_path, capsys):
 
     # A ViT of another width: the error names the parameter and both shapes.
     bad = str(tmp_path / "vit64.npz")
-    small = load_config("configs/depth.py", ["givt.model.stem=()", "givt.model.emb_dim=64",
+    small = load_config("configs/depth.py", [*NO_STEM, "givt.model.emb_dim=64",
                                              "givt.model.mlp_dim=128"])
     _fake_vit_npz(bad, _stage2_params(small)["encoder"], side=8, width=64)
     stage_cfg.givt.init_encoder = bad
@@ -450,7 +460,7 @@ def test_init_encoder_loads_a_big_vision_vit(tmp_path, capsys):
 
 def test_givt_init_then_init_encoder_in_that_order(tmp_path, capsys):
     """``givt.init.path`` loads the whole tree first, then ``init_encoder`` the encoder."""
-    cfg = load_config("configs/depth.py", ["givt.model.stem=()"])
+    cfg = load_config("configs/depth.py", NO_STEM)
     params = _stage2_params(cfg)
     whole = jax.tree_util.tree_map(lambda x: np.asarray(x) + 1.0, params)
     run_npz = pf.save_npz(str(tmp_path / "whole.npz"), whole)
@@ -520,7 +530,7 @@ def test_layout_conversion_refuses_bad_values_in_stacked_and_sliced_layers(bad):
 def test_init_encoder_refuses_bad_values(tmp_path, bad):
     from uvim_givt.errors import UserError
     spoil, expect = BAD_VALUES[bad]
-    cfg = load_config("configs/depth.py", ["givt.model.stem=()"])
+    cfg = load_config("configs/depth.py", NO_STEM)
     params = _stage2_params(cfg)
     for key in ("embedding/kernel", "pos_embedding"):  # the latter is resampled (4x4 -> 8x8)
         npz = str(tmp_path / "vit.npz")

@@ -61,18 +61,19 @@ def test_uvim_stage2_tree_from_paper_config(task):
 
 
 
-def _conv_stride2_same_np(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """Brute-force 3x3 stride-2 SAME convolution in numpy (NHWC, HWIO; TF/XLA padding)."""
+def _conv_same_np(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: int = 2
+                  ) -> np.ndarray:
+    """Brute-force 3x3 SAME convolution in numpy at ``stride`` (NHWC, HWIO; TF/XLA padding)."""
     b, h, w, _ = x.shape
-    oh, ow = -(-h // 2), -(-w // 2)
-    pad_h, pad_w = max((oh - 1) * 2 + 3 - h, 0), max((ow - 1) * 2 + 3 - w, 0)
+    oh, ow = -(-h // stride), -(-w // stride)
+    pad_h, pad_w = max((oh - 1) * stride + 3 - h, 0), max((ow - 1) * stride + 3 - w, 0)
     xp = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2),
                     (0, 0)))
     out = np.zeros((b, oh, ow, kernel.shape[-1]))
     for i in range(oh):
         for j in range(ow):
-            out[:, i, j] = np.einsum("bhwc,hwco->bo", xp[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3],
-                                     kernel)
+            window = xp[:, stride * i:stride * i + 3, stride * j:stride * j + 3]
+            out[:, i, j] = np.einsum("bhwc,hwco->bo", window, kernel)
     return out + bias
 
 
@@ -99,8 +100,8 @@ def test_encoder_conv_stem_matches_numpy_and_keeps_token_grid():
 
     x = np.asarray(img, np.float64)
     for name in ("Stem_0", "Stem_1"):
-        x = _gelu_tanh(_conv_stride2_same_np(x, np.asarray(p_stem[name]["kernel"], np.float64),
-                                             np.asarray(p_stem[name]["bias"], np.float64)))
+        x = _gelu_tanh(_conv_same_np(x, np.asarray(p_stem[name]["kernel"], np.float64),
+                                     np.asarray(p_stem[name]["bias"], np.float64)))
     assert x.shape == (2, 8, 8, 16)
     e = p_stem["EmbedPatches"]
     tokens = np.einsum("bhpwqc,pqco->bhwo", x.reshape(2, 4, 2, 4, 2, 16),
@@ -109,3 +110,33 @@ def test_encoder_conv_stem_matches_numpy_and_keeps_token_grid():
     np.testing.assert_allclose(np.asarray(got), tokens.reshape(2, 16, 32), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="not divisible"):
         GIVT(**kw, stem=(8, 8, 8, 8)).init(jax.random.PRNGKey(0), z, None, image=img)
+
+
+def test_encoder_stem_strides_match_numpy():
+    # stem_strides=(1, 2, 2): a full-resolution first layer, then the two stride-2 layers;
+    # the downsampling (4) and so the 2x2 patch embedding and token grid are unchanged.
+    kw = dict(num_labels=None, emb_dim=32, num_heads=2, mlp_dim=64, num_layers=1,
+              num_decoder_layers=1, seq_len=16, out_dim=4, num_mixtures=1,
+              input_size=(32, 32), patches=(8, 8))
+    model = GIVT(**kw, stem=(4, 8, 16), stem_strides=(1, 2, 2))
+    img = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    z = jnp.zeros((2, 16, 4))
+    p = model.init(jax.random.PRNGKey(0), z, None, image=img)["params"]
+    assert p["Stem_0"]["kernel"].shape == (3, 3, 3, 4)
+    assert p["EmbedPatches"]["kernel"].shape == (2, 2, 16, 32)
+    x = np.asarray(img, np.float64)
+    for name, stride in (("Stem_0", 1), ("Stem_1", 2), ("Stem_2", 2)):
+        x = _gelu_tanh(_conv_same_np(x, np.asarray(p[name]["kernel"], np.float64),
+                                     np.asarray(p[name]["bias"], np.float64), stride))
+    assert x.shape == (2, 8, 8, 16)
+    e = p["EmbedPatches"]
+    tokens = np.einsum("bhpwqc,pqco->bhwo", x.reshape(2, 4, 2, 4, 2, 16),
+                       np.asarray(e["kernel"], np.float64)) + np.asarray(e["bias"])
+    got = model.apply({"params": p}, img, method=GIVT.embed_image)
+    np.testing.assert_allclose(np.asarray(got), tokens.reshape(2, 16, 32), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="differ in length"):
+        GIVT(**kw, stem=(4, 8), stem_strides=(1, 2, 2)).init(
+            jax.random.PRNGKey(0), z, None, image=img)
+    with pytest.raises(ValueError, match="not divisible"):  # 8 / (1 * 2 * 2 * 2 * 2)
+        GIVT(**kw, stem=(4, 4, 4, 4, 4), stem_strides=(1, 2, 2, 2, 2)).init(
+            jax.random.PRNGKey(0), z, None, image=img)

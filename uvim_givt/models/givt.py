@@ -201,6 +201,9 @@ class GIVT(nn.Module):
     # patch embedding, which then covers `patches` / 2**len(stem) of the stem's output, so
     # the token grid is unchanged. () = the published plain patch embedding.
     stem: Sequence[int] = ()
+    # Each stem layer's stride (() = 2 for every layer); a stride-1 first layer keeps the
+    # full resolution for small shapes' outlines.
+    stem_strides: Sequence[int] = ()
     # Add each encoded image token to the decoder input at the same position (the code
     # grid must equal the encoder's token grid): a direct, aligned path from the image to
     # each code. False = the published model, which reaches the image by cross-attention only.
@@ -265,12 +268,17 @@ class GIVT(nn.Module):
         if self.has_encoder:
             self.pos_embedding_encoder = learned_posemb(
                 self, "pos_embedding_encoder", math.prod(self.encoder_grid), self.emb_dim)
-            down = 2 ** len(self.stem)
+            strides = tuple(self.stem_strides) or (2,) * len(self.stem)
+            if len(strides) != len(self.stem):
+                raise ValueError(f"stem_strides {strides} and stem {tuple(self.stem)} differ "
+                                 "in length")
+            down = math.prod(strides)
             if any(p % down for p in self.patches):
                 raise ValueError(f"patches {tuple(self.patches)} not divisible by the stem's "
-                                 f"downsampling {down} ({len(self.stem)} stride-2 layers)")
-            self.stem_convs = [nn.Conv(c, (3, 3), strides=(2, 2), padding="SAME", dtype=dtype,
-                                       name=f"Stem_{i}") for i, c in enumerate(self.stem)]
+                                 f"downsampling {down} (strides {strides})")
+            self.stem_convs = [nn.Conv(c, (3, 3), strides=(s, s), padding="SAME", dtype=dtype,
+                                       name=f"Stem_{i}")
+                               for i, (c, s) in enumerate(zip(self.stem, strides, strict=True))]
             kernel = tuple(p // down for p in self.patches)
             self.EmbedPatches = nn.Conv(self.emb_dim, kernel, strides=kernel, padding="VALID",
                                         dtype=dtype)
