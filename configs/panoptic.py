@@ -39,8 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     tiny = a.size == "tiny"
     # tiny: 16-dim codewords, beta 1e-4 and lr 5e-3 (see c.vae): stage-1 oracle PQ 80.5
     # against 75.6 with 8 / 2.5e-4 / 3e-3, and stage 2 still learns the codes (default run:
-    # PQ 41.7, was 40.4). The limit is things in the samples: stage 2's image encoder,
-    # learnt from scratch, is short of training (docs/RESULTS.md, the weak point).
+    # PQ 41.7, was 40.4). The limit was things in the samples: stage 2's image encoder,
+    # learnt from scratch, could not tell the small shapes apart; the conv-stem encoder
+    # (givt_encdec_model) closed most of it (docs/RESULTS.md, the weak point).
     # Label channels: semantics = category index + 1 (0 = void): 133 classes + void in the
     # paper, 10 + void embedded; instance ids 0..99 in the paper, tiny: up to 6 things.
     channels = {"semantics": (0, 134 if paper else 11), "instances": (1, 100 if paper else 8)}
