@@ -82,6 +82,21 @@ def _gelu_tanh(v: np.ndarray) -> np.ndarray:
     return 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)))
 
 
+def _embed_image_np(params: dict, img: jax.Array, strides: tuple[int, ...]) -> np.ndarray:
+    """GIVT.embed_image in numpy: the stem's convs (GELU after each) at ``strides``, then
+    the 2x2 patch embedding of an 8x8 grid of 16-channel stem features -> [B, 16, 32]."""
+    x = np.asarray(img, np.float64)
+    for i, stride in enumerate(strides):
+        layer = params[f"Stem_{i}"]
+        x = _gelu_tanh(_conv_same_np(x, np.asarray(layer["kernel"], np.float64),
+                                     np.asarray(layer["bias"], np.float64), stride))
+    assert x.shape == (2, 8, 8, 16)
+    e = params["EmbedPatches"]
+    tokens = np.einsum("bhpwqc,pqco->bhwo", x.reshape(2, 4, 2, 4, 2, 16),
+                       np.asarray(e["kernel"], np.float64)) + np.asarray(e["bias"])
+    return tokens.reshape(2, 16, 32)
+
+
 def test_encoder_conv_stem_matches_numpy_and_keeps_token_grid():
     kw = dict(num_labels=None, emb_dim=32, num_heads=2, mlp_dim=64, num_layers=1,
               num_decoder_layers=1, seq_len=16, out_dim=4, num_mixtures=1,
@@ -98,16 +113,9 @@ def test_encoder_conv_stem_matches_numpy_and_keeps_token_grid():
     assert p_stem["EmbedPatches"]["kernel"].shape == (2, 2, 16, 32)
     assert stem.apply({"params": p_stem}, img, method=GIVT.encode).shape == (2, 16, 32)
 
-    x = np.asarray(img, np.float64)
-    for name in ("Stem_0", "Stem_1"):
-        x = _gelu_tanh(_conv_same_np(x, np.asarray(p_stem[name]["kernel"], np.float64),
-                                     np.asarray(p_stem[name]["bias"], np.float64)))
-    assert x.shape == (2, 8, 8, 16)
-    e = p_stem["EmbedPatches"]
-    tokens = np.einsum("bhpwqc,pqco->bhwo", x.reshape(2, 4, 2, 4, 2, 16),
-                       np.asarray(e["kernel"], np.float64)) + np.asarray(e["bias"])
     got = stem.apply({"params": p_stem}, img, method=GIVT.embed_image)
-    np.testing.assert_allclose(np.asarray(got), tokens.reshape(2, 16, 32), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(got), _embed_image_np(p_stem, img, (2, 2)),
+                               rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="not divisible"):
         GIVT(**kw, stem=(8, 8, 8, 8)).init(jax.random.PRNGKey(0), z, None, image=img)
 
@@ -124,16 +132,9 @@ def test_encoder_stem_strides_match_numpy():
     p = model.init(jax.random.PRNGKey(0), z, None, image=img)["params"]
     assert p["Stem_0"]["kernel"].shape == (3, 3, 3, 4)
     assert p["EmbedPatches"]["kernel"].shape == (2, 2, 16, 32)
-    x = np.asarray(img, np.float64)
-    for name, stride in (("Stem_0", 1), ("Stem_1", 2), ("Stem_2", 2)):
-        x = _gelu_tanh(_conv_same_np(x, np.asarray(p[name]["kernel"], np.float64),
-                                     np.asarray(p[name]["bias"], np.float64), stride))
-    assert x.shape == (2, 8, 8, 16)
-    e = p["EmbedPatches"]
-    tokens = np.einsum("bhpwqc,pqco->bhwo", x.reshape(2, 4, 2, 4, 2, 16),
-                       np.asarray(e["kernel"], np.float64)) + np.asarray(e["bias"])
     got = model.apply({"params": p}, img, method=GIVT.embed_image)
-    np.testing.assert_allclose(np.asarray(got), tokens.reshape(2, 16, 32), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(got), _embed_image_np(p, img, (1, 2, 2)),
+                               rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="differ in length"):
         GIVT(**kw, stem=(4, 8), stem_strides=(1, 2, 2)).init(
             jax.random.PRNGKey(0), z, None, image=img)
