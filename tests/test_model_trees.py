@@ -138,6 +138,9 @@ def test_encoder_stem_strides_match_numpy():
     with pytest.raises(ValueError, match="differ in length"):
         GIVT(**kw, stem=(4, 8), stem_strides=(1, 2, 2)).init(
             jax.random.PRNGKey(0), z, None, image=img)
+    # Without a stem the strides mean nothing: stem=() alone turns a preset's stem off.
+    plain = GIVT(**kw, stem_strides=(1, 2, 2))
+    assert "Stem_0" not in plain.init(jax.random.PRNGKey(0), z, None, image=img)["params"]
     with pytest.raises(ValueError, match="not divisible"):  # 8 / (1 * 2 * 2 * 2 * 2)
         GIVT(**kw, stem=(4, 4, 4, 4, 4), stem_strides=(1, 2, 2, 2, 2)).init(
             jax.random.PRNGKey(0), z, None, image=img)

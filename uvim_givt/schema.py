@@ -332,7 +332,7 @@ LIBRARY_RULES: Rules = (
     (r"givt\.model\.dropout_rate", PROBABILITY),
     (r"givt\.model\.posemb_type", OneOf(("learn",))),
     (r"givt\.model\.zero_decoder_seq", Flag()),
-    (r"givt\.model\.stem", Nums(POSITIVE_INT)),
+    (r"givt\.model\.(stem|stem_strides)", Nums(POSITIVE_INT)),
     (r"givt\.model\.(enc_dropout_rate|dec_dropout_rate|drop_labels_probability)",
      FRACTION_BELOW_1),
     (r"givt\.model\.min_masking_rate_training", PROBABILITY),

@@ -201,8 +201,8 @@ class GIVT(nn.Module):
     # patch embedding, which then covers `patches` / 2**len(stem) of the stem's output, so
     # the token grid is unchanged. () = the published plain patch embedding.
     stem: Sequence[int] = ()
-    # Each stem layer's stride (() = 2 for every layer); a stride-1 first layer keeps the
-    # full resolution for small shapes' outlines.
+    # Each stem layer's stride (() = 2 for every layer; unused without a stem); a stride-1
+    # first layer keeps the full resolution for small shapes' outlines.
     stem_strides: Sequence[int] = ()
     # Add each encoded image token to the decoder input at the same position (the code
     # grid must equal the encoder's token grid): a direct, aligned path from the image to
@@ -268,7 +268,8 @@ class GIVT(nn.Module):
         if self.has_encoder:
             self.pos_embedding_encoder = learned_posemb(
                 self, "pos_embedding_encoder", math.prod(self.encoder_grid), self.emb_dim)
-            strides = tuple(self.stem_strides) or (2,) * len(self.stem)
+            # no stem, no strides: stem=() alone turns a preset's stem off
+            strides = (tuple(self.stem_strides) if self.stem else ()) or (2,) * len(self.stem)
             if len(strides) != len(self.stem):
                 raise ValueError(f"stem_strides {strides} and stem {tuple(self.stem)} differ "
                                  "in length")
