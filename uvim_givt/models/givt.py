@@ -197,9 +197,9 @@ class GIVT(nn.Module):
     # Encoder input.
     patches: Sequence[int] = (16, 16)
     input_size: Sequence[int] = (256, 256)
-    # Optional convolutional stem (channels of 3x3 stride-2 conv + GELU layers) before the
-    # patch embedding, which then covers `patches` / 2**len(stem) of the stem's output, so
-    # the token grid is unchanged. () = the published plain patch embedding.
+    # Optional convolutional stem (channels of 3x3 conv + GELU layers, strides below) before
+    # the patch embedding, which then covers `patches` / (the strides' product) of the
+    # stem's output, so the token grid is unchanged. () = the published plain patch embedding.
     stem: Sequence[int] = ()
     # Each stem layer's stride (() = 2 for every layer; unused without a stem); a stride-1
     # first layer keeps the full resolution for small shapes' outlines.
@@ -269,7 +269,7 @@ class GIVT(nn.Module):
             self.pos_embedding_encoder = learned_posemb(
                 self, "pos_embedding_encoder", math.prod(self.encoder_grid), self.emb_dim)
             # no stem, no strides: stem=() alone turns a preset's stem off
-            strides = (tuple(self.stem_strides) if self.stem else ()) or (2,) * len(self.stem)
+            strides = tuple(self.stem_strides or (2,) * len(self.stem)) if self.stem else ()
             if len(strides) != len(self.stem):
                 raise ValueError(f"stem_strides {strides} and stem {tuple(self.stem)} differ "
                                  "in length")
