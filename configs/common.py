@@ -68,8 +68,17 @@ def vqvae_model(size: str, label_channels: dict) -> dict:
         # for ~22 of the run's batches is split), so a short run uses its codewords.
         vq = dict(codeword_dim=32, dict_size=128, dict_momentum=0.9, code_dropout="none")
     shape.update(vq, min_count=0.1, with_encoder_ctx=True, with_decoder_ctx=True,
-                 bottleneck_resize=True, scan=False)
+                 bottleneck_resize=True, **layer_stack(False))
     return dict(shape, label_channels=label_channels, **model_precision())
+
+
+def layer_stack(scan: bool) -> dict:
+    """``scan``: a transformer's layers as one ``nn.scan`` (parameters stacked, the published
+    checkpoints' layout) or unrolled. ``remat_policy``: what a scanned stack keeps for the
+    backward pass (``uvim_givt.models.common.REMAT_POLICIES``; big_vision's
+    "nothing_saveable" recomputes each layer's forward pass, "dots_saveable" keeps the
+    matmul outputs); unused when unrolled."""
+    return dict(scan=scan, remat_policy="nothing_saveable")
 
 
 def model_precision(attention: bool = True) -> dict:
@@ -85,16 +94,18 @@ def _vit_vae_shape(size: str, codeword_dim: int) -> dict:
     if size == "paper":
         return dict(input_size=(512, 512), patch_size=(16, 16), width=768, depth=6,
                     decoder_depth=12, mlp_dim=3072, num_heads=12, code_len=256,
-                    codeword_dim=codeword_dim, dropout=0.0, code_dropout="none", scan=True)
+                    codeword_dim=codeword_dim, dropout=0.0, code_dropout="none",
+                    **layer_stack(True))
     if size == "base":
-        # Layers unrolled: scanned (with remat) the base train step ran 2.2x slower on a
-        # CPU for the same FLOPs (benchmarks/bench_train_step.py --stages vit_vae).
+        # Layers unrolled: scanned (recomputing each layer's forward pass) the base train
+        # step takes 1.08-1.11x the time on a CPU (benchmarks/README.md, vit_vae base).
         return dict(input_size=(128, 128), patch_size=(8, 8), width=384, depth=4,
                     decoder_depth=6, mlp_dim=1536, num_heads=6, code_len=64,
-                    codeword_dim=codeword_dim, dropout=0.0, code_dropout="none", scan=False)
+                    codeword_dim=codeword_dim, dropout=0.0, code_dropout="none",
+                    **layer_stack(False))
     return dict(input_size=(64, 64), patch_size=(8, 8), width=64, depth=2, decoder_depth=2,
                 mlp_dim=256, num_heads=4, code_len=64, codeword_dim=codeword_dim, dropout=0.0,
-                code_dropout="none", scan=False)
+                code_dropout="none", **layer_stack(False))
 
 
 #: the codes a stage-2 held-out NLL scores (evals.evaluators.HELDOUT_CODES): "sample", a
@@ -192,11 +203,11 @@ def givt_encdec_model(size: str, out_dim: int, seq_len: int, input_size) -> dict
     if size == "paper":
         return dict(common, emb_dim=1024, num_heads=16, mlp_dim=4096, num_layers=24,
                     num_decoder_layers=24, patches=(16, 16), enc_dropout_rate=0.0,
-                    dec_dropout_rate=0.0, scan=False)
+                    dec_dropout_rate=0.0, **layer_stack(False))
     if size == "base":
         return dict(common, emb_dim=384, num_heads=6, mlp_dim=1536, num_layers=6,
                     num_decoder_layers=6, patches=(8, 8), enc_dropout_rate=0.0,
-                    dec_dropout_rate=0.1, scan=False)
+                    dec_dropout_rate=0.1, **layer_stack(False))
     # Tiny: a conv stem does most of the image encoding: 3x3 convs of 16, 16, 32, 32
     # channels at strides 1, 2, 2, 1 (the first at the full 64 px, which tells the small
     # shapes apart), a 2x2 patch embedding onto the 8x8 code grid, then one transformer
@@ -207,7 +218,7 @@ def givt_encdec_model(size: str, out_dim: int, seq_len: int, input_size) -> dict
     # code grid is the encoder's grid).
     return dict(common, emb_dim=96, num_heads=4, mlp_dim=384, num_layers=1,
                 num_decoder_layers=1, patches=(8, 8), enc_dropout_rate=0.0,
-                dec_dropout_rate=0.0, scan=False, stem=(16, 16, 32, 32),
+                dec_dropout_rate=0.0, **layer_stack(False), stem=(16, 16, 32, 32),
                 stem_strides=(1, 2, 2, 1), encoder_skip=True)
 
 

@@ -46,6 +46,7 @@ from configs.common import (
     adaptor_group,
     evaluator,
     init_group,
+    layer_stack,
     model_precision,
     sampling_group,
     train_group,
@@ -129,9 +130,10 @@ def givt_model(size: str, style: str, vae: dict, num_classes: int,
             shape["dec_dropout_rate"] = 0.4
         elif ph * pw > 1:  # the 512px large GIVT-Causal
             shape["dec_dropout_rate"] = 0.1
-        return dict(common, **shape, num_mixtures=32 if ph * pw > 1 else 16, scan=True)
+        return dict(common, **shape, num_mixtures=32 if ph * pw > 1 else 16,
+                    **layer_stack(True))
     return dict(common, emb_dim=96, num_heads=4, mlp_dim=384, num_decoder_layers=3,
-                num_mixtures=8, dec_dropout_rate=0.1, scan=False)
+                num_mixtures=8, dec_dropout_rate=0.1, **layer_stack(False))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -341,6 +341,11 @@ LIBRARY_RULES: Rules = (
     # compute dtype (params, losses, GMM head: float32) and attention implementation
     (r"(vae|givt)\.model\.dtype", OneOf(("float32", "bfloat16"))),
     (r"(vae|givt)\.model\.attention", OneOf(("fused", "reference"))),
+    # what a scanned layer stack saves for the backward pass (models.common.REMAT_POLICIES;
+    # written out so that checking a config loads no JAX)
+    (r"(vae|givt)\.model\.remat_policy", OneOf((
+        "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
+        "everything_saveable"))),
     (r"givt\.sampling\.(temperature|temperature_probs|choice_temperature)", POSITIVE),
     (r"givt\.sampling\.(beam_size|fan_size|num_steps|num_samples)", POSITIVE_INT),
     (r"givt\.sampling\.cfg_weight", NON_NEGATIVE),

@@ -26,6 +26,11 @@ ComputeDtype = Literal["float32", "bfloat16"]
 # ``jax.nn.dot_product_attention``, "reference" = flax's hand-written einsum/softmax.
 ATTENTION_KINDS = ("fused", "reference")
 AttentionKind = Literal["fused", "reference"]
+# What a scanned layer stack keeps for the backward pass (a model's ``remat_policy``, used
+# with ``scan=True``): names of ``jax.checkpoint_policies``. "nothing_saveable" (big_vision's)
+# recomputes each layer's forward pass; the others trade memory for less recomputation.
+REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "everything_saveable")
 
 
 def compute_dtype(name: str) -> Any:
@@ -33,6 +38,13 @@ def compute_dtype(name: str) -> Any:
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"unknown compute dtype {name!r}: one of {tuple(COMPUTE_DTYPES)}")
     return COMPUTE_DTYPES[name]
+
+
+def remat_policy(name: str) -> Callable[..., bool]:
+    """The ``jax.checkpoint_policies`` entry of a model's ``remat_policy`` field."""
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat_policy {name!r}: one of {REMAT_POLICIES}")
+    return getattr(jax.checkpoint_policies, name)
 
 
 def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array,

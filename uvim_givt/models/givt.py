@@ -37,6 +37,7 @@ from uvim_givt.models.common import (
     attention_fn,
     compute_dtype,
     learned_posemb,
+    remat_policy,
 )
 from uvim_givt.models.gmm import GMMHead
 from uvim_givt.models.mask_schedule import mask_ratio
@@ -147,7 +148,7 @@ class Decoder(nn.Module):
                   attention=self.attention, norm_bias=self.norm_bias)
         if self.scan:
             block = nn.remat(EncDecBlock, prevent_cse=False,
-                             policy=getattr(jax.checkpoint_policies, self.remat_policy, None))
+                             policy=remat_policy(self.remat_policy))
             # Published GIVT checkpoints stack layers on axis 1 of each parameter.
             x, _ = nn.scan(
                 block, variable_axes={"params": 1, "cache": 0},
@@ -221,7 +222,8 @@ class GIVT(nn.Module):
     # Masked training.
     min_masking_rate_training: float = 0.3
     mask_schedule_train: str = "cosine"  # cosine | linear | pow:K (models.mask_schedule)
-    # Layers.
+    # Layers: one nn.scan (stacked parameters, the published layout) or unrolled; a scanned
+    # stack keeps for the backward pass what ``remat_policy`` saves (models.common).
     scan: bool = False
     remat_policy: str = "nothing_saveable"
     # Compute dtype of matmuls and activations ("bfloat16": mixed precision). Parameters,

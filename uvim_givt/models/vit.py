@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from uvim_givt.models.common import KERNEL_INIT, MlpBlock, attention_fn
+from uvim_givt.models.common import KERNEL_INIT, MlpBlock, attention_fn, remat_policy
 
 
 class Encoder1DBlock(nn.Module):
@@ -62,10 +62,8 @@ class Encoder(nn.Module):
         # by the caller would otherwise promote every block back to float32).
         x = x.astype(self.dtype)
         if self.scan:
-            block = nn.remat(
-                Encoder1DBlock, prevent_cse=False,
-                policy=getattr(jax.checkpoint_policies, self.remat_policy, None),
-            )
+            block = nn.remat(Encoder1DBlock, prevent_cse=False,
+                             policy=remat_policy(self.remat_policy))
             x, _ = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                 in_axes=nn.broadcast, length=self.depth,
