@@ -1,4 +1,4 @@
-"""Compile time of the GPU suite's train step without and with the persistent compile cache.
+"""Compile time of the GPU suite's train steps without and with the persistent compile cache.
 
 Runs ``gpu_suite.py`` twice on a fresh, empty cache directory (each run its own processes)
 and prints each run's ``compile_s`` per row and their ratio: the second run should load
@@ -7,8 +7,8 @@ what the first compiled instead of compiling it again.
     python benchmarks/bench_compile_cache.py                 # --smoke rows (CPU: ~1 min)
     python benchmarks/bench_compile_cache.py --full          # the suite's own sizes (device)
 
-JSON (``benchmarks/results/bench_compile_cache.json``): ``{"machine", "rows": [{variant, size,
-first_compile_s, second_compile_s, ratio}]}``.
+JSON (``benchmarks/results/bench_compile_cache.json``): ``{"machine", "rows": [{variant, stage,
+size, first_compile_s, second_compile_s, ratio}]}``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import _machine  # noqa: E402
 from uvim_givt import errors  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-COLUMNS = ("variant", "size", "first_compile_s", "second_compile_s", "ratio")
+COLUMNS = ("variant", "stage", "size", "first_compile_s", "second_compile_s", "ratio")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -37,6 +37,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="the suite's default sizes instead of --smoke")
     p.add_argument("--variants", default="bf16_fused",
                    help="gpu_suite.py --variants (default bf16_fused)")
+    p.add_argument("--stages", default="encdec,vit_vae",
+                   help="gpu_suite.py --stages (default both)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="passed on to gpu_suite.py --set")
     _machine.add_output_arguments(p, __file__)
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for i in (1, 2):
             out = os.path.join(tmp, f"run{i}.json")
             cmd = [sys.executable, os.path.join(HERE, "gpu_suite.py"), "--no-sampling",
-                   "--variants", args.variants, "--cache-dir", cache, "--json", out]
+                   "--variants", args.variants, "--stages", args.stages,
+                   "--cache-dir", cache, "--json", out]
             cmd += [] if args.full else ["--smoke"]
             for item in args.overrides:
                 cmd += ["--set", item]
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for first, second in zip(*runs, strict=True):
         a, b = first.get("compile_s"), second.get("compile_s")
-        rows.append({"variant": first["variant"], "size": first["size"],
+        rows.append({"variant": first["variant"], "stage": first.get("stage"),
+                     "size": first["size"],
                      "first_compile_s": a, "second_compile_s": b,
                      "ratio": b / a if a and b else None})
     _machine.print_table(rows, COLUMNS, title="\ncompile time, empty cache vs filled cache",

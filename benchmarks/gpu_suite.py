@@ -1,22 +1,26 @@
 """The accelerator part of the benchmark suite: one command that fits one 10-minute call.
 
-1. The UViM stage-2 train step (the dense task's encoder-decoder GIVT: ViT image encoder,
-   causal decoder, GMM head, the frozen stage-1 ViT VAE encoder inside the step) in three
-   variants, the bf16 ones first:
+1. The UViM train steps of both stages: stage 2 (``encdec``: the dense task's
+   encoder-decoder GIVT: ViT image encoder, causal decoder, GMM head, the frozen stage-1 ViT
+   VAE encoder inside the step) and stage 1 (``vit_vae``: the ViT VAE over label maps, its
+   layers scanned with remat as published) in three variants, the bf16 ones first:
 
    * ``bf16_fused``: ``dtype=bfloat16``, ``jax.nn.dot_product_attention`` (cuDNN's fused
      kernel where XLA picks it);
    * ``bf16``: ``dtype=bfloat16``, the reference (einsum + softmax) attention;
    * ``fp32``: ``dtype=float32``, the reference attention;
 
-   each at the ``base`` size, then at ``paper`` size (ViT-L/16 encoder at 512 px, 24 decoder
-   layers). Step time, examples/s, model FLOPs per step (counted from the step's jaxpr,
-   ``benchmarks/flops.py``: the same whatever XLA's autotuning picks), MFU against the
-   device's nominal bf16 peak (``NOMINAL_BF16_PEAK``) and against a bf16 matmul measured in
-   the same run, compile time.
+   each at the ``base`` size, then at ``paper`` size (stage 2: ViT-L/16 encoder at 512 px,
+   24 decoder layers; stage 1: width 768, 6 encoder and 12 decoder layers, 16 px patches of
+   512 px maps). Step time, examples/s, model FLOPs per step (counted from the step's
+   jaxpr, ``benchmarks/flops.py``: the same whatever XLA's autotuning picks), MFU against
+   the device's nominal bf16 peak (``NOMINAL_BF16_PEAK``) and against a bf16 matmul
+   measured in the same run, compile time.
 2. Autoregressive sampling of the paper model (256 codes), beam 4 and fan 8, image encoder
    included: codes/s and images/s.
 
+Order: the first variant's rows (base before paper), then the sampling row, then the other
+variants' rows, so that a call cut short has measured the headline figures first.
 Each row runs in a process of its own under ``--row-limit`` seconds (a compile that takes
 too long costs one row, not the call; device memory is returned between rows), rows are
 printed and the JSON rewritten as each finishes (a call cut short keeps what it measured),
@@ -71,7 +75,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "bf16": ("dtype=bfloat16", "attention=reference"),
     "fp32": ("dtype=float32", "attention=reference"),
 }
-TRAIN_COLUMNS = ("variant", "size", "batch", "step_s", "examples_per_s", "flops_per_step",
+#: the train steps measured (bench_train_step's stage names): stage 2, then stage 1
+TRAIN_STAGES = ("encdec", "vit_vae")
+TRAIN_COLUMNS = ("variant", "stage", "size", "batch", "step_s", "examples_per_s", "flops_per_step",
                  "achieved_flops_per_s", "mfu_nominal", "mfu_measured", "compile_s")
 SAMPLING_COLUMNS = ("mode", "size", "batch", "seq_len", "sample_s", "codes_per_s",
                     "images_per_s", "compile_s")
@@ -97,12 +103,22 @@ def variant_overrides(cfg: Any, variant: str) -> tuple[list[str], list[str]]:
     return have, missing
 
 
-def plan_rows(variants: Sequence[str], sizes: Sequence[str]) -> list[tuple[str, str]]:
-    """(variant, size) in the order they run: bf16 variants before fp32, and for each
-    precision every size, smallest first (a base row before the paper one)."""
-    bf16 = [v for v in variants if v.startswith("bf16")]
-    rest = [v for v in variants if v not in bf16]
-    return [(v, size) for group in (bf16, rest) for size in sizes for v in group]
+def plan_rows(variants: Sequence[str], sizes: Sequence[str],
+              stages: Sequence[str] = TRAIN_STAGES, sampling: bool = True
+              ) -> list[tuple[str, ...]]:
+    """The rows in the order they run: ("train", variant, size, stage) and ("sampling",).
+
+    bf16 variants before fp32 (in the given order otherwise); the first of them (the
+    headline) runs every size, smallest first, and every stage, then the sampling row, then
+    the other variants likewise."""
+    ordered = ([v for v in variants if v.startswith("bf16")]
+               + [v for v in variants if not v.startswith("bf16")])
+    rows: list[tuple[str, ...]] = []
+    for i, variant in enumerate(ordered):
+        rows += [("train", variant, size, stage) for size in sizes for stage in stages]
+        if i == 0 and sampling:
+            rows.append(("sampling",))
+    return rows
 
 
 def use_compile_cache(cache_dir: str) -> None:
@@ -128,23 +144,24 @@ def _line(row: dict[str, Any], columns: Sequence[str]) -> str:
     """One row under :func:`_header` (rows are printed as they finish, so the widths are
     fixed in advance), or what stopped it."""
     if row.get("skipped"):
-        name = row.get("variant", row.get("mode"))
-        return f"{name} {row.get('size', '')}: skipped ({row['skipped']})"
+        name = " ".join(str(row[k]) for k in ("variant", "mode", "stage", "size") if k in row)
+        return f"{name}: skipped ({row['skipped']})"
     return "  ".join(f"{_machine._cell(row.get(c)):>{_width(c)}}" for c in columns)
 
 
 # ------------------------------------------------------------------------------ one row
 def measure_train(variant: str, size: str, batch: int, repeats: int, dense_config: str,
                   extra: Sequence[str], measured_peak: float | None,
-                  nominal: float | None) -> dict[str, Any]:
+                  nominal: float | None, stage: str = "encdec") -> dict[str, Any]:
     """One train-step row, in this process."""
-    cfg = bench_train_step.load_stage_config("encdec", size, dense_config)
+    cfg = bench_train_step.load_stage_config(stage, size, dense_config)
     overrides, missing = variant_overrides(cfg, variant)
     if missing:
-        return {"variant": variant, "size": size, "skipped": f"config lacks {missing}"}
+        return {"variant": variant, "stage": stage, "size": size,
+                "skipped": f"config lacks {missing}"}
     overrides += list(extra)
     config_lib.apply_overrides(cfg, overrides)
-    row = bench_train_step.measure("encdec", size, cfg, batch, repeats, overrides)
+    row = bench_train_step.measure(stage, size, cfg, batch, repeats, overrides)
     row["variant"] = variant
     flops_s = row["achieved_flops_per_s"]
     row["mfu_nominal"] = flops_s / nominal if flops_s and nominal else None
@@ -205,6 +222,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="tiny preset, batch 2, 1 repeat, small matmuls (checks it runs)")
     p.add_argument("--variants", type=bench_train_step._csv(tuple(VARIANTS)),
                    default=list(VARIANTS), help=f"from {list(VARIANTS)} (default all)")
+    p.add_argument("--stages", type=bench_train_step._csv(TRAIN_STAGES),
+                   default=list(TRAIN_STAGES), help=f"train steps, from {list(TRAIN_STAGES)} "
+                   "(stage 2, stage 1; default both)")
     p.add_argument("--sizes", type=bench_train_step._csv(("tiny", "base", "paper")),
                    default=None, help="train-step sizes, run in this order (default "
                    "base,paper; tiny with --smoke)")
@@ -230,7 +250,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="the UViM task's config (panoptic or depth)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="extra config override of every variant "
-                   "(repeatable), e.g. givt.model.remat_policy=dots_saveable")
+                   "(repeatable), e.g. vae.model.remat_policy=dots_saveable")
     _machine.add_output_arguments(p, __file__, markdown=False)
     return p.parse_args(argv)
 
@@ -261,6 +281,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "sample_batch": sample_batch, "repeats": repeats, "row_limit_s": limit,
                      "budget_s": args.budget, "cache_dir": args.cache_dir,
                      "dense_config": args.dense_config, "variants": list(args.variants),
+                     "stages": list(args.stages),
                      "overrides": list(args.overrides)}}
 
     def measure(job: dict[str, Any]) -> dict[str, Any]:
@@ -274,28 +295,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return row
         return _run_child(job, min(limit, args.budget - spent + 30), args.cache_dir)
 
-    print(f"\nUViM stage-2 train step (batch {batch}; {', '.join(sizes)}):", flush=True)
-    print(_header(TRAIN_COLUMNS), flush=True)
-    for variant, size in plan_rows(args.variants, sizes):
-        row = measure({"kind": "train", "variant": variant, "size": size, "batch": batch,
-                       "repeats": repeats, "dense_config": args.dense_config,
-                       "extra": list(args.overrides), "measured_peak": measured,
-                       "nominal": nominal})
-        row = {"variant": variant, "size": size, **row}
-        table["train"].append(row)
-        print(_line(row, TRAIN_COLUMNS), flush=True)
+    sample_size = "tiny" if smoke else "paper"
+    shown = None  # the table whose header was printed last
+    for job in plan_rows(args.variants, sizes, args.stages, not args.no_sampling):
+        if job[0] == "train":
+            _, variant, size, stage = job
+            row = measure({"kind": "train", "variant": variant, "size": size, "stage": stage,
+                           "batch": batch, "repeats": repeats,
+                           "dense_config": args.dense_config, "extra": list(args.overrides),
+                           "measured_peak": measured, "nominal": nominal})
+            row = {"variant": variant, "stage": stage, "size": size, **row}
+            table["train"].append(row)
+            if shown != "train":
+                print(f"\nUViM train steps (stage 2 encdec, stage 1 vit_vae; batch {batch}):")
+                print(_header(TRAIN_COLUMNS))
+            print(_line(row, TRAIN_COLUMNS), flush=True)
+        else:
+            row = measure({"kind": "sampling", "size": sample_size, "batch": sample_batch,
+                           "repeats": repeats, "dense_config": args.dense_config,
+                           "extra": list(args.overrides)})
+            row = {"mode": "uvim_beam4_fan8", "size": sample_size, **row}
+            table["sampling"].append(row)
+            print(f"\nsampling, beam 4 fan 8 ({sample_size}, batch {sample_batch}):")
+            print(_header(SAMPLING_COLUMNS))
+            print(_line(row, SAMPLING_COLUMNS), flush=True)
+        shown = job[0]
         _machine.write_json(args.json, table, machine)
-
-    if not args.no_sampling:
-        size = "tiny" if smoke else "paper"
-        row = measure({"kind": "sampling", "size": size, "batch": sample_batch,
-                       "repeats": repeats, "dense_config": args.dense_config,
-                       "extra": list(args.overrides)})
-        row = {"mode": "uvim_beam4_fan8", "size": size, **row}
-        table["sampling"].append(row)
-        print(f"\nsampling, beam 4 fan 8 ({size}, batch {sample_batch}):")
-        print(_header(SAMPLING_COLUMNS))
-        print(_line(row, SAMPLING_COLUMNS), flush=True)
     return _machine.finish(args.json, table, machine)
 
 

@@ -130,24 +130,35 @@ def test_sampling_quick(tmp_path):
 
 
 def test_gpu_suite_smoke(tmp_path):
-    """Rows in processes of their own, bf16 first and the smaller size first, the JSON
-    rewritten per row, a row over its time limit reported as skipped, the compile cache
-    filled."""
+    """Rows in processes of their own, bf16 first, the headline variant's rows (smaller
+    size first, both stages) before the sampling row, the JSON rewritten per row, a row
+    over its time limit reported as skipped, the compile cache filled."""
     assert gpu_suite.plan_rows(["fp32", "bf16", "bf16_fused"], ["base", "paper"]) == [
-        ("bf16", "base"), ("bf16_fused", "base"), ("bf16", "paper"), ("bf16_fused", "paper"),
-        ("fp32", "base"), ("fp32", "paper")]
+        ("train", "bf16", "base", "encdec"), ("train", "bf16", "base", "vit_vae"),
+        ("train", "bf16", "paper", "encdec"), ("train", "bf16", "paper", "vit_vae"),
+        ("sampling",),
+        ("train", "bf16_fused", "base", "encdec"), ("train", "bf16_fused", "base", "vit_vae"),
+        ("train", "bf16_fused", "paper", "encdec"), ("train", "bf16_fused", "paper", "vit_vae"),
+        ("train", "fp32", "base", "encdec"), ("train", "fp32", "base", "vit_vae"),
+        ("train", "fp32", "paper", "encdec"), ("train", "fp32", "paper", "vit_vae")]
+    assert gpu_suite.plan_rows(["fp32"], ["tiny"], ["vit_vae"], sampling=False) == [
+        ("train", "fp32", "tiny", "vit_vae")]
     path, cache = tmp_path / "gpu.json", tmp_path / "cache"
     assert gpu_suite.main(["--smoke", "--variants", "bf16_fused", "--no-sampling",
                            "--json", str(path), "--cache-dir", str(cache),
                            "--set", "givt.model.num_layers=1"]) == 0
     out = _read(path)
     assert out["peak"]["measured_bf16"]["flops_per_s"] > 0
-    (row,) = out["train"]
-    assert row["variant"] == "bf16_fused" and row["step_s"] > 0 and row["mfu_measured"] > 0
-    assert "givt.model.dtype=bfloat16" in row["overrides"]
-    assert row["flops_per_step"] > 0 and any(cache.iterdir())
-    assert gpu_suite.main(["--smoke", "--variants", "fp32", "--no-sampling", "--row-limit",
-                           "0.5", "--json", str(path), "--cache-dir", str(cache)]) == 0
+    assert [(r["stage"], r["variant"]) for r in out["train"]] == [
+        ("encdec", "bf16_fused"), ("vit_vae", "bf16_fused")]
+    for row in out["train"]:
+        assert row["step_s"] > 0 and row["mfu_measured"] > 0 and row["flops_per_step"] > 0
+        assert {"givt.model.dtype=bfloat16", "vae.model.dtype=bfloat16"} <= \
+            set(row["overrides"])
+    assert any(cache.iterdir())
+    assert gpu_suite.main(["--smoke", "--variants", "fp32", "--stages", "encdec",
+                           "--no-sampling", "--row-limit", "0.5", "--json", str(path),
+                           "--cache-dir", str(cache)]) == 0
     (row,) = _read(path)["train"]
     assert row["skipped"].startswith("over the 0.5 s row limit") and "step_s" not in row
     assert gpu_suite.nominal_peak("NVIDIA H100 80GB HBM3") == pytest.approx(989.4e12)
