@@ -27,12 +27,20 @@ same run (``--peak-n``), on the same threads.
     python benchmarks/bench_train_step.py --sizes paper --repeats 2
     python benchmarks/bench_train_step.py --quick                # tiny, 1 repeat (CI)
     python benchmarks/bench_train_step.py --stages encdec --set givt.model.dtype=bfloat16
+    python benchmarks/bench_train_step.py --sizes base --matmuls    # what limits the step
+
+``--matmuls`` times each distinct matmul and convolution of the step alone
+(:mod:`matmuls`) and reports their sum (the step's matmul time), its share of the step and
+the costliest shapes: a share near 1 says the step is as fast as its matmul shapes allow on
+this device, a low one that the rest of the step takes the difference.
 
 Prints a table and writes it with the machine description to ``--json`` (default
 ``benchmarks/results/bench_train_step.json``). JSON: ``{"machine", "peak", "settings",
 "rows": [{stage, size, config, batch, params, step_s, step_min_s, examples_per_s,
 flops_per_step, xla_flops_per_step, bytes_per_step, flops_per_byte, achieved_flops_per_s,
-fraction_of_peak, compile_s, repeats, overrides}]}``.
+fraction_of_peak, compile_s, repeats, overrides, and with --matmuls matmul_s, matmul_share,
+distinct_matmuls, top_matmuls: [{op, where, count, flops, seconds, total_s,
+flops_per_s}]}]}``.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _machine  # noqa: E402
 import flops as flops_lib  # noqa: E402
+import matmuls as matmuls_lib  # noqa: E402
 
 from uvim_givt import config as config_lib  # noqa: E402
 from uvim_givt import errors  # noqa: E402
@@ -217,9 +226,10 @@ def model_flops(cfg: ml_collections.ConfigDict, stage: str, batch: dict[str, Any
 
 
 def measure(stage_name: str, size: str, cfg: ml_collections.ConfigDict, batch: int,
-            repeats: int, overrides: Sequence[str], profile_dir: str | None = None
-            ) -> dict[str, Any]:
-    """One row: the stage's step at ``batch`` timed after a warm-up step."""
+            repeats: int, overrides: Sequence[str], profile_dir: str | None = None,
+            matmuls: bool = False) -> dict[str, Any]:
+    """One row: the stage's step at ``batch`` timed after a warm-up step; with ``matmuls``
+    also its matmul time (:mod:`matmuls`: each distinct matmul of the step timed alone)."""
     stage = STAGES[stage_name][2]
     train_step, init, frozen = build_step(cfg, stage)
     params, opt_state = jax.jit(init)(jax.random.PRNGKey(0))
@@ -250,6 +260,13 @@ def measure(stage_name: str, size: str, cfg: ml_collections.ConfigDict, batch: i
             run_step()
     bytes_accessed = float(cost.get("bytes accessed", 0.0))
     achieved = flops / timing["median_s"] if flops else None
+    breakdown = {}
+    if matmuls:
+        ops = matmuls_lib.collect(train_step, state["params"], state["opt"], data, step,
+                                  frozen)
+        matmul_s = matmuls_lib.time_all(ops, repeats=max(repeats, 3))
+        breakdown = {"matmul_s": matmul_s, "matmul_share": matmul_s / timing["median_s"],
+                     "distinct_matmuls": len(ops), "top_matmuls": matmuls_lib.summary(ops)}
     return {
         "stage": stage_name, "size": size, "config": STAGES[stage_name][0], "batch": batch,
         "params": n_params, "step_s": timing["median_s"], "step_min_s": timing["min_s"],
@@ -257,8 +274,17 @@ def measure(stage_name: str, size: str, cfg: ml_collections.ConfigDict, batch: i
         "xla_flops_per_step": xla_flops or None, "bytes_per_step": bytes_accessed or None,
         "flops_per_byte": flops / bytes_accessed if flops and bytes_accessed else None,
         "achieved_flops_per_s": achieved, "compile_s": compile_s,
-        "repeats": timing["repeats"], "overrides": list(overrides),
+        "repeats": timing["repeats"], "overrides": list(overrides), **breakdown,
     }
+
+
+def print_matmuls(row: dict[str, Any], peak: float) -> None:
+    """The matmul-time lines of a row measured with ``matmuls``."""
+    print(f"  matmuls alone: {row['matmul_s'] * 1e3:.1f} ms = {row['matmul_share']:.2f} of "
+          f"the step ({row['distinct_matmuls']} distinct); the costliest:", flush=True)
+    for op in row["top_matmuls"]:
+        print(f"    {op['total_s'] * 1e3:8.1f} ms  {op['count']:3d} x {op['op']}  at "
+              f"{op['flops_per_s'] / peak:.2f} of peak  ({op['where']})", flush=True)
 
 
 # ---------------------------------------------------------------------------------- CLI
@@ -301,6 +327,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="size of the square fp32 matmul whose FLOP/s is the peak")
     p.add_argument("--quick", action="store_true",
                    help="tiny only, batch 4, 1 repeat, a small peak matmul (CI smoke run)")
+    p.add_argument("--matmuls", action="store_true",
+                   help="also time each distinct matmul of the step alone: the step's "
+                        "matmul time and its share of the step, the costliest shapes")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="also write a jax.profiler trace of one step per row into DIR")
     _machine.add_output_arguments(p, __file__)
@@ -332,12 +361,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for stage, size, cfg in plan:
         batch, repeats = _machine.row_plan(args, stage, size, DEFAULT_BATCH, 4, (2, 5))
-        row = measure(stage, size, cfg, batch, repeats, args.overrides, args.profile)
+        row = measure(stage, size, cfg, batch, repeats, args.overrides, args.profile,
+                      args.matmuls)
         if row["achieved_flops_per_s"]:
             row["fraction_of_peak"] = row["achieved_flops_per_s"] / peak["flops_per_s"]
         rows.append(row)
         print(f"  {row['step_s'] * 1e3:.1f} ms/step, compile {row['compile_s']:.1f} s",
               flush=True)
+        if args.matmuls:
+            print_matmuls(row, peak["flops_per_s"])
     _machine.print_table(rows, COLUMNS, title="\ntrain step (fp32 unless --set says "
                          "otherwise; random weights, synthetic batches)",
                          markdown=args.markdown)

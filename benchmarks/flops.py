@@ -58,27 +58,46 @@ def _sub_jaxprs(value: Any) -> list[Any]:
     return []
 
 
-def _count_jaxpr(jaxpr: Any) -> int:
-    total = 0
+#: the primitives counted: matmuls and convolutions
+MATMUL_PRIMITIVES = ("dot_general", "conv_general_dilated")
+
+
+def matmul_flops(eqn: Any) -> int:
+    """FLOPs of one ``dot_general`` or ``conv_general_dilated`` equation, from its shapes."""
+    return _dot_flops(eqn) if eqn.primitive.name == "dot_general" else _conv_flops(eqn)
+
+
+def walk(jaxpr: Any, visit: Callable[[Any, int], None], times: int = 1) -> None:
+    """Calls ``visit(eqn, n)`` for every matmul and convolution of ``jaxpr``, ``n`` being how
+    often one call runs it: a ``scan`` body ``length`` times, a ``cond``'s costliest branch,
+    pjit / remat / custom-derivative bodies once."""
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
-        if name == "dot_general":
-            total += _dot_flops(eqn)
-        elif name == "conv_general_dilated":
-            total += _conv_flops(eqn)
+        if name in MATMUL_PRIMITIVES:
+            visit(eqn, times)
         elif name == "scan":
-            total += int(eqn.params["length"]) * _count_jaxpr(eqn.params["jaxpr"].jaxpr)
+            walk(eqn.params["jaxpr"].jaxpr, visit, times * int(eqn.params["length"]))
         elif name == "cond":
-            total += max(_count_jaxpr(b.jaxpr) for b in eqn.params["branches"])
+            costliest = max(eqn.params["branches"], key=lambda b: _count_jaxpr(b.jaxpr))
+            walk(costliest.jaxpr, visit, times)
         elif name == "while":
-            inner = _count_jaxpr(eqn.params["body_jaxpr"].jaxpr)
-            if inner:
+            if _count_jaxpr(eqn.params["body_jaxpr"].jaxpr):
                 raise ValueError("a while loop with matmuls in its body: its trip count is not "
                                  "static, so its FLOPs cannot be counted")
         else:  # pjit, remat, custom_jvp / custom_vjp calls, shard_map...: their bodies, once
             for value in eqn.params.values():
                 for sub in _sub_jaxprs(value):
-                    total += _count_jaxpr(sub)
+                    walk(sub, visit, times)
+
+
+def _count_jaxpr(jaxpr: Any) -> int:
+    total = 0
+
+    def add(eqn: Any, times: int) -> None:
+        nonlocal total
+        total += times * matmul_flops(eqn)
+
+    walk(jaxpr, add)
     return total
 
 

@@ -152,7 +152,8 @@ def _line(row: dict[str, Any], columns: Sequence[str]) -> str:
 # ------------------------------------------------------------------------------ one row
 def measure_train(variant: str, size: str, batch: int, repeats: int, dense_config: str,
                   extra: Sequence[str], measured_peak: float | None,
-                  nominal: float | None, stage: str = "encdec") -> dict[str, Any]:
+                  nominal: float | None, stage: str = "encdec", matmuls: bool = False
+                  ) -> dict[str, Any]:
     """One train-step row, in this process."""
     cfg = bench_train_step.load_stage_config(stage, size, dense_config)
     overrides, missing = variant_overrides(cfg, variant)
@@ -161,7 +162,8 @@ def measure_train(variant: str, size: str, batch: int, repeats: int, dense_confi
                 "skipped": f"config lacks {missing}"}
     overrides += list(extra)
     config_lib.apply_overrides(cfg, overrides)
-    row = bench_train_step.measure(stage, size, cfg, batch, repeats, overrides)
+    row = bench_train_step.measure(stage, size, cfg, batch, repeats, overrides,
+                                   matmuls=matmuls)
     row["variant"] = variant
     flops_s = row["achieved_flops_per_s"]
     row["mfu_nominal"] = flops_s / nominal if flops_s and nominal else None
@@ -235,6 +237,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=errors.positive_int, default=None,
                    help="timed steps / sampling calls after warm-up (default 5; 1 with --smoke)")
     p.add_argument("--no-sampling", action="store_true", help="only the train steps")
+    p.add_argument("--matmuls", action="store_true",
+                   help="also time each distinct matmul of a train step alone (matmuls.py): "
+                        "the step's matmul time and its costliest shapes (costs a few "
+                        "seconds of compiles per row)")
     p.add_argument("--row-limit", type=float, default=None, metavar="S",
                    help="seconds one row may take, compile included (default 180; 90 with "
                         "--smoke)")
@@ -281,7 +287,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "sample_batch": sample_batch, "repeats": repeats, "row_limit_s": limit,
                      "budget_s": args.budget, "cache_dir": args.cache_dir,
                      "dense_config": args.dense_config, "variants": list(args.variants),
-                     "stages": list(args.stages),
+                     "stages": list(args.stages), "matmuls": args.matmuls,
                      "overrides": list(args.overrides)}}
 
     def measure(job: dict[str, Any]) -> dict[str, Any]:
@@ -303,13 +309,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row = measure({"kind": "train", "variant": variant, "size": size, "stage": stage,
                            "batch": batch, "repeats": repeats,
                            "dense_config": args.dense_config, "extra": list(args.overrides),
-                           "measured_peak": measured, "nominal": nominal})
+                           "measured_peak": measured, "nominal": nominal,
+                           "matmuls": args.matmuls})
             row = {"variant": variant, "stage": stage, "size": size, **row}
             table["train"].append(row)
             if shown != "train":
                 print(f"\nUViM train steps (stage 2 encdec, stage 1 vit_vae; batch {batch}):")
                 print(_header(TRAIN_COLUMNS))
             print(_line(row, TRAIN_COLUMNS), flush=True)
+            if row.get("top_matmuls") and measured:
+                bench_train_step.print_matmuls(row, measured)  # against the bf16 matmul
         else:
             row = measure({"kind": "sampling", "size": sample_size, "batch": sample_batch,
                            "repeats": repeats, "dense_config": args.dense_config,

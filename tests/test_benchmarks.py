@@ -21,6 +21,7 @@ import bench_sampling  # noqa: E402
 import bench_train_step  # noqa: E402
 import flops  # noqa: E402
 import gpu_suite  # noqa: E402
+import matmuls  # noqa: E402
 
 from uvim_givt.errors import ConfigError  # noqa: E402
 
@@ -92,6 +93,34 @@ def test_model_flops_match_xla_on_the_cpu():
     assert 0.95 * xla <= ours <= xla, (ours, xla)
 
 
+def test_matmul_time_of_a_step():
+    """``matmuls.collect`` finds each distinct matmul once with how often it runs (a scan's
+    body once per step, the gradient's products too), their FLOPs add up to flops.count's,
+    and the matmul time is the sum of count x the standalone time of each."""
+    w = jax.ShapeDtypeStruct((16, 16), jnp.float32)
+    x = jax.ShapeDtypeStruct((8, 16), jnp.float32)
+    v = jax.ShapeDtypeStruct((16, 4), jnp.float32)
+
+    def loss(w, x, v):
+        y = jax.lax.scan(lambda c, _: (jnp.tanh(c @ w), None), x, None, length=5)[0]
+        return jnp.sum(y @ v)
+
+    (forward,) = [o for o in matmuls.collect(loss, w, x, v) if o.count == 5]
+    assert forward.flops == 2 * 8 * 16 * 16 and "[8,16] x [16,16]" in forward.shapes
+    grad = jax.grad(loss, argnums=(0, 2))
+    ops = matmuls.collect(grad, w, x, v)
+    assert sum(o.count * o.flops for o in ops) == flops.count(grad, w, x, v)
+    # 5 forward products, 5 + 5 in the backward (the input's and the weight's gradients),
+    # the head's forward one and its two gradients
+    assert sum(o.count for o in ops) == 3 * 5 + 3
+    assert any(o.where.startswith("grad") for o in ops)
+    total = matmuls.time_all(ops, repeats=2)
+    assert all(o.seconds > 0 for o in ops)
+    assert total == pytest.approx(sum(o.count * o.seconds for o in ops))
+    top = matmuls.summary(ops, top=2)
+    assert len(top) == 2 and top[0]["total_s"] >= top[1]["total_s"]
+
+
 def test_overrides_reach_every_config_that_has_the_key():
     vit = bench_train_step.load_stage_config("vit_vae", "tiny", "configs/panoptic.py")
     cnn = bench_train_step.load_stage_config("cnn_vae", "tiny", "configs/panoptic.py")
@@ -106,7 +135,8 @@ def test_train_step_quick(tmp_path):
     path = tmp_path / "train.json"
     # One decoder layer: the scripts' code paths at a fraction of the compile time.
     assert bench_train_step.main(["--quick", "--stages", "givt_causal", "--json", str(path),
-                                  "--set", "givt.model.num_decoder_layers=1"]) == 0
+                                  "--set", "givt.model.num_decoder_layers=1",
+                                  "--matmuls"]) == 0
     out = _read(path)
     assert out["peak"]["flops_per_s"] > 0
     (row,) = out["rows"]
@@ -116,6 +146,8 @@ def test_train_step_quick(tmp_path):
                 "achieved_flops_per_s", "fraction_of_peak", "compile_s"):
         assert row[key] > 0, key
     assert row["examples_per_s"] == pytest.approx(4 / row["step_s"])
+    assert row["matmul_share"] == pytest.approx(row["matmul_s"] / row["step_s"])
+    assert row["distinct_matmuls"] >= 5 and len(row["top_matmuls"]) == 5
 
 
 def test_sampling_quick(tmp_path):
@@ -146,7 +178,7 @@ def test_gpu_suite_smoke(tmp_path):
     path, cache = tmp_path / "gpu.json", tmp_path / "cache"
     assert gpu_suite.main(["--smoke", "--variants", "bf16_fused", "--no-sampling",
                            "--json", str(path), "--cache-dir", str(cache),
-                           "--set", "givt.model.num_layers=1"]) == 0
+                           "--set", "givt.model.num_layers=1", "--matmuls"]) == 0
     out = _read(path)
     assert out["peak"]["measured_bf16"]["flops_per_s"] > 0
     assert [(r["stage"], r["variant"]) for r in out["train"]] == [
@@ -155,6 +187,7 @@ def test_gpu_suite_smoke(tmp_path):
         assert row["step_s"] > 0 and row["mfu_measured"] > 0 and row["flops_per_step"] > 0
         assert {"givt.model.dtype=bfloat16", "vae.model.dtype=bfloat16"} <= \
             set(row["overrides"])
+        assert 0 < row["matmul_s"] and row["top_matmuls"][0]["count"] >= 1
     assert any(cache.iterdir())
     assert gpu_suite.main(["--smoke", "--variants", "fp32", "--stages", "encdec",
                            "--no-sampling", "--row-limit", "0.5", "--json", str(path),
