@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
+import _machine
 import flops as flops_lib
 import jax
 import jax.numpy as jnp
@@ -96,13 +95,8 @@ def time_op(op: Op, repeats: int = 5, seed: int = 0) -> float:
     args = [jnp.asarray(rng.standard_normal(v.aval.shape), v.aval.dtype) for v in op.eqn.invars]
     params = dict(op.eqn.params)
     fn = jax.jit(lambda *a: op.eqn.primitive.bind(*a, **params))
-    jax.block_until_ready(fn(*args))  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    # the warm-up call compiles
+    return _machine.time_repeats(lambda: jax.block_until_ready(fn(*args)), repeats)["median_s"]
 
 
 def time_all(ops: list[Op], repeats: int = 5) -> float:
