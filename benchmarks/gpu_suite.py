@@ -3,7 +3,8 @@
 1. The UViM train steps of both stages: stage 2 (``encdec``: the dense task's
    encoder-decoder GIVT: ViT image encoder, causal decoder, GMM head, the frozen stage-1 ViT
    VAE encoder inside the step) and stage 1 (``vit_vae``: the ViT VAE over label maps, its
-   layers scanned with remat as published) in three variants, the bf16 ones first:
+   layers scanned with remat at paper size as published, unrolled at base) in three
+   variants, the bf16 ones first:
 
    * ``bf16_fused``: ``dtype=bfloat16``, ``jax.nn.dot_product_attention`` (cuDNN's fused
      kernel where XLA picks it);
@@ -239,11 +240,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-sampling", action="store_true", help="only the train steps")
     p.add_argument("--matmuls", action="store_true",
                    help="also time each distinct matmul of a train step alone (matmuls.py): "
-                        "the step's matmul time and its costliest shapes (costs a few "
-                        "seconds of compiles per row)")
+                        "the step's matmul time and its costliest shapes (compiles per "
+                        "distinct matmul: the row limit doubles)")
     p.add_argument("--row-limit", type=float, default=None, metavar="S",
                    help="seconds one row may take, compile included (default 180; 90 with "
-                        "--smoke)")
+                        "--smoke; twice that with --matmuls)")
     p.add_argument("--budget", type=float, default=540.0, metavar="S",
                    help="no row starts after this many seconds (default 540: one 10-minute "
                         "device call with room to copy the results back)")
@@ -268,7 +269,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     batch = args.batch or (2 if smoke else 16)
     sample_batch = args.sample_batch or (1 if smoke else 8)
     repeats = args.repeats or (1 if smoke else 5)
-    limit = args.row_limit or (90.0 if smoke else 180.0)
+    # --matmuls compiles and times every distinct matmul in the row's process too
+    limit = args.row_limit or (90.0 if smoke else 180.0) * (2 if args.matmuls else 1)
     use_compile_cache(args.cache_dir)
     machine = _machine.describe_machine()
     print(_machine.machine_line(machine), flush=True)
@@ -314,7 +316,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row = {"variant": variant, "stage": stage, "size": size, **row}
             table["train"].append(row)
             if shown != "train":
-                print(f"\nUViM train steps (stage 2 encdec, stage 1 vit_vae; batch {batch}):")
+                names = {"encdec": "stage 2 encdec", "vit_vae": "stage 1 vit_vae"}
+                print(f"\nUViM train steps ({', '.join(names[s] for s in args.stages)}; "
+                      f"batch {batch}):")
                 print(_header(TRAIN_COLUMNS))
             print(_line(row, TRAIN_COLUMNS), flush=True)
             if row.get("top_matmuls") and measured:

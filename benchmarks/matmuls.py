@@ -15,8 +15,13 @@ take if it did nothing but its matmuls, each at the speed the device gives that 
 Operations are found by :func:`flops.walk`, as :mod:`flops` counts them (a scanned body
 ``length`` times, a ``cond``'s costliest branch, remat's recomputation included) and
 grouped by primitive, operand shapes and dtypes and parameters; each group is compiled and
-timed once (median of ``repeats`` calls on random operands). Used by
-``bench_train_step.py --matmuls``.
+timed once (median of ``repeats`` calls on random operands, less a jitted call's dispatch
+overhead). Used by ``bench_train_step.py --matmuls`` and ``gpu_suite.py --matmuls``.
+
+Only ``dot_general`` and convolutions are seen: a step whose attention runs as one opaque
+kernel (cuDNN's fused attention, bf16 on a GPU, ``uvim_givt.models.common.fused_attention``)
+has its attention in "the rest of the step"; the reference attention (``--set
+*.model.attention=reference``) shows attention's products as matmuls.
 """
 
 from __future__ import annotations
@@ -47,8 +52,15 @@ class Op:
 
     @property
     def shapes(self) -> str:
+        """Primitive, operand shapes and dtypes, and a matmul's contracted axes (forward and
+        backward products of the same shapes differ there)."""
         ins = " x ".join("[" + ",".join(map(str, v.aval.shape)) + "]" for v in self.eqn.invars)
-        return f"{self.eqn.primitive.name} {ins} {self.eqn.invars[0].aval.dtype}"
+        dtypes = "/".join(sorted({str(v.aval.dtype) for v in self.eqn.invars}))
+        text = f"{self.eqn.primitive.name} {ins} {dtypes}"
+        if self.eqn.primitive.name == "dot_general":
+            (lhs, rhs), _ = self.eqn.params["dimension_numbers"]
+            text += f" contracting {tuple(lhs)}x{tuple(rhs)}"
+        return text
 
     @property
     def total_s(self) -> float | None:
@@ -90,13 +102,20 @@ def collect(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Op]:
 
 
 def time_op(op: Op, repeats: int = 5, seed: int = 0) -> float:
-    """Median seconds of one call of ``op`` alone (compiled once, random operands)."""
+    """Median seconds of one call of ``op`` alone (compiled once, random operands), less
+    the dispatch overhead of a jitted call on the same operands that computes nothing (a
+    step runs its matmuls inside one program, without a dispatch each)."""
     rng = np.random.default_rng(seed)
     args = [jnp.asarray(rng.standard_normal(v.aval.shape), v.aval.dtype) for v in op.eqn.invars]
     params = dict(op.eqn.params)
     fn = jax.jit(lambda *a: op.eqn.primitive.bind(*a, **params))
-    # the warm-up call compiles
-    return _machine.time_repeats(lambda: jax.block_until_ready(fn(*args)), repeats)["median_s"]
+    empty = jax.jit(lambda *a: a[0].reshape(-1)[:1])
+
+    def median(f: Callable[..., Any]) -> float:  # the warm-up call compiles
+        return _machine.time_repeats(lambda: jax.block_until_ready(f(*args)),
+                                     repeats)["median_s"]
+
+    return max(median(fn) - median(empty), 0.0)
 
 
 def time_all(ops: list[Op], repeats: int = 5) -> float:
