@@ -76,8 +76,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "bf16": ("dtype=bfloat16", "attention=reference"),
     "fp32": ("dtype=float32", "attention=reference"),
 }
-#: the train steps measured (bench_train_step's stage names): stage 2, then stage 1
-TRAIN_STAGES = ("encdec", "vit_vae")
+#: the train steps measured (bench_train_step's stage names -> what they are), in order
+TRAIN_STAGES = {"encdec": "stage 2 encdec", "vit_vae": "stage 1 vit_vae"}
 TRAIN_COLUMNS = ("variant", "stage", "size", "batch", "step_s", "examples_per_s", "flops_per_step",
                  "achieved_flops_per_s", "mfu_nominal", "mfu_measured", "compile_s")
 SAMPLING_COLUMNS = ("mode", "size", "batch", "seq_len", "sample_s", "codes_per_s",
@@ -105,7 +105,7 @@ def variant_overrides(cfg: Any, variant: str) -> tuple[list[str], list[str]]:
 
 
 def plan_rows(variants: Sequence[str], sizes: Sequence[str],
-              stages: Sequence[str] = TRAIN_STAGES, sampling: bool = True
+              stages: Sequence[str] = tuple(TRAIN_STAGES), sampling: bool = True
               ) -> list[tuple[str, ...]]:
     """The rows in the order they run: ("train", variant, size, stage) and ("sampling",).
 
@@ -225,7 +225,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="tiny preset, batch 2, 1 repeat, small matmuls (checks it runs)")
     p.add_argument("--variants", type=bench_train_step._csv(tuple(VARIANTS)),
                    default=list(VARIANTS), help=f"from {list(VARIANTS)} (default all)")
-    p.add_argument("--stages", type=bench_train_step._csv(TRAIN_STAGES),
+    p.add_argument("--stages", type=bench_train_step._csv(tuple(TRAIN_STAGES)),
                    default=list(TRAIN_STAGES), help=f"train steps, from {list(TRAIN_STAGES)} "
                    "(stage 2, stage 1; default both)")
     p.add_argument("--sizes", type=bench_train_step._csv(("tiny", "base", "paper")),
@@ -316,8 +316,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row = {"variant": variant, "stage": stage, "size": size, **row}
             table["train"].append(row)
             if shown != "train":
-                names = {"encdec": "stage 2 encdec", "vit_vae": "stage 1 vit_vae"}
-                print(f"\nUViM train steps ({', '.join(names[s] for s in args.stages)}; "
+                print(f"\nUViM train steps ({', '.join(TRAIN_STAGES[s] for s in args.stages)}; "
                       f"batch {batch}):")
                 print(_header(TRAIN_COLUMNS))
             print(_line(row, TRAIN_COLUMNS), flush=True)

@@ -198,16 +198,15 @@ def givt_encdec_model(size: str, out_dim: int, seq_len: int, input_size) -> dict
     common = dict(num_labels=None, seq_len=seq_len, out_dim=out_dim, num_mixtures=1,
                   head_kind="per_channel", style="ar", input_size=tuple(input_size),
                   fix_square_plus=True, scale_tol=1e-6, stem=(), stem_strides=(),
-                  encoder_skip=False,
-                  **model_precision())
+                  encoder_skip=False, **layer_stack(False), **model_precision())
     if size == "paper":
         return dict(common, emb_dim=1024, num_heads=16, mlp_dim=4096, num_layers=24,
                     num_decoder_layers=24, patches=(16, 16), enc_dropout_rate=0.0,
-                    dec_dropout_rate=0.0, **layer_stack(False))
+                    dec_dropout_rate=0.0)
     if size == "base":
         return dict(common, emb_dim=384, num_heads=6, mlp_dim=1536, num_layers=6,
                     num_decoder_layers=6, patches=(8, 8), enc_dropout_rate=0.0,
-                    dec_dropout_rate=0.1, **layer_stack(False))
+                    dec_dropout_rate=0.1)
     # Tiny: a conv stem does most of the image encoding: 3x3 convs of 16, 16, 32, 32
     # channels at strides 1, 2, 2, 1 (the first at the full 64 px, which tells the small
     # shapes apart), a 2x2 patch embedding onto the 8x8 code grid, then one transformer
@@ -218,7 +217,7 @@ def givt_encdec_model(size: str, out_dim: int, seq_len: int, input_size) -> dict
     # code grid is the encoder's grid).
     return dict(common, emb_dim=96, num_heads=4, mlp_dim=384, num_layers=1,
                 num_decoder_layers=1, patches=(8, 8), enc_dropout_rate=0.0,
-                dec_dropout_rate=0.0, **layer_stack(False), stem=(16, 16, 32, 32),
+                dec_dropout_rate=0.0, stem=(16, 16, 32, 32),
                 stem_strides=(1, 2, 2, 1), encoder_skip=True)
 
 

@@ -27,7 +27,6 @@ CONFIGS = Path(__file__).parent.parent / "configs"
 SDS = jax.ShapeDtypeStruct
 
 
-
 # The tiny encoder without its conv stem, the published plain patch embedding (a big_vision
 # ViT .npz has none).
 NO_STEM = ["givt.model.stem=()", "givt.model.stem_strides=()"]
