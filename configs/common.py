@@ -405,6 +405,7 @@ def dense_vtt_group(size: str, vq: dict, train: ml_collections.ConfigDict) -> di
         train=train,
         posterior="mean",  # code ids are deterministic (a GIVT's key, unused)
         input_noise=0.0,
+        label_smoothing=0.0,  # the VTT's plain cross-entropy, as published
         sampling=sampling_group(temperature=1e-7, beam_size=1, fan_size=1),
         init_encoder="howto-i21k-L/16" if size == "paper" else "",
         adaptor=adaptor_group(1),  # off: code ids are modelled as they are
@@ -424,6 +425,7 @@ def dense_givt_group(size: str, vae: dict, train: ml_collections.ConfigDict,
         train=train,
         posterior="sample",  # stage-1 codes for training: sample of q(z|x) ("mean" = its mean)
         input_noise=input_noise,
+        label_smoothing=0.0,  # code ids only (givt.kind vtt / discrete); a GMM has no labels
         sampling=sampling,
         # The stage-2 image encoder's start: "" or "none" = from scratch, a .npz of a
         # big_vision ViT, or a published checkpoint's name, which training asks the user to

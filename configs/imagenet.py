@@ -221,6 +221,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         model=givt,
         posterior="sample",  # stage-2 targets: a sample of q(z|x) ("mean" = its mean)
         input_noise=0.0,     # std of noise on the teacher-forcing inputs (0 = published)
+        label_smoothing=0.0,  # of code ids (tokens=vq); a Gaussian mixture has no labels
         init_encoder="",     # decoder-only: no image encoder to initialise
         # invertible adaptor (published: off unless adaptor=True; 512px large: 8 x out_dim
         # bottleneck channels on the (1, 2)-shuffled grid)
@@ -289,6 +290,8 @@ def discrete_tokens(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) 
     c.givt.model = discrete_model(c.givt.model.to_dict(), vq["dict_size"])
     if paper:  # the published samplers of the VQ models (MaskGIT; VQGAN's transformer)
         masked = a.style == "masked"
+        # MaskGIT trains with label smoothing 0.1; VQGAN's transformer with none
+        c.givt.label_smoothing = 0.1 if masked else 0.0
         c.givt.sampling.update(temperature=1.0, cfg_weight=0.0,
                                num_steps=8 if masked else 16,
                                choice_temperature=4.5 if masked else 35.0)

@@ -190,10 +190,10 @@ def test_a_run_directory_of_an_older_format_fails_with_what_changed(tmp_path):
     os.makedirs(tmp_path / "old")
     (tmp_path / "old" / "config.json").write_text(json.dumps(config_lib.to_dict(cfg)))
     with pytest.raises(UserError, match=r"older uvim_givt \(run format 1, this version reads "
-                                        r"5\)\. What changed: format 2: givt\.sampling.*; "
+                                        r"6\)\. What changed: format 2: givt\.sampling.*; "
                                         r"format 3: every evaluator.*; format 4: the train "
                                         r"groups have grad_accum.*; format 5: stage 2 has a "
-                                        r"kind"):
+                                        r"kind.*; format 6: stage 2 has label_smoothing"):
         load_run(str(tmp_path / "old"))
     config_lib.save_config(cfg, str(tmp_path / "new"))
     assert config_lib.to_dict(config_lib.load_saved_config(str(tmp_path / "new"))) \
@@ -201,23 +201,23 @@ def test_a_run_directory_of_an_older_format_fails_with_what_changed(tmp_path):
 
 
 def test_a_format_3_run_resumes_with_the_keys_it_ran_without(tmp_path):
-    """Formats 4 and 5 only added keys whose values reproduce what format 3 did (grad_accum
-    1, cached_codes off, a GIVT stage 2): a format-3 run reads with them and resumes under
-    today's config, also on another machine layout (FSDP, micro-batches); another recipe
-    is still refused."""
+    """Formats 4 to 6 only added keys whose values reproduce what format 3 did (grad_accum
+    1, cached_codes off, a GIVT stage 2, no label smoothing): a format-3 run reads with them
+    and resumes under today's config, also on another machine layout (FSDP, micro-batches);
+    another recipe is still refused."""
     from uvim_givt.rundir import start_run
     cfg = config_lib.load_config("configs/panoptic.py")
     old = config_lib.to_dict(cfg)
     for stage in ("vae", "givt"):
         del old[stage]["train"]["grad_accum"], old[stage]["train"]["cached_codes"]
-    del old["givt"]["kind"]
+    del old["givt"]["kind"], old["givt"]["label_smoothing"]
     run = tmp_path / "run"
     os.makedirs(run)
     (run / "config.json").write_text(json.dumps({**old, config_lib.FORMAT_KEY: 3}))
     saved = config_lib.load_saved_config(str(run))
     assert config_lib.to_dict(saved) == config_lib.to_dict(cfg)
     assert saved.givt.train.grad_accum == 1 and saved.vae.train.cached_codes is False
-    assert saved.givt.kind == "givt"
+    assert saved.givt.kind == "givt" and saved.givt.label_smoothing == 0.0
     start_run(str(run), cfg)  # resumes
     moved = config_lib.load_config("configs/panoptic.py", [
         "vae.train.fsdp=True", "givt.train.grad_accum=4", "givt.train.cached_codes=True"])

@@ -24,7 +24,13 @@ CASES = {  # stage kind -> (task config, overrides): image- and class-conditiona
     "givt_ar": ("panoptic", []),
     "cnn": ("imagenet", []),
     "givt_masked": ("imagenet", ["givt.model.style='masked'", "givt.adaptor.enabled=True"]),
+    # over code ids, with MaskGIT's label smoothing: the original UViM's VTT, and a MaskGIT
+    "vtt": ("panoptic_vq", ["givt.label_smoothing=0.1"]),
+    "discrete": ("imagenet_vq", ["givt.model.style='masked'", "givt.label_smoothing=0.1"]),
 }
+CONFIGS = {"panoptic_vq": "panoptic.py:tokens=vq", "imagenet_vq": "imagenet.py:tokens=vq"}
+DETERMINISTIC["panoptic_vq"] = []  # code ids are deterministic; the tiny VTT has no dropout
+DETERMINISTIC["imagenet_vq"] = DETERMINISTIC["imagenet"][2:]
 
 
 # Narrow models: what is checked (which loss, which randomness) does not depend on the width,
@@ -36,12 +42,18 @@ SMALL = {
     "imagenet": ["vae.model.filters=8", "vae.model.num_groups=4", "givt.model.emb_dim=32",
                  "givt.model.mlp_dim=64", "givt.model.num_heads=2",
                  "givt.model.num_decoder_layers=1", "givt.model.num_mixtures=2"],
+    "panoptic_vq": ["vae.model.width=32", "vae.model.mlp_dim=64", "vae.model.depth=1",
+                    "vae.model.decoder_depth=1", "givt.model.emb_dim=32",
+                    "givt.model.mlp_dim=64", "givt.model.num_layers=1"],
+    "imagenet_vq": ["vae.model.filters=8", "vae.model.num_groups=4", "givt.model.emb_dim=32",
+                    "givt.model.mlp_dim=64", "givt.model.num_heads=2",
+                    "givt.model.num_decoder_layers=1"],
 }
 
 
 def _cfg(task: str, extra: list[str]):
-    return config_lib.load_config(f"configs/{task}.py", SMALL[task] + DETERMINISTIC[task]
-                                  + extra)
+    return config_lib.load_config(f"configs/{CONFIGS.get(task, task + '.py')}",
+                                  SMALL[task] + DETERMINISTIC[task] + extra)
 
 
 def _batch(cfg, kind, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -67,6 +79,15 @@ def _init(kind, seed: int):
         for x, k in zip(leaves, keys, strict=True)])
 
 
+def _frozen(cfg):
+    """Stage 1's variables as stage 2 reads them (a VQ-VAE's: parameters and dictionary)."""
+    vae = stages.stage_of(cfg, "vae")
+    params = vae.vae_params(_init(vae, 2))
+    if hasattr(vae, "init_state"):
+        return {"params": params, "state": vae.init_state(jax.random.PRNGKey(3))}
+    return params
+
+
 class _NoData:
     name = "none"
 
@@ -85,7 +106,7 @@ def test_heldout_loss_is_the_training_loss_at_the_same_rng(case):
     params = _init(kind, 1)
     frozen = None
     if stage == "givt":
-        frozen = stages.stage_of(cfg, "vae").vae_params(_init(stages.stage_of(cfg, "vae"), 2))
+        frozen = _frozen(cfg)
     batch = _batch(cfg, kind, rng)
     # What the trainer differentiates (runner's Stage.loss_fn), at the held-out key.
     if stage == "vae":
@@ -99,6 +120,8 @@ def test_heldout_loss_is_the_training_loss_at_the_same_rng(case):
     held_params = params if stage == "givt" else kind.stage_params(kind.vae_params(params))
     heldout = heldout_loss_fn(kind)(held_params, batch, frozen)
     parts, weights = split_weights(parts)  # a masked model's weights: training only
+    if "givt.label_smoothing=0.1" in CASES[case][1]:  # the loss is the smoothed one
+        assert float(loss) == float(parts["xent_smoothed"]) != float(parts["nll_per_token"])
     assert set(weights) <= {"loss", *parts} and set(parts) <= set(heldout)
     np.testing.assert_allclose(float(heldout["loss"]), float(loss), rtol=2e-5, atol=1e-6)
     for name, value in parts.items():
@@ -106,7 +129,7 @@ def test_heldout_loss_is_the_training_loss_at_the_same_rng(case):
                                    err_msg=name)
     # The training loss is a real function of the rng (a posterior sample or a mask), so
     # the equality above is not one of constants.
-    if stage == "vae" or "masked" in case:
+    if stage == "vae" or case in ("givt_masked", "discrete"):
         other, _ = jax.jit(lambda p, b, k, f: kind.loss(p, b, k, True, f))(
             params, batch, jax.random.PRNGKey(7), frozen)
         assert abs(float(other) - float(loss)) > 1e-7

@@ -9,13 +9,14 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs.imagenet import get_config
 from tasks import imagenet as I  # noqa: E741
 from uvim_givt.config import load_config
 from uvim_givt.errors import ConfigError
-from uvim_givt.models.categorical import CategoricalHead, guided_logits
+from uvim_givt.models.categorical import CategoricalHead, guided_logits, smoothed_xent
 from uvim_givt.models.givt import GIVT
 from uvim_givt.models.vqgan import CNNVQ, VectorQuantizer, entropy_loss
 from uvim_givt.sampling import sample_autoregressive, sample_maskgit
@@ -156,6 +157,58 @@ def test_discrete_loss_is_the_cross_entropy_of_the_ids():
     assert float(parts["nll_per_dim"]) == float(parts["nll"])  # one id per token
 
 
+def test_smoothed_xent_is_the_cross_entropy_of_optax_smoothed_labels():
+    """MaskGIT's label smoothing: optax.smooth_labels' targets; the padding id (the VTT's
+    0) is never a target and gets none of the smoothed mass, masked (the head's -inf) or not
+    (the VTT's training log-softmax)."""
+    logits = 3.0 * jax.random.normal(jax.random.PRNGKey(0), (3, 5, 8))
+    ids = jax.random.randint(jax.random.PRNGKey(1), (3, 5), 1, 8)
+    logp = jax.nn.log_softmax(logits)
+    optax_xent = optax.softmax_cross_entropy(logits, optax.smooth_labels(
+        jax.nn.one_hot(ids, 8), 0.1))
+    np.testing.assert_allclose(smoothed_xent(logp, ids, 0.1), optax_xent, rtol=1e-6)
+    np.testing.assert_allclose(smoothed_xent(logp, ids, 0.0),
+                               -np.take_along_axis(np.asarray(logp), np.asarray(ids)[..., None],
+                                                   -1)[..., 0], rtol=1e-6)
+    # the head masks the padding id: optax's smoothing over the other 7 ids
+    masked = CategoricalHead(8, pad_id=0).smoothed_xent(logits, ids, 0.1)
+    np.testing.assert_allclose(masked, optax.softmax_cross_entropy(
+        logits[..., 1:], optax.smooth_labels(jax.nn.one_hot(ids - 1, 7), 0.1)), rtol=1e-6)
+    # a finite padding log-probability (the VTT's loss): targets 0.9 + 0.1 / 7 and 0.1 / 7
+    target = 0.9 * np.eye(8)[np.asarray(ids)] + 0.1 / 7 * (np.arange(8) != 0)
+    np.testing.assert_allclose(smoothed_xent(logp, ids, 0.1, pad_id=0),
+                               -np.sum(target * np.asarray(logp, np.float64), -1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("style", ["ar", "masked"])
+def test_label_smoothing_changes_the_loss_not_the_reported_nll(style):
+    """With label_smoothing the loss is the smoothed cross-entropy over the same tokens
+    (all of them, or the same random mask), the reported NLL the plain one; a GIVT over
+    real vectors refuses it."""
+    model = _discrete(style)
+    params = _params(model)
+    ids = jax.random.randint(jax.random.PRNGKey(3), (4, 6), 0, 7)
+    labels = jnp.asarray([0, 1, 2, 1])
+    key = jax.random.PRNGKey(5)
+    plain, plain_parts = givt_nll_loss(model, params, ids, key, labels=labels, train=True)
+    loss, parts = givt_nll_loss(model, params, ids, key, labels=labels, train=True,
+                                label_smoothing=0.1)
+    np.testing.assert_allclose(float(parts["nll"]), float(plain), rtol=1e-6)
+    assert float(loss) == float(parts["xent_smoothed"]) and abs(float(loss - plain)) > 1e-3
+    if style == "ar":  # every token, brute force in NumPy
+        logits = np.asarray(model.apply({"params": params}, ids, labels), np.float64)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        target = 0.9 * np.eye(7)[np.asarray(ids)] + 0.1 / 7
+        np.testing.assert_allclose(float(givt_nll_loss(
+            model, params, ids, key, labels=labels, train=False, label_smoothing=0.1)[0]),
+            -np.mean(np.sum(target * logp, -1)), rtol=1e-5)
+    else:  # one ratio over the masked tokens: the same weight as the NLL's
+        assert float(parts["weight/xent_smoothed"]) == float(plain_parts["weight/nll"]) > 0
+    with pytest.raises(ValueError, match="label_smoothing=0.1: only a softmax over code ids"):
+        givt_nll_loss(_discrete(style, vocab=0, out_dim=4), {}, jnp.zeros((4, 6, 4)), key,
+                      labels=labels, label_smoothing=0.1)
+
+
 def test_cached_greedy_decoding_equals_recomputed_argmax():
     """Ancestral sampling at temperature 0 with the KV cache picks, at every position, the
     argmax of a full teacher-forced pass over the ids chosen so far (brute force)."""
@@ -232,6 +285,10 @@ def test_vq_presets_are_the_published_tokenizers():
     masked = get_config("size=paper,tokens=vq,style=masked")
     s = masked.givt.sampling
     assert (s.num_steps, s.choice_temperature, s.cfg_weight, s.temperature) == (8, 4.5, 0, 1)
+    # MaskGIT trains with label smoothing 0.1; VQGAN's transformer and every GIVT with none
+    assert masked.givt.label_smoothing == 0.1
+    for args in ("size=paper,tokens=vq", "size=paper", "tokens=vq,style=masked"):
+        assert get_config(args).givt.label_smoothing == 0.0, args
 
 
 @pytest.mark.parametrize("override, key", [
@@ -256,6 +313,9 @@ def test_impossible_vq_settings_are_refused_by_key(override, key, tmp_path, caps
 def test_discrete_stage_needs_a_tokenizer():
     cfg = load_config("configs/imagenet.py", ["givt.kind=discrete"])
     with pytest.raises(ConfigError, match="vae.kind='cnn' makes real-valued codes"):
+        stages.stage_of(cfg, "givt")
+    cfg = load_config("configs/imagenet.py", ["givt.label_smoothing=0.1"])
+    with pytest.raises(ConfigError, match="givt.label_smoothing=0.1: a Gaussian mixture"):
         stages.stage_of(cfg, "givt")
 
 

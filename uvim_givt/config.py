@@ -192,7 +192,7 @@ def to_dict(cfg: ConfigDict) -> dict[str, Any]:
 #: with what changed, unless every change since is one of :data:`FORMAT_UPGRADES` (one policy:
 #: no silent defaults for keys an old run lacks, except values that reproduce exactly what the
 #: old run did).
-RUN_FORMAT = 5
+RUN_FORMAT = 6
 FORMAT_KEY = "uvim_givt_format"
 FORMAT_CHANGES = {
     2: "givt.sampling holds every sampling setting (cfg_weight, cfg_max_samples, "
@@ -207,6 +207,7 @@ FORMAT_CHANGES = {
        "from precomputed stage-1 codes)",
     5: "stage 2 has a kind (givt.kind: givt, or vtt for the original UViM's discrete "
        "stage 2)",
+    6: "stage 2 has label_smoothing (of code ids; 0 = the plain cross-entropy)",
 }
 
 
@@ -228,8 +229,15 @@ def _format_5(saved: dict[str, Any]) -> None:
         group.setdefault("kind", "givt")
 
 
+def _format_6(saved: dict[str, Any]) -> None:
+    """Format 5 -> 6: every stage 2 before format 6 trained on the plain cross-entropy."""
+    group = saved.get("givt")
+    if isinstance(group, dict):
+        group.setdefault("label_smoothing", 0.0)
+
+
 #: format -> the function that brings a config of the format before it up to it (in place)
-FORMAT_UPGRADES = {4: _format_4, 5: _format_5}
+FORMAT_UPGRADES = {4: _format_4, 5: _format_5, 6: _format_6}
 
 
 def save_config(cfg: ConfigDict, run_dir: str, name: str = "config.json") -> str:

@@ -313,6 +313,7 @@ LIBRARY_RULES: Rules = (
     # -- stage 2
     (r"givt\.posterior", OneOf(("sample", "mean"))),
     (r"givt\.input_noise", NON_NEGATIVE),
+    (r"givt\.label_smoothing", FRACTION_BELOW_1),
     (r"givt\.init_encoder", Text(r"|none|.*\.npz|howto-i21k-[BL]/16",
                                  "empty, none, a .npz file or a published ViT's name "
                                  "(howto-i21k-L/16)", bad="weights.txt")),

@@ -23,6 +23,26 @@ def guided_logits(logits_c: jax.Array, logits_u: jax.Array, w: Any) -> jax.Array
     return (1.0 + w) * logits_c.astype(jnp.float32) - w * logits_u.astype(jnp.float32)
 
 
+def smoothed_xent(logp: jax.Array, tokens: jax.Array, smoothing: float,
+                  pad_id: int | None = None) -> jax.Array:
+    """Cross-entropy [...] of the log-probabilities ``logp`` [..., V] against label-smoothed
+    targets (MaskGIT trains with 0.1): ``1 - smoothing`` on the token plus ``smoothing``
+    spread evenly over the ids, i.e. ``optax.smooth_labels`` of the one-hot target. With
+    ``pad_id`` the padding id, never a target, gets none of it (it is spread over the other
+    V - 1 ids; its ``logp`` may be -inf). ``smoothing`` 0: the NLL of ``tokens``."""
+    picked = jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    if not smoothing:
+        return -picked
+    num_ids = logp.shape[-1]
+    if pad_id is not None:
+        # where, not subtraction: a masked pad's -inf would make the sum nan
+        real = jnp.arange(num_ids) != pad_id
+        spread = jnp.sum(jnp.where(real, logp, 0.0), axis=-1) / (num_ids - 1)
+    else:
+        spread = jnp.mean(logp, axis=-1)
+    return -(1.0 - smoothing) * picked - smoothing * spread
+
+
 class CategoricalHead:
     """A softmax over ``vocab_size`` token ids.
 
@@ -72,6 +92,13 @@ class CategoricalHead:
         logp = jax.nn.log_softmax(self._tempered(logits, temperature), axis=-1)
         picked = jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
         return jnp.where(jnp.asarray(temperature) > 0, picked, 0.0)
+
+    def smoothed_xent(self, logits: jax.Array, tokens: jax.Array, smoothing: float
+                      ) -> jax.Array:
+        """The label-smoothed cross-entropy [...] of ``tokens`` (:func:`smoothed_xent`;
+        ``smoothing`` 0: ``-log_prob``), the padding id excluded from the targets."""
+        logp = jax.nn.log_softmax(self._tempered(logits, 1.0), axis=-1)
+        return smoothed_xent(logp, tokens, smoothing, self.pad_id)
 
     def mean(self, logits: jax.Array) -> jax.Array:
         """The most likely id (the mode; what "teacher-forced means" are for ids)."""

@@ -17,7 +17,7 @@ from uvim_givt.models.givt import GIVT, random_training_mask
 def givt_nll_loss(model: GIVT, params: Any, tokens: jax.Array, key: jax.Array, *,
                   labels: jax.Array | None = None, image: jax.Array | None = None,
                   train: bool = True, input_noise: float = 0.0,
-                  adaptor: InvertibleAdaptor | None = None
+                  adaptor: InvertibleAdaptor | None = None, label_smoothing: float = 0.0
                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean negative log-likelihood per token (nats) of ``tokens`` [B, L, D] (or of code
     ids [B, L], int, for a discrete model, ``vocab_size`` > 0: the softmax cross-entropy,
@@ -43,6 +43,9 @@ def givt_nll_loss(model: GIVT, params: Any, tokens: jax.Array, key: jax.Array, *
     is subtracted: the loss is one ratio over the masked tokens, whose count it reports as
     its weight (``weight/...``, ``training.trainer.WEIGHT_PREFIX``).
 
+    ``label_smoothing`` > 0 (code ids only; MaskGIT's 0.1): the loss is the cross-entropy
+    against label-smoothed targets (``models.categorical.smoothed_xent``), over the same
+    tokens; ``nll`` stays the plain NLL, and the metrics add ``xent_smoothed``.
     """
     logdet = None
     if adaptor is not None:
@@ -52,6 +55,9 @@ def givt_nll_loss(model: GIVT, params: Any, tokens: jax.Array, key: jax.Array, *
         raise ValueError("these GIVT parameters have an adaptor (params_adaptor): pass "
                          "adaptor=builders.build_adaptor(cfg)")
     discrete = jnp.issubdtype(tokens.dtype, jnp.integer)  # ids of a VQ tokenizer
+    if label_smoothing and not discrete:
+        raise ValueError(f"label_smoothing={label_smoothing}: only a softmax over code ids "
+                         "has labels to smooth (these tokens are real-valued)")
     b, s = tokens.shape[:2]
     d = 1 if discrete else tokens.shape[2]
     k_drop, k_mask, k_dropout, k_noise = jax.random.split(key, 4)
@@ -75,16 +81,21 @@ def givt_nll_loss(model: GIVT, params: Any, tokens: jax.Array, key: jax.Array, *
                          method=GIVT.decode, rngs=rngs)
     # float32 whatever the model's compute dtype (the head casts too; explicit here).
     targets = tokens if discrete else tokens.astype(jnp.float32)
-    logp = model.head.log_prob(logits.astype(jnp.float32), targets)  # [B, L]
+    logits = logits.astype(jnp.float32)
+    logp = model.head.log_prob(logits, targets)  # [B, L]
     count = None
     if mask is None:
-        nll = -jnp.mean(logp)
+        def over_tokens(x):
+            return jnp.mean(x)
     else:
         # a ratio over the batch's masked tokens: their count is its weight, so that
         # micro-batches (train.grad_accum) combine as the whole batch would
         w = mask.astype(logp.dtype)
         count = jnp.maximum(jnp.sum(w), 1.0)
-        nll = -jnp.sum(logp * w) / count
+
+        def over_tokens(x):
+            return jnp.sum(x * w) / count
+    nll = over_tokens(-logp)
     parts = {}
     if logdet is not None:
         # log|det| spread over an example's L tokens; a masked model subtracts each masked
@@ -95,7 +106,11 @@ def givt_nll_loss(model: GIVT, params: Any, tokens: jax.Array, key: jax.Array, *
         parts = {"nll_adapted": nll, "adaptor_logdet": jnp.mean(logdet)}
         nll = nll - share
     parts.update(nll=nll, nll_per_dim=nll / d)
+    loss = nll
+    if label_smoothing:
+        loss = parts["xent_smoothed"] = over_tokens(
+            model.head.smoothed_xent(logits, targets, label_smoothing))
     if count is not None:
         parts.update({f"weight/{k}": count for k in ("loss", *parts)
                       if k != "adaptor_logdet"})
-    return nll, parts
+    return loss, parts

@@ -455,6 +455,11 @@ class GIVTStage:
         self.adaptor = builders.build_adaptor(cfg)  # None when off
         self.sample_posterior = cfg.givt.posterior == "sample"
         self.input_noise = float(cfg.givt.input_noise)
+        self.label_smoothing = float(cfg.givt.label_smoothing)
+        if self.label_smoothing and not getattr(self, "discrete", False):
+            raise ConfigError(f"givt.label_smoothing={cfg.givt.label_smoothing}: a Gaussian "
+                              "mixture has no labels to smooth (code ids only: givt.kind="
+                              "'vtt' or 'discrete')")
         # what the GIVT is conditioned on; plus the VAE's input, encoded in the step (the
         # cached-codes route reads CODE_MU / CODE_LOGVAR in its place)
         self.conditioning_inputs = (("image",) if model.has_encoder else ()) + \
@@ -496,22 +501,25 @@ class GIVTStage:
     def loss(self, params: Params, batch: Batch, rng: jax.Array, train: bool,
              frozen: Params = None, input_noise: bool = True
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """The NLL per token of the frozen VAE's codes (or of the cached codes in the batch).
-        ``input_noise=False`` leaves the teacher-forcing inputs clean while ``train`` (the
-        published held-out loss: the training loss, whose recipe has no input noise)."""
+        """The NLL per token of the frozen VAE's codes (or of the cached codes in the batch;
+        over ids with ``givt.label_smoothing``, the smoothed cross-entropy, the NLL still
+        ``nll_per_token``). ``input_noise=False`` leaves the teacher-forcing inputs clean
+        while ``train`` (the published held-out loss: the training loss, whose recipe has
+        no input noise)."""
         if frozen is None and CODE_MU not in batch:
             raise ValueError("the GIVT stage's loss needs the frozen VAE's parameters (or "
                              "cached codes in the batch)")
         k_z, k_loss = jax.random.split(rng)
         z = self.codes(frozen, batch, k_z, train)
         noise = self.input_noise if train and input_noise else 0.0
-        nll, parts = givt_nll_loss(self.model, params, z, k_loss, **self.conditioning(batch),
-                                   train=train, input_noise=noise, adaptor=self.adaptor)
+        loss, parts = givt_nll_loss(self.model, params, z, k_loss, **self.conditioning(batch),
+                                    train=train, input_noise=noise, adaptor=self.adaptor,
+                                    label_smoothing=self.label_smoothing)
         parts = dict(parts)
         parts["nll_per_token"] = parts.pop("nll")
         if "weight/nll" in parts:  # a masked model's weights (training.trainer)
             parts["weight/nll_per_token"] = parts.pop("weight/nll")
-        return nll, parts
+        return loss, parts
 
     # -------------------------------------------------------------- prediction
     def adapt(self, params: Params, z: Any) -> jax.Array:

@@ -13,6 +13,7 @@ import ml_collections
 
 from uvim_givt.errors import ConfigError
 from uvim_givt.models import builders
+from uvim_givt.models.categorical import smoothed_xent
 from uvim_givt.training.stages import Batch, GIVTStage, Params, register, stage_of
 
 
@@ -56,6 +57,7 @@ class VTTStage:
         if problems:
             raise ConfigError("; ".join(problems))
         self.adaptor = None
+        self.label_smoothing = float(cfg.givt.label_smoothing)
         self.conditioning_inputs = ("image",)
         self.inputs = tuple(dict.fromkeys((self.vae.input_key, "image")))
         self.teacher_forced_means = jax.jit(self._teacher_forced_ids)
@@ -77,7 +79,9 @@ class VTTStage:
              frozen: Params = None, input_noise: bool = True
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Mean NLL per token (nats) of the VQ-VAE's code ids, and the teacher-forced
-        accuracy of the most likely id. ``input_noise`` has no meaning for ids."""
+        accuracy of the most likely id; with ``givt.label_smoothing`` the loss is the
+        smoothed cross-entropy (the padding id gets none). ``input_noise`` has no meaning
+        for ids."""
         del input_noise
         if frozen is None:
             raise ValueError("the VTT's loss needs the frozen VQ-VAE's variables")
@@ -85,10 +89,14 @@ class VTTStage:
         logits = self.model.apply({"params": params}, tokens, image=batch["image"],
                                   train=train, rngs={"dropout": rng} if train else {})
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        nll = -jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
-        loss = jnp.mean(nll)
+        nll = jnp.mean(smoothed_xent(logp, tokens, 0.0))
         accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == tokens).astype(jnp.float32))
-        return loss, {"nll_per_token": loss, "accuracy": accuracy}
+        parts = {"nll_per_token": nll, "accuracy": accuracy}
+        if not self.label_smoothing:
+            return nll, parts
+        parts["xent_smoothed"] = jnp.mean(smoothed_xent(logp, tokens, self.label_smoothing,
+                                                        pad_id=0))
+        return parts["xent_smoothed"], parts
 
     # -------------------------------------------------------------- prediction
     def adapt(self, params: Params, z: Any) -> jax.Array:
@@ -173,6 +181,7 @@ class DiscreteStage(GIVTStage):
         self.adaptor = None
         self.sample_posterior = False
         self.input_noise = 0.0
+        self.label_smoothing = float(cfg.givt.label_smoothing)
         self.conditioning_inputs = (("image",) if model.has_encoder else ()) + \
             (("label",) if model.num_labels is not None else ())
         self.inputs = tuple(dict.fromkeys((self.vae.input_key,) + self.conditioning_inputs
