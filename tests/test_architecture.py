@@ -202,7 +202,8 @@ def test_a_run_directory_of_an_older_format_fails_with_what_changed(tmp_path):
 
 def test_a_format_3_run_resumes_with_the_keys_it_ran_without(tmp_path):
     """Formats 4 to 6 only added keys whose values reproduce what format 3 did (grad_accum
-    1, cached_codes off, a GIVT stage 2, no label smoothing): a format-3 run reads with them
+    1, cached_codes off, a GIVT stage 2, no label smoothing, full recomputation in scanned
+    stacks): a format-3 run reads with them
     and resumes under today's config, also on another machine layout (FSDP, micro-batches);
     another recipe is still refused."""
     from uvim_givt.rundir import start_run
@@ -211,6 +212,8 @@ def test_a_format_3_run_resumes_with_the_keys_it_ran_without(tmp_path):
     for stage in ("vae", "givt"):
         del old[stage]["train"]["grad_accum"], old[stage]["train"]["cached_codes"]
     del old["givt"]["kind"], old["givt"]["label_smoothing"]
+    for stage in ("vae", "givt"):
+        del old[stage]["model"]["remat_policy"]
     run = tmp_path / "run"
     os.makedirs(run)
     (run / "config.json").write_text(json.dumps({**old, config_lib.FORMAT_KEY: 3}))
@@ -218,6 +221,7 @@ def test_a_format_3_run_resumes_with_the_keys_it_ran_without(tmp_path):
     assert config_lib.to_dict(saved) == config_lib.to_dict(cfg)
     assert saved.givt.train.grad_accum == 1 and saved.vae.train.cached_codes is False
     assert saved.givt.kind == "givt" and saved.givt.label_smoothing == 0.0
+    assert saved.vae.model.remat_policy == saved.givt.model.remat_policy == "nothing_saveable"
     start_run(str(run), cfg)  # resumes
     moved = config_lib.load_config("configs/panoptic.py", [
         "vae.train.fsdp=True", "givt.train.grad_accum=4", "givt.train.cached_codes=True"])

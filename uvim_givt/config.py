@@ -207,7 +207,8 @@ FORMAT_CHANGES = {
        "from precomputed stage-1 codes)",
     5: "stage 2 has a kind (givt.kind: givt, or vtt for the original UViM's discrete "
        "stage 2)",
-    6: "stage 2 has label_smoothing (of code ids; 0 = the plain cross-entropy)",
+    6: "stage 2 has label_smoothing (of code ids; 0 = the plain cross-entropy), every "
+       "layer stack a remat_policy (beside scan)",
 }
 
 
@@ -230,10 +231,17 @@ def _format_5(saved: dict[str, Any]) -> None:
 
 
 def _format_6(saved: dict[str, Any]) -> None:
-    """Format 5 -> 6: every stage 2 before format 6 trained on the plain cross-entropy."""
+    """Format 5 -> 6: every stage 2 before format 6 trained on the plain cross-entropy, and
+    every scanned layer stack recomputed its layers' forward passes (the models' default
+    before the key existed, big_vision's "nothing_saveable")."""
     group = saved.get("givt")
     if isinstance(group, dict):
         group.setdefault("label_smoothing", 0.0)
+    for stage in ("vae", "givt"):
+        model = saved.get(stage, {}).get("model") if isinstance(saved.get(stage), dict) \
+            else None
+        if isinstance(model, dict) and "scan" in model:
+            model.setdefault("remat_policy", "nothing_saveable")
 
 
 #: format -> the function that brings a config of the format before it up to it (in place)
