@@ -317,8 +317,9 @@ def loss_loop(task: Task, run: Run, spec: Spec, *, source: str, split: str,
     term (``xent`` [and ``xent/<channel>``] for label maps, ``rec`` for images) and ``kl``,
     of a posterior sample drawn from a fixed key, no dropout. ``teacher_forced``: stage 2's
     NLL of the frozen VAE's codes (``evals.<name>.codes``: :data:`HELDOUT_CODES`), in nats
-    per token (``nll_per_token``, also ``loss``) and per code dimension (``nll_per_dim``);
-    the record says which codes (``codes``).
+    per token (``nll_per_token``, also ``loss`` unless ``givt.label_smoothing`` makes the
+    loss the smoothed cross-entropy, ``xent_smoothed``) and per code dimension
+    (``nll_per_dim``); the record says which codes (``codes``).
     """
     cfg = run.cfg
     stage1 = stages.stage_of(cfg, "vae")

@@ -354,6 +354,30 @@ def test_training_figure_draws_the_loss_parts_and_says_why_the_losses_differ(tmp
     assert any("input_noise" in t.get_text() for t in fig.axes[1].texts)
 
 
+def test_a_label_smoothed_stage_2_draws_its_nll_and_says_what_it_trained_on(tmp_path):
+    """Trained on a label-smoothed cross-entropy (logged as the loss and xent_smoothed),
+    stage 2's training curve is its plain NLL, the unit of the held-out curve and axis."""
+    d = _two_stage_run(tmp_path, "r")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["givt"]["label_smoothing"] = 0.1
+    (d / "config.json").write_text(json.dumps(cfg))
+    rows = _jsonl(d / "metrics.jsonl")
+    for r in rows:
+        if r["stage"] == "givt":
+            r.update(nll_per_token=r["loss"], xent_smoothed=r["loss"] + 2.0)
+            r["loss"] += 2.0
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = L.gather_runs([str(d)], [], [])
+    curves = {c.stage: c for c in L.training_curves(runs, "depth")}
+    nll = [(int(r["step"]), r["nll_per_token"]) for r in rows if r["stage"] == "givt"]
+    assert curves["givt"].train_loss["r"] == sorted(nll)
+    assert [p for _, p in curves["givt"].parts] == ["xent_smoothed"]
+    assert curves["givt"].loss_label == "NLL per code (nats)"
+    assert any("givt.label_smoothing=0.1" in n for n in curves["givt"].notes)
+    vae = [(int(r["step"]), r["loss"]) for r in rows if r["stage"] == "vae"]
+    assert curves["vae"].train_loss["r"] == sorted(vae) and curves["vae"].notes == []
+
+
 def test_log_loss_scale(tmp_path, monkeypatch):
     _two_stage_run(tmp_path, "pos")
     runs = L.gather_runs([str(tmp_path / "pos")], [], [])

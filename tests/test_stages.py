@@ -135,6 +135,27 @@ def test_heldout_loss_is_the_training_loss_at_the_same_rng(case):
         assert abs(float(other) - float(loss)) > 1e-7
 
 
+def test_vtt_label_smoothing_leaves_the_padding_id_out():
+    """The VTT's smoothed loss, brute force in NumPy: 0.9 + 0.1 / (V - 1) on the code id + 1,
+    0.1 / (V - 1) on every other id but the padding id 0, against its log-softmax over all
+    V ids (big_vision's training loss)."""
+    cfg = _cfg(*CASES["vtt"])
+    kind = stages.stage_of(cfg, "givt")
+    params, frozen = _init(kind, 1), _frozen(cfg)
+    batch = _batch(cfg, kind, np.random.default_rng(2))
+    loss, parts = jax.jit(lambda p: kind.loss(p, batch, jax.random.PRNGKey(0), False,
+                                              frozen))(params)
+    tokens = np.asarray(kind.codes(frozen, batch)) + 1
+    logits = np.asarray(kind.model.apply({"params": params}, tokens, image=batch["image"]),
+                        np.float64)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    v = logp.shape[-1]
+    target = 0.9 * np.eye(v)[tokens] + 0.1 / (v - 1) * (np.arange(v) != 0)
+    np.testing.assert_allclose(float(loss), -np.mean(np.sum(target * logp, -1)), rtol=1e-5)
+    nll = -np.mean(np.take_along_axis(logp, tokens[..., None], -1))
+    np.testing.assert_allclose(float(parts["nll_per_token"]), nll, rtol=1e-5)
+
+
 def test_training_randomness_is_left_out_of_the_heldout_loss():
     """With input noise on (the tiny panoptic recipe), the training loss moves with the rng
     and the held-out one does not see the noise."""

@@ -195,6 +195,10 @@ def test_label_smoothing_changes_the_loss_not_the_reported_nll(style):
                                 label_smoothing=0.1)
     np.testing.assert_allclose(float(parts["nll"]), float(plain), rtol=1e-6)
     assert float(loss) == float(parts["xent_smoothed"]) and abs(float(loss - plain)) > 1e-3
+    # affine in the smoothing only if both terms cover the same tokens (the same mask)
+    double, _ = givt_nll_loss(model, params, ids, key, labels=labels, train=True,
+                              label_smoothing=0.2)
+    np.testing.assert_allclose(float(loss - plain), float(double - loss), rtol=1e-4)
     if style == "ar":  # every token, brute force in NumPy
         logits = np.asarray(model.apply({"params": params}, ids, labels), np.float64)
         logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))

@@ -73,10 +73,11 @@ class MetricFamily:
 
 #: The held-out losses (evaluator kind "loss") are the stages' own, the same for every task.
 HELDOUT_LOSSES = MetricFamily(
-    order=("loss", "xent", "mse", "rec", "kl", "nll_per_token", "nll_per_dim"),
+    order=("loss", "xent", "mse", "rec", "kl", "nll_per_token", "nll_per_dim",
+           "xent_smoothed"),
     higher_is_better=False,
     units=(("xent", "nats/pixel"), ("kl", "nats"), ("nll_per_token", "nats/code"),
-           ("nll_per_dim", "nats/dim")))
+           ("nll_per_dim", "nats/dim"), ("xent_smoothed", "nats/code")))
 
 
 @dataclasses.dataclass(frozen=True)

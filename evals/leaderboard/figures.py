@@ -30,8 +30,9 @@ from evals.leaderboard.research import figure_exposure, is_research
 from evals.leaderboard.runs import STAGE_TITLES, Run, records_of, stage_key
 from evals.leaderboard.tables import format_metric, latest_records
 
-# A held-out loss record's metric in the unit of the stage's training loss: stage 1
-# logs the beta-weighted loss, stage 2 its NLL per token.
+# What the loss panel draws, from a held-out loss record and from a training log row alike:
+# stage 2's NLL per token (also when it trains on a label-smoothed cross-entropy, which
+# its rows log as xent_smoothed), else the stage's loss (stage 1's beta-weighted one).
 HELDOUT_LOSS_KEYS = ("nll_per_token", "loss")
 THUMB_SIZE = 256
 Points = list[tuple[int, float]]
@@ -84,6 +85,16 @@ def _noise_note(run: Run, stage: str) -> str | None:
             "held-out loss: without (as big_vision's validation)")
 
 
+def _smoothing_note(run: Run, stage: str) -> str | None:
+    """What a stage 2 trained on label-smoothed code ids optimised: not the NLL drawn."""
+    givt = run.config.get("givt") if isinstance(run.config, dict) else None
+    smoothing = givt.get("label_smoothing") if isinstance(givt, dict) else None
+    if stage != "givt" or not is_finite_number(smoothing) or float(smoothing) <= 0:
+        return None
+    return (f"trained on label-smoothed cross-entropy (givt.label_smoothing={smoothing:g},\n"
+            "parts: xent_smoothed); the curves are its plain NLL")
+
+
 def _add_point(series: dict, key: Any, step: int, value: float, when: str = "") -> None:
     """One point per step: a step evaluated twice keeps its latest value."""
     by_step = series.setdefault(key, {})
@@ -128,7 +139,9 @@ def training_curves(runs: Sequence[Run], task: str, meta: TaskMeta | None = None
             if not is_finite_number(row.get("loss")):
                 continue
             stage, step = str(row.get("stage") or unnamed), int(row["step"])
-            _add_point(train.setdefault(stage, {}), run.name, step, float(row["loss"]))
+            drawn = next(float(row[k]) for k in HELDOUT_LOSS_KEYS
+                         if is_finite_number(row.get(k)))
+            _add_point(train.setdefault(stage, {}), run.name, step, drawn)
             row_keys.setdefault(stage, set()).update(row)
             for key, value in row.items():
                 if not is_finite_number(value) or is_counter(key):
@@ -136,13 +149,13 @@ def training_curves(runs: Sequence[Run], task: str, meta: TaskMeta | None = None
                 if key in OPTIM_KEYS:
                     _add_point(optim.setdefault(stage, {}), (run.name, key), step, float(value))
                 elif key not in _NOT_PARTS and not key.startswith("weight/") \
-                        and value != row["loss"]:  # nll_per_token is the stage-2 loss itself
+                        and value != drawn:  # nll_per_token is the stage-2 curve itself
                     _add_point(parts.setdefault(stage, {}), (run.name, key), step,
                                float(value))
         for stage in {str(row.get("stage") or unnamed) for row in run.log}:
-            note = _noise_note(run, stage)
-            if note and note not in notes.get(stage, []):
-                notes.setdefault(stage, []).append(note)
+            for note in (_noise_note(run, stage), _smoothing_note(run, stage)):
+                if note and note not in notes.get(stage, []):
+                    notes.setdefault(stage, []).append(note)
         for r in recs:
             stage, metrics = str(r["stage"]), metric_items(r)
             if is_loss_record(r):

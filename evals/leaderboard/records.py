@@ -29,7 +29,7 @@ COUNTER_NAMES = frozenset({
     "steps", "time", "epoch", "steps_per_s", "examples_per_s", "sampling_seconds",
     "train_time_s", "num_images_without_valid_pixels",
 })
-LOSS_KIND = "loss"  # the kind of held-out loss records (stage-1 loss, stage-2 NLL)
+LOSS_KIND = "loss"  # the kind of held-out loss records (stage-1 loss, stage-2 NLL and loss)
 
 
 def is_counter(name: str) -> bool:
