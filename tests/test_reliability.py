@@ -214,6 +214,22 @@ def test_verbose_adds_the_traceback_and_storage_errors_are_one_line(capsys):
         run_command(lambda: 1 / 0)
 
 
+def test_a_config_without_a_key_the_code_reads_is_one_line_naming_key_and_reader(capsys):
+    """A task config written before a key existed: one line with the key and the line
+    that reads it, not ml_collections' bare AttributeError; other errors stay bugs."""
+    import ml_collections
+    cfg = ml_collections.ConfigDict({"givt": {"input_noise": 0.0}})
+    assert run_command(lambda: float(cfg.givt.label_smoothing)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "error: the config has no key 'label_smoothing', which tests/test_reliability.py:"), err
+    assert "(assert run_command(lambda: float(cfg.givt.label_smoothing)) == 2)" in err[0]
+    assert run_command(lambda: cfg["givt"]["posterior"]) == 2
+    assert "no key 'posterior'" in capsys.readouterr().err
+    with pytest.raises(AttributeError):  # not a config lookup: a bug, with its traceback
+        run_command(lambda: object().label_smoothing)
+
+
 @pytest.mark.parametrize("argv,message", [
     (["train", "--config", "configs/panoptic.py:size=tinyy"], "unknown size preset 'tinyy'"),
     (["train", "--config", "configs/depth.py"], "this config is for the depth task"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import re
 import sys
 import traceback
@@ -108,6 +109,29 @@ def storage_errno(e: BaseException) -> int | None:
     return None
 
 
+def missing_config_key(e: BaseException) -> str | None:
+    """A config without a key the code reads (``cfg.givt.label_smoothing`` on a task config
+    written before the key existed): ml_collections raises a bare ``AttributeError:
+    "'label_smoothing'"`` deep in a traceback; this names the key and the line that read
+    it, in one line. None for any other error."""
+    if not isinstance(e, AttributeError | KeyError):
+        return None
+    frames = traceback.extract_tb(e.__traceback__)
+    inside = next((i for i, f in enumerate(frames)
+                   if f"{os.sep}ml_collections{os.sep}" in f.filename
+                   and f.name in ("__getattr__", "__getitem__")), None)
+    if not inside:  # not raised by a ConfigDict's lookup (or nothing read it)
+        return None
+    m = re.search(r"'([^'\s]+)'", str(e))
+    caller = frames[inside - 1]
+    where = caller.filename
+    if not os.path.relpath(where).startswith(os.pardir):
+        where = os.path.relpath(where)
+    return (f"the config has no key {m.group(1) if m else '?'!r}, which {where}:"
+            f"{caller.lineno} reads ({(caller.line or '').strip()}): add it to the config "
+            "(configs/ has every key the library reads; --verbose: the traceback)")
+
+
 def user_error_message(e: BaseException) -> str | None:
     """The one line for an error the user can fix, or None for a bug (a traceback).
 
@@ -120,6 +144,9 @@ def user_error_message(e: BaseException) -> str | None:
     if isinstance(e, OSError) and storage_errno(e) is not None:
         where = f"{e.filename}: " if e.filename else ""
         return f"{where}{e.strerror} (nothing after this was saved)"
+    missing = missing_config_key(e)
+    if missing:
+        return missing
     if type(e).__module__.startswith("tensorflow") and hasattr(e, "message"):
         text = str(e.message)
         for name in _USER_ERRORS:
