@@ -74,25 +74,22 @@ def loss_label(stage: str, row_keys: set[str]) -> str:
     return "loss"
 
 
-def _noise_note(run: Run, stage: str) -> str | None:
-    """Why a run's stage-2 training loss sits above its held-out loss: the training inputs
-    get noise (``givt.input_noise``), the held-out ones do not (as published)."""
+def _stage_2_notes(run: Run, stage: str) -> list[str]:
+    """Why a run's stage-2 training loss is not its held-out one: the training inputs get
+    noise (``givt.input_noise``; the held-out ones do not, as published), or it trains on
+    label-smoothed code ids (``givt.label_smoothing``; the curves are its plain NLL)."""
     givt = run.config.get("givt") if isinstance(run.config, dict) else None
-    noise = givt.get("input_noise") if isinstance(givt, dict) else None
-    if stage != "givt" or not is_finite_number(noise) or float(noise) <= 0:
-        return None
-    return (f"training loss: inputs with noise (givt.input_noise={noise:g});\n"
-            "held-out loss: without (as big_vision's validation)")
-
-
-def _smoothing_note(run: Run, stage: str) -> str | None:
-    """What a stage 2 trained on label-smoothed code ids optimised: not the NLL drawn."""
-    givt = run.config.get("givt") if isinstance(run.config, dict) else None
-    smoothing = givt.get("label_smoothing") if isinstance(givt, dict) else None
-    if stage != "givt" or not is_finite_number(smoothing) or float(smoothing) <= 0:
-        return None
-    return (f"trained on label-smoothed cross-entropy (givt.label_smoothing={smoothing:g},\n"
-            "parts: xent_smoothed); the curves are its plain NLL")
+    if stage != "givt" or not isinstance(givt, dict):
+        return []
+    noise, smoothing = givt.get("input_noise"), givt.get("label_smoothing")
+    notes = []
+    if is_finite_number(noise) and float(noise) > 0:
+        notes.append(f"training loss: inputs with noise (givt.input_noise={noise:g});\n"
+                     "held-out loss: without (as big_vision's validation)")
+    if is_finite_number(smoothing) and float(smoothing) > 0:
+        notes.append("trained on label-smoothed cross-entropy (givt.label_smoothing="
+                     f"{smoothing:g},\nparts: xent_smoothed); the curves are its plain NLL")
+    return notes
 
 
 def _add_point(series: dict, key: Any, step: int, value: float, when: str = "") -> None:
@@ -153,8 +150,8 @@ def training_curves(runs: Sequence[Run], task: str, meta: TaskMeta | None = None
                     _add_point(parts.setdefault(stage, {}), (run.name, key), step,
                                float(value))
         for stage in {str(row.get("stage") or unnamed) for row in run.log}:
-            for note in (_noise_note(run, stage), _smoothing_note(run, stage)):
-                if note and note not in notes.get(stage, []):
+            for note in _stage_2_notes(run, stage):
+                if note not in notes.get(stage, []):
                     notes.setdefault(stage, []).append(note)
         for r in recs:
             stage, metrics = str(r["stage"]), metric_items(r)
