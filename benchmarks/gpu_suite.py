@@ -70,12 +70,20 @@ NOMINAL_BF16_PEAK = {
     "NVIDIA A100-SXM4-80GB": 312e12,
     "NVIDIA A100-SXM4-40GB": 312e12,
 }
-#: variant -> overrides of both models (stage-2 GIVT and the frozen stage-1 VAE), bf16 first
+#: variant -> overrides of both models (stage-2 GIVT and the frozen stage-1 VAE; a dotted
+#: key, of that model alone), bf16 first. bf16_fused_scan: the UViM stage 2 with its layers
+#: scanned (published: unrolled; the published trees load either way). On a CPU its paper
+#: step compiled in 12.6 s against 52.7 s unrolled (benchmarks/README.md).
 VARIANTS: dict[str, tuple[str, ...]] = {
     "bf16_fused": ("dtype=bfloat16", "attention=fused"),
+    "bf16_fused_scan": ("dtype=bfloat16", "attention=fused", "givt.model.scan=True"),
     "bf16": ("dtype=bfloat16", "attention=reference"),
     "fp32": ("dtype=float32", "attention=reference"),
 }
+#: variants measured on some train steps only (elsewhere their rows would repeat another's:
+#: the paper ViT VAE is scanned already)
+VARIANT_STAGES = {"bf16_fused_scan": ("encdec",)}
+SAMPLING_MODE = "uvim_beam4_fan8"  # bench_sampling's mode: paper beam 4, fan-out 8
 #: the train steps measured (bench_train_step's stage names -> what they are), in order
 TRAIN_STAGES = {"encdec": "stage 2 encdec", "vit_vae": "stage 1 vit_vae"}
 TRAIN_COLUMNS = ("variant", "stage", "size", "batch", "step_s", "examples_per_s", "flops_per_step",
@@ -96,11 +104,14 @@ def variant_overrides(cfg: Any, variant: str) -> tuple[list[str], list[str]]:
     """(overrides of ``variant`` that the config has, keys it lacks)."""
     have, missing = [], []
     keys = set(config_lib.all_keys(cfg))
-    for model in ("givt.model", "vae.model"):
-        for item in VARIANTS[variant]:
-            key = f"{model}.{item.split('=')[0]}"
-            (have if key in keys else missing).append(f"{model}.{item}" if key in keys
-                                                      else key)
+    for item in VARIANTS[variant]:
+        name = item.split("=")[0]
+        for model in ("givt.model", "vae.model"):
+            if "." in name and not name.startswith(f"{model}."):
+                continue  # another model's own key
+            key = name if "." in name else f"{model}.{name}"
+            (have if key in keys else missing).append(
+                (item if "." in name else f"{model}.{item}") if key in keys else key)
     return have, missing
 
 
@@ -111,12 +122,14 @@ def plan_rows(variants: Sequence[str], sizes: Sequence[str],
 
     bf16 variants before fp32 (in the given order otherwise); the first of them (the
     headline) runs every size, smallest first, and every stage, then the sampling row, then
-    the other variants likewise."""
+    the other variants likewise (on their :data:`VARIANT_STAGES` only)."""
     ordered = ([v for v in variants if v.startswith("bf16")]
                + [v for v in variants if not v.startswith("bf16")])
     rows: list[tuple[str, ...]] = []
     for i, variant in enumerate(ordered):
-        rows += [("train", variant, size, stage) for size in sizes for stage in stages]
+        own = VARIANT_STAGES.get(variant, stages)
+        rows += [("train", variant, size, stage) for size in sizes for stage in stages
+                 if stage in own]
         if i == 0 and sampling:
             rows.append(("sampling",))
     return rows
@@ -134,7 +147,9 @@ def use_compile_cache(cache_dir: str) -> None:
 
 
 def _width(column: str) -> int:
-    return max(len(column), 10)
+    """A column's width: its name's, a number's (10) or its longest name (variant, mode)."""
+    names = {"variant": VARIANTS, "mode": (SAMPLING_MODE,)}.get(column, ())
+    return max(len(column), 10, *map(len, names))
 
 
 def _header(columns: Sequence[str]) -> str:
@@ -175,9 +190,9 @@ def measure_train(variant: str, size: str, batch: int, repeats: int, dense_confi
 def measure_sampling(size: str, batch: int, repeats: int, dense_config: str,
                      extra: Sequence[str]) -> dict[str, Any]:
     """The beam-4 fan-8 sampling row, in this process."""
-    cfg = bench_sampling.load_mode_config("uvim_beam4_fan8", size, dense_config)
+    cfg = bench_sampling.load_mode_config(SAMPLING_MODE, size, dense_config)
     config_lib.apply_overrides(cfg, extra)
-    row = bench_sampling.measure("uvim_beam4_fan8", size, cfg, batch, repeats, extra)
+    row = bench_sampling.measure(SAMPLING_MODE, size, cfg, batch, repeats, extra)
     row["codes_per_s"] = row["tokens_per_s"]
     return row
 
@@ -326,7 +341,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row = measure({"kind": "sampling", "size": sample_size, "batch": sample_batch,
                            "repeats": repeats, "dense_config": args.dense_config,
                            "extra": list(args.overrides)})
-            row = {"mode": "uvim_beam4_fan8", "size": sample_size, **row}
+            row = {"mode": SAMPLING_MODE, "size": sample_size, **row}
             table["sampling"].append(row)
             print(f"\nsampling, beam 4 fan 8 ({sample_size}, batch {sample_batch}):")
             print(_header(SAMPLING_COLUMNS))

@@ -195,6 +195,10 @@ def dense_evaluators(kind: str, size: str, baseline: bool = False,
 
 
 def givt_encdec_model(size: str, out_dim: int, seq_len: int, input_size) -> dict:
+    # Layers unrolled, as the published UViM stage 2 (its checkpoints' tree). Scanned
+    # (givt.model.scan=True; the published trees load into either) the paper step compiled
+    # 4x faster on a CPU, ran 0.90-0.94x the time in 0.6x the memory (benchmarks/README.md,
+    # "The GPU suite"): the first thing the accelerator measurement decides.
     common = dict(num_labels=None, seq_len=seq_len, out_dim=out_dim, num_mixtures=1,
                   head_kind="per_channel", style="ar", input_size=tuple(input_size),
                   fix_square_plus=True, scale_tol=1e-6, stem=(), stem_strides=(),

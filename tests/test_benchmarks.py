@@ -23,6 +23,7 @@ import flops  # noqa: E402
 import gpu_suite  # noqa: E402
 import matmuls  # noqa: E402
 
+from uvim_givt import config as config_lib  # noqa: E402
 from uvim_givt.errors import ConfigError  # noqa: E402
 
 MACHINE_KEYS = {"cpu_model", "cpu_count", "cpu_usable", "cpu_flags", "python", "versions",
@@ -175,6 +176,14 @@ def test_gpu_suite_smoke(tmp_path):
         ("train", "fp32", "paper", "encdec"), ("train", "fp32", "paper", "vit_vae")]
     assert gpu_suite.plan_rows(["fp32"], ["tiny"], ["vit_vae"], sampling=False) == [
         ("train", "fp32", "tiny", "vit_vae")]
+    # the scanned stage 2 on its own stage only, after the headline; every row's overrides
+    assert gpu_suite.plan_rows(list(gpu_suite.VARIANTS), ["base"], sampling=False)[:4] == [
+        ("train", "bf16_fused", "base", "encdec"), ("train", "bf16_fused", "base", "vit_vae"),
+        ("train", "bf16_fused_scan", "base", "encdec"), ("train", "bf16", "base", "encdec")]
+    cfg = config_lib.load_config("configs/panoptic.py")
+    assert gpu_suite.variant_overrides(cfg, "bf16_fused_scan") == ([
+        "givt.model.dtype=bfloat16", "vae.model.dtype=bfloat16", "givt.model.attention=fused",
+        "vae.model.attention=fused", "givt.model.scan=True"], [])
     path, cache = tmp_path / "gpu.json", tmp_path / "cache"
     assert gpu_suite.main(["--smoke", "--variants", "bf16_fused", "--no-sampling",
                            "--json", str(path), "--cache-dir", str(cache),
