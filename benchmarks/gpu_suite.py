@@ -3,11 +3,13 @@
 1. The UViM train steps of both stages: stage 2 (``encdec``: the dense task's
    encoder-decoder GIVT: ViT image encoder, causal decoder, GMM head, the frozen stage-1 ViT
    VAE encoder inside the step) and stage 1 (``vit_vae``: the ViT VAE over label maps, its
-   layers scanned with remat at paper size as published, unrolled at base) in three
+   layers scanned with remat at paper size as published, unrolled at base) in four
    variants, the bf16 ones first:
 
    * ``bf16_fused``: ``dtype=bfloat16``, ``jax.nn.dot_product_attention`` (cuDNN's fused
      kernel where XLA picks it);
+   * ``bf16_fused_scan`` (stage 2 only): the same with stage 2's layers scanned (the
+     preset unrolls them, as published);
    * ``bf16``: ``dtype=bfloat16``, the reference (einsum + softmax) attention;
    * ``fp32``: ``dtype=float32``, the reference attention;
 
@@ -33,8 +35,8 @@ On the device machine::
 
     python benchmarks/gpu_suite.py --json $OUT/gpu_suite.json
 
-``--smoke`` runs the same code on the tiny preset at batch 2 (a CPU does it in about a
-minute). JSON: ``{"machine", "peak": {measured_bf16, measured_fp32,
+``--smoke`` runs the same code on the tiny preset at batch 2 (a CPU does it in about 90
+s). JSON: ``{"machine", "peak": {measured_bf16, measured_fp32,
 nominal_bf16_flops_per_s}, "settings", "train": [bench_train_step rows + variant,
 mfu_nominal, mfu_measured], "sampling": [bench_sampling rows + codes_per_s]}``; a row that
 did not finish has ``skipped`` (why) instead of figures.
@@ -80,8 +82,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "bf16": ("dtype=bfloat16", "attention=reference"),
     "fp32": ("dtype=float32", "attention=reference"),
 }
-#: variants measured on some train steps only (elsewhere their rows would repeat another's:
-#: the paper ViT VAE is scanned already)
+#: variants measured on some train steps only (bf16_fused_scan changes stage 2's model
+#: alone: its vit_vae rows would repeat bf16_fused's)
 VARIANT_STAGES = {"bf16_fused_scan": ("encdec",)}
 SAMPLING_MODE = "uvim_beam4_fan8"  # bench_sampling's mode: paper beam 4, fan-out 8
 #: the train steps measured (bench_train_step's stage names -> what they are), in order
@@ -106,12 +108,13 @@ def variant_overrides(cfg: Any, variant: str) -> tuple[list[str], list[str]]:
     keys = set(config_lib.all_keys(cfg))
     for item in VARIANTS[variant]:
         name = item.split("=")[0]
-        for model in ("givt.model", "vae.model"):
-            if "." in name and not name.startswith(f"{model}."):
-                continue  # another model's own key
-            key = name if "." in name else f"{model}.{name}"
-            (have if key in keys else missing).append(
-                (item if "." in name else f"{model}.{item}") if key in keys else key)
+        # a dotted key is that key's alone; a bare one is both models'
+        both = [f"{model}.{name}" for model in ("givt.model", "vae.model")]
+        for key in [name] if "." in name else both:
+            if key in keys:
+                have.append(f"{key}={item.split('=', 1)[1]}")
+            else:
+                missing.append(key)
     return have, missing
 
 
@@ -286,6 +289,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     repeats = args.repeats or (1 if smoke else 5)
     # --matmuls compiles and times every distinct matmul in the row's process too
     limit = args.row_limit or (90.0 if smoke else 180.0) * (2 if args.matmuls else 1)
+    idle = [v for v in args.variants if not set(VARIANT_STAGES.get(v, args.stages))
+            & set(args.stages)]
+    if idle:
+        raise errors.ConfigError(
+            f"--variants {','.join(idle)}: measured on --stages "
+            f"{','.join(s for v in idle for s in VARIANT_STAGES[v])} only, which "
+            f"--stages {','.join(args.stages)} leaves out")
     use_compile_cache(args.cache_dir)
     machine = _machine.describe_machine()
     print(_machine.machine_line(machine), flush=True)

@@ -162,7 +162,7 @@ def test_sampling_quick(tmp_path):
     assert row["images_per_s"] == pytest.approx(2 / row["sample_s"])
 
 
-def test_gpu_suite_smoke(tmp_path):
+def test_gpu_suite_smoke(tmp_path, capsys):
     """Rows in processes of their own, bf16 first, the headline variant's rows (smaller
     size first, both stages) before the sampling row, the JSON rewritten per row, a row
     over its time limit reported as skipped, the compile cache filled."""
@@ -180,6 +180,10 @@ def test_gpu_suite_smoke(tmp_path):
     assert gpu_suite.plan_rows(list(gpu_suite.VARIANTS), ["base"], sampling=False)[:4] == [
         ("train", "bf16_fused", "base", "encdec"), ("train", "bf16_fused", "base", "vit_vae"),
         ("train", "bf16_fused_scan", "base", "encdec"), ("train", "bf16", "base", "encdec")]
+    assert gpu_suite.main(["--smoke", "--variants", "bf16_fused_scan", "--stages", "vit_vae",
+                           "--no-sampling", "--json", str(tmp_path / "none.json")]) == 2
+    assert "--variants bf16_fused_scan: measured on --stages encdec only" in \
+        capsys.readouterr().err
     cfg = config_lib.load_config("configs/panoptic.py")
     assert gpu_suite.variant_overrides(cfg, "bf16_fused_scan") == ([
         "givt.model.dtype=bfloat16", "vae.model.dtype=bfloat16", "givt.model.attention=fused",

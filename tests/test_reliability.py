@@ -222,12 +222,20 @@ def test_a_config_without_a_key_the_code_reads_is_one_line_naming_key_and_reader
     assert run_command(lambda: float(cfg.givt.label_smoothing)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(
-        "error: the config has no key 'label_smoothing', which tests/test_reliability.py:"), err
+        "error: the config has no key 'label_smoothing', which "), err
+    assert "test_reliability.py:" in err[0]
     assert "(assert run_command(lambda: float(cfg.givt.label_smoothing)) == 2)" in err[0]
     assert run_command(lambda: cfg["givt"]["posterior"]) == 2
     assert "no key 'posterior'" in capsys.readouterr().err
-    with pytest.raises(AttributeError):  # not a config lookup: a bug, with its traceback
-        run_command(lambda: object().label_smoothing)
+    # a near miss keeps ml_collections' hint
+    assert run_command(lambda: cfg.givt.input_noises) == 2
+    assert ("no key 'input_noises' (Did you mean \"input_noise\" instead of "
+            "\"input_noises\"?)") in capsys.readouterr().err
+    for bug in (lambda: object().label_smoothing,  # not a config lookup
+                lambda: cfg.givt.copy(),  # no config key has a dict method's name
+                lambda: cfg.givt.__fspath__):
+        with pytest.raises(AttributeError):  # a bug, with its traceback
+            run_command(bug)
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -113,23 +113,39 @@ def missing_config_key(e: BaseException) -> str | None:
     """A config without a key the code reads (``cfg.givt.label_smoothing`` on a task config
     written before the key existed): ml_collections raises a bare ``AttributeError:
     "'label_smoothing'"`` deep in a traceback; this names the key and the line that read
-    it, in one line. None for any other error."""
+    it, in one line (with ml_collections' "Did you mean" when it has one). None for any
+    other error, and for names no config key could have (``_private``, dict methods such as
+    ``copy``: a bug in the code that asked)."""
     if not isinstance(e, AttributeError | KeyError):
         return None
     frames = traceback.extract_tb(e.__traceback__)
-    inside = next((i for i, f in enumerate(frames)
-                   if f"{os.sep}ml_collections{os.sep}" in f.filename
-                   and f.name in ("__getattr__", "__getitem__")), None)
-    if not inside:  # not raised by a ConfigDict's lookup (or nothing read it)
+    package = sys.modules.get("ml_collections")
+    lookups = ("__getattr__", "__getitem__")
+    if package is None or len(frames) < 2 or frames[-1].name not in lookups:
         return None
-    m = re.search(r"'([^'\s]+)'", str(e))
-    caller = frames[inside - 1]
+    home = os.path.dirname(os.path.abspath(package.__file__))
+    if not os.path.abspath(frames[-1].filename).startswith(home + os.sep):
+        return None  # raised by the lookup itself, not by code it called back into
+    message: Any = e
+    while isinstance(message, BaseException) and message.args:
+        message = message.args[0]  # AttributeError(KeyError("'key'\nDid you mean ...?"))
+    first, _, hint = str(message).partition("\n")
+    key = first.strip("'\"")
+    if not key or key.startswith("_") or hasattr(dict, key):
+        return None
+    caller = next(f for f in reversed(frames)
+                  if not os.path.abspath(f.filename).startswith(home + os.sep))
     where = caller.filename
-    if not os.path.relpath(where).startswith(os.pardir):
-        where = os.path.relpath(where)
-    return (f"the config has no key {m.group(1) if m else '?'!r}, which {where}:"
-            f"{caller.lineno} reads ({(caller.line or '').strip()}): add it to the config "
-            "(configs/ has every key the library reads; --verbose: the traceback)")
+    try:
+        if not os.path.relpath(where).startswith(os.pardir):
+            where = os.path.relpath(where)
+    except ValueError:  # another drive (Windows): keep the absolute path
+        pass
+    line = f" ({caller.line.strip()})" if caller.line and caller.line.strip() else ""
+    hint = f" ({hint.strip()})" if hint.strip() else ""
+    return (f"the config has no key {key!r}{hint}, which {where}:{caller.lineno} reads"
+            f"{line}: add it to the config (configs/ has every key the library reads; "
+            "--verbose: the traceback)")
 
 
 def user_error_message(e: BaseException) -> str | None:
