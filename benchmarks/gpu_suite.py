@@ -289,8 +289,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     repeats = args.repeats or (1 if smoke else 5)
     # --matmuls compiles and times every distinct matmul in the row's process too
     limit = args.row_limit or (90.0 if smoke else 180.0) * (2 if args.matmuls else 1)
-    idle = [v for v in args.variants if not set(VARIANT_STAGES.get(v, args.stages))
-            & set(args.stages)]
+    planned = {job[1] for job in plan_rows(args.variants, sizes, args.stages, False)}
+    idle = [v for v in args.variants if v not in planned]
     if idle:
         raise errors.ConfigError(
             f"--variants {','.join(idle)}: measured on --stages "

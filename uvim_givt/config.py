@@ -238,8 +238,8 @@ def _format_6(saved: dict[str, Any]) -> None:
     if isinstance(group, dict):
         group.setdefault("label_smoothing", 0.0)
     for stage in ("vae", "givt"):
-        model = saved.get(stage, {}).get("model") if isinstance(saved.get(stage), dict) \
-            else None
+        group = saved.get(stage)
+        model = group.get("model") if isinstance(group, dict) else None
         if isinstance(model, dict) and "scan" in model:
             model.setdefault("remat_policy", "nothing_saveable")
 

@@ -123,8 +123,12 @@ def missing_config_key(e: BaseException) -> str | None:
     lookups = ("__getattr__", "__getitem__")
     if package is None or len(frames) < 2 or frames[-1].name not in lookups:
         return None
-    home = os.path.dirname(os.path.abspath(package.__file__))
-    if not os.path.abspath(frames[-1].filename).startswith(home + os.sep):
+    home = os.path.dirname(os.path.abspath(package.__file__)) + os.sep
+
+    def inside(frame: traceback.FrameSummary) -> bool:
+        return os.path.abspath(frame.filename).startswith(home)
+
+    if not inside(frames[-1]):
         return None  # raised by the lookup itself, not by code it called back into
     message: Any = e
     while isinstance(message, BaseException) and message.args:
@@ -133,8 +137,7 @@ def missing_config_key(e: BaseException) -> str | None:
     key = first.strip("'\"")
     if not key or key.startswith("_") or hasattr(dict, key):
         return None
-    caller = next(f for f in reversed(frames)
-                  if not os.path.abspath(f.filename).startswith(home + os.sep))
+    caller = next(f for f in reversed(frames) if not inside(f))
     where = caller.filename
     try:
         if not os.path.relpath(where).startswith(os.pardir):
